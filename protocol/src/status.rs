@@ -1,0 +1,1 @@
+//! Owned by the SCSI layer work; placeholder.
