@@ -10,9 +10,11 @@
 //! - [`opcode`], [`status`]: SCSI operation codes and status codes.
 //! - [`sense`]: sense keys, ASC/ASCQ, fixed and descriptor format codecs.
 //! - [`cdb`]: CDB builders (driver side) and field decoders (device side).
+//! - [`data`]: INQUIRY, READ CAPACITY and REPORT LUNS response-data codecs.
 #![deny(missing_docs)]
 
 pub mod cdb;
+pub mod data;
 pub mod lun;
 pub mod opcode;
 pub mod sense;
@@ -20,4 +22,4 @@ pub mod status;
 pub mod virtio_scsi;
 
 pub use lun::Lun;
-// pub use sense::{Sense, SenseKey};  (restored when sense.rs lands)
+pub use sense::{Sense, SenseKey};

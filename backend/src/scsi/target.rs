@@ -1,0 +1,422 @@
+//! SCSI domain model: a [`ScsiBus`] of [`Target`]s, each holding logical
+//! units by LUN (SAM-5 SCSI domain model). One bus per vhost-user socket.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+
+use vscsi_protocol::lun::MAX_LUN;
+use vscsi_protocol::opcode as op;
+use vscsi_protocol::sense::Sense;
+
+use super::dispatch::{self, Handler};
+use super::io::{DataIn, DataOut};
+use super::lu::LogicalUnit;
+use super::{inquiry, report_luns, sense_cmd, CommandResult, Request};
+
+/// Why a LUN could not be added to the bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The (target, LUN) pair is already used.
+    #[error("target {target} LUN {lun} is configured twice")]
+    DuplicateLun {
+        /// Target id.
+        target: u8,
+        /// LUN.
+        lun: u16,
+    },
+    /// The LUN cannot be addressed (flat space addressing stops at 16383).
+    #[error("LUN {lun} is out of range (0..=16383)")]
+    LunOutOfRange {
+        /// The rejected LUN.
+        lun: u16,
+    },
+}
+
+/// A SCSI target device: logical units by LUN.
+#[derive(Debug, Default)]
+pub struct Target {
+    id: u8,
+    luns: BTreeMap<u16, Arc<LogicalUnit>>,
+}
+
+impl Target {
+    /// The target id.
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    /// The logical unit at `lun`, if any.
+    pub fn lun(&self, lun: u16) -> Option<&Arc<LogicalUnit>> {
+        self.luns.get(&lun)
+    }
+
+    /// Logical units in ascending LUN order.
+    pub fn luns(&self) -> impl Iterator<Item = (u16, &Arc<LogicalUnit>)> {
+        self.luns.iter().map(|(&l, lu)| (l, lu))
+    }
+
+    /// Whether a logical unit exists at `lun`.
+    pub fn has_lun(&self, lun: u16) -> bool {
+        self.luns.contains_key(&lun)
+    }
+
+    /// Number of logical units.
+    pub fn lun_count(&self) -> usize {
+        self.luns.len()
+    }
+
+    /// Executes one command for `lun`.
+    ///
+    /// REPORT LUNS is answered by the target whatever `lun` is. For a LUN
+    /// with no logical unit (SPC-5, "incorrect logical unit selection"):
+    /// INQUIRY returns standard data with PERIPHERAL QUALIFIER 011b and
+    /// device type 1Fh, REQUEST SENSE returns LOGICAL UNIT NOT SUPPORTED
+    /// sense data with GOOD status, and every other command — valid or not —
+    /// gets CHECK CONDITION 5/25/00 LOGICAL UNIT NOT SUPPORTED.
+    ///
+    /// Never panics, whatever the CDB; allocates nothing on the READ/WRITE path.
+    pub fn execute(
+        &self,
+        lun: u16,
+        req: &Request<'_>,
+        data_in: &mut dyn DataIn,
+        data_out: &dyn DataOut,
+    ) -> CommandResult {
+        let cdb = req.cdb;
+        let lu = self.luns.get(&lun);
+        let opcode = cdb.first().copied();
+        if lu.is_none()
+            && !matches!(
+                opcode,
+                Some(op::INQUIRY | op::REQUEST_SENSE | op::REPORT_LUNS)
+            )
+        {
+            return self.log(
+                req,
+                lun,
+                CommandResult::check_condition(Sense::LOGICAL_UNIT_NOT_SUPPORTED),
+            );
+        }
+        let cmd = match dispatch::lookup(cdb) {
+            Ok(cmd) => cmd,
+            Err(sense) => return self.log(req, lun, CommandResult::check_condition(sense)),
+        };
+        let cdb = &cdb[..usize::from(cmd.cdb_len)];
+        let r = match (cmd.handler, lu) {
+            (Handler::ReportLuns, _) => report_luns::report_luns(self, cdb, data_in),
+            (Handler::Lu(f), Some(lu)) => f(lu, cdb, data_in, data_out),
+            (Handler::Lu(_), None) => match opcode {
+                Some(op::INQUIRY) => inquiry::missing_lun(cdb, data_in),
+                Some(op::REQUEST_SENSE) => {
+                    sense_cmd::respond_with(cdb, data_in, Sense::LOGICAL_UNIT_NOT_SUPPORTED)
+                }
+                _ => CommandResult::check_condition(Sense::LOGICAL_UNIT_NOT_SUPPORTED),
+            },
+        };
+        self.log(req, lun, r)
+    }
+
+    /// Executes a command sent to the REPORT LUNS well-known logical unit
+    /// (SPC-5 well known logical units): REPORT LUNS, INQUIRY (PQ 000b, type 1Eh), REQUEST SENSE
+    /// (NO SENSE) and TEST UNIT READY; anything else 5/20/00.
+    pub fn execute_well_known(
+        &self,
+        req: &Request<'_>,
+        data_in: &mut dyn DataIn,
+        _data_out: &dyn DataOut,
+    ) -> CommandResult {
+        let opcode = req.cdb.first().copied();
+        let r = if !matches!(
+            opcode,
+            Some(op::REPORT_LUNS | op::INQUIRY | op::REQUEST_SENSE | op::TEST_UNIT_READY)
+        ) {
+            CommandResult::check_condition(Sense::INVALID_COMMAND_OPERATION_CODE)
+        } else {
+            match dispatch::lookup(req.cdb) {
+                Err(sense) => CommandResult::check_condition(sense),
+                Ok(cmd) => {
+                    let cdb = &req.cdb[..usize::from(cmd.cdb_len)];
+                    match opcode {
+                        Some(op::REPORT_LUNS) => report_luns::report_luns(self, cdb, data_in),
+                        Some(op::INQUIRY) => inquiry::well_known(cdb, data_in),
+                        Some(op::REQUEST_SENSE) => {
+                            sense_cmd::respond_with(cdb, data_in, Sense::NO_SENSE)
+                        }
+                        _ => CommandResult::good(0),
+                    }
+                }
+            }
+        };
+        self.log(req, 0xC101, r)
+    }
+
+    fn log(&self, req: &Request<'_>, lun: u16, r: CommandResult) -> CommandResult {
+        if !r.is_good() {
+            tracing::debug!(
+                target_id = self.id,
+                lun,
+                tag = req.tag,
+                opcode = req.cdb.first().copied().unwrap_or(0),
+                result = ?r,
+                "command failed"
+            );
+        }
+        r
+    }
+}
+
+/// One SCSI domain: targets by id.
+#[derive(Debug, Default)]
+pub struct ScsiBus {
+    targets: BTreeMap<u8, Target>,
+}
+
+impl ScsiBus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `lu` at (`target`, `lun`), creating the target if needed.
+    pub fn add_lun(
+        &mut self,
+        target: u8,
+        lun: u16,
+        lu: Arc<LogicalUnit>,
+    ) -> Result<(), ConfigError> {
+        if lun > MAX_LUN {
+            return Err(ConfigError::LunOutOfRange { lun });
+        }
+        let t = self.targets.entry(target).or_insert_with(|| Target {
+            id: target,
+            luns: BTreeMap::new(),
+        });
+        if t.luns.contains_key(&lun) {
+            return Err(ConfigError::DuplicateLun { target, lun });
+        }
+        t.luns.insert(lun, lu);
+        Ok(())
+    }
+
+    /// The target with id `id`, if it has any LUN.
+    pub fn target(&self, id: u8) -> Option<&Target> {
+        self.targets.get(&id)
+    }
+
+    /// Targets in ascending id order.
+    pub fn targets(&self) -> impl Iterator<Item = &Target> {
+        self.targets.values()
+    }
+
+    /// The highest target id in use (0 for an empty bus), for the
+    /// virtio-scsi `max_target` config field.
+    pub fn max_target(&self) -> u8 {
+        self.targets.keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// The highest LUN in use (0 for an empty bus), for `max_lun`.
+    pub fn max_lun(&self) -> u16 {
+        self.units().map(|(_, l, _)| l).max().unwrap_or(0)
+    }
+
+    /// Every (target, LUN, logical unit), in order.
+    pub fn units(&self) -> impl Iterator<Item = (u8, u16, &Arc<LogicalUnit>)> {
+        self.targets
+            .values()
+            .flat_map(|t| t.luns.iter().map(move |(&l, lu)| (t.id, l, lu)))
+    }
+
+    /// True when no LUN is configured.
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    /// `fdatasync` of every image (at shutdown). Tries them all and
+    /// returns the first error.
+    pub fn flush_all(&self) -> io::Result<()> {
+        let mut first = Ok(());
+        for (t, l, lu) in self.units() {
+            if let Err(e) = lu.flush() {
+                tracing::error!(target_id = t, lun = l, image = %lu.path().display(), error = %e, "flush failed");
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scsi::io::{VecDataIn, NO_DATA_OUT};
+    use crate::scsi::testutil::{bus_with, image_file, run, run_cdb, triple};
+    use crate::scsi::LunOptions;
+    use vscsi_protocol::cdb::Cdb;
+
+    #[test]
+    fn bus_configuration() {
+        let (mut bus, _f) = bus_with(8, LunOptions::default());
+        let g = image_file(4096);
+        let lu = Arc::new(LogicalUnit::open(g.path(), LunOptions::default()).unwrap());
+        assert_eq!(
+            bus.add_lun(0, 0, lu.clone()),
+            Err(ConfigError::DuplicateLun { target: 0, lun: 0 })
+        );
+        assert_eq!(
+            bus.add_lun(0, 16384, lu.clone()),
+            Err(ConfigError::LunOutOfRange { lun: 16384 })
+        );
+        bus.add_lun(3, 7, lu).unwrap();
+        assert_eq!(bus.max_target(), 3);
+        assert_eq!(bus.max_lun(), 7);
+        let units: Vec<_> = bus.units().map(|(t, l, _)| (t, l)).collect();
+        assert_eq!(units, [(0, 0), (3, 7)]);
+        assert!(bus.target(1).is_none());
+        bus.flush_all().unwrap();
+        assert_eq!(ScsiBus::new().max_target(), 0);
+    }
+
+    #[test]
+    fn invalid_opcode_is_5_20_00_byte_exact() {
+        let (bus, _f) = bus_with(8, LunOptions::default());
+        let t = bus.target(0).unwrap();
+        let (r, _) = run(t, 0, &[0xC0; 32], 64, &[]);
+        assert_eq!(r.status, 2);
+        assert_eq!(
+            r.sense(),
+            &[0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x20, 0x00, 0, 0, 0, 0]
+        );
+        // Unsupported but real commands too.
+        for opcode in [
+            op::FORMAT_UNIT,
+            op::UNMAP,
+            op::WRITE_SAME_16,
+            op::MODE_SELECT_6,
+        ] {
+            let (r, _) = run(
+                t,
+                0,
+                &[opcode, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                64,
+                &[],
+            );
+            assert_eq!(triple(&r), (5, 0x20, 0), "{opcode:#x}");
+        }
+    }
+
+    #[test]
+    fn missing_lun_is_5_25_00_byte_exact() {
+        let (bus, _f) = bus_with(8, LunOptions::default());
+        let t = bus.target(0).unwrap();
+        for cdb in [
+            Cdb::test_unit_ready(),
+            Cdb::read_10(0, 1, false),
+            Cdb::read_capacity_10(),
+        ] {
+            let (r, _) = run_cdb(t, 1, cdb, 512);
+            assert_eq!(
+                r.sense(),
+                &[0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x25, 0x00, 0, 0, 0, 0]
+            );
+        }
+        // Even an invalid opcode: the LUN is what is wrong.
+        let (r, _) = run(t, 1, &[0xFF], 0, &[]);
+        assert_eq!(triple(&r), (5, 0x25, 0));
+        assert_eq!(triple(&run(t, 1, &[], 0, &[]).0), (5, 0x25, 0));
+    }
+
+    #[test]
+    fn every_malformed_cdb_gets_a_scsi_answer() {
+        let (bus, _f) = bus_with(8, LunOptions::default());
+        let t = bus.target(0).unwrap();
+        assert_eq!(triple(&run(t, 0, &[], 0, &[]).0), (5, 0x20, 0));
+        // Every opcode, every length 0..=32, several fill patterns, on an
+        // existing LUN, a missing one and the well-known LU.
+        let mut din = VecDataIn::new(8192);
+        let payload = [0x5Au8; 8192];
+        for opcode in 0..=255u8 {
+            for len in 0..=32usize {
+                for fill in [0x00u8, 0xFF, 0x01] {
+                    let mut cdb = [fill; 32];
+                    cdb[0] = opcode;
+                    let req = Request {
+                        cdb: &cdb[..len],
+                        tag: 0,
+                        task_attr: 0,
+                    };
+                    for lun in [0u16, 1] {
+                        let r =
+                            t.execute(lun, &req, &mut din, &crate::scsi::SliceDataOut(&payload));
+                        assert!(r.is_good() || r.status == 2, "{opcode:#x} len {len}");
+                        assert!(r.data_in_len <= 8192);
+                    }
+                    let r = t.execute_well_known(&req, &mut din, &NO_DATA_OUT);
+                    assert!(r.is_good() || r.status == 2);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn well_known_lu() {
+        let (bus, _f) = bus_with(8, LunOptions::default());
+        let t = bus.target(0).unwrap();
+        let mut din = VecDataIn::new(256);
+        let wk = |cdb: Cdb, din: &mut VecDataIn| {
+            t.execute_well_known(
+                &Request {
+                    cdb: cdb.as_bytes(),
+                    tag: 0,
+                    task_attr: 0,
+                },
+                din,
+                &NO_DATA_OUT,
+            )
+        };
+        let r = wk(Cdb::report_luns(0, 256), &mut din);
+        assert!(r.is_good());
+        assert_eq!(
+            &din.data()[..16],
+            &[0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        let r = wk(Cdb::inquiry(false, 0, 36), &mut din);
+        assert!(r.is_good());
+        assert_eq!(din.data()[0], 0x1E);
+        assert!(wk(Cdb::test_unit_ready(), &mut din).is_good());
+        assert!(wk(Cdb::request_sense(false, 18), &mut din).is_good());
+        let r = wk(Cdb::read_10(0, 1, false), &mut din);
+        assert_eq!(triple(&r), (5, 0x20, 0));
+    }
+
+    #[test]
+    fn shared_across_threads() {
+        let (bus, _f) = bus_with(64, LunOptions::default());
+        let bus = Arc::new(bus);
+        std::thread::scope(|s| {
+            for i in 0..4u64 {
+                let bus = bus.clone();
+                s.spawn(move || {
+                    let t = bus.target(0).unwrap();
+                    for _ in 0..50 {
+                        let lba = i * 16;
+                        let payload = [i as u8 + 1; 512 * 4];
+                        let (r, _) = run(
+                            t,
+                            0,
+                            Cdb::write_10(lba as u32, 4, false).as_bytes(),
+                            0,
+                            &payload,
+                        );
+                        assert!(r.is_good());
+                        let (r, data) = run_cdb(t, 0, Cdb::read_16(lba, 4, false), 2048);
+                        assert!(r.is_good());
+                        assert_eq!(&data[..], &payload[..]);
+                    }
+                });
+            }
+        });
+    }
+}

@@ -1,0 +1,93 @@
+//! Turning a descriptor chain into two byte streams (VIRTIO 1.2 §2.7.4-2.7.5).
+//!
+//! A virtio-scsi request is one chain: device-readable descriptors (request
+//! header, then data-out) followed by device-writable ones (response header,
+//! then data-in). Headers may be split across descriptors, and that must
+//! work. Anything a driver can get wrong is checked here and reported as a
+//! [`ChainFault`], never trusted: addresses outside guest memory, a readable
+//! descriptor after a writable one, zero-length descriptors are skipped.
+
+use std::ops::Deref;
+
+use virtio_queue::{desc::split::Descriptor, DescriptorChain};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use super::guest_io::IoVecs;
+
+/// What was wrong with a chain. The request is still completed: with a
+/// FAILURE response if the response header is reachable, else with len 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainFault {
+    /// A descriptor points outside guest memory.
+    BadAddress {
+        /// Guest-physical address of the descriptor.
+        addr: u64,
+        /// Its length.
+        len: u32,
+    },
+    /// A device-readable descriptor follows a device-writable one (§2.7.4.2).
+    ReadableAfterWritable,
+}
+
+/// Splits `chain` into its readable stream `r` and writable stream `w`.
+///
+/// On a fault the readable stream keeps what came before the bad descriptor
+/// and the writable stream what came before a bad writable descriptor, so a
+/// FAILURE response can still be written if the writable stream got far enough.
+pub fn split_chain<M>(
+    chain: DescriptorChain<M>,
+    mem: &GuestMemoryMmap,
+    r: &mut IoVecs,
+    w: &mut IoVecs,
+) -> Result<(), ChainFault>
+where
+    M: Deref,
+    M::Target: vm_memory::GuestMemory,
+{
+    r.clear();
+    w.clear();
+    let mut fault = None;
+    for desc in chain {
+        // After a bad readable descriptor, skip the rest of the readable
+        // part but keep collecting the writable part, so the FAILURE
+        // response can still be written. After a bad writable descriptor
+        // the offsets of what follows are unknowable: stop.
+        if fault.is_some() && !desc.is_write_only() {
+            continue;
+        }
+        if let Err(e) = add_descriptor(&desc, mem, r, w) {
+            fault.get_or_insert(e);
+            if desc.is_write_only() {
+                break;
+            }
+        }
+    }
+    fault.map_or(Ok(()), Err)
+}
+
+fn add_descriptor(
+    desc: &Descriptor,
+    mem: &GuestMemoryMmap,
+    r: &mut IoVecs,
+    w: &mut IoVecs,
+) -> Result<(), ChainFault> {
+    let (addr, len) = (desc.addr().0, desc.len());
+    if len == 0 {
+        return Ok(());
+    }
+    if !desc.is_write_only() && !w.is_empty() {
+        return Err(ChainFault::ReadableAfterWritable);
+    }
+    let target = if desc.is_write_only() { w } else { r };
+    // A buffer may in principle cross from one memory region into the next.
+    let mut covered = 0usize;
+    for slice in GuestMemoryBackend::get_slices(mem, GuestAddress(addr), len as usize) {
+        let slice = slice.map_err(|_| ChainFault::BadAddress { addr, len })?;
+        target.push(slice.ptr_guard_mut().as_ptr(), slice.len());
+        covered += slice.len();
+    }
+    if covered != len as usize {
+        return Err(ChainFault::BadAddress { addr, len });
+    }
+    Ok(())
+}

@@ -1,0 +1,330 @@
+//! Data buffers of one request as host iovecs into guest memory, and the
+//! SCSI layer's [`DataIn`] / [`DataOut`] over them.
+//!
+//! The device-readable and device-writable descriptors of a chain are
+//! translated once into `iovec`s pointing into the mapped guest memory, so
+//! READ and WRITE move data with `preadv`/`pwritev` straight between the
+//! image and the guest's buffers: no bounce buffer. The vectors are owned by
+//! the queue worker and reused from one request to the next, so the steady
+//! state allocates nothing.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+use crate::scsi::{DataIn, DataOut};
+
+/// How many iovecs one `preadv`/`pwritev` call takes from the stack at most.
+const IOV_BATCH: usize = 64;
+
+/// A list of host buffers (a byte stream cut into segments) inside guest memory.
+///
+/// Invariant: every `(iov_base, iov_len)` lies inside the guest memory mapping
+/// that the worker holds a guard on for as long as the list is in use; the
+/// worker clears the list before it releases the guard.
+#[derive(Default)]
+pub struct IoVecs {
+    iov: Vec<libc::iovec>,
+    len: usize,
+}
+
+// SAFETY: the raw pointers refer to the shared guest memory mapping, which is
+// valid for every thread of the process; the list is only used by the queue
+// worker that owns it.
+unsafe impl Send for IoVecs {}
+
+impl IoVecs {
+    /// Forget all segments (keeps the allocation).
+    pub fn clear(&mut self) {
+        self.iov.clear();
+        self.len = 0;
+    }
+
+    /// Appends a segment. `ptr..ptr+len` must lie in guest memory (see the type's invariant).
+    pub fn push(&mut self, ptr: *mut u8, len: usize) {
+        if len == 0 {
+            return;
+        }
+        self.iov.push(libc::iovec {
+            iov_base: ptr.cast(),
+            iov_len: len,
+        });
+        self.len += len;
+    }
+
+    /// Total bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no bytes at all.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Calls `f` with each piece of `[offset, offset + len)` as `(ptr, len)`.
+    fn pieces(&self, mut offset: usize, mut len: usize, mut f: impl FnMut(*mut u8, usize)) {
+        for v in &self.iov {
+            if len == 0 {
+                break;
+            }
+            if offset >= v.iov_len {
+                offset -= v.iov_len;
+                continue;
+            }
+            let n = (v.iov_len - offset).min(len);
+            // The pointer arithmetic stays inside the segment: offset < iov_len.
+            f(v.iov_base.cast::<u8>().wrapping_add(offset), n);
+            offset = 0;
+            len -= n;
+        }
+    }
+
+    /// Copies `data` into the stream at `offset`, truncated at the end; returns bytes copied.
+    pub fn copy_in(&self, offset: usize, data: &[u8]) -> usize {
+        let n = data.len().min(self.len.saturating_sub(offset));
+        let mut done = 0;
+        self.pieces(offset, n, |ptr, len| {
+            // SAFETY: `ptr..ptr+len` is inside a segment of guest memory (type
+            // invariant) and `data[done..done+len]` is in bounds since the
+            // pieces add up to `n <= data.len()`; the regions cannot overlap
+            // (one is ours, one is the guest's).
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr().add(done), ptr, len) };
+            done += len;
+        });
+        n
+    }
+
+    /// Copies from the stream at `offset` into `out`, truncated at the end; returns bytes copied.
+    pub fn copy_out(&self, offset: usize, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.len.saturating_sub(offset));
+        let mut done = 0;
+        self.pieces(offset, n, |ptr, len| {
+            // SAFETY: as in `copy_in`, with the roles of the buffers swapped.
+            unsafe { std::ptr::copy_nonoverlapping(ptr, out.as_mut_ptr().add(done), len) };
+            done += len;
+        });
+        n
+    }
+
+    /// Runs `op` (a `preadv` or `pwritev`) over `[offset, offset + len)` of
+    /// the stream and `file_offset` of the file until every byte moved,
+    /// batching up to [`IOV_BATCH`] segments per call.
+    fn transfer(
+        &self,
+        offset: usize,
+        len: usize,
+        file_offset: u64,
+        op: impl Fn(&[libc::iovec], u64) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range past the data buffer",
+            ));
+        }
+        let (mut offset, mut left, mut file_offset) = (offset, len, file_offset);
+        while left > 0 {
+            let mut batch = [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; IOV_BATCH];
+            let mut count = 0;
+            let mut want = 0;
+            self.pieces(offset, left, |ptr, n| {
+                if count < IOV_BATCH {
+                    batch[count] = libc::iovec {
+                        iov_base: ptr.cast(),
+                        iov_len: n,
+                    };
+                    count += 1;
+                    want += n;
+                }
+            });
+            let done = op(&batch[..count], file_offset)?;
+            if done == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let done = done.min(want);
+            offset += done;
+            left -= done;
+            file_offset += done as u64;
+        }
+        Ok(())
+    }
+}
+
+fn preadv(file: &File, iov: &[libc::iovec], offset: u64) -> io::Result<usize> {
+    loop {
+        // SAFETY: every iovec points into mapped guest memory (IoVecs
+        // invariant) that the kernel may write; the count matches the slice.
+        let r = unsafe {
+            libc::preadv(
+                file.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+fn pwritev(file: &File, iov: &[libc::iovec], offset: u64) -> io::Result<usize> {
+    loop {
+        // SAFETY: every iovec points into mapped guest memory (IoVecs
+        // invariant) that the kernel only reads; the count matches the slice.
+        let r = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// The data-in part of a request: device-writable bytes after the response header.
+pub struct GuestDataIn<'a> {
+    /// The whole writable stream of the chain.
+    pub iov: &'a IoVecs,
+    /// Where data-in starts in it (after `virtio_scsi_cmd_resp`).
+    pub base: usize,
+}
+
+impl DataIn for GuestDataIn<'_> {
+    fn capacity(&self) -> usize {
+        self.iov.len().saturating_sub(self.base)
+    }
+
+    fn write_at(&mut self, offset: usize, data: &[u8]) -> usize {
+        self.iov.copy_in(self.base + offset, data)
+    }
+
+    fn read_from_file(
+        &mut self,
+        offset: usize,
+        len: usize,
+        file: &File,
+        file_offset: u64,
+    ) -> io::Result<()> {
+        self.iov
+            .transfer(self.base + offset, len, file_offset, |iov, off| {
+                preadv(file, iov, off)
+            })
+    }
+}
+
+/// The data-out part of a request: device-readable bytes after the request header.
+pub struct GuestDataOut<'a> {
+    /// The whole readable stream of the chain.
+    pub iov: &'a IoVecs,
+    /// Where data-out starts in it (after `virtio_scsi_cmd_req`).
+    pub base: usize,
+}
+
+impl DataOut for GuestDataOut<'_> {
+    fn len(&self) -> usize {
+        self.iov.len().saturating_sub(self.base)
+    }
+
+    fn read_at(&self, offset: usize, buf: &mut [u8]) -> usize {
+        self.iov.copy_out(self.base + offset, buf)
+    }
+
+    fn write_to_file(
+        &self,
+        offset: usize,
+        len: usize,
+        file: &File,
+        file_offset: u64,
+    ) -> io::Result<()> {
+        self.iov
+            .transfer(self.base + offset, len, file_offset, |iov, off| {
+                pwritev(file, iov, off)
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn streams_cross_segment_boundaries() {
+        let mut a = [0u8; 5];
+        let mut b = [0u8; 3];
+        let mut c = [0u8; 8];
+        let mut iov = IoVecs::default();
+        iov.push(a.as_mut_ptr(), a.len());
+        iov.push(b.as_mut_ptr(), b.len());
+        iov.push(c.as_mut_ptr(), c.len());
+        assert_eq!(iov.len(), 16);
+        assert_eq!(iov.copy_in(3, &[1, 2, 3, 4, 5, 6]), 6);
+        let mut out = [0u8; 20];
+        assert_eq!(iov.copy_out(0, &mut out), 16);
+        assert_eq!(
+            &out[..16],
+            &[0, 0, 0, 1, 2, 3, 4, 5, 6, 0, 0, 0, 0, 0, 0, 0]
+        );
+        // Truncated at the end of the stream.
+        assert_eq!(iov.copy_in(14, &[9, 9, 9, 9]), 2);
+        iov.clear();
+        assert!(iov.is_empty());
+        let _ = (&mut a, &mut b, &mut c);
+    }
+
+    #[test]
+    fn preadv_and_pwritev_move_file_bytes_over_many_segments() {
+        let file = tempfile::tempfile().unwrap();
+        let pattern: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
+        file.write_all_at(&pattern, 0).unwrap();
+
+        // 100 segments of 3 bytes: more than one IOV_BATCH.
+        let mut bufs = vec![[0u8; 3]; 100];
+        let mut iov = IoVecs::default();
+        for b in bufs.iter_mut() {
+            iov.push(b.as_mut_ptr(), 3);
+        }
+        let mut din = GuestDataIn {
+            iov: &iov,
+            base: 10,
+        };
+        assert_eq!(din.capacity(), 290);
+        din.read_from_file(0, 290, &file, 1000).unwrap();
+        let flat: Vec<u8> = bufs.iter().flatten().copied().collect();
+        assert_eq!(&flat[10..300], &pattern[1000..1290]);
+        assert!(din.read_from_file(1, 290, &file, 0).is_err());
+
+        let dout = GuestDataOut {
+            iov: &iov,
+            base: 10,
+        };
+        dout.write_to_file(0, 290, &file, 4096).unwrap();
+        let mut back = vec![0u8; 290];
+        file.read_exact_at(&mut back, 4096).unwrap();
+        assert_eq!(back, &pattern[1000..1290]);
+
+        // Reading past EOF is an error, not a silent short read.
+        let mut din = GuestDataIn { iov: &iov, base: 10 };
+        assert_eq!(
+            din.read_from_file(0, 100, &file, 8150).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+    }
+}

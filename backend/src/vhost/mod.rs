@@ -1,0 +1,18 @@
+//! The vhost-user transport: the only part of the backend that knows virtio.
+//!
+//! - [`device`]: the `VhostUserBackend` implementation (features, config
+//!   space, which worker thread serves which queue).
+//! - [`request_queue`]: pop a chain, parse `virtio_scsi_cmd_req`, run the
+//!   SCSI command, write `virtio_scsi_cmd_resp`, complete (VIRTIO 1.2 §5.6.6.1).
+//! - [`control_queue`]: task management and asynchronous notification
+//!   requests (§5.6.6.2).
+//! - [`chain`]: descriptor chain → iovecs, with every address checked.
+//! - [`guest_io`]: iovecs in guest memory as the SCSI layer's data buffers.
+
+pub mod chain;
+pub mod control_queue;
+pub mod device;
+pub mod guest_io;
+pub mod request_queue;
+
+pub use device::{DeviceOptions, ScsiDevice};
