@@ -1,1 +1,33 @@
-//! placeholder
+//! A userspace virtio-scsi driver: the vhost-user *frontend*.
+//!
+//! It creates the shared memory (a memfd), lays out its own split
+//! virtqueues in it, speaks vhost-user to a device such as `vscsi-backend`,
+//! builds SCSI requests as descriptor chains, kicks, and reaps completions,
+//! behind an async tokio API:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), vscsi_driver::Error> {
+//! use vscsi_driver::{Driver, QueueConfig, ScsiCommand};
+//! let cfg = QueueConfig { queue_count: 1, queue_size: 128, use_indirect: true, event_index: true };
+//! let driver = Driver::connect("/tmp/vs.sock", cfg).await?;
+//! let r = driver.send_command(0, 0, ScsiCommand::TestUnitReady).await?;
+//! println!("status {:#x}", r.status);
+//! # Ok(()) }
+//! ```
+//!
+//! Modules: [`memory`] (the shared region), [`ring`] (driver-side
+//! virtqueues), [`transport`] (vhost-user set-up), `queue` (one request
+//! queue: slots, in-flight table, completion task), [`command`]
+//! (`ScsiCommand` → CDB), [`driver`] (the public API).
+
+pub mod command;
+pub mod driver;
+pub mod error;
+pub mod memory;
+mod queue;
+pub mod ring;
+pub mod transport;
+
+pub use command::ScsiCommand;
+pub use driver::{CommandError, Driver, DriverOptions, Features, LunInfo, QueueConfig, Response};
+pub use error::{Error, Result};

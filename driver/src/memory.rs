@@ -1,0 +1,520 @@
+//! Shared "guest" memory for the userspace driver.
+//!
+//! A vhost-user frontend has no guest RAM: the memory it shares with the backend
+//! (`VHOST_USER_SET_MEM_TABLE`, vhost-user spec "Memory regions") is an ordinary
+//! anonymous file created with `memfd_create(2)`, mapped `MAP_SHARED` here and
+//! mapped again by the backend from the passed file descriptor. Everything the
+//! device may touch — the virtqueues (VIRTIO 1.2 §2.7) and the request buffers —
+//! is carved out of one such region.
+//!
+//! GPA convention: the region is announced to the backend at guest physical
+//! address 0, so the GPA of a byte is its offset in the region
+//! ([`SharedMemory::gpa`]).
+//!
+//! The device runs in another process and may write any byte of the region at
+//! any time. All accesses therefore go through raw pointers with volatile (or,
+//! in the ring code, atomic) operations; no Rust reference to the mapped bytes
+//! is ever handed out.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+
+/// Errors creating or accessing a [`SharedMemory`] region, or carving it up with a [`Carver`].
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The region name contains a NUL byte, so it cannot be passed to `memfd_create(2)`.
+    #[error("shared memory name {0:?} contains a NUL byte")]
+    InvalidName(String),
+    /// A zero-length region was requested; `mmap(2)` cannot map it.
+    #[error("shared memory region {name:?} must not be empty")]
+    ZeroLength {
+        /// Name of the region.
+        name: String,
+    },
+    /// The requested length does not fit in `off_t`.
+    #[error("shared memory region {name:?}: length {len} is too large")]
+    TooLarge {
+        /// Name of the region.
+        name: String,
+        /// Requested length in bytes.
+        len: usize,
+    },
+    /// `memfd_create(2)` failed.
+    #[error("memfd_create({name:?}) failed: {source}")]
+    Create {
+        /// Name of the region.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// `ftruncate(2)` of the memfd to the region length failed.
+    #[error("ftruncate of memfd {name:?} to {len} bytes failed: {source}")]
+    Resize {
+        /// Name of the region.
+        name: String,
+        /// Requested length in bytes.
+        len: usize,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// `mmap(2)` of the memfd failed.
+    #[error("mmap of memfd {name:?} ({len} bytes, MAP_SHARED) failed: {source}")]
+    Map {
+        /// Name of the region.
+        name: String,
+        /// Requested length in bytes.
+        len: usize,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// An access `[offset, offset + len)` does not lie inside the region.
+    #[error(
+        "access of {len} bytes at offset {offset:#x} is outside the {region_len:#x}-byte region"
+    )]
+    OutOfBounds {
+        /// Start of the access.
+        offset: usize,
+        /// Length of the access.
+        len: usize,
+        /// Length of the region.
+        region_len: usize,
+    },
+    /// A [`Carver`] allocation asked for an alignment that is not a power of two.
+    #[error("alignment {0} is not a power of two")]
+    BadAlignment(usize),
+    /// A [`Carver`] ran out of space.
+    #[error("shared memory exhausted: {size} bytes (align {align}) requested, {used} of {len} bytes already used")]
+    Exhausted {
+        /// Requested size.
+        size: usize,
+        /// Requested alignment.
+        align: usize,
+        /// Bytes already handed out (including alignment padding).
+        used: usize,
+        /// Total bytes the carver manages.
+        len: usize,
+    },
+}
+
+/// A memfd-backed `MAP_SHARED` region: the "guest memory" shared with the device.
+///
+/// GPA convention: the region sits at GPA 0, so `GPA == offset`.
+///
+/// The mapping is removed (`munmap`) and the memfd closed on drop. The type is
+/// `Send + Sync`: it only hands out raw addresses and performs volatile copies,
+/// so sharing it between threads is no different from sharing it with the
+/// device process.
+#[derive(Debug)]
+pub struct SharedMemory {
+    fd: OwnedFd,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: SharedMemory owns its mapping and fd; it exposes only raw pointers/addresses and volatile copies, never references to the mapped bytes, so moving it to another thread is sound.
+unsafe impl Send for SharedMemory {}
+// SAFETY: every method takes &self and accesses the mapping only through volatile raw-pointer operations (the bytes are concurrently writable by the device process anyway), so concurrent use from several threads introduces no new aliasing hazard.
+unsafe impl Sync for SharedMemory {}
+
+impl SharedMemory {
+    /// Creates a region of `len` bytes: `memfd_create(name, MFD_CLOEXEC)`,
+    /// `ftruncate(len)`, `mmap(PROT_READ | PROT_WRITE, MAP_SHARED)`.
+    ///
+    /// The contents start zeroed (a fresh memfd reads as zeros).
+    pub fn new(name: &str, len: usize) -> Result<Self, MemoryError> {
+        let cname = CString::new(name).map_err(|_| MemoryError::InvalidName(name.to_owned()))?;
+        if len == 0 {
+            return Err(MemoryError::ZeroLength {
+                name: name.to_owned(),
+            });
+        }
+        let off_len = libc::off_t::try_from(len).map_err(|_| MemoryError::TooLarge {
+            name: name.to_owned(),
+            len,
+        })?;
+
+        // SAFETY: cname is a valid NUL-terminated string that outlives the call; memfd_create has no other preconditions.
+        let raw = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(MemoryError::Create {
+                name: name.to_owned(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: raw is a freshly created, valid file descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+
+        // SAFETY: fd is a valid open memfd; ftruncate only changes its size.
+        let rc = unsafe { libc::ftruncate(fd.as_raw_fd(), off_len) };
+        if rc != 0 {
+            return Err(MemoryError::Resize {
+                name: name.to_owned(),
+                len,
+                source: io::Error::last_os_error(),
+            });
+        }
+
+        // SAFETY: a NULL hint lets the kernel choose the address; fd is a valid memfd of exactly len bytes, so the new mapping aliases no Rust object.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(MemoryError::Map {
+                name: name.to_owned(),
+                len,
+                source: io::Error::last_os_error(),
+            });
+        }
+        let ptr = NonNull::new(addr.cast::<u8>()).ok_or_else(|| MemoryError::Map {
+            name: name.to_owned(),
+            len,
+            source: io::Error::other("mmap returned NULL"),
+        })?;
+        Ok(Self { fd, ptr, len })
+    }
+
+    /// The memfd, e.g. to pass in `VHOST_USER_SET_MEM_TABLE`. Owned by `self`.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Length of the region in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always `false`: a region is never empty (see [`MemoryError::ZeroLength`]).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The frontend virtual address of the mapping (vhost-user `userspace_addr`).
+    pub fn host_addr(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
+    /// The guest physical address of `offset` (GPA convention: base 0, so `== offset`).
+    pub fn gpa(&self, offset: usize) -> u64 {
+        offset as u64
+    }
+
+    /// The frontend virtual address of `offset`, as used by `VHOST_USER_SET_VRING_ADDR`.
+    pub fn host_va(&self, offset: usize) -> u64 {
+        self.host_addr().wrapping_add(offset as u64)
+    }
+
+    /// Raw base pointer of the mapping. The bytes may change under the caller at
+    /// any time (the device writes them); access only with volatile or atomic
+    /// operations and within [`len`](Self::len).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Checks that `[offset, offset + len)` lies inside the region and returns
+    /// a pointer to its first byte.
+    pub fn checked_ptr(&self, offset: usize, len: usize) -> Result<*mut u8, MemoryError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => {
+                // wrapping_add never creates UB; the bounds check above keeps the
+                // result inside the mapping.
+                Ok(self.ptr.as_ptr().wrapping_add(offset))
+            }
+            _ => Err(MemoryError::OutOfBounds {
+                offset,
+                len,
+                region_len: self.len,
+            }),
+        }
+    }
+
+    /// Copies `data` into the region at `offset` (bounds-checked, volatile stores).
+    pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
+        let dst = self.checked_ptr(offset, data.len())?;
+        let mut i = 0;
+        // Byte stores until the shared side is 8-byte aligned, then 8-byte stores.
+        while i < data.len() && (dst as usize + i) & 7 != 0 {
+            // SAFETY: dst + i is inside the checked range [offset, offset + data.len()) of the live mapping.
+            unsafe { dst.add(i).write_volatile(data[i]) };
+            i += 1;
+        }
+        while i + 8 <= data.len() {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&data[i..i + 8]);
+            // SAFETY: dst + i is 8-byte aligned (loop above) and the 8 bytes lie inside the checked range of the live mapping.
+            unsafe {
+                dst.add(i)
+                    .cast::<u64>()
+                    .write_volatile(u64::from_ne_bytes(word))
+            };
+            i += 8;
+        }
+        while i < data.len() {
+            // SAFETY: dst + i is inside the checked range of the live mapping.
+            unsafe { dst.add(i).write_volatile(data[i]) };
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Copies `out.len()` bytes at `offset` out of the region (bounds-checked, volatile loads).
+    pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
+        let src = self.checked_ptr(offset, out.len())?.cast_const();
+        let mut i = 0;
+        while i < out.len() && (src as usize + i) & 7 != 0 {
+            // SAFETY: src + i is inside the checked range of the live mapping.
+            out[i] = unsafe { src.add(i).read_volatile() };
+            i += 1;
+        }
+        while i + 8 <= out.len() {
+            // SAFETY: src + i is 8-byte aligned and the 8 bytes lie inside the checked range of the live mapping.
+            let word = unsafe { src.add(i).cast::<u64>().read_volatile() };
+            out[i..i + 8].copy_from_slice(&word.to_ne_bytes());
+            i += 8;
+        }
+        while i < out.len() {
+            // SAFETY: src + i is inside the checked range of the live mapping.
+            out[i] = unsafe { src.add(i).read_volatile() };
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Sets `len` bytes at `offset` to `byte` (bounds-checked, volatile stores).
+    pub fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<(), MemoryError> {
+        let dst = self.checked_ptr(offset, len)?;
+        let word = u64::from_ne_bytes([byte; 8]);
+        let mut i = 0;
+        while i < len && (dst as usize + i) & 7 != 0 {
+            // SAFETY: dst + i is inside the checked range of the live mapping.
+            unsafe { dst.add(i).write_volatile(byte) };
+            i += 1;
+        }
+        while i + 8 <= len {
+            // SAFETY: dst + i is 8-byte aligned and the 8 bytes lie inside the checked range of the live mapping.
+            unsafe { dst.add(i).cast::<u64>().write_volatile(word) };
+            i += 8;
+        }
+        while i < len {
+            // SAFETY: dst + i is inside the checked range of the live mapping.
+            unsafe { dst.add(i).write_volatile(byte) };
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+impl AsFd for SharedMemory {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for SharedMemory {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len describe exactly the mapping created in new(), which is unmapped only here; no references into it exist (only raw pointers, which are dead once self is dropped).
+        let rc = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        if rc != 0 {
+            tracing::warn!(
+                error = %io::Error::last_os_error(),
+                len = self.len,
+                "munmap of shared memory failed"
+            );
+        }
+        // The memfd is closed by OwnedFd's Drop.
+    }
+}
+
+/// Bump allocator that carves rings and buffers out of a region at set-up time.
+///
+/// It only hands out offsets; nothing is ever freed. Offsets are relative to the
+/// start of the region, so with the GPA convention they are also GPAs.
+#[derive(Debug, Clone)]
+pub struct Carver {
+    next: usize,
+    len: usize,
+}
+
+impl Carver {
+    /// A carver for a region of `len` bytes, starting at offset 0.
+    pub fn new(len: usize) -> Self {
+        Self { next: 0, len }
+    }
+
+    /// Reserves `size` bytes aligned to `align` (a power of two) and returns their offset.
+    pub fn alloc(&mut self, size: usize, align: usize) -> Result<usize, MemoryError> {
+        if !align.is_power_of_two() {
+            return Err(MemoryError::BadAlignment(align));
+        }
+        let exhausted = || MemoryError::Exhausted {
+            size,
+            align,
+            used: self.next,
+            len: self.len,
+        };
+        let start = self
+            .next
+            .checked_add(align - 1)
+            .map(|v| v & !(align - 1))
+            .ok_or_else(exhausted)?;
+        let end = start.checked_add(size).ok_or_else(exhausted)?;
+        if end > self.len {
+            return Err(exhausted());
+        }
+        self.next = end;
+        Ok(start)
+    }
+
+    /// Bytes handed out so far, including alignment padding.
+    pub fn used(&self) -> usize {
+        self.next
+    }
+
+    /// Bytes still available (ignoring future alignment padding).
+    pub fn remaining(&self) -> usize {
+        self.len - self.next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn shared_memory_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<SharedMemory>();
+    }
+
+    #[test]
+    fn new_maps_zeroed_region_and_roundtrips() {
+        let mem = SharedMemory::new("vscsi-test", 8192).unwrap();
+        assert_eq!(mem.len(), 8192);
+        assert!(!mem.is_empty());
+        assert!(mem.fd() >= 0);
+        assert_eq!(mem.host_addr() % 4096, 0, "mmap base is page aligned");
+        assert_eq!(mem.gpa(0x123), 0x123);
+        assert_eq!(mem.host_va(0x10), mem.host_addr() + 0x10);
+
+        let mut buf = vec![0xffu8; 8192];
+        mem.read(0, &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+
+        // Unaligned start and odd length exercise all three copy phases.
+        let data: Vec<u8> = (0..1003u32).map(|i| (i * 7 + 3) as u8).collect();
+        mem.write(13, &data).unwrap();
+        let mut back = vec![0u8; data.len()];
+        mem.read(13, &mut back).unwrap();
+        assert_eq!(back, data);
+        // Neighbours untouched.
+        let mut edge = [0xaau8; 1];
+        mem.read(12, &mut edge).unwrap();
+        assert_eq!(edge, [0]);
+        mem.read(13 + 1003, &mut edge).unwrap();
+        assert_eq!(edge, [0]);
+    }
+
+    #[test]
+    fn writes_are_visible_through_the_memfd() {
+        let mem = SharedMemory::new("vscsi-test-fd", 4096).unwrap();
+        mem.write(100, b"hello device").unwrap();
+        let file = std::fs::File::from(mem.as_fd().try_clone_to_owned().unwrap());
+        let mut buf = [0u8; 12];
+        file.read_exact_at(&mut buf, 100).unwrap();
+        assert_eq!(&buf, b"hello device");
+        // And the other direction: a write through the fd shows up in the mapping.
+        file.write_all_at(b"from device", 2000).unwrap();
+        let mut buf = [0u8; 11];
+        mem.read(2000, &mut buf).unwrap();
+        assert_eq!(&buf, b"from device");
+    }
+
+    #[test]
+    fn fill_sets_exact_range() {
+        let mem = SharedMemory::new("vscsi-test-fill", 4096).unwrap();
+        mem.fill(5, 37, 0x5a).unwrap();
+        let mut buf = [0u8; 50];
+        mem.read(0, &mut buf).unwrap();
+        for (i, b) in buf.iter().enumerate() {
+            let want = if (5..42).contains(&i) { 0x5a } else { 0 };
+            assert_eq!(*b, want, "byte {i}");
+        }
+    }
+
+    #[test]
+    fn out_of_bounds_accesses_are_errors() {
+        let mem = SharedMemory::new("vscsi-test-oob", 4096).unwrap();
+        let mut buf = [0u8; 2];
+        assert!(matches!(
+            mem.read(4095, &mut buf),
+            Err(MemoryError::OutOfBounds {
+                offset: 4095,
+                len: 2,
+                region_len: 4096
+            })
+        ));
+        assert!(mem.write(4096, &[1]).is_err());
+        assert!(mem.write(usize::MAX, &[1]).is_err(), "offset overflow");
+        assert!(mem.fill(1, usize::MAX, 0).is_err(), "length overflow");
+        assert!(mem.checked_ptr(0, 4096).is_ok());
+        assert!(mem.checked_ptr(4096, 0).is_ok());
+        assert!(mem.checked_ptr(4096, 1).is_err());
+        // An empty access at the end is fine.
+        mem.write(4096, &[]).unwrap();
+    }
+
+    #[test]
+    fn new_rejects_bad_arguments() {
+        assert!(matches!(
+            SharedMemory::new("x", 0),
+            Err(MemoryError::ZeroLength { .. })
+        ));
+        assert!(matches!(
+            SharedMemory::new("a\0b", 4096),
+            Err(MemoryError::InvalidName(_))
+        ));
+        assert!(matches!(
+            SharedMemory::new("huge", usize::MAX),
+            Err(MemoryError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn carver_aligns_and_exhausts() {
+        let mut c = Carver::new(100);
+        assert_eq!(c.alloc(3, 1).unwrap(), 0);
+        assert_eq!(c.alloc(4, 16).unwrap(), 16);
+        assert_eq!(c.used(), 20);
+        assert_eq!(c.alloc(0, 4).unwrap(), 20);
+        assert_eq!(c.alloc(8, 8).unwrap(), 24);
+        assert_eq!(c.remaining(), 68);
+        assert!(matches!(c.alloc(1, 3), Err(MemoryError::BadAlignment(3))));
+        assert!(matches!(c.alloc(1, 0), Err(MemoryError::BadAlignment(0))));
+        assert!(matches!(
+            c.alloc(69, 1),
+            Err(MemoryError::Exhausted {
+                size: 69,
+                used: 32,
+                ..
+            })
+        ));
+        // A failed allocation leaves the state untouched.
+        assert_eq!(c.used(), 32);
+        assert_eq!(c.alloc(68, 1).unwrap(), 32);
+        assert_eq!(c.remaining(), 0);
+        assert!(c.alloc(usize::MAX, 1).is_err());
+        assert!(c.alloc(0, 1 << 63).is_err());
+    }
+}

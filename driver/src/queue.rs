@@ -1,0 +1,365 @@
+//! One request queue: its ring, its request slots in shared memory, its
+//! in-flight table and its completion task.
+//!
+//! Each slot owns a header area (`virtio_scsi_cmd_req` + `virtio_scsi_cmd_resp`)
+//! and a data buffer of `max_transfer` bytes in the shared region, so a
+//! command costs no set-up beyond copying its CDB and data. Queues share
+//! nothing: each has its own lock, kick and call eventfds and task.
+//!
+//! Slot lifetime: a slot is taken when a command is submitted and comes back
+//! when the [`Completed`] value carrying it is dropped, whoever drops it (the
+//! caller after reading the answer, or the completion task when the caller
+//! gave up waiting). A slot is therefore never reused while the device may
+//! still write into it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{oneshot, Semaphore};
+use tracing::{debug, error, warn};
+use vmm_sys_util::eventfd::EventFd;
+use vscsi_protocol::cdb::Cdb;
+use vscsi_protocol::virtio_scsi::{task_attr, CmdReq, CmdResp, CDB_SIZE};
+use zerocopy::little_endian::U64;
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+use crate::error::{Error, Result};
+use crate::memory::SharedMemory;
+use crate::ring::split::SplitRing;
+use crate::ring::{RingError, Segment};
+
+/// Bytes reserved per slot for the request and response headers.
+pub(crate) const HEADER_AREA: usize = 256;
+/// Offset of the response header inside a slot's header area.
+const RESP_OFFSET: usize = 128;
+const REQ_SIZE: usize = size_of::<CmdReq>();
+const RESP_SIZE: usize = size_of::<CmdResp>();
+/// Bytes of `CmdResp` before `sense`.
+const RESP_FIXED: usize = 12;
+
+/// Where a queue's pieces sit in the shared region.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueuePlacement {
+    /// Offset of the ring (see `SplitRing::layout`).
+    pub ring: usize,
+    /// Offset of `slots * HEADER_AREA` bytes of headers.
+    pub headers: usize,
+    /// Offset of `slots * max_transfer` bytes of data buffers.
+    pub data: usize,
+    /// Number of request slots.
+    pub slots: u16,
+    /// Data buffer bytes per slot.
+    pub max_transfer: usize,
+}
+
+struct Inner {
+    ring: SplitRing,
+    free: Vec<u16>,
+    /// Indexed by ring head id.
+    in_flight: Vec<Option<InFlight>>,
+    next_tag: u64,
+    broken: Option<RingError>,
+}
+
+struct InFlight {
+    slot: u16,
+    done: oneshot::Sender<Result<Completed>>,
+}
+
+/// State shared by submitters and the completion task of one queue.
+pub(crate) struct RequestQueue {
+    index: u16,
+    mem: Arc<SharedMemory>,
+    place: QueuePlacement,
+    inner: Mutex<Inner>,
+    slots_free: Semaphore,
+    kick: EventFd,
+    kicks: std::sync::atomic::AtomicU64,
+    closed: AtomicBool,
+}
+
+/// A finished command still holding its slot (returned on drop).
+pub(crate) struct Completed {
+    queue: Arc<RequestQueue>,
+    slot: u16,
+    used_len: u32,
+}
+
+/// What the device answered, copied out of shared memory.
+pub(crate) struct RawResponse {
+    pub resp: CmdResp,
+    pub sense_len: usize,
+    pub data: Vec<u8>,
+}
+
+impl RequestQueue {
+    pub(crate) fn new(
+        index: u16,
+        mem: Arc<SharedMemory>,
+        place: QueuePlacement,
+        ring: SplitRing,
+        kick: EventFd,
+    ) -> Self {
+        let size = ring.size() as usize;
+        Self {
+            index,
+            mem,
+            place,
+            inner: Mutex::new(Inner {
+                ring,
+                free: (0..place.slots).rev().collect(),
+                in_flight: (0..size).map(|_| None).collect(),
+                next_tag: 1,
+                broken: None,
+            }),
+            slots_free: Semaphore::new(place.slots as usize),
+            kick,
+            kicks: Default::default(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// How many times the driver kicked the device (notification suppression shows here).
+    pub(crate) fn kicks(&self) -> u64 {
+        self.kicks.load(Ordering::Relaxed)
+    }
+
+    /// Bytes one command may move.
+    pub(crate) fn max_transfer(&self) -> usize {
+        self.place.max_transfer
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn header_off(&self, slot: u16) -> usize {
+        self.place.headers + slot as usize * HEADER_AREA
+    }
+
+    fn data_off(&self, slot: u16) -> usize {
+        self.place.data + slot as usize * self.place.max_transfer
+    }
+
+    /// Sends one command and waits for the device to complete it.
+    pub(crate) async fn submit(
+        self: &Arc<Self>,
+        lun: [u8; 8],
+        cdb: &Cdb,
+        data_out: &[u8],
+        data_in_len: usize,
+    ) -> Result<Completed> {
+        let max = self.place.max_transfer;
+        if data_out.len() > max || data_in_len > max {
+            return Err(Error::TransferTooLarge {
+                len: data_out.len().max(data_in_len),
+                max,
+            });
+        }
+        self.slots_free
+            .acquire()
+            .await
+            .map_err(|_| Error::Closed)?
+            .forget();
+        let rx = {
+            let mut inner = self.lock();
+            if let Some(e) = &inner.broken {
+                let e = Error::DeviceBroken {
+                    queue: self.index,
+                    source: e.clone(),
+                };
+                drop(inner);
+                self.slots_free.add_permits(1);
+                return Err(e);
+            }
+            let Some(slot) = inner.free.pop() else {
+                drop(inner);
+                self.slots_free.add_permits(1);
+                return Err(Error::Closed);
+            };
+            let tag = inner.next_tag | (self.index as u64) << 48;
+            inner.next_tag = inner.next_tag.wrapping_add(1) & ((1 << 48) - 1);
+            let mut req = CmdReq::new_zeroed();
+            req.lun = lun;
+            req.tag = U64::new(tag);
+            req.task_attr = task_attr::SIMPLE;
+            let bytes = cdb.as_bytes();
+            req.cdb[..bytes.len().min(CDB_SIZE)]
+                .copy_from_slice(&bytes[..bytes.len().min(CDB_SIZE)]);
+            let hdr = self.header_off(slot);
+            let data = self.data_off(slot);
+            self.mem.write(hdr, req.as_bytes())?;
+            if !data_out.is_empty() {
+                self.mem.write(data, data_out)?;
+            }
+            let mut segs = [Segment {
+                gpa: 0,
+                len: 0,
+                device_writes: false,
+            }; 4];
+            let mut n = 0;
+            let mut push = |gpa: u64, len: usize, device_writes: bool| {
+                segs[n] = Segment {
+                    gpa,
+                    len: len as u32,
+                    device_writes,
+                };
+                n += 1;
+            };
+            push(self.mem.gpa(hdr), REQ_SIZE, false);
+            if !data_out.is_empty() {
+                push(self.mem.gpa(data), data_out.len(), false);
+            }
+            push(self.mem.gpa(hdr + RESP_OFFSET), RESP_SIZE, true);
+            if data_in_len > 0 {
+                push(self.mem.gpa(data), data_in_len, true);
+            }
+            let head = match inner.ring.add(&segs[..n]) {
+                Ok(head) => head,
+                Err(e) => {
+                    inner.free.push(slot);
+                    drop(inner);
+                    self.slots_free.add_permits(1);
+                    return Err(Error::DeviceBroken {
+                        queue: self.index,
+                        source: e,
+                    });
+                }
+            };
+            let (tx, rx) = oneshot::channel();
+            inner.in_flight[head as usize] = Some(InFlight { slot, done: tx });
+            if inner.ring.publish() {
+                self.kicks.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = self.kick.write(1) {
+                    warn!(queue = self.index, error = %e, "kick failed");
+                }
+            }
+            rx
+        };
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Drains the used ring, waking the submitters. Returns false once the
+    /// queue is broken or closed.
+    fn reap(self: &Arc<Self>) -> bool {
+        let mut inner = self.lock();
+        loop {
+            loop {
+                match inner.ring.pop_used() {
+                    Ok(Some((head, len))) => {
+                        let Some(f) = inner
+                            .in_flight
+                            .get_mut(head as usize)
+                            .and_then(Option::take)
+                        else {
+                            // The ring validated the id; a missing entry is our bug, not the device's.
+                            error!(
+                                queue = self.index,
+                                head, "completion for a head with no waiter"
+                            );
+                            continue;
+                        };
+                        let done = Completed {
+                            queue: self.clone(),
+                            slot: f.slot,
+                            used_len: len,
+                        };
+                        // If the caller gave up, dropping `done` here frees the slot.
+                        let _ = f.done.send(Ok(done));
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        error!(queue = self.index, error = %e, "device broke the ring contract; queue disabled");
+                        inner.broken = Some(e.clone());
+                        for f in inner.in_flight.iter_mut().filter_map(Option::take) {
+                            let _ = f.done.send(Err(Error::DeviceBroken {
+                                queue: self.index,
+                                source: e.clone(),
+                            }));
+                        }
+                        return false;
+                    }
+                }
+            }
+            if !inner.ring.enable_interrupts() {
+                return !self.closed.load(Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The completion task: waits on the call eventfd and reaps.
+    pub(crate) async fn run_completions(self: Arc<Self>, call: EventFd) {
+        // SAFETY: the EventFd owns its descriptor, keeps it open until it is
+        // dropped with the AsyncFd, and always returns the same one.
+        let call = match unsafe { AsyncFd::register(call) } {
+            Ok(fd) => fd,
+            Err(e) => {
+                error!(queue = self.index, error = %e, "cannot watch the call eventfd");
+                return;
+            }
+        };
+        loop {
+            if !self.reap() {
+                return;
+            }
+            let mut guard = match call.readable().await {
+                Ok(g) => g,
+                Err(e) => {
+                    error!(queue = self.index, error = %e, "call eventfd failed");
+                    return;
+                }
+            };
+            // Reset the counter; WouldBlock just means a spurious wake-up.
+            let _ = guard.get_inner().read();
+            guard.clear_ready();
+        }
+    }
+
+    /// Fails every waiter (driver shutdown).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.slots_free.close();
+        let mut inner = self.lock();
+        for f in inner.in_flight.iter_mut().filter_map(Option::take) {
+            let _ = f.done.send(Err(Error::Closed));
+        }
+        debug!(queue = self.index, "closed");
+    }
+}
+
+impl Completed {
+    /// Copies the response header, sense and `data_in_len` bytes of data-in out of the slot.
+    pub(crate) fn read(&self, data_in_len: usize) -> Result<RawResponse> {
+        let q = &self.queue;
+        if (self.used_len as usize) < RESP_FIXED {
+            return Err(Error::ShortResponse(self.used_len));
+        }
+        let mut raw = [0u8; RESP_SIZE];
+        q.mem
+            .read(q.header_off(self.slot) + RESP_OFFSET, &mut raw)?;
+        let resp =
+            CmdResp::read_from_bytes(&raw).map_err(|_| Error::ShortResponse(self.used_len))?;
+        let sense_len = (resp.sense_len.get() as usize)
+            .min(resp.sense.len())
+            .min((self.used_len as usize).saturating_sub(RESP_FIXED));
+        // Trust neither field alone: what the residual says was moved, capped
+        // by what the used length says was written.
+        let moved = data_in_len.saturating_sub(resp.resid.get() as usize);
+        let written = (self.used_len as usize).saturating_sub(RESP_SIZE);
+        let mut data = vec![0u8; moved.min(written)];
+        q.mem.read(q.data_off(self.slot), &mut data)?;
+        Ok(RawResponse {
+            resp,
+            sense_len,
+            data,
+        })
+    }
+}
+
+impl Drop for Completed {
+    fn drop(&mut self) {
+        self.queue.lock().free.push(self.slot);
+        self.queue.slots_free.add_permits(1);
+    }
+}

@@ -1,0 +1,1799 @@
+//! Driver side of a split virtqueue (VIRTIO 1.2 §2.7 "Split Virtqueues").
+//!
+//! Memory layout (all little-endian, §2.7 alignment table):
+//!
+//! | part               | alignment | size                          | written by |
+//! |--------------------|-----------|-------------------------------|------------|
+//! | descriptor table   | 16        | `16 * size`                   | driver     |
+//! | available ring     | 2         | `6 + 2 * size` (incl. `used_event`) | driver |
+//! | used ring          | 4         | `6 + 8 * size` (incl. `avail_event`) | device |
+//! | indirect tables    | 16        | `16 * max_indirect * size`    | driver     |
+//!
+//! The indirect tables (§2.7.5.3) are this crate's convention: one preallocated
+//! table per possible chain head, so a chain whose head is `h` always uses table
+//! `h`, which is free exactly when `h` is.
+//!
+//! # Trust
+//!
+//! Following the shadow-state discipline of rcore-os `virtio-drivers`, the ring
+//! never reads back anything from shared memory that it wrote itself: the free
+//! list and the chain structure live in a private shadow descriptor table, and
+//! per-head in-flight records remember how many descriptors and device-writable
+//! bytes each chain has. What the device writes (`used->idx`, used elements,
+//! `used->flags`, `avail_event`) is loaded with atomic operations and validated;
+//! a violation breaks the ring for good (see [`RingError`]).
+//!
+//! # Memory ordering
+//!
+//! * Descriptors and avail ring slots are stored before `avail->idx`, which is
+//!   stored with `Release` (§2.7.13.2–§2.7.13.3: the device must see the
+//!   entries before the index).
+//! * A `SeqCst` fence separates the `avail->idx` store from the load of
+//!   `avail_event` / `used->flags` that decides whether to notify (§2.7.13.4),
+//!   and separates `used_event` / `avail->flags` stores from the re-check of
+//!   `used->idx` in [`SplitRing::enable_interrupts`].
+//! * `used->idx` is loaded with `Acquire` before the used element it covers (§2.7.14).
+
+use std::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::{RingError, Segment};
+use crate::memory::SharedMemory;
+
+/// Largest queue size a split virtqueue may have (§2.7).
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// Size of one descriptor, `struct virtq_desc` (§2.7.5).
+const DESC_SIZE: usize = 16;
+/// `VIRTQ_DESC_F_NEXT`: the buffer continues via the `next` field (§2.7.5).
+const VIRTQ_DESC_F_NEXT: u16 = 1;
+/// `VIRTQ_DESC_F_WRITE`: the buffer is device write-only (§2.7.5).
+const VIRTQ_DESC_F_WRITE: u16 = 2;
+/// `VIRTQ_DESC_F_INDIRECT`: the buffer holds a table of descriptors (§2.7.5.3).
+const VIRTQ_DESC_F_INDIRECT: u16 = 4;
+/// `VIRTQ_AVAIL_F_NO_INTERRUPT` in `avail->flags` (§2.7.7).
+pub const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 = 1;
+/// `VIRTQ_USED_F_NO_NOTIFY` in `used->flags` (§2.7.10).
+pub const VIRTQ_USED_F_NO_NOTIFY: u16 = 1;
+
+/// Whether a notification is needed after moving an index from `old` to `new`,
+/// given the other side's event index (§2.7.10 "Available Buffer Notification
+/// Suppression" / §2.7.7; the `vring_need_event` helper of the spec's
+/// `virtio_ring.h`, §2.7.11).
+///
+/// True iff `event` lies in the half-open window `[old, new)` of the circular
+/// 16-bit index space, i.e. the other side asked to be notified when the index
+/// passes `event` and this update crossed it. All arithmetic wraps, so the
+/// result is correct across the 65535 → 0 boundary.
+pub fn vring_need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+/// Offsets of the parts of a split virtqueue, relative to the ring base (§2.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingLayout {
+    /// Descriptor table (16-byte aligned).
+    pub desc: usize,
+    /// Available ring (2-byte aligned).
+    pub avail: usize,
+    /// Used ring (4-byte aligned).
+    pub used: usize,
+    /// Indirect descriptor tables, `size` tables of `max_indirect` descriptors
+    /// (16-byte aligned; empty when `max_indirect == 0`).
+    pub indirect: usize,
+    /// Total bytes, from the base to the end of the last part.
+    pub total: usize,
+}
+
+/// Negotiated features and limits for a [`SplitRing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RingOptions {
+    /// `VIRTIO_F_EVENT_IDX` (bit 29) was negotiated: use `used_event` / `avail_event`
+    /// (§2.7.7, §2.7.10) instead of the flag fields.
+    pub event_idx: bool,
+    /// `VIRTIO_F_INDIRECT_DESC` (bit 28) was negotiated: chains of more than one
+    /// segment use one indirect descriptor (§2.7.5.3).
+    pub indirect: bool,
+    /// Descriptors per indirect table (1..=queue size); ignored unless `indirect`.
+    pub max_indirect: u16,
+}
+
+/// Trusted copy of a descriptor as the driver wrote it (§2.7.5 `struct virtq_desc`).
+/// For free descriptors, `next` links the free list.
+#[derive(Debug, Clone, Copy, Default)]
+struct Desc {
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
+}
+
+/// What the driver remembers about a chain head it has handed to the device.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    /// Descriptors of the main table the chain occupies (1 for an indirect chain).
+    n_desc: u16,
+    /// Total device-writable bytes: the upper bound for the used `len`.
+    writable: u32,
+    /// `avail->idx` has been advanced past this chain, so the device may return it.
+    published: bool,
+}
+
+/// The driver side of one split virtqueue living in a [`SharedMemory`] region.
+///
+/// See the [module documentation](self) for layout, trust and ordering rules.
+#[derive(Debug)]
+pub struct SplitRing {
+    mem: Arc<SharedMemory>,
+    base: usize,
+    layout: RingLayout,
+    size: u16,
+    event_idx: bool,
+    /// Descriptors per indirect table; 0 when indirect descriptors are off.
+    max_indirect: u16,
+    /// Shadow descriptor table (trusted copy; free list links).
+    shadow: Box<[Desc]>,
+    free_head: u16,
+    num_free: u16,
+    /// Per-head in-flight records, indexed by head id.
+    heads: Box<[Option<InFlight>]>,
+    /// Shadow of the avail ring entries (heads by slot).
+    avail_shadow: Box<[u16]>,
+    /// Next avail index to fill (includes added but unpublished chains).
+    next_avail: u16,
+    /// Value last stored to `avail->idx`.
+    published: u16,
+    /// Used index up to which elements have been consumed.
+    last_used: u16,
+    interrupts_enabled: bool,
+    broken: bool,
+}
+
+impl SplitRing {
+    /// Offsets (relative to the ring base) for a ring of `size` entries and, when
+    /// `max_indirect > 0`, `size` indirect tables of `max_indirect` descriptors
+    /// each. Alignments per §2.7: descriptor table 16, available ring 2, used
+    /// ring 4; indirect tables 16. `size` is not validated here (see [`new`](Self::new)).
+    pub fn layout(size: u16, max_indirect: u16) -> RingLayout {
+        let n = usize::from(size);
+        let desc = 0;
+        let avail = desc + DESC_SIZE * n;
+        // flags, idx, ring[size], used_event
+        let avail_end = avail + 6 + 2 * n;
+        let used = align_up(avail_end, 4);
+        // flags, idx, ring[size] of {id: le32, len: le32}, avail_event
+        let used_end = used + 6 + 8 * n;
+        let indirect = align_up(used_end, 16);
+        let total = indirect + n * usize::from(max_indirect) * DESC_SIZE;
+        RingLayout {
+            desc,
+            avail,
+            used,
+            indirect,
+            total,
+        }
+    }
+
+    /// Sets up a ring of `size` entries at offset `base` of `mem`.
+    ///
+    /// Zeroes the ring memory (the used ring must be zero before the device is
+    /// given its address, `VHOST_USER_SET_VRING_ADDR`) and builds the free list.
+    /// `base` must be 16-byte aligned; the region must hold
+    /// `layout(size, max_indirect).total` bytes from `base` (with `max_indirect`
+    /// taken as 0 when `opts.indirect` is off).
+    pub fn new(
+        mem: Arc<SharedMemory>,
+        base: usize,
+        size: u16,
+        opts: RingOptions,
+    ) -> Result<Self, RingError> {
+        if size == 0 || size > MAX_QUEUE_SIZE || !size.is_power_of_two() {
+            return Err(RingError::InvalidSize(size));
+        }
+        let max_indirect = if opts.indirect {
+            if opts.max_indirect == 0 || opts.max_indirect > size {
+                return Err(RingError::InvalidMaxIndirect {
+                    max_indirect: opts.max_indirect,
+                    size,
+                });
+            }
+            opts.max_indirect
+        } else {
+            0
+        };
+        if base & (DESC_SIZE - 1) != 0 {
+            return Err(RingError::Misaligned(base));
+        }
+        let layout = Self::layout(size, max_indirect);
+        let too_small = RingError::RegionTooSmall {
+            base,
+            needed: layout.total,
+            region_len: mem.len(),
+        };
+        match base.checked_add(layout.total) {
+            Some(end) if end <= mem.len() => {}
+            _ => return Err(too_small),
+        }
+        if mem.fill(base, layout.total, 0).is_err() {
+            return Err(too_small);
+        }
+
+        let n = usize::from(size);
+        let shadow: Box<[Desc]> = (0..n)
+            .map(|i| Desc {
+                // The last link wraps to 0; it is never followed because
+                // allocation is bounded by `num_free`.
+                next: ((i + 1) % n) as u16,
+                ..Desc::default()
+            })
+            .collect();
+        Ok(Self {
+            mem,
+            base,
+            layout,
+            size,
+            event_idx: opts.event_idx,
+            max_indirect,
+            shadow,
+            free_head: 0,
+            num_free: size,
+            heads: vec![None; n].into_boxed_slice(),
+            avail_shadow: vec![0; n].into_boxed_slice(),
+            next_avail: 0,
+            published: 0,
+            last_used: 0,
+            interrupts_enabled: true,
+            broken: false,
+        })
+    }
+
+    /// Queue size (number of descriptors and ring entries).
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Descriptors of the main table currently free.
+    pub fn num_free(&self) -> u16 {
+        self.num_free
+    }
+
+    /// Chains added and not yet returned by [`pop_used`](Self::pop_used).
+    pub fn in_flight(&self) -> u16 {
+        self.next_avail.wrapping_sub(self.last_used)
+    }
+
+    /// `VIRTIO_F_EVENT_IDX` in use.
+    pub fn event_idx(&self) -> bool {
+        self.event_idx
+    }
+
+    /// Indirect descriptors in use (per-table capacity > 0).
+    pub fn indirect(&self) -> bool {
+        self.max_indirect > 0
+    }
+
+    /// A device protocol violation was detected; every operation now fails.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// The next available index the driver will publish (for `VHOST_USER_SET_VRING_BASE`
+    /// when re-attaching a device to an existing ring).
+    pub fn next_avail_idx(&self) -> u16 {
+        self.next_avail
+    }
+
+    /// Absolute offsets of the ring parts within the region (`base` added).
+    pub fn offsets(&self) -> RingLayout {
+        RingLayout {
+            desc: self.base + self.layout.desc,
+            avail: self.base + self.layout.avail,
+            used: self.base + self.layout.used,
+            indirect: self.base + self.layout.indirect,
+            total: self.layout.total,
+        }
+    }
+
+    /// GPA of the descriptor table.
+    pub fn desc_gpa(&self) -> u64 {
+        self.mem.gpa(self.base + self.layout.desc)
+    }
+    /// GPA of the available ring.
+    pub fn avail_gpa(&self) -> u64 {
+        self.mem.gpa(self.base + self.layout.avail)
+    }
+    /// GPA of the used ring.
+    pub fn used_gpa(&self) -> u64 {
+        self.mem.gpa(self.base + self.layout.used)
+    }
+    /// Frontend virtual address of the descriptor table (`VHOST_USER_SET_VRING_ADDR`).
+    pub fn desc_va(&self) -> u64 {
+        self.mem.host_va(self.base + self.layout.desc)
+    }
+    /// Frontend virtual address of the available ring.
+    pub fn avail_va(&self) -> u64 {
+        self.mem.host_va(self.base + self.layout.avail)
+    }
+    /// Frontend virtual address of the used ring.
+    pub fn used_va(&self) -> u64 {
+        self.mem.host_va(self.base + self.layout.used)
+    }
+
+    /// Adds one chain and returns its head id (the token [`pop_used`](Self::pop_used) returns).
+    ///
+    /// Device-readable segments must come first, then device-writable ones
+    /// (§2.7.4 "Message Framing", §2.7.5.2). With indirect descriptors and
+    /// `1 < segments.len() <= max_indirect` the chain takes a single descriptor
+    /// pointing at the head's indirect table (§2.7.5.3); otherwise it takes one
+    /// descriptor per segment (§2.7.13.1).
+    ///
+    /// The avail ring slot is written, but `avail->idx` is not advanced: call
+    /// [`publish`](Self::publish) to expose this and any other added chains.
+    pub fn add(&mut self, segments: &[Segment]) -> Result<u16, RingError> {
+        if self.broken {
+            return Err(RingError::Broken);
+        }
+        let n = segments.len();
+        if n == 0 {
+            return Err(RingError::NoSegments);
+        }
+        if n > usize::from(self.size) {
+            return Err(RingError::TooManySegments {
+                segments: n,
+                max: usize::from(self.size),
+            });
+        }
+        let mut total: u32 = 0;
+        let mut writable: u32 = 0;
+        let mut seen_writable = false;
+        for (index, seg) in segments.iter().enumerate() {
+            if seg.len == 0 {
+                return Err(RingError::ZeroLengthSegment { index });
+            }
+            total = total.checked_add(seg.len).ok_or(RingError::ChainTooLong)?;
+            if seg.device_writes {
+                seen_writable = true;
+                // Cannot overflow: writable <= total, which was just checked.
+                writable += seg.len;
+            } else if seen_writable {
+                return Err(RingError::ReadableAfterWritable { index });
+            }
+        }
+
+        // n <= size <= 32768, so these conversions are lossless.
+        let n16 = n as u16;
+        let use_indirect = self.max_indirect > 0 && n > 1 && n16 <= self.max_indirect;
+        let needed = if use_indirect { 1 } else { n16 };
+        if needed > self.num_free {
+            return Err(RingError::Full {
+                needed,
+                free: self.num_free,
+            });
+        }
+
+        let head = self.free_head;
+        if use_indirect {
+            let table = self.indirect_table_offset(head);
+            for (i, seg) in segments.iter().enumerate() {
+                let last = i + 1 == n;
+                let desc = Desc {
+                    addr: seg.gpa,
+                    len: seg.len,
+                    flags: desc_flags(seg, last),
+                    next: if last { 0 } else { (i + 1) as u16 },
+                };
+                self.store_desc(table + i * DESC_SIZE, desc);
+            }
+            self.free_head = self.shadow[usize::from(head)].next;
+            let desc = Desc {
+                addr: self.mem.gpa(table),
+                len: u32::from(n16) * DESC_SIZE as u32,
+                flags: VIRTQ_DESC_F_INDIRECT,
+                next: 0,
+            };
+            self.shadow[usize::from(head)] = desc;
+            self.store_desc(self.desc_offset(head), desc);
+        } else {
+            let mut d = head;
+            for (i, seg) in segments.iter().enumerate() {
+                let last = i + 1 == n;
+                let link = self.shadow[usize::from(d)].next;
+                let desc = Desc {
+                    addr: seg.gpa,
+                    len: seg.len,
+                    flags: desc_flags(seg, last),
+                    next: if last { 0 } else { link },
+                };
+                self.shadow[usize::from(d)] = desc;
+                self.store_desc(self.desc_offset(d), desc);
+                if last {
+                    self.free_head = link;
+                } else {
+                    d = link;
+                }
+            }
+        }
+        self.num_free -= needed;
+        self.heads[usize::from(head)] = Some(InFlight {
+            n_desc: needed,
+            writable,
+            published: false,
+        });
+
+        // §2.7.13.2: place the head in the next avail ring slot.
+        let slot = self.next_avail % self.size;
+        self.avail_shadow[usize::from(slot)] = head;
+        self.u16_at(self.avail_ring_offset(slot))
+            .store(head.to_le(), Ordering::Relaxed);
+        self.next_avail = self.next_avail.wrapping_add(1);
+        Ok(head)
+    }
+
+    /// Publishes every chain added since the last call and says whether the
+    /// device must be notified (kicked).
+    ///
+    /// Stores `avail->idx` with `Release` ordering (§2.7.13.3), then after a
+    /// full fence decides per §2.7.13.4: with `VIRTIO_F_EVENT_IDX`,
+    /// [`vring_need_event`]`(avail_event, new, old)` (§2.7.10); otherwise
+    /// `!(used->flags & VIRTQ_USED_F_NO_NOTIFY)`. Returns `false` when there was
+    /// nothing to publish or the ring is broken.
+    pub fn publish(&mut self) -> bool {
+        if self.broken {
+            return false;
+        }
+        let old = self.published;
+        let new = self.next_avail;
+        if old == new {
+            return false;
+        }
+        let mut idx = old;
+        while idx != new {
+            let head = self.avail_shadow[usize::from(idx % self.size)];
+            if let Some(rec) = self.heads[usize::from(head)].as_mut() {
+                rec.published = true;
+            }
+            idx = idx.wrapping_add(1);
+        }
+        // Release: the descriptor and avail ring stores above become visible
+        // to the device before the new index (§2.7.13.3).
+        self.u16_at(self.avail_idx_offset())
+            .store(new.to_le(), Ordering::Release);
+        self.published = new;
+        // The index store must be visible before we read the device's
+        // suppression state, or a device going to sleep could be missed (§2.7.13.4).
+        fence(Ordering::SeqCst);
+        if self.event_idx {
+            let event = u16::from_le(
+                self.u16_at(self.avail_event_offset())
+                    .load(Ordering::Relaxed),
+            );
+            vring_need_event(event, new, old)
+        } else {
+            let flags = u16::from_le(
+                self.u16_at(self.used_flags_offset())
+                    .load(Ordering::Relaxed),
+            );
+            flags & VIRTQ_USED_F_NO_NOTIFY == 0
+        }
+    }
+
+    /// Pops one used element (§2.7.14 "Receiving Used Buffers From The Device").
+    ///
+    /// Returns `Ok(None)` when the device has returned nothing new, else the
+    /// chain's head id and the number of bytes the device wrote. The element is
+    /// validated: `used->idx` may advance by at most the number of published
+    /// in-flight chains, the id must be such a chain's head, and `len` must not
+    /// exceed its device-writable bytes. A violation returns the specific error
+    /// once and [`RingError::Broken`] afterwards.
+    pub fn pop_used(&mut self) -> Result<Option<(u16, u32)>, RingError> {
+        if self.broken {
+            return Err(RingError::Broken);
+        }
+        // Acquire: the used element is read after the index that covers it.
+        let used_idx = u16::from_le(self.u16_at(self.used_idx_offset()).load(Ordering::Acquire));
+        let pending = used_idx.wrapping_sub(self.last_used);
+        if pending == 0 {
+            return Ok(None);
+        }
+        let outstanding = self.published.wrapping_sub(self.last_used);
+        if pending > outstanding {
+            return Err(self.fail(RingError::UsedIdxJump {
+                last_used: self.last_used,
+                used_idx,
+                outstanding,
+            }));
+        }
+        let slot = self.last_used % self.size;
+        let elem = self.used_elem_offset(slot);
+        let id = u32::from_le(self.u32_at(elem).load(Ordering::Relaxed));
+        let len = u32::from_le(self.u32_at(elem + 4).load(Ordering::Relaxed));
+
+        let rec = match usize::try_from(id).ok().and_then(|i| self.heads.get(i)) {
+            Some(Some(rec)) if rec.published => *rec,
+            _ => {
+                return Err(self.fail(RingError::BadUsedId {
+                    id,
+                    size: self.size,
+                }))
+            }
+        };
+        // id < size <= 32768 here.
+        let head = id as u16;
+        if len > rec.writable {
+            return Err(self.fail(RingError::BadUsedLen {
+                id: head,
+                len,
+                writable: rec.writable,
+            }));
+        }
+
+        self.free_chain(head, rec.n_desc);
+        self.heads[usize::from(head)] = None;
+        self.last_used = self.last_used.wrapping_add(1);
+        if self.event_idx {
+            self.store_used_event();
+        }
+        Ok(Some((head, len)))
+    }
+
+    /// `true` if the device has returned elements not yet popped (or the ring is
+    /// broken, so that a caller polling with [`pop_used`](Self::pop_used) sees the error).
+    pub fn has_used(&self) -> bool {
+        if self.broken {
+            return true;
+        }
+        u16::from_le(self.u16_at(self.used_idx_offset()).load(Ordering::Acquire)) != self.last_used
+    }
+
+    /// Asks the device for used-buffer notifications (§2.7.7): with
+    /// `VIRTIO_F_EVENT_IDX` writes `used_event = last_used_idx`, otherwise clears
+    /// `VIRTQ_AVAIL_F_NO_INTERRUPT`.
+    ///
+    /// Returns `true` if used elements are already pending: the device may have
+    /// returned them before it could see the request, so the caller must poll
+    /// again instead of sleeping (the lost-wakeup race).
+    pub fn enable_interrupts(&mut self) -> bool {
+        self.interrupts_enabled = true;
+        if self.event_idx {
+            self.store_used_event();
+        } else {
+            self.u16_at(self.avail_flags_offset())
+                .store(0, Ordering::Relaxed);
+        }
+        // The request must be visible before we re-check used->idx.
+        fence(Ordering::SeqCst);
+        self.has_used()
+    }
+
+    /// Tells the device used-buffer notifications are not needed (§2.7.7):
+    /// with `VIRTIO_F_EVENT_IDX` moves `used_event` just behind `last_used_idx`
+    /// (so the device's index will not cross it until it wraps; the flags field
+    /// must stay 0 in this mode), otherwise sets `VIRTQ_AVAIL_F_NO_INTERRUPT`.
+    /// Only a hint: the device may still notify.
+    pub fn disable_interrupts(&mut self) {
+        self.interrupts_enabled = false;
+        if self.event_idx {
+            self.store_used_event();
+        } else {
+            self.u16_at(self.avail_flags_offset())
+                .store(VIRTQ_AVAIL_F_NO_INTERRUPT.to_le(), Ordering::Relaxed);
+        }
+    }
+
+    // ---- internals -------------------------------------------------------
+
+    /// Marks the ring broken and logs the first violation.
+    fn fail(&mut self, err: RingError) -> RingError {
+        self.broken = true;
+        tracing::error!(error = %err, "virtqueue device protocol violation; ring is now broken");
+        err
+    }
+
+    /// Returns the `n_desc` descriptors of the chain at `head` to the free list,
+    /// walking the trusted shadow table (never the shared one).
+    fn free_chain(&mut self, head: u16, n_desc: u16) {
+        let mut tail = head;
+        for _ in 1..n_desc {
+            tail = self.shadow[usize::from(tail)].next;
+        }
+        self.shadow[usize::from(tail)].next = self.free_head;
+        self.free_head = head;
+        self.num_free += n_desc;
+    }
+
+    fn store_used_event(&self) {
+        let value = if self.interrupts_enabled {
+            self.last_used
+        } else {
+            self.last_used.wrapping_sub(1)
+        };
+        self.u16_at(self.used_event_offset())
+            .store(value.to_le(), Ordering::Relaxed);
+    }
+
+    fn store_desc(&self, offset: usize, desc: Desc) {
+        self.u64_at(offset)
+            .store(desc.addr.to_le(), Ordering::Relaxed);
+        self.u32_at(offset + 8)
+            .store(desc.len.to_le(), Ordering::Relaxed);
+        self.u16_at(offset + 12)
+            .store(desc.flags.to_le(), Ordering::Relaxed);
+        self.u16_at(offset + 14)
+            .store(desc.next.to_le(), Ordering::Relaxed);
+    }
+
+    fn desc_offset(&self, i: u16) -> usize {
+        self.base + self.layout.desc + usize::from(i) * DESC_SIZE
+    }
+    fn indirect_table_offset(&self, head: u16) -> usize {
+        self.base
+            + self.layout.indirect
+            + usize::from(head) * usize::from(self.max_indirect) * DESC_SIZE
+    }
+    fn avail_flags_offset(&self) -> usize {
+        self.base + self.layout.avail
+    }
+    fn avail_idx_offset(&self) -> usize {
+        self.base + self.layout.avail + 2
+    }
+    fn avail_ring_offset(&self, slot: u16) -> usize {
+        self.base + self.layout.avail + 4 + 2 * usize::from(slot)
+    }
+    fn used_event_offset(&self) -> usize {
+        self.base + self.layout.avail + 4 + 2 * usize::from(self.size)
+    }
+    fn used_flags_offset(&self) -> usize {
+        self.base + self.layout.used
+    }
+    fn used_idx_offset(&self) -> usize {
+        self.base + self.layout.used + 2
+    }
+    fn used_elem_offset(&self, slot: u16) -> usize {
+        self.base + self.layout.used + 4 + 8 * usize::from(slot)
+    }
+    fn avail_event_offset(&self) -> usize {
+        self.base + self.layout.used + 4 + 8 * usize::from(self.size)
+    }
+
+    /// Atomic view of a ring field. `offset` always comes from the offset
+    /// helpers above, which stay inside `[base, base + layout.total)` — checked
+    /// against the region in [`new`](Self::new) — and are naturally aligned
+    /// (base 16-aligned, mapping page-aligned, parts aligned per §2.7).
+    fn u16_at(&self, offset: usize) -> &AtomicU16 {
+        assert!(offset & 1 == 0 && offset + 2 <= self.base + self.layout.total);
+        // SAFETY: the assert above and the layout checks in new() keep the 2 aligned bytes inside the mapping owned by self.mem, which outlives the returned borrow of self; within this process the location is only accessed atomically (the device is another process or another mapping).
+        unsafe { AtomicU16::from_ptr(self.mem.as_ptr().add(offset).cast()) }
+    }
+    fn u32_at(&self, offset: usize) -> &AtomicU32 {
+        assert!(offset & 3 == 0 && offset + 4 <= self.base + self.layout.total);
+        // SAFETY: the assert above and the layout checks in new() keep the 4 aligned bytes inside the mapping owned by self.mem, which outlives the returned borrow of self; the location is only accessed atomically by this process.
+        unsafe { AtomicU32::from_ptr(self.mem.as_ptr().add(offset).cast()) }
+    }
+    fn u64_at(&self, offset: usize) -> &AtomicU64 {
+        assert!(offset & 7 == 0 && offset + 8 <= self.base + self.layout.total);
+        // SAFETY: the assert above and the layout checks in new() keep the 8 aligned bytes inside the mapping owned by self.mem, which outlives the returned borrow of self; the location is only accessed atomically by this process.
+        unsafe { AtomicU64::from_ptr(self.mem.as_ptr().add(offset).cast()) }
+    }
+
+    /// Test hook: start all indices at `idx` (as if the ring had already
+    /// processed `idx` chains), to exercise 16-bit wrap-around quickly.
+    #[cfg(test)]
+    fn set_start_index(&mut self, idx: u16) {
+        assert_eq!(self.in_flight(), 0);
+        self.next_avail = idx;
+        self.published = idx;
+        self.last_used = idx;
+        self.u16_at(self.avail_idx_offset())
+            .store(idx.to_le(), Ordering::Relaxed);
+        self.u16_at(self.used_idx_offset())
+            .store(idx.to_le(), Ordering::Relaxed);
+        if self.event_idx {
+            self.store_used_event();
+        }
+    }
+}
+
+fn desc_flags(seg: &Segment, last: bool) -> u16 {
+    let mut flags = 0;
+    if seg.device_writes {
+        flags |= VIRTQ_DESC_F_WRITE;
+    }
+    if !last {
+        flags |= VIRTQ_DESC_F_NEXT;
+    }
+    flags
+}
+
+const fn align_up(v: usize, align: usize) -> usize {
+    (v + align - 1) & !(align - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::Carver;
+
+    const MEM_LEN: usize = 1 << 20;
+
+    fn mem(name: &str) -> Arc<SharedMemory> {
+        Arc::new(SharedMemory::new(name, MEM_LEN).unwrap())
+    }
+
+    fn opts(event_idx: bool, indirect: bool, max_indirect: u16) -> RingOptions {
+        RingOptions {
+            event_idx,
+            indirect,
+            max_indirect,
+        }
+    }
+
+    /// A hand-driven device that reads and writes the ring bytes directly
+    /// through the region: it can follow the protocol or break it on purpose.
+    struct RawDevice {
+        mem: Arc<SharedMemory>,
+        o: RingLayout,
+        size: u16,
+        next_avail: u16,
+        next_used: u16,
+    }
+
+    impl RawDevice {
+        fn new(ring: &SplitRing, mem: &Arc<SharedMemory>) -> Self {
+            Self {
+                mem: mem.clone(),
+                o: ring.offsets(),
+                size: ring.size(),
+                next_avail: ring.next_avail_idx(),
+                next_used: ring.next_avail_idx(),
+            }
+        }
+        fn r16(&self, off: usize) -> u16 {
+            let mut b = [0; 2];
+            self.mem.read(off, &mut b).unwrap();
+            u16::from_le_bytes(b)
+        }
+        fn w16(&self, off: usize, v: u16) {
+            self.mem.write(off, &v.to_le_bytes()).unwrap();
+        }
+        fn avail_idx(&self) -> u16 {
+            self.r16(self.o.avail + 2)
+        }
+        fn avail_flags(&self) -> u16 {
+            self.r16(self.o.avail)
+        }
+        fn used_event(&self) -> u16 {
+            self.r16(self.o.avail + 4 + 2 * usize::from(self.size))
+        }
+        fn set_avail_event(&self, v: u16) {
+            self.w16(self.o.used + 4 + 8 * usize::from(self.size), v);
+        }
+        fn set_used_flags(&self, v: u16) {
+            self.w16(self.o.used, v);
+        }
+        fn set_used_idx(&self, v: u16) {
+            self.w16(self.o.used + 2, v);
+        }
+        /// Next published head, if any.
+        fn take(&mut self) -> Option<u16> {
+            if self.avail_idx() == self.next_avail {
+                return None;
+            }
+            let slot = usize::from(self.next_avail % self.size);
+            self.next_avail = self.next_avail.wrapping_add(1);
+            Some(self.r16(self.o.avail + 4 + 2 * slot))
+        }
+        /// Raw descriptor `i` of the table at `table` as (addr, len, flags, next).
+        fn desc_at(&self, table: usize, i: usize) -> (u64, u32, u16, u16) {
+            let mut b = [0u8; 16];
+            self.mem.read(table + 16 * i, &mut b).unwrap();
+            (
+                u64::from_le_bytes(b[0..8].try_into().unwrap()),
+                u32::from_le_bytes(b[8..12].try_into().unwrap()),
+                u16::from_le_bytes(b[12..14].try_into().unwrap()),
+                u16::from_le_bytes(b[14..16].try_into().unwrap()),
+            )
+        }
+        fn desc(&self, i: u16) -> (u64, u32, u16, u16) {
+            self.desc_at(self.o.desc, usize::from(i))
+        }
+        /// Writes a used element without touching the index.
+        fn put_used_elem(&self, slot_idx: u16, id: u32, len: u32) {
+            let off = self.o.used + 4 + 8 * usize::from(slot_idx % self.size);
+            let mut b = [0u8; 8];
+            b[..4].copy_from_slice(&id.to_le_bytes());
+            b[4..].copy_from_slice(&len.to_le_bytes());
+            self.mem.write(off, &b).unwrap();
+        }
+        /// Protocol-following completion: element then index.
+        fn push_used(&mut self, id: u32, len: u32) {
+            self.put_used_elem(self.next_used, id, len);
+            self.next_used = self.next_used.wrapping_add(1);
+            self.set_used_idx(self.next_used);
+        }
+    }
+
+    fn ring_with_device(
+        name: &str,
+        size: u16,
+        o: RingOptions,
+    ) -> (Arc<SharedMemory>, SplitRing, RawDevice) {
+        let mem = mem(name);
+        let ring = SplitRing::new(mem.clone(), 0, size, o).unwrap();
+        let dev = RawDevice::new(&ring, &mem);
+        (mem, ring, dev)
+    }
+
+    // ---- pure helpers --------------------------------------------------
+
+    #[test]
+    fn split_ring_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<SplitRing>();
+        assert_send_sync::<RingError>();
+    }
+
+    #[test]
+    fn need_event_is_wrap_safe() {
+        // Event inside [old, new).
+        assert!(vring_need_event(5, 6, 5));
+        assert!(vring_need_event(5, 10, 0));
+        assert!(vring_need_event(0, 10, 0));
+        assert!(vring_need_event(9, 10, 0));
+        // Event outside the window.
+        assert!(!vring_need_event(10, 10, 0));
+        assert!(!vring_need_event(4, 10, 5));
+        assert!(!vring_need_event(5, 5, 5), "empty window never notifies");
+        // Across the 65535 -> 0 wrap.
+        assert!(vring_need_event(65535, 2, 65534));
+        assert!(vring_need_event(0, 2, 65534));
+        assert!(vring_need_event(65534, 2, 65534));
+        assert!(!vring_need_event(2, 2, 65534));
+        assert!(!vring_need_event(65533, 2, 65534));
+        // Exhaustive check against the set definition for a small window at every offset.
+        for old in (0..=u16::MAX).step_by(257) {
+            for k in 0..8u16 {
+                let new = old.wrapping_add(k);
+                for d in 0..12u16 {
+                    let event = old.wrapping_add(d).wrapping_sub(2);
+                    let in_window = (0..k).any(|j| old.wrapping_add(j) == event);
+                    assert_eq!(vring_need_event(event, new, old), in_window);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn layout_offsets_and_alignment() {
+        // size 256, no indirect: desc 4096 B; avail 6 + 512 = 518 -> 4614; used aligned to 4616.
+        assert_eq!(
+            SplitRing::layout(256, 0),
+            RingLayout {
+                desc: 0,
+                avail: 4096,
+                used: 4616,
+                indirect: 4616 + 6 + 2048 + 2, // 6670 -> 6672
+                total: 6672,
+            }
+        );
+        // size 1 with indirect tables of 4: avail 16..24, used 24..38, indirect 48.
+        assert_eq!(
+            SplitRing::layout(1, 4),
+            RingLayout {
+                desc: 0,
+                avail: 16,
+                used: 24,
+                indirect: 48,
+                total: 48 + 64,
+            }
+        );
+        let mut size = 1u16;
+        loop {
+            for max_ind in [0u16, 1, 3, size] {
+                let l = SplitRing::layout(size, max_ind);
+                let n = usize::from(size);
+                assert_eq!(l.desc % 16, 0);
+                assert_eq!(l.avail % 2, 0);
+                assert_eq!(l.used % 4, 0);
+                assert_eq!(l.indirect % 16, 0);
+                assert!(l.avail >= l.desc + 16 * n, "desc/avail overlap");
+                assert!(l.used >= l.avail + 6 + 2 * n, "avail/used overlap");
+                assert!(l.indirect >= l.used + 6 + 8 * n, "used/indirect overlap");
+                assert_eq!(l.total, l.indirect + 16 * n * usize::from(max_ind));
+            }
+            if size == MAX_QUEUE_SIZE {
+                break;
+            }
+            size *= 2;
+        }
+    }
+
+    #[test]
+    fn new_validates_arguments() {
+        let m = mem("vq-new");
+        for bad in [0u16, 3, 100, 32769, 65535] {
+            assert_eq!(
+                SplitRing::new(m.clone(), 0, bad, RingOptions::default()).unwrap_err(),
+                RingError::InvalidSize(bad)
+            );
+        }
+        assert_eq!(
+            SplitRing::new(m.clone(), 8, 16, RingOptions::default()).unwrap_err(),
+            RingError::Misaligned(8)
+        );
+        assert!(matches!(
+            SplitRing::new(m.clone(), 0, 16, opts(false, true, 0)).unwrap_err(),
+            RingError::InvalidMaxIndirect { .. }
+        ));
+        assert!(matches!(
+            SplitRing::new(m.clone(), 0, 16, opts(false, true, 17)).unwrap_err(),
+            RingError::InvalidMaxIndirect { .. }
+        ));
+        // max_indirect is ignored without indirect.
+        SplitRing::new(m.clone(), 0, 16, opts(false, false, 0)).unwrap();
+        let need = SplitRing::layout(256, 0).total;
+        assert!(matches!(
+            SplitRing::new(m.clone(), MEM_LEN - need + 16, 256, RingOptions::default())
+                .unwrap_err(),
+            RingError::RegionTooSmall { .. }
+        ));
+        assert!(matches!(
+            SplitRing::new(m.clone(), usize::MAX - 15, 256, RingOptions::default()).unwrap_err(),
+            RingError::RegionTooSmall { .. }
+        ));
+        // Exactly fitting at the end is fine, and the ring memory is zeroed.
+        let base = MEM_LEN - need;
+        m.fill(base, need, 0xee).unwrap();
+        let ring = SplitRing::new(m.clone(), base, 256, RingOptions::default()).unwrap();
+        let mut buf = vec![0xffu8; need];
+        m.read(base, &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+        assert_eq!(ring.desc_gpa(), base as u64);
+        assert_eq!(ring.avail_gpa(), (base + 4096) as u64);
+        assert_eq!(ring.used_gpa(), (base + 4616) as u64);
+        assert_eq!(ring.used_va(), m.host_va(base + 4616));
+        assert_eq!(ring.desc_va(), m.host_addr() + base as u64);
+        assert_eq!(ring.avail_va(), m.host_va(base + 4096));
+        assert_eq!(ring.num_free(), 256);
+        assert_eq!(ring.size(), 256);
+    }
+
+    #[test]
+    fn add_validates_segments() {
+        let (_m, mut ring, _dev) = ring_with_device("vq-addval", 4, RingOptions::default());
+        assert_eq!(ring.add(&[]).unwrap_err(), RingError::NoSegments);
+        assert_eq!(
+            ring.add(&[Segment::readable(0, 1), Segment::readable(0, 0)])
+                .unwrap_err(),
+            RingError::ZeroLengthSegment { index: 1 }
+        );
+        assert_eq!(
+            ring.add(&[Segment::writable(0, 1), Segment::readable(0, 1)])
+                .unwrap_err(),
+            RingError::ReadableAfterWritable { index: 1 }
+        );
+        assert_eq!(
+            ring.add(&[Segment::writable(0, u32::MAX), Segment::writable(0, 1)])
+                .unwrap_err(),
+            RingError::ChainTooLong
+        );
+        assert_eq!(
+            ring.add(&[Segment::readable(0, 1); 5]).unwrap_err(),
+            RingError::TooManySegments {
+                segments: 5,
+                max: 4
+            }
+        );
+        // None of the failures consumed anything.
+        assert_eq!(ring.num_free(), 4);
+        assert_eq!(ring.in_flight(), 0);
+        // u32::MAX in total is allowed.
+        ring.add(&[Segment::readable(0, u32::MAX - 1), Segment::writable(0, 1)])
+            .unwrap();
+    }
+
+    #[test]
+    fn direct_chain_bytes_follow_the_spec() {
+        let (_m, mut ring, mut dev) = ring_with_device("vq-direct", 8, RingOptions::default());
+        let segs = [
+            Segment::readable(0x1000, 51),
+            Segment::writable(0x2000, 108),
+            Segment::writable(0x3000, 4096),
+        ];
+        let head = ring.add(&segs).unwrap();
+        assert_eq!(head, 0);
+        assert_eq!(ring.num_free(), 5);
+        // Not visible to the device until published.
+        assert_eq!(dev.avail_idx(), 0);
+        assert!(ring.publish());
+        assert_eq!(dev.avail_idx(), 1);
+        assert_eq!(dev.take(), Some(0));
+        // Walk the chain as the device would.
+        let mut got = Vec::new();
+        let mut i = head;
+        loop {
+            let (addr, len, flags, next) = dev.desc(i);
+            assert_eq!(flags & VIRTQ_DESC_F_INDIRECT, 0);
+            got.push(Segment {
+                gpa: addr,
+                len,
+                device_writes: flags & VIRTQ_DESC_F_WRITE != 0,
+            });
+            if flags & VIRTQ_DESC_F_NEXT == 0 {
+                assert_eq!(next, 0);
+                break;
+            }
+            i = next;
+        }
+        assert_eq!(got, segs);
+        // Byte-exact first descriptor: addr 0x1000, len 51, flags NEXT, next 1.
+        let mut raw = [0u8; 16];
+        _m.read(ring.offsets().desc, &mut raw).unwrap();
+        assert_eq!(raw, [0, 0x10, 0, 0, 0, 0, 0, 0, 51, 0, 0, 0, 1, 0, 1, 0]);
+    }
+
+    #[test]
+    fn indirect_chain_uses_one_descriptor_and_the_heads_table() {
+        let (_m, mut ring, mut dev) = ring_with_device("vq-ind", 8, opts(false, true, 4));
+        // Occupy head 0 with a single-segment chain (never indirect).
+        let h0 = ring.add(&[Segment::writable(0x100, 8)]).unwrap();
+        assert_eq!(dev.desc(h0).2, VIRTQ_DESC_F_WRITE);
+        let segs = [
+            Segment::readable(0x1000, 51),
+            Segment::writable(0x2000, 108),
+            Segment::writable(0x3000, 512),
+        ];
+        let head = ring.add(&segs).unwrap();
+        assert_eq!(head, 1);
+        assert_eq!(ring.num_free(), 6, "an indirect chain takes one descriptor");
+        ring.publish();
+        assert_eq!(dev.take(), Some(0));
+        assert_eq!(dev.take(), Some(1));
+        let table = ring.offsets().indirect + usize::from(head) * 4 * 16;
+        assert_eq!(
+            dev.desc(head),
+            (table as u64, 3 * 16, VIRTQ_DESC_F_INDIRECT, 0)
+        );
+        assert_eq!(dev.desc_at(table, 0), (0x1000, 51, VIRTQ_DESC_F_NEXT, 1));
+        assert_eq!(
+            dev.desc_at(table, 1),
+            (0x2000, 108, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 2)
+        );
+        assert_eq!(dev.desc_at(table, 2), (0x3000, 512, VIRTQ_DESC_F_WRITE, 0));
+        // More segments than a table holds fall back to a direct chain.
+        let five = [Segment::readable(0x10, 1); 5];
+        let h = ring.add(&five).unwrap();
+        assert_eq!(ring.num_free(), 1);
+        assert_eq!(dev.desc(h).2, VIRTQ_DESC_F_NEXT);
+        // Writable bytes of the indirect chain bound the used len.
+        ring.publish();
+        dev.take();
+        dev.push_used(u32::from(head), 620);
+        assert_eq!(ring.pop_used().unwrap(), Some((head, 620)));
+        assert_eq!(ring.num_free(), 2);
+    }
+
+    #[test]
+    fn free_list_survives_out_of_order_completion() {
+        let (_m, mut ring, mut dev) = ring_with_device("vq-free", 16, RingOptions::default());
+        let mut rng = 0x1234_5678u32;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 17;
+            rng ^= rng << 5;
+            rng
+        };
+        // head -> descriptors it owns, rebuilt from the shared table as the device sees it.
+        let mut owned: std::collections::HashMap<u16, Vec<u16>> = Default::default();
+        let mut pending: Vec<u16> = Vec::new();
+        for _round in 0..2000 {
+            // Add chains of 1..=4 descriptors until full.
+            loop {
+                let n = (next() % 4 + 1) as usize;
+                let segs: Vec<Segment> = (0..n).map(|i| Segment::writable(i as u64, 10)).collect();
+                match ring.add(&segs) {
+                    Ok(head) => {
+                        let mut ids = vec![head];
+                        let mut d = head;
+                        while dev.desc(d).2 & VIRTQ_DESC_F_NEXT != 0 {
+                            d = dev.desc(d).3;
+                            ids.push(d);
+                        }
+                        assert_eq!(ids.len(), n);
+                        for chain in owned.values() {
+                            assert!(ids.iter().all(|i| !chain.contains(i)), "descriptor reused");
+                        }
+                        owned.insert(head, ids);
+                    }
+                    Err(RingError::Full { needed, free }) => {
+                        assert!(needed > free);
+                        break;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            let used: usize = owned.values().map(Vec::len).sum();
+            assert_eq!(usize::from(ring.num_free()) + used, 16);
+            ring.publish();
+            while let Some(h) = dev.take() {
+                pending.push(h);
+            }
+            // Complete a random subset in random order.
+            let k = (next() as usize) % (pending.len() + 1);
+            for _ in 0..k {
+                let i = (next() as usize) % pending.len();
+                let h = pending.swap_remove(i);
+                dev.push_used(u32::from(h), 10);
+                let (got, len) = ring.pop_used().unwrap().unwrap();
+                assert_eq!((got, len), (h, 10));
+                owned.remove(&h);
+            }
+        }
+        for h in pending.drain(..) {
+            dev.push_used(u32::from(h), 0);
+        }
+        while ring.pop_used().unwrap().is_some() {}
+        assert_eq!(ring.num_free(), 16);
+        assert_eq!(ring.in_flight(), 0);
+    }
+
+    #[test]
+    fn indices_wrap_past_65535() {
+        let (_m, mut ring, mut dev) = ring_with_device("vq-wrap", 4, opts(true, false, 0));
+        let mut expect_idx: u16 = 0;
+        for i in 0u32..70_000 {
+            let len = i % 50 + 1;
+            let a = ring
+                .add(&[Segment::readable(8, 4), Segment::writable(16, 64)])
+                .unwrap();
+            let b = ring.add(&[Segment::writable(32, 64)]).unwrap();
+            ring.publish();
+            expect_idx = expect_idx.wrapping_add(2);
+            assert_eq!(dev.avail_idx(), expect_idx);
+            assert_eq!(dev.take(), Some(a));
+            assert_eq!(dev.take(), Some(b));
+            assert_eq!(dev.take(), None);
+            // Complete in reverse order.
+            dev.push_used(u32::from(b), len);
+            dev.push_used(u32::from(a), 64 - len);
+            assert!(ring.has_used());
+            assert_eq!(ring.pop_used().unwrap(), Some((b, len)));
+            assert_eq!(ring.pop_used().unwrap(), Some((a, 64 - len)));
+            assert_eq!(ring.pop_used().unwrap(), None);
+            assert!(!ring.has_used());
+            // used_event tracks last_used while interrupts are enabled.
+            assert_eq!(dev.used_event(), expect_idx);
+        }
+        assert_eq!(ring.next_avail_idx(), (140_000u32 % 65536) as u16);
+        assert_eq!(ring.num_free(), 4);
+    }
+
+    // ---- notification suppression ---------------------------------------
+
+    #[test]
+    fn kicks_follow_used_flags_without_event_idx() {
+        let (_m, mut ring, mut dev) = ring_with_device("vq-flags", 8, RingOptions::default());
+        assert!(!ring.publish(), "nothing to publish, no kick");
+        ring.add(&[Segment::readable(0, 1)]).unwrap();
+        assert!(ring.publish());
+        dev.set_used_flags(VIRTQ_USED_F_NO_NOTIFY);
+        ring.add(&[Segment::readable(0, 1)]).unwrap();
+        assert!(!ring.publish());
+        dev.set_used_flags(0);
+        ring.add(&[Segment::readable(0, 1)]).unwrap();
+        assert!(ring.publish());
+        while dev.take().is_some() {}
+
+        // Interrupt suppression uses the avail flags.
+        ring.disable_interrupts();
+        assert_eq!(dev.avail_flags(), VIRTQ_AVAIL_F_NO_INTERRUPT);
+        assert!(!ring.enable_interrupts());
+        assert_eq!(dev.avail_flags(), 0);
+        dev.push_used(0, 0);
+        ring.disable_interrupts();
+        assert!(
+            ring.enable_interrupts(),
+            "pending used element must be reported"
+        );
+    }
+
+    #[test]
+    fn kicks_follow_avail_event_with_event_idx() {
+        let (_m, mut ring, mut dev) = ring_with_device("vq-evidx", 8, opts(true, false, 0));
+        // avail_event starts at 0: the first publish (0 -> 1) crosses it.
+        ring.add(&[Segment::readable(0, 1)]).unwrap();
+        assert!(ring.publish());
+        // The device has not re-armed: 1 -> 3 does not cross 0.
+        ring.add(&[Segment::readable(0, 1)]).unwrap();
+        ring.add(&[Segment::readable(0, 1)]).unwrap();
+        assert!(!ring.publish());
+        // Device asks to be kicked when index 5 is made available.
+        dev.set_avail_event(5);
+        ring.add(&[Segment::readable(0, 1)]).unwrap();
+        assert!(!ring.publish(), "3 -> 4 does not reach 5");
+        ring.add(&[Segment::readable(0, 1)]).unwrap();
+        ring.add(&[Segment::readable(0, 1)]).unwrap();
+        assert!(ring.publish(), "4 -> 6 crosses 5");
+        // Interrupt suppression writes used_event and leaves the flags at 0 (§2.7.7.2).
+        ring.disable_interrupts();
+        assert_eq!(dev.avail_flags(), 0);
+        assert_eq!(dev.used_event(), 0u16.wrapping_sub(1));
+        assert!(!ring.enable_interrupts());
+        assert_eq!(dev.used_event(), 0);
+        while dev.take().is_some() {}
+        dev.push_used(0, 0);
+        assert!(ring.has_used());
+        assert!(ring.enable_interrupts());
+        assert_eq!(ring.pop_used().unwrap(), Some((0, 0)));
+        assert_eq!(dev.used_event(), 1);
+    }
+
+    // ---- hostile device --------------------------------------------------
+
+    fn published_ring(name: &str) -> (Arc<SharedMemory>, SplitRing, RawDevice, u16, u16) {
+        let (m, mut ring, mut dev) = ring_with_device(name, 8, RingOptions::default());
+        let a = ring
+            .add(&[Segment::readable(0, 16), Segment::writable(64, 100)])
+            .unwrap();
+        let b = ring.add(&[Segment::readable(0, 16)]).unwrap();
+        ring.publish();
+        dev.take();
+        dev.take();
+        (m, ring, dev, a, b)
+    }
+
+    fn assert_broken(ring: &mut SplitRing) {
+        assert!(ring.is_broken());
+        assert_eq!(ring.pop_used().unwrap_err(), RingError::Broken);
+        assert_eq!(
+            ring.add(&[Segment::readable(0, 1)]).unwrap_err(),
+            RingError::Broken
+        );
+        assert!(!ring.publish());
+        assert!(ring.has_used());
+        assert!(ring.enable_interrupts());
+        assert!(RingError::Broken.is_device_fault());
+    }
+
+    #[test]
+    fn hostile_used_id_out_of_range() {
+        let (_m, mut ring, mut dev, _a, _b) = published_ring("vq-h-id");
+        dev.push_used(8, 0);
+        assert_eq!(
+            ring.pop_used().unwrap_err(),
+            RingError::BadUsedId { id: 8, size: 8 }
+        );
+        assert_broken(&mut ring);
+        let (_m, mut ring, mut dev, _a, _b) = published_ring("vq-h-id2");
+        dev.push_used(u32::MAX, 0);
+        assert!(matches!(
+            ring.pop_used().unwrap_err(),
+            RingError::BadUsedId { id: u32::MAX, .. }
+        ));
+        assert_broken(&mut ring);
+    }
+
+    #[test]
+    fn hostile_used_id_not_in_flight() {
+        // A free descriptor index.
+        let (_m, mut ring, mut dev, _a, _b) = published_ring("vq-h-free");
+        dev.push_used(7, 0);
+        assert!(matches!(
+            ring.pop_used().unwrap_err(),
+            RingError::BadUsedId { id: 7, .. }
+        ));
+        assert_broken(&mut ring);
+
+        // A non-head descriptor of an in-flight chain.
+        let (_m, mut ring, mut dev, a, _b) = published_ring("vq-h-body");
+        let body = dev.desc(a).3;
+        dev.push_used(u32::from(body), 0);
+        assert!(matches!(
+            ring.pop_used().unwrap_err(),
+            RingError::BadUsedId { .. }
+        ));
+        assert_broken(&mut ring);
+
+        // The same head returned twice.
+        let (_m, mut ring, mut dev, a, _b) = published_ring("vq-h-dup");
+        dev.push_used(u32::from(a), 1);
+        dev.push_used(u32::from(a), 1);
+        assert_eq!(ring.pop_used().unwrap(), Some((a, 1)));
+        assert!(matches!(
+            ring.pop_used().unwrap_err(),
+            RingError::BadUsedId { .. }
+        ));
+        assert_broken(&mut ring);
+
+        // A chain added (slot visible to the device) but not yet published.
+        let (_m, mut ring, mut dev, a, _b) = published_ring("vq-h-unpub");
+        let c = ring.add(&[Segment::writable(0, 4)]).unwrap();
+        dev.push_used(u32::from(a), 0);
+        dev.push_used(u32::from(c), 0);
+        assert_eq!(ring.pop_used().unwrap(), Some((a, 0)));
+        assert!(matches!(
+            ring.pop_used().unwrap_err(),
+            RingError::BadUsedId { .. }
+        ));
+        assert_broken(&mut ring);
+    }
+
+    #[test]
+    fn hostile_used_len_too_big() {
+        let (_m, mut ring, mut dev, a, b) = published_ring("vq-h-len");
+        dev.push_used(u32::from(a), 100);
+        assert_eq!(
+            ring.pop_used().unwrap(),
+            Some((a, 100)),
+            "exactly the writable bytes is fine"
+        );
+        // b has no writable bytes at all.
+        dev.push_used(u32::from(b), 1);
+        assert_eq!(
+            ring.pop_used().unwrap_err(),
+            RingError::BadUsedLen {
+                id: b,
+                len: 1,
+                writable: 0
+            }
+        );
+        assert_broken(&mut ring);
+    }
+
+    #[test]
+    fn hostile_used_idx_jump() {
+        // Jump beyond the queue size.
+        let (_m, mut ring, dev, a, _b) = published_ring("vq-h-jump");
+        dev.put_used_elem(0, u32::from(a), 0);
+        dev.set_used_idx(9);
+        assert_eq!(
+            ring.pop_used().unwrap_err(),
+            RingError::UsedIdxJump {
+                last_used: 0,
+                used_idx: 9,
+                outstanding: 2
+            }
+        );
+        assert_broken(&mut ring);
+        // Within the queue size but beyond what is outstanding.
+        let (_m, mut ring, dev, a, b) = published_ring("vq-h-jump2");
+        dev.put_used_elem(0, u32::from(a), 0);
+        dev.put_used_elem(1, u32::from(b), 0);
+        dev.set_used_idx(3);
+        assert!(matches!(
+            ring.pop_used().unwrap_err(),
+            RingError::UsedIdxJump { outstanding: 2, .. }
+        ));
+        assert_broken(&mut ring);
+        // Backwards (= a huge forward jump in wrapping arithmetic).
+        let (_m, mut ring, dev, _a, _b) = published_ring("vq-h-back");
+        dev.set_used_idx(u16::MAX);
+        assert!(matches!(
+            ring.pop_used().unwrap_err(),
+            RingError::UsedIdxJump { .. }
+        ));
+        assert_broken(&mut ring);
+    }
+
+    #[test]
+    fn hostile_scribbles_do_not_corrupt_the_free_list() {
+        let (m, mut ring, mut dev) = ring_with_device("vq-h-scribble", 8, opts(false, true, 2));
+        for round in 0..100u32 {
+            let a = ring
+                .add(&[
+                    Segment::readable(0, 8),
+                    Segment::writable(8, 8),
+                    Segment::writable(16, 8),
+                ])
+                .unwrap();
+            let b = ring
+                .add(&[Segment::readable(0, 8), Segment::writable(8, 8)])
+                .unwrap();
+            ring.publish();
+            dev.take();
+            dev.take();
+            // The device overwrites the whole descriptor table, the indirect
+            // tables, avail_event and used flags with garbage.
+            let o = ring.offsets();
+            m.fill(o.desc, 16 * 8, round as u8 ^ 0xa5).unwrap();
+            m.fill(o.indirect, o.total - o.indirect, 0xff).unwrap();
+            dev.set_avail_event((round as u16).wrapping_mul(7919));
+            dev.set_used_flags(0xffff);
+            dev.push_used(u32::from(b), 8);
+            dev.push_used(u32::from(a), 16);
+            assert_eq!(ring.pop_used().unwrap(), Some((b, 8)));
+            assert_eq!(ring.pop_used().unwrap(), Some((a, 16)));
+            assert_eq!(ring.num_free(), 8, "round {round}");
+        }
+        // All 8 descriptors are still distinct and allocatable.
+        let mut heads: Vec<u16> = (0..8)
+            .map(|_| ring.add(&[Segment::readable(0, 1)]).unwrap())
+            .collect();
+        heads.sort_unstable();
+        assert_eq!(heads, (0..8).collect::<Vec<u16>>());
+        assert!(matches!(
+            ring.add(&[Segment::readable(0, 1)]),
+            Err(RingError::Full { needed: 1, free: 0 })
+        ));
+    }
+
+    // ---- against rust-vmm's device-side Queue ---------------------------
+
+    mod fake_device {
+        use super::*;
+        use std::os::fd::AsFd;
+        use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+        use std::time::Duration;
+        use virtio_queue::{Queue, QueueT};
+        use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
+
+        const WAIT: Duration = Duration::from_secs(2);
+        /// Bytes of each per-request buffer slot.
+        const SLOT: usize = 256;
+        /// Device-writable segment lengths and offsets inside a slot.
+        const WRITABLE: [(usize, u32); 3] = [(64, 7), (128, 64), (200, 33)];
+
+        fn guest_memory(mem: &SharedMemory) -> GuestMemoryMmap<()> {
+            let file = std::fs::File::from(mem.as_fd().try_clone_to_owned().unwrap());
+            GuestMemoryMmap::<()>::from_ranges_with_files(&[(
+                GuestAddress(0),
+                mem.len(),
+                Some(FileOffset::new(file, 0)),
+            )])
+            .unwrap()
+        }
+
+        fn device_queue(ring: &SplitRing, event_idx: bool) -> Queue {
+            let mut q = Queue::new(ring.size()).unwrap();
+            q.set_size(ring.size());
+            let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
+            let (lo, hi) = split(ring.desc_gpa());
+            q.set_desc_table_address(lo, hi);
+            let (lo, hi) = split(ring.avail_gpa());
+            q.set_avail_ring_address(lo, hi);
+            let (lo, hi) = split(ring.used_gpa());
+            q.set_used_ring_address(lo, hi);
+            q.set_event_idx(event_idx);
+            q.set_next_avail(ring.next_avail_idx());
+            q.set_next_used(ring.next_avail_idx());
+            q.set_ready(true);
+            assert!(q.is_valid(&guest_memory_probe()));
+            q
+        }
+
+        /// Queue::is_valid only needs some memory covering the rings.
+        fn guest_memory_probe() -> GuestMemoryMmap<()> {
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_LEN)]).unwrap()
+        }
+
+        /// The byte the device writes at position `k` of the writable area for request `seq`
+        /// whose readable bytes sum to `sum`.
+        fn pattern(seq: u64, sum: u8, k: usize) -> u8 {
+            (seq as u8).wrapping_mul(31) ^ (k as u8).wrapping_mul(7) ^ sum
+        }
+
+        /// Device thread: serves `total` chains, checking and answering each.
+        fn serve(
+            mem: GuestMemoryMmap<()>,
+            mut q: Queue,
+            total: u64,
+            kicks: Receiver<()>,
+            call: std::sync::mpsc::Sender<()>,
+        ) -> Result<u64, String> {
+            let mut served = 0u64;
+            let mut notifications = 0u64;
+            while served < total {
+                q.disable_notification(&mem).map_err(|e| e.to_string())?;
+                while let Some(chain) = q.pop_descriptor_chain(&mem) {
+                    let head = chain.head_index();
+                    let mut readable = Vec::new();
+                    let mut writable = Vec::new();
+                    for d in chain {
+                        if d.is_write_only() {
+                            writable.push((d.addr(), d.len()));
+                        } else {
+                            if !writable.is_empty() {
+                                return Err("readable after writable".into());
+                            }
+                            let mut buf = vec![0u8; d.len() as usize];
+                            mem.read_slice(&mut buf, d.addr())
+                                .map_err(|e| e.to_string())?;
+                            readable.extend_from_slice(&buf);
+                        }
+                    }
+                    if readable.len() < 8 {
+                        return Err(format!("chain {head}: short header"));
+                    }
+                    let seq = u64::from_le_bytes(readable[..8].try_into().unwrap());
+                    let sum = readable.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+                    let cap: u32 = writable.iter().map(|w| w.1).sum();
+                    let len = cap - (seq % 5) as u32;
+                    let mut k = 0usize;
+                    for (addr, dlen) in writable {
+                        let n = (dlen as usize).min(len as usize - k);
+                        let bytes: Vec<u8> = (k..k + n).map(|i| pattern(seq, sum, i)).collect();
+                        mem.write_slice(&bytes, addr).map_err(|e| e.to_string())?;
+                        k += n;
+                    }
+                    q.add_used(&mem, head, len).map_err(|e| e.to_string())?;
+                    served += 1;
+                    if q.needs_notification(&mem).map_err(|e| e.to_string())? {
+                        notifications += 1;
+                        let _ = call.send(());
+                    }
+                }
+                if served == total {
+                    break;
+                }
+                if q.enable_notification(&mem).map_err(|e| e.to_string())? {
+                    continue;
+                }
+                match kicks.recv_timeout(WAIT) {
+                    Ok(()) => while kicks.try_recv().is_ok() {},
+                    Err(RecvTimeoutError::Timeout) => {
+                        return Err(format!("device: no kick for 2 s after {served} chains"))
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return Err("driver gone".into()),
+                }
+            }
+            Ok(notifications)
+        }
+
+        struct Stats {
+            kicks: u64,
+            device_notifications: u64,
+        }
+
+        /// Runs `total` requests through a ring of `size` entries starting at
+        /// index `start`, with a real device on another thread.
+        fn run(size: u16, o: RingOptions, start: u16, total: u64) -> Stats {
+            let mem = Arc::new(SharedMemory::new("vq-fake", MEM_LEN).unwrap());
+            let mut carver = Carver::new(MEM_LEN);
+            // Leave GPA 0 unused (virtio-queue treats an avail ring at 0 as unset).
+            carver.alloc(16, 16).unwrap();
+            let max_ind = if o.indirect { o.max_indirect } else { 0 };
+            let base = carver
+                .alloc(SplitRing::layout(size, max_ind).total, 16)
+                .unwrap();
+            let mut ring = SplitRing::new(mem.clone(), base, size, o).unwrap();
+            ring.set_start_index(start);
+            let slots_base = carver.alloc(SLOT * usize::from(size), 64).unwrap();
+            let mut free_slots: Vec<usize> = (0..usize::from(size)).collect();
+
+            let (kick_tx, kick_rx) = channel();
+            let (call_tx, call_rx) = channel();
+            let q = device_queue(&ring, o.event_idx);
+            let gm = guest_memory(&mem);
+            let device = std::thread::spawn(move || serve(gm, q, total, kick_rx, call_tx));
+
+            let mut inflight: std::collections::HashMap<u16, (u64, usize)> = Default::default();
+            let mut submitted = 0u64;
+            let mut completed = 0u64;
+            let mut kicks = 0u64;
+            while completed < total {
+                // Submit a batch of 1..=size requests with 2..=5 segments.
+                let batch = (submitted % u64::from(size)) + 1;
+                let mut added = 0;
+                while added < batch && submitted < total && !free_slots.is_empty() {
+                    let seq = submitted;
+                    let slot = free_slots[free_slots.len() - 1];
+                    let sbase = slots_base + slot * SLOT;
+                    let mut hdr = [0u8; 16];
+                    hdr[..8].copy_from_slice(&seq.to_le_bytes());
+                    hdr[8..].copy_from_slice(&(seq.wrapping_mul(0x9e37_79b9)).to_le_bytes());
+                    mem.write(sbase, &hdr).unwrap();
+                    mem.write(sbase + 16, &[seq as u8; 16]).unwrap();
+                    mem.fill(sbase + 64, SLOT - 64, 0).unwrap();
+                    let mut segs = vec![Segment::readable(sbase as u64, 16)];
+                    if seq & 1 == 0 {
+                        segs.push(Segment::readable(sbase as u64 + 16, 16));
+                    }
+                    for &(off, len) in &WRITABLE[..(seq % 3) as usize + 1] {
+                        segs.push(Segment::writable((sbase + off) as u64, len));
+                    }
+                    match ring.add(&segs) {
+                        Ok(head) => {
+                            free_slots.pop();
+                            assert!(inflight.insert(head, (seq, slot)).is_none());
+                            submitted += 1;
+                            added += 1;
+                        }
+                        Err(RingError::Full { .. }) => break,
+                        Err(e) => panic!("add: {e}"),
+                    }
+                }
+                if ring.publish() {
+                    kicks += 1;
+                    let _ = kick_tx.send(());
+                }
+                let mut reaped = 0;
+                while let Some((head, len)) = ring.pop_used().unwrap() {
+                    let (seq, slot) = inflight.remove(&head).expect("head in flight");
+                    check_response(&mem, slots_base + slot * SLOT, seq, len);
+                    free_slots.push(slot);
+                    completed += 1;
+                    reaped += 1;
+                }
+                if completed == total || reaped > 0 {
+                    continue;
+                }
+                if ring.enable_interrupts() {
+                    ring.disable_interrupts();
+                    continue;
+                }
+                match call_rx.recv_timeout(WAIT) {
+                    Ok(()) => while call_rx.try_recv().is_ok() {},
+                    Err(_) => {
+                        panic!(
+                            "driver: no used-buffer notification for 2 s ({completed}/{total}); device: {:?}",
+                            device.join()
+                        );
+                    }
+                }
+                ring.disable_interrupts();
+            }
+            drop(kick_tx);
+            let device_notifications = device.join().unwrap().unwrap();
+            assert_eq!(ring.in_flight(), 0);
+            assert_eq!(ring.num_free(), size);
+            assert_eq!(ring.next_avail_idx(), start.wrapping_add(total as u16));
+            Stats {
+                kicks,
+                device_notifications,
+            }
+        }
+
+        fn check_response(mem: &SharedMemory, sbase: usize, seq: u64, len: u32) {
+            let n_w = (seq % 3) as usize + 1;
+            let cap: u32 = WRITABLE[..n_w].iter().map(|w| w.1).sum();
+            assert_eq!(len, cap - (seq % 5) as u32, "seq {seq}: used len");
+            let mut sum = 0u8;
+            let mut hdr = [0u8; 16];
+            mem.read(sbase, &mut hdr).unwrap();
+            sum = hdr.iter().fold(sum, |a, b| a.wrapping_add(*b));
+            if seq & 1 == 0 {
+                sum = sum.wrapping_add((seq as u8).wrapping_mul(16));
+            }
+            let mut k = 0usize;
+            for &(off, dlen) in &WRITABLE[..n_w] {
+                let mut buf = vec![0u8; dlen as usize];
+                mem.read(sbase + off, &mut buf).unwrap();
+                for (i, b) in buf.iter().enumerate() {
+                    let want = if k + i < len as usize {
+                        pattern(seq, sum, k + i)
+                    } else {
+                        0
+                    };
+                    assert_eq!(*b, want, "seq {seq}: byte {} of the response", k + i);
+                }
+                k += dlen as usize;
+            }
+        }
+
+        #[test]
+        fn cycles_plain() {
+            let s = run(16, opts(false, false, 0), 0, 4000);
+            assert!(s.kicks > 0 && s.device_notifications > 0);
+        }
+
+        #[test]
+        fn cycles_event_idx_across_wrap() {
+            let s = run(16, opts(true, false, 0), u16::MAX - 1500, 4000);
+            assert!(s.kicks <= 4000);
+        }
+
+        #[test]
+        fn cycles_indirect_across_wrap() {
+            run(8, opts(false, true, 4), u16::MAX - 2000, 4000);
+        }
+
+        #[test]
+        fn cycles_event_idx_and_indirect_across_wrap() {
+            run(32, opts(true, true, 3), u16::MAX - 100, 5000);
+        }
+
+        #[test]
+        fn cycles_tiny_ring_every_index() {
+            // Size 1: every request wraps the ring; indirect tables of one entry
+            // are never used (single-descriptor chains only).
+            let mem = Arc::new(SharedMemory::new("vq-tiny", MEM_LEN).unwrap());
+            let base = 64;
+            let mut ring = SplitRing::new(mem.clone(), base, 2, opts(true, false, 0)).unwrap();
+            ring.set_start_index(u16::MAX - 10);
+            let gm = guest_memory(&mem);
+            let mut q = device_queue(&ring, true);
+            for i in 0..40u32 {
+                let h = ring.add(&[Segment::writable(0x8000, 4)]).unwrap();
+                ring.publish();
+                let chain = q.pop_descriptor_chain(&gm).unwrap();
+                assert_eq!(chain.head_index(), h);
+                let d = chain.into_iter().next().unwrap();
+                gm.write_slice(&i.to_le_bytes(), d.addr()).unwrap();
+                q.add_used(&gm, h, 4).unwrap();
+                assert_eq!(ring.pop_used().unwrap(), Some((h, 4)));
+                let mut b = [0u8; 4];
+                mem.read(0x8000, &mut b).unwrap();
+                assert_eq!(u32::from_le_bytes(b), i);
+            }
+        }
+
+        /// Same-thread, deterministic: EVENT_IDX lets the device suppress kicks
+        /// while it is busy, and `used_event` suppresses the device's notifications.
+        #[test]
+        fn event_idx_suppresses_kicks_and_interrupts() {
+            let mem = Arc::new(SharedMemory::new("vq-kicks", MEM_LEN).unwrap());
+            let mut ring = SplitRing::new(mem.clone(), 64, 64, opts(true, false, 0)).unwrap();
+            let gm = guest_memory(&mem);
+            let mut q = device_queue(&ring, true);
+            let seg = [Segment::writable(0x8000, 16)];
+
+            let mut kicks = 0;
+            for _ in 0..10 {
+                ring.add(&seg).unwrap();
+                kicks += u32::from(ring.publish());
+            }
+            assert_eq!(kicks, 1, "only the first publish crosses avail_event 0");
+
+            // Device drains and re-arms: avail_event = 10.
+            let mut heads = Vec::new();
+            while let Some(c) = q.pop_descriptor_chain(&gm) {
+                heads.push(c.head_index());
+            }
+            assert_eq!(heads.len(), 10);
+            assert!(!q.enable_notification(&gm).unwrap());
+            ring.add(&seg).unwrap();
+            assert!(ring.publish(), "device re-armed, so the next publish kicks");
+            ring.add(&seg).unwrap();
+            assert!(!ring.publish());
+            // While the device keeps notifications disabled nothing kicks; the
+            // same workload without EVENT_IDX would have kicked every time.
+            q.disable_notification(&gm).unwrap();
+            for _ in 0..5 {
+                ring.add(&seg).unwrap();
+                assert!(!ring.publish());
+            }
+
+            // Used side: with interrupts disabled the device is not asked to notify.
+            ring.disable_interrupts();
+            q.add_used(&gm, heads[0], 16).unwrap();
+            assert!(!q.needs_notification(&gm).unwrap());
+            // Enabling reports the pending element (lost-wakeup guard).
+            assert!(ring.enable_interrupts());
+            assert_eq!(ring.pop_used().unwrap(), Some((heads[0], 16)));
+            assert!(!ring.enable_interrupts());
+            q.add_used(&gm, heads[1], 0).unwrap();
+            assert!(
+                q.needs_notification(&gm).unwrap(),
+                "used_event == last_used arms one interrupt"
+            );
+            q.add_used(&gm, heads[2], 0).unwrap();
+            assert!(
+                !q.needs_notification(&gm).unwrap(),
+                "only one interrupt per arming"
+            );
+            assert_eq!(ring.pop_used().unwrap(), Some((heads[1], 0)));
+            assert_eq!(ring.pop_used().unwrap(), Some((heads[2], 0)));
+            assert_eq!(ring.pop_used().unwrap(), None);
+        }
+
+        #[test]
+        fn without_event_idx_every_publish_kicks_until_no_notify() {
+            let mem = Arc::new(SharedMemory::new("vq-kicks2", MEM_LEN).unwrap());
+            let mut ring = SplitRing::new(mem.clone(), 64, 64, RingOptions::default()).unwrap();
+            let gm = guest_memory(&mem);
+            let mut q = device_queue(&ring, false);
+            let seg = [Segment::writable(0x8000, 16)];
+            for _ in 0..10 {
+                ring.add(&seg).unwrap();
+                assert!(ring.publish());
+            }
+            q.disable_notification(&gm).unwrap(); // sets VIRTQ_USED_F_NO_NOTIFY
+            for _ in 0..10 {
+                ring.add(&seg).unwrap();
+                assert!(!ring.publish());
+            }
+            q.enable_notification(&gm).unwrap();
+            ring.add(&seg).unwrap();
+            assert!(ring.publish());
+        }
+    }
+}

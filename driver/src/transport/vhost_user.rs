@@ -1,0 +1,185 @@
+//! The vhost-user frontend side (QEMU docs/interop/vhost-user.rst) through
+//! the `vhost` crate's `Frontend`.
+//!
+//! Set-up order: SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES,
+//! SET_FEATURES, GET_CONFIG, SET_MEM_TABLE, then per ring SET_VRING_NUM,
+//! SET_VRING_ADDR (frontend virtual addresses; the used ring is already
+//! zeroed), SET_VRING_BASE, SET_VRING_CALL, SET_VRING_KICK and
+//! SET_VRING_ENABLE. Messages a rust-vmm backend does not know
+//! (SET_STATUS, VRING_KICK) are never sent: it drops the connection on them.
+//! With REPLY_ACK every message asks for an acknowledgement, so a refused
+//! request is an error here instead of a silent device that never answers.
+
+use std::path::Path;
+
+use tracing::debug;
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures,
+};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use vmm_sys_util::eventfd::EventFd;
+use vscsi_protocol::virtio_scsi::{Config, CONFIG_SIZE};
+use zerocopy::FromBytes;
+
+use crate::error::{Error, Result};
+use crate::memory::SharedMemory;
+use crate::ring::split::SplitRing;
+
+/// `VHOST_USER_F_PROTOCOL_FEATURES`: bit 30 of the virtio features.
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+
+/// Most virtqueues the driver will address (control + event + 64 request queues).
+const MAX_VQS: u64 = 66;
+
+/// A negotiated vhost-user connection.
+pub struct VhostUserTransport {
+    fe: Frontend,
+    features: u64,
+    protocol: VhostUserProtocolFeatures,
+    config: Config,
+}
+
+impl VhostUserTransport {
+    /// Connects to `path` and negotiates `wanted` virtio features (only the
+    /// ones the device offers are acked; VERSION_1 is required).
+    pub fn connect(path: &Path, wanted: u64) -> Result<Self> {
+        let mut fe = Frontend::connect(path, MAX_VQS).map_err(|source| Error::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+        fe.set_owner().map_err(Error::vhost("SET_OWNER"))?;
+        let offered = fe.get_features().map_err(Error::vhost("GET_FEATURES"))?;
+        debug!(offered = format_args!("{offered:#x}"), "device features");
+        if offered & (1 << VIRTIO_F_VERSION_1) == 0 {
+            return Err(Error::MissingFeature("VIRTIO_F_VERSION_1"));
+        }
+        let mut protocol = VhostUserProtocolFeatures::empty();
+        if offered & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+            let theirs = fe
+                .get_protocol_features()
+                .map_err(Error::vhost("GET_PROTOCOL_FEATURES"))?;
+            protocol = theirs
+                & (VhostUserProtocolFeatures::MQ
+                    | VhostUserProtocolFeatures::CONFIG
+                    | VhostUserProtocolFeatures::REPLY_ACK);
+            fe.set_protocol_features(protocol)
+                .map_err(Error::vhost("SET_PROTOCOL_FEATURES"))?;
+        }
+        if !protocol.contains(VhostUserProtocolFeatures::CONFIG) {
+            return Err(Error::MissingFeature("VHOST_USER_PROTOCOL_F_CONFIG"));
+        }
+        if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        let features =
+            offered & (wanted | 1 << VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES);
+        fe.set_features(features)
+            .map_err(Error::vhost("SET_FEATURES"))?;
+        let (_, bytes) = fe
+            .get_config(
+                0,
+                CONFIG_SIZE as u32,
+                VhostUserConfigFlags::WRITABLE,
+                &[0u8; CONFIG_SIZE],
+            )
+            .map_err(Error::vhost("GET_CONFIG"))?;
+        let config = Config::read_from_bytes(&bytes[..]).map_err(|_| {
+            Error::BadConfig(format!(
+                "{} bytes of config space, expected 36",
+                bytes.len()
+            ))
+        })?;
+        Ok(Self {
+            fe,
+            features,
+            protocol,
+            config,
+        })
+    }
+
+    /// The virtio features both sides agreed on.
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// The device configuration read at connect time.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether the device answers GET_QUEUE_NUM.
+    pub fn queue_num(&mut self) -> Result<Option<u64>> {
+        if !self.protocol.contains(VhostUserProtocolFeatures::MQ) {
+            return Ok(None);
+        }
+        self.fe
+            .get_queue_num()
+            .map(Some)
+            .map_err(Error::vhost("GET_QUEUE_NUM"))
+    }
+
+    /// Registers `mem` as the only memory region, at guest-physical address 0.
+    pub fn set_memory(&self, mem: &SharedMemory) -> Result<()> {
+        let region = VhostUserMemoryRegionInfo {
+            guest_phys_addr: mem.gpa(0),
+            memory_size: mem.len() as u64,
+            userspace_addr: mem.host_addr(),
+            mmap_offset: 0,
+            mmap_handle: mem.fd(),
+        };
+        self.fe
+            .set_mem_table(&[region])
+            .map_err(Error::vhost("SET_MEM_TABLE"))?;
+        Ok(())
+    }
+
+    /// Hands virtqueue `index` to the device and enables it.
+    pub fn start_vring(
+        &mut self,
+        index: usize,
+        ring: &SplitRing,
+        kick: &EventFd,
+        call: &EventFd,
+    ) -> Result<()> {
+        let size = ring.size();
+        let addrs = VringConfigData {
+            queue_max_size: size,
+            queue_size: size,
+            flags: 0,
+            desc_table_addr: ring.desc_va(),
+            used_ring_addr: ring.used_va(),
+            avail_ring_addr: ring.avail_va(),
+            log_addr: None,
+        };
+        self.fe
+            .set_vring_num(index, size)
+            .map_err(Error::vhost("SET_VRING_NUM"))?;
+        self.fe
+            .set_vring_addr(index, &addrs)
+            .map_err(Error::vhost("SET_VRING_ADDR"))?;
+        self.fe
+            .set_vring_base(index, 0)
+            .map_err(Error::vhost("SET_VRING_BASE"))?;
+        self.fe
+            .set_vring_call(index, call)
+            .map_err(Error::vhost("SET_VRING_CALL"))?;
+        self.fe
+            .set_vring_kick(index, kick)
+            .map_err(Error::vhost("SET_VRING_KICK"))?;
+        if self.features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+            self.fe
+                .set_vring_enable(index, true)
+                .map_err(Error::vhost("SET_VRING_ENABLE"))?;
+        }
+        Ok(())
+    }
+
+    /// Stops virtqueue `index` (GET_VRING_BASE); returns the device's next avail index.
+    pub fn stop_vring(&mut self, index: usize) -> Result<u32> {
+        self.fe
+            .get_vring_base(index)
+            .map_err(Error::vhost("GET_VRING_BASE"))
+    }
+}
