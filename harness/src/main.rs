@@ -1,1 +1,247 @@
-fn main() {}
+//! `vscsi`: talk SCSI to a vhost-user virtio-scsi device (such as
+//! `vscsi-backend`) through the userspace driver.
+//!
+//! One file per verb: `inquiry.rs`, `readcap.rs`, `tur.rs`, `luns.rs`,
+//! `read.rs`, `write.rs`, `raw.rs`, `scan.rs`, `demo.rs`. Shared pieces:
+//! `device.rs` (common flags, connecting), `blockio.rs` (capacity, split
+//! and pipelined transfers), `output.rs` (formatting, JSON, failures),
+//! `parse.rs` (hex, sizes), `pattern.rs` and `daemon.rs` (for the demo).
+
+mod blockio;
+mod daemon;
+mod demo;
+mod device;
+mod inquiry;
+mod luns;
+mod output;
+mod parse;
+mod pattern;
+mod raw;
+mod read;
+mod readcap;
+mod scan;
+mod tur;
+mod write;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::output::{CheckFailed, ScsiFailure};
+
+const AFTER_HELP: &str = "\
+Exit status:
+  0  success (raw: the command completed, whatever its SCSI status)
+  1  the command ended with a status other than GOOD (CHECK CONDITION...),
+     or the demo's verification failed
+  2  bad command line
+  3  any other error: no socket, connection or transport failure, I/O error
+
+Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to see more than warnings.
+
+Example:
+  vscsi-backend --socket /tmp/vs.sock disk.img &
+  vscsi scan --socket /tmp/vs.sock
+  vscsi read --socket /tmp/vs.sock --lba 0 --blocks 8 | xxd | head";
+
+/// Send SCSI commands to a vhost-user virtio-scsi device (such as
+/// vscsi-backend) through the userspace virtio-scsi driver.
+#[derive(Parser, Debug)]
+#[command(name = "vscsi", version, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// INQUIRY: standard data, or a VPD page (--page) as hex.
+    Inquiry(inquiry::Args),
+    /// READ CAPACITY (16, falling back to 10): blocks, block size, bytes.
+    Readcap(readcap::Args),
+    /// TEST UNIT READY.
+    Tur(tur::Args),
+    /// REPORT LUNS: the LUNs of a target.
+    Luns(luns::Args),
+    /// READ blocks to stdout or a file.
+    Read(read::Args),
+    /// WRITE blocks from stdin or a file.
+    Write(write::Args),
+    /// Send any CDB, like sg_raw, and show everything that came back.
+    Raw(raw::Args),
+    /// Find every LUN: one line per LUN with type, identity and capacity.
+    Scan(scan::Args),
+    /// Start vscsi-backend on an image and write, read back and verify all of it.
+    Demo(demo::Args),
+}
+
+impl Command {
+    /// Whether errors should be reported as JSON on stdout.
+    fn json(&self) -> bool {
+        match self {
+            Command::Inquiry(a) => a.device.conn.json,
+            Command::Readcap(a) => a.device.conn.json,
+            Command::Tur(a) => a.device.conn.json,
+            Command::Luns(a) => a.device.conn.json,
+            Command::Read(a) => a.device.conn.json,
+            Command::Write(a) => a.device.conn.json,
+            Command::Raw(a) => a.device.conn.json,
+            Command::Scan(a) => a.conn.json,
+            Command::Demo(_) => false,
+        }
+    }
+
+    async fn run(self) -> anyhow::Result<()> {
+        match self {
+            Command::Inquiry(a) => inquiry::run(a).await,
+            Command::Readcap(a) => readcap::run(a).await,
+            Command::Tur(a) => tur::run(a).await,
+            Command::Luns(a) => luns::run(a).await,
+            Command::Read(a) => read::run(a).await,
+            Command::Write(a) => write::run(a).await,
+            Command::Raw(a) => raw::run(a).await,
+            Command::Scan(a) => scan::run(a).await,
+            Command::Demo(a) => demo::run(a).await,
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Prints an error (as JSON on stdout with `--json`) and picks the exit code.
+fn report(e: &anyhow::Error, json: bool) -> ExitCode {
+    if let Some(f) = e.downcast_ref::<ScsiFailure>() {
+        if json {
+            output::print_json(&f.to_json());
+        } else {
+            eprintln!("{}", f.to_text());
+        }
+        return ExitCode::from(1);
+    }
+    let code = if e.downcast_ref::<CheckFailed>().is_some() {
+        1
+    } else {
+        3
+    };
+    if json {
+        output::print_json(&serde_json::json!({ "ok": false, "error": format!("{e:#}") }));
+    }
+    eprintln!("vscsi: {e:#}");
+    ExitCode::from(code)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let json = cli.command.json();
+    if !matches!(cli.command, Command::Demo(_) | Command::Read(_)) {
+        // Die quietly on a closed stdout (`vscsi raw ... | head`) like other
+        // Unix tools, instead of panicking in println!. `read` handles EPIPE
+        // itself; `demo` must live on to stop its backend.
+        // SAFETY: setting a signal disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vscsi: cannot start the tokio runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match runtime.block_on(cli.command.run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e, json),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn common_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "vscsi",
+            "read",
+            "--socket",
+            "/s",
+            "--target",
+            "1",
+            "--lun",
+            "2",
+            "--lba",
+            "0x10",
+            "--blocks",
+            "8",
+            "--queues",
+            "2",
+            "--queue-size",
+            "64",
+            "--no-indirect",
+            "--no-event-idx",
+            "--timeout",
+            "5",
+            "--max-transfer",
+            "64k",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Read(a) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            (a.lba, a.blocks, a.device.target, a.device.lun),
+            (16, 8, 1, 2)
+        );
+        assert_eq!(a.device.conn.max_transfer, Some(65536));
+        assert!(a.device.conn.no_indirect && a.device.conn.json);
+        assert!(
+            Cli::try_parse_from(["vscsi", "tur", "--socket", "/s", "--queue-size", "100"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["vscsi", "tur"]).is_err());
+        let raw = Cli::try_parse_from([
+            "vscsi",
+            "raw",
+            "--socket",
+            "/s",
+            "--cdb",
+            "12 00 00 00 24 00",
+            "--data-in",
+            "36",
+        ])
+        .unwrap();
+        let Command::Raw(r) = raw.command else {
+            panic!()
+        };
+        assert_eq!(r.cdb, vec![0x12, 0, 0, 0, 0x24, 0]);
+        assert!(Cli::try_parse_from([
+            "vscsi",
+            "raw",
+            "--socket",
+            "/s",
+            "--cdb",
+            "2a",
+            "--data-in",
+            "1",
+            "--data-out",
+            "f"
+        ])
+        .is_err());
+    }
+}

@@ -1,0 +1,191 @@
+//! The flags every driver verb shares, connecting, and sending commands to
+//! one LUN with errors that name the command.
+
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use vscsi_driver::{
+    Driver, DriverOptions, Error as DriverError, QueueConfig, Response, ScsiCommand,
+};
+use vscsi_protocol::lun::MAX_LUN;
+
+use crate::output::ScsiFailure;
+use crate::parse;
+
+/// How to reach the device and how to set up the driver.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Connection")]
+pub struct ConnectArgs {
+    /// The vhost-user socket vscsi-backend listens on.
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Request queues to use (capped at what the device offers).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub queues: u16,
+    /// Descriptors per request queue (a power of two).
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = queue_size)]
+    pub queue_size: u16,
+    /// Do not negotiate indirect descriptors (VIRTIO_RING_F_INDIRECT_DESC).
+    #[arg(long)]
+    pub no_indirect: bool,
+    /// Do not negotiate event index suppression (VIRTIO_RING_F_EVENT_IDX).
+    #[arg(long)]
+    pub no_event_idx: bool,
+    /// Seconds a command may take before it fails.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse::seconds)]
+    pub timeout: Duration,
+    /// Largest transfer of one command (e.g. 256K); bigger reads and
+    /// writes are split into several commands.
+    #[arg(long, value_name = "SIZE", value_parser = parse::size)]
+    pub max_transfer: Option<u64>,
+    /// Print the answer as a JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The connection flags plus the LUN a command goes to.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArgs {
+    #[command(flatten)]
+    pub conn: ConnectArgs,
+    /// Target id.
+    #[arg(
+        long,
+        value_name = "T",
+        default_value_t = 0,
+        help_heading = "Connection"
+    )]
+    pub target: u8,
+    /// Logical unit number (0 to 16383).
+    #[arg(long, value_name = "L", default_value_t = 0, help_heading = "Connection",
+          value_parser = clap::value_parser!(u16).range(0..=MAX_LUN as i64))]
+    pub lun: u16,
+}
+
+fn queue_size(s: &str) -> Result<u16, String> {
+    let n: u16 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number from 1 to 32768"))?;
+    if n == 0 || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two (try 64, 128 or 256)"));
+    }
+    Ok(n)
+}
+
+fn start_hint(socket: &Path) -> String {
+    format!(
+        "is vscsi-backend running? start it with: vscsi-backend --socket {} disk.img",
+        socket.display()
+    )
+}
+
+/// Connects the driver, with errors that say what to do.
+pub async fn connect(args: &ConnectArgs) -> Result<Driver> {
+    let socket = &args.socket;
+    match std::fs::metadata(socket) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!(
+                "socket {} does not exist; {}",
+                socket.display(),
+                start_hint(socket)
+            )
+        }
+        Err(e) => bail!("cannot use socket {}: {e}", socket.display()),
+        Ok(m) if !m.file_type().is_socket() => bail!(
+            "{} is not a unix socket; pass the path vscsi-backend was started with (--socket)",
+            socket.display()
+        ),
+        Ok(_) => {}
+    }
+    let cfg = QueueConfig {
+        queue_count: args.queues,
+        queue_size: args.queue_size,
+        use_indirect: !args.no_indirect,
+        event_index: !args.no_event_idx,
+    };
+    let mut opts = DriverOptions {
+        timeout: args.timeout,
+        ..DriverOptions::default()
+    };
+    if let Some(max) = args.max_transfer {
+        if max == 0 || max % 512 != 0 {
+            bail!("--max-transfer {max} must be a non-zero multiple of 512 bytes");
+        }
+        opts.max_transfer = usize::try_from(max).context("--max-transfer is too large")?;
+    }
+    match Driver::connect_with(socket, cfg, opts).await {
+        Ok(d) => Ok(d),
+        Err(DriverError::Connect { source, .. }) => Err(anyhow!(
+            "cannot connect to {}: {source}; {}",
+            socket.display(),
+            start_hint(socket)
+        )),
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "setting up the virtio-scsi driver on {} failed",
+                socket.display()
+            )
+        }),
+    }
+}
+
+/// One logical unit behind a connected driver. Cheap to clone (the driver
+/// is shared), so commands can run in spawned tasks.
+#[derive(Clone)]
+pub struct Device {
+    /// The driver.
+    pub driver: Arc<Driver>,
+    /// Target id.
+    pub target: u8,
+    /// LUN.
+    pub lun: u16,
+}
+
+impl Device {
+    /// Connects and addresses `--target`/`--lun`.
+    pub async fn open(args: &DeviceArgs) -> Result<Device> {
+        let driver = connect(&args.conn).await?;
+        Ok(Device {
+            driver: Arc::new(driver),
+            target: args.target,
+            lun: args.lun,
+        })
+    }
+
+    /// Sends a command; `Err` only for transport failures (any SCSI status is `Ok`).
+    pub async fn send(&self, what: &str, command: ScsiCommand) -> Result<Response> {
+        self.driver
+            .send_command(self.target, self.lun, command)
+            .await
+            .with_context(|| format!("{what} to {}:{} failed", self.target, self.lun))
+    }
+
+    /// Sends a command and requires GOOD status ([`ScsiFailure`] otherwise).
+    pub async fn send_good(&self, what: &str, command: ScsiCommand) -> Result<Response> {
+        let r = self.send(what, command).await?;
+        if r.is_good() {
+            Ok(r)
+        } else {
+            Err(self.failure(what, r).into())
+        }
+    }
+
+    /// A [`ScsiFailure`] for a response from this LUN.
+    pub fn failure(&self, what: &str, response: Response) -> ScsiFailure {
+        ScsiFailure {
+            command: what.to_string(),
+            target: self.target,
+            lun: self.lun,
+            response,
+        }
+    }
+
+    /// Commands worth keeping in flight for streaming transfers.
+    pub fn window(&self) -> usize {
+        16 * self.driver.features().queue_count.max(1) as usize
+    }
+}
