@@ -167,12 +167,12 @@ mod tests {
         .encode();
         assert_eq!(cdb.as_bytes()[0], 0x88);
         let data = vec![0u8; 512];
-        let (cdb, out, len) = ScsiCommand::Write {
+        let write = ScsiCommand::Write {
             lba: 1,
             blocks: 1,
             data,
-        }
-        .encode();
+        };
+        let (cdb, out, len) = write.encode();
         assert_eq!(cdb.as_bytes()[0], 0x2A);
         assert_eq!((out.len(), len), (512, 0));
     }
