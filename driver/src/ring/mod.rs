@@ -61,8 +61,7 @@ pub enum RingError {
     /// value is always a power of 2. The maximum Queue Size value is 32768").
     #[error("invalid queue size {0}: must be a power of two between 1 and 32768")]
     InvalidSize(u16),
-    /// Indirect descriptors were requested with a table size of 0 or larger
-    /// than the queue size (§2.7.5.2: a chain must not be longer than the Queue Size).
+    /// Indirect descriptors were requested with a table size of 0.
     #[error("invalid indirect table size {max_indirect} for queue size {size}")]
     InvalidMaxIndirect {
         /// Requested descriptors per indirect table.

@@ -94,7 +94,8 @@ pub struct RingOptions {
     /// `VIRTIO_F_INDIRECT_DESC` (bit 28) was negotiated: chains of more than one
     /// segment use one indirect descriptor (§2.7.5.3).
     pub indirect: bool,
-    /// Descriptors per indirect table (1..=queue size); ignored unless `indirect`.
+    /// Descriptors per indirect table (at least 1; values above the queue size
+    /// are clamped to it, §2.7.5.2); ignored unless `indirect`.
     pub max_indirect: u16,
 }
 
@@ -180,7 +181,8 @@ impl SplitRing {
     /// given its address, `VHOST_USER_SET_VRING_ADDR`) and builds the free list.
     /// `base` must be 16-byte aligned; the region must hold
     /// `layout(size, max_indirect).total` bytes from `base` (with `max_indirect`
-    /// taken as 0 when `opts.indirect` is off).
+    /// taken as 0 when `opts.indirect` is off and clamped to `size` otherwise), so
+    /// reserving `layout(size, opts.max_indirect).total` is always enough.
     pub fn new(
         mem: Arc<SharedMemory>,
         base: usize,
@@ -191,13 +193,15 @@ impl SplitRing {
             return Err(RingError::InvalidSize(size));
         }
         let max_indirect = if opts.indirect {
-            if opts.max_indirect == 0 || opts.max_indirect > size {
+            if opts.max_indirect == 0 {
                 return Err(RingError::InvalidMaxIndirect {
                     max_indirect: opts.max_indirect,
                     size,
                 });
             }
-            opts.max_indirect
+            // §2.7.5.2: no chain may be longer than the Queue Size, so larger
+            // tables could never be filled.
+            opts.max_indirect.min(size)
         } else {
             0
         };
@@ -924,10 +928,9 @@ mod tests {
             SplitRing::new(m.clone(), 0, 16, opts(false, true, 0)).unwrap_err(),
             RingError::InvalidMaxIndirect { .. }
         ));
-        assert!(matches!(
-            SplitRing::new(m.clone(), 0, 16, opts(false, true, 17)).unwrap_err(),
-            RingError::InvalidMaxIndirect { .. }
-        ));
+        // A table larger than the queue is clamped to the queue size.
+        let r = SplitRing::new(m.clone(), 0, 2, opts(false, true, 4)).unwrap();
+        assert_eq!(r.offsets().total, SplitRing::layout(2, 2).total);
         // max_indirect is ignored without indirect.
         SplitRing::new(m.clone(), 0, 16, opts(false, false, 0)).unwrap();
         let need = SplitRing::layout(256, 0).total;
