@@ -163,8 +163,8 @@ fn malformed_chains_are_answered_and_the_daemon_keeps_serving() {
     assert_eq!(used, 108);
     assert_eq!(fe.resp().response, Response::Failure as u8);
 
-    // 6. A READ whose data-in buffer is smaller than the transfer still
-    //    completes (no panic, no write past the buffer).
+    // 6. A READ whose data-in buffer is smaller than the transfer:
+    //    VIRTIO_SCSI_S_OVERRUN, and nothing written past the buffer.
     let hdr = fe.header(lun00(), &[0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0]);
     fe.mem.write(REQ, &hdr).unwrap();
     fe.mem.fill(DATA + 100, 16, 0x5A).unwrap();
@@ -173,19 +173,27 @@ fn malformed_chains_are_answered_and_the_daemon_keeps_serving() {
         Segment::writable(resp, 108),
         Segment::writable(data, 100),
     ]);
-    assert!(used <= 208);
+    assert_eq!(used, 108);
+    assert_eq!(
+        fe.resp().response,
+        Response::Overrun as u8,
+        "data-in buffer too small (§5.6.6.1)"
+    );
     let mut after = [0u8; 16];
     fe.mem.read(DATA + 100, &mut after).unwrap();
     assert_eq!(after, [0x5A; 16], "nothing written past the offered buffer");
 
-    // 7. A CDB with reserved bits set: CHECK CONDITION, INVALID FIELD IN CDB.
-    let hdr = fe.header(lun00(), &[0x00, 0xFF, 0, 0, 0, 0]);
+    // 7. An invalid CDB field: INQUIRY with EVPD=0 and a PAGE CODE "shall"
+    //    be terminated with CHECK CONDITION, INVALID FIELD IN CDB (SPC-5 §6.7.1).
+    let hdr = fe.header(lun00(), &[0x12, 0x00, 0x80, 0, 36, 0]);
     fe.mem.write(REQ, &hdr).unwrap();
     fe.run(&[Segment::readable(req, 51), Segment::writable(resp, 108)]);
     let r = fe.resp();
-    if r.status == 0x02 {
-        assert_eq!((r.sense[2] & 0xF, r.sense[12]), (0x05, 0x24));
-    }
+    assert_eq!((r.response, r.status), (Response::Ok as u8, 0x02));
+    assert_eq!(
+        (r.sense[2] & 0xF, r.sense[12], r.sense[13]),
+        (0x05, 0x24, 0x00)
+    );
 
     // The same connection still serves good requests...
     let hdr = fe.header(lun00(), &[0x00, 0, 0, 0, 0, 0]);

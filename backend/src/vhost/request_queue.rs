@@ -12,6 +12,7 @@ use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vscsi_protocol::lun::{LunAddress, LunError};
+use vscsi_protocol::sense::Sense;
 use vscsi_protocol::virtio_scsi::{CmdReq, CmdResp, Response};
 use zerocopy::little_endian::U32;
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
@@ -139,6 +140,13 @@ impl RequestQueue {
             Some(lun) => target.execute(lun, &request, &mut data_in, &data_out),
             None => target.execute_well_known(&request, &mut data_in, &data_out),
         };
+        // The SCSI layer reports a buffer smaller than the command's
+        // transfer as 5/0E/03; on virtio that is the transport's
+        // VIRTIO_SCSI_S_OVERRUN (§5.6.6.1), as QEMU answers too.
+        if result.decoded_sense() == Some(Sense::INVALID_FIELD_IN_COMMAND_IU) {
+            debug!("data buffer smaller than the transfer: VIRTIO_SCSI_S_OVERRUN");
+            return self.fail(Response::Overrun);
+        }
         let data_in_len = result.data_in_len.min(data_in.capacity());
         let resid = if data_out.len() > 0 {
             data_out.len().saturating_sub(result.data_out_len)
