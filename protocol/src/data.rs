@@ -36,6 +36,8 @@ fn need(b: &[u8], n: usize) -> Result<(), DataError> {
 
 /// Peripheral device type: direct access block device (SBC-4), from SPC-5 standard INQUIRY data.
 pub const TYPE_DISK: u8 = 0x00;
+/// Peripheral device type: CD/DVD device (MMC-6).
+pub const TYPE_CDROM: u8 = 0x05;
 /// Peripheral device type: well known logical unit.
 pub const TYPE_WELL_KNOWN_LU: u8 = 0x1E;
 /// Peripheral device type: unknown or no device type.

@@ -79,6 +79,8 @@ pub const READ_TOC: u8 = 0x43;
 pub const GET_CONFIGURATION: u8 = 0x46;
 /// GET EVENT STATUS NOTIFICATION (MMC).
 pub const GET_EVENT_STATUS_NOTIFICATION: u8 = 0x4A;
+/// READ DISC INFORMATION (MMC-6).
+pub const READ_DISC_INFORMATION: u8 = 0x51;
 /// LOG SELECT (SPC-5).
 pub const LOG_SELECT: u8 = 0x4C;
 /// LOG SENSE (SPC-5).
@@ -141,6 +143,8 @@ pub const WRITE_12: u8 = 0xAA;
 pub const WRITE_AND_VERIFY_12: u8 = 0xAE;
 /// VERIFY(12) (SBC-4).
 pub const VERIFY_12: u8 = 0xAF;
+/// MECHANISM STATUS (MMC-6).
+pub const MECHANISM_STATUS: u8 = 0xBD;
 /// SECURITY PROTOCOL OUT (SPC-5).
 pub const SECURITY_PROTOCOL_OUT: u8 = 0xB5;
 /// READ DEFECT DATA(12) (SBC-4).
@@ -200,6 +204,7 @@ pub fn name(opcode: u8) -> Option<&'static str> {
         READ_TOC => "READ TOC/PMA/ATIP",
         GET_CONFIGURATION => "GET CONFIGURATION",
         GET_EVENT_STATUS_NOTIFICATION => "GET EVENT STATUS NOTIFICATION",
+        READ_DISC_INFORMATION => "READ DISC INFORMATION",
         LOG_SELECT => "LOG SELECT",
         LOG_SENSE => "LOG SENSE",
         MODE_SELECT_10 => "MODE SELECT(10)",
@@ -231,6 +236,7 @@ pub fn name(opcode: u8) -> Option<&'static str> {
         WRITE_12 => "WRITE(12)",
         WRITE_AND_VERIFY_12 => "WRITE AND VERIFY(12)",
         VERIFY_12 => "VERIFY(12)",
+        MECHANISM_STATUS => "MECHANISM STATUS",
         SECURITY_PROTOCOL_OUT => "SECURITY PROTOCOL OUT",
         READ_DEFECT_DATA_12 => "READ DEFECT DATA(12)",
         _ => return None,

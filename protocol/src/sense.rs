@@ -208,6 +208,22 @@ impl Sense {
     /// 2/04/00 LOGICAL UNIT NOT READY, CAUSE NOT REPORTABLE.
     pub const NOT_READY: Sense = Sense::new(SenseKey::NotReady, 0x04, 0x00);
 
+    /// 6/2A/01 MODE PARAMETERS CHANGED.
+    pub const MODE_PARAMETERS_CHANGED: Sense = Sense::new(SenseKey::UnitAttention, 0x2A, 0x01);
+    /// 6/28/00 NOT READY TO READY CHANGE, MEDIUM MAY HAVE CHANGED.
+    pub const MEDIUM_MAY_HAVE_CHANGED: Sense = Sense::new(SenseKey::UnitAttention, 0x28, 0x00);
+    /// 2/04/02 LOGICAL UNIT NOT READY, INITIALIZING COMMAND REQUIRED (stopped
+    /// by START STOP UNIT; a START brings it back).
+    pub const NOT_READY_INITIALIZING_COMMAND_REQUIRED: Sense =
+        Sense::new(SenseKey::NotReady, 0x04, 0x02);
+    /// 2/3A/00 MEDIUM NOT PRESENT.
+    pub const MEDIUM_NOT_PRESENT: Sense = Sense::new(SenseKey::NotReady, 0x3A, 0x00);
+    /// 5/53/02 MEDIUM REMOVAL PREVENTED.
+    pub const MEDIUM_REMOVAL_PREVENTED: Sense = Sense::new(SenseKey::IllegalRequest, 0x53, 0x02);
+    /// E/1D/00 MISCOMPARE DURING VERIFY OPERATION (INFORMATION: offset of
+    /// the first byte that did not match).
+    pub const MISCOMPARE_DURING_VERIFY: Sense = Sense::new(SenseKey::Miscompare, 0x1D, 0x00);
+
     /// Adds a field pointer (SPC-5 §4.4, sense key specific field pointer): SKSV=1, C/D=`in_cdb`
     /// (1: the error is in the CDB, 0: in the parameter list), and when `bit`
     /// is given BPV=1 with the BIT POINTER naming the most significant bit

@@ -26,8 +26,10 @@ pub(crate) fn read_capacity_10(
 }
 
 /// READ CAPACITY(16) (SERVICE ACTION IN(16), service action 10h): 32
-/// bytes truncated to the ALLOCATION LENGTH (bytes 10-13). Fully
-/// provisioned, no protection information, RC BASIS 01b.
+/// bytes truncated to the ALLOCATION LENGTH (bytes 10-13). No protection
+/// information, RC BASIS 01b, the LOGICAL BLOCKS PER PHYSICAL BLOCK
+/// EXPONENT of the configured physical block size, LBPME = LBPRZ = 1 on a
+/// thin-provisioned LU (unmapped blocks are holes and read zero).
 pub(crate) fn read_capacity_16(
     lu: &LogicalUnit,
     cdb: &[u8],
@@ -35,7 +37,13 @@ pub(crate) fn read_capacity_16(
     _: &dyn DataOut,
 ) -> CommandResult {
     let alloc = be32(cdb, 10) as usize;
-    let data = ReadCapacity16::for_capacity(lu.capacity_blocks(), lu.block_size()).to_bytes();
+    let data = ReadCapacity16 {
+        lb_per_pb_exp: lu.lb_per_pb_exp(),
+        lbpme: lu.thin(),
+        lbprz: lu.thin(),
+        ..ReadCapacity16::for_capacity(lu.capacity_blocks(), lu.block_size())
+    }
+    .to_bytes();
     respond(data_in, alloc, &data)
 }
 
@@ -63,15 +71,34 @@ mod tests {
     }
 
     #[test]
+    fn read_capacity_16_512e_and_full_provisioning() {
+        let (bus, _f) = bus_with(
+            2048,
+            LunOptions {
+                physical_block_size: 4096,
+                discard: false,
+                ..Default::default()
+            },
+        );
+        let t = bus.target(0).unwrap();
+        let (_, data) = run_cdb(t, 0, Cdb::read_capacity_16(32), 512);
+        assert_eq!(&data[12..16], &[0x10, 0x03, 0, 0]);
+    }
+
+    #[test]
     fn read_capacity_16_bytes() {
         let (bus, _f) = bus_with(2048, LunOptions::default());
         let t = bus.target(0).unwrap();
         let (r, data) = run_cdb(t, 0, Cdb::read_capacity_16(32), 512);
         assert!(r.is_good());
+        // SBC-4 READ CAPACITY(16) parameter data table.
         let mut expect = [0u8; 32];
         expect[6..8].copy_from_slice(&[0x07, 0xFF]);
         expect[10] = 0x02;
         expect[12] = 0x10;
+        if t.lun(0).unwrap().thin() {
+            expect[14] = 0xC0; // LBPME, LBPRZ
+        }
         assert_eq!(data, expect);
         // Allocation length truncates; 0 transfers nothing.
         let (r, data) = run_cdb(t, 0, Cdb::read_capacity_16(12), 512);

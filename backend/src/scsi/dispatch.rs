@@ -20,8 +20,11 @@ use vscsi_protocol::opcode as op;
 use vscsi_protocol::sense::Sense;
 
 use super::io::{DataIn, DataOut};
-use super::lu::LogicalUnit;
-use super::{capacity, inquiry, mode, rw, sense_cmd, sync, CommandResult};
+use super::lu::{DeviceType, LogicalUnit};
+use super::{
+    capacity, cdrom, inquiry, maintenance, mode, provisioning, rw, sense_cmd, sync, unit, verify,
+    CommandResult,
+};
 
 /// A handler for a command addressed to an existing logical unit; `cdb`
 /// is exactly [`Command::cdb_len`] bytes.
@@ -41,6 +44,19 @@ pub(crate) enum Handler {
     ReportLuns,
 }
 
+/// Which logical units offer a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// Every logical unit.
+    Any,
+    /// Direct-access block devices (disks) only.
+    Disk,
+    /// Thin-provisioned disks only (the image can punch holes).
+    Thin,
+    /// CD-ROMs only (MMC-6).
+    Cdrom,
+}
+
 /// One supported command.
 pub struct Command {
     /// OPERATION CODE.
@@ -53,6 +69,18 @@ pub struct Command {
     pub cdb_len: u8,
     /// Whether the command transfers data from the initiator (Data-Out).
     pub data_out: bool,
+    /// CDB USAGE DATA for REPORT SUPPORTED OPERATION CODES (SPC-5): the
+    /// opcode, then per byte the bits the device server evaluates
+    /// (service action bits hold the service action); `cdb_len` bytes.
+    pub usage: &'static [u8],
+    /// Accesses the medium: NOT READY while the unit is stopped.
+    pub medium: bool,
+    /// Needs the (removable) medium loaded: MEDIUM NOT PRESENT otherwise.
+    pub present: bool,
+    /// Which logical units offer it.
+    pub needs: Needs,
+    /// RECOMMENDED COMMAND TIMEOUT in seconds (command timeouts descriptor).
+    pub timeout: u32,
     pub(crate) handler: Handler,
 }
 
@@ -67,110 +95,479 @@ impl std::fmt::Debug for Command {
     }
 }
 
-const fn lu(opcode: u8, name: &'static str, cdb_len: u8, data_out: bool, f: LuHandler) -> Command {
+impl Command {
+    /// Whether logical unit `lu` offers this command.
+    pub fn available(&self, lu: &LogicalUnit) -> bool {
+        let disk = lu.device_type() == DeviceType::Disk;
+        match self.needs {
+            Needs::Any => true,
+            Needs::Disk => disk,
+            Needs::Thin => disk && lu.thin(),
+            Needs::Cdrom => !disk,
+        }
+    }
+}
+
+const fn cmd(
+    opcode: u8,
+    name: &'static str,
+    usage: &'static [u8],
+    data_out: bool,
+    medium: bool,
+    f: LuHandler,
+) -> Command {
     Command {
         opcode,
         service_action: None,
         name,
-        cdb_len,
+        cdb_len: usage.len() as u8,
         data_out,
+        usage,
+        medium,
+        present: medium,
+        needs: needs_for(opcode),
+        timeout: 30,
         handler: Handler::Lu(f),
     }
 }
 
-/// TEST UNIT READY (SPC-5): the medium is always present and ready.
-fn test_unit_ready(
-    _: &LogicalUnit,
-    _: &[u8],
-    _: &mut dyn DataIn,
-    _: &dyn DataOut,
-) -> CommandResult {
-    CommandResult::good(0)
+/// Commands that write (or verify against) the medium exist on disks only:
+/// a CD-ROM answers them INVALID COMMAND OPERATION CODE, as MMC drives do.
+const fn needs_for(opcode: u8) -> Needs {
+    match opcode {
+        op::WRITE_6
+        | op::WRITE_10
+        | op::WRITE_12
+        | op::WRITE_16
+        | op::WRITE_AND_VERIFY_10
+        | op::WRITE_AND_VERIFY_16
+        | op::VERIFY_10
+        | op::VERIFY_16
+        | op::COMPARE_AND_WRITE
+        | op::WRITE_SAME_10
+        | op::WRITE_SAME_16 => Needs::Disk,
+        _ => Needs::Any,
+    }
+}
+
+const fn disk(mut c: Command) -> Command {
+    c.needs = Needs::Disk;
+    c
+}
+
+const fn cdrom(mut c: Command) -> Command {
+    c.needs = Needs::Cdrom;
+    c
+}
+
+const fn present(mut c: Command) -> Command {
+    c.present = true;
+    c
+}
+
+const fn sa(mut c: Command, service_action: u8) -> Command {
+    c.service_action = Some(service_action);
+    c
+}
+
+const fn thin(mut c: Command) -> Command {
+    c.needs = Needs::Thin;
+    c
+}
+
+const fn slow(mut c: Command, timeout: u32) -> Command {
+    c.timeout = timeout;
+    c
 }
 
 /// Every supported command. READ/WRITE come first: they are the hot path
-/// and the lookup is a linear scan.
+/// and the lookup is a linear scan. CDB usage data follows the CDB tables
+/// of SPC-5 / SBC-4 for each command (control byte: NACA evaluated, 04h).
 pub static COMMANDS: &[Command] = &[
-    lu(op::READ_10, "READ(10)", 10, false, rw::read),
-    lu(op::WRITE_10, "WRITE(10)", 10, true, rw::write),
-    lu(op::READ_16, "READ(16)", 16, false, rw::read),
-    lu(op::WRITE_16, "WRITE(16)", 16, true, rw::write),
-    lu(op::READ_12, "READ(12)", 12, false, rw::read),
-    lu(op::WRITE_12, "WRITE(12)", 12, true, rw::write),
-    lu(op::READ_6, "READ(6)", 6, false, rw::read),
-    lu(op::WRITE_6, "WRITE(6)", 6, true, rw::write),
-    lu(
+    cmd(
+        op::READ_10,
+        "READ(10)",
+        &[0x28, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x04],
+        false,
+        true,
+        rw::read,
+    ),
+    cmd(
+        op::WRITE_10,
+        "WRITE(10)",
+        &[0x2A, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x04],
+        true,
+        true,
+        rw::write,
+    ),
+    cmd(
+        op::READ_16,
+        "READ(16)",
+        &[
+            0x88, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+            0x1F, 0x04,
+        ],
+        false,
+        true,
+        rw::read,
+    ),
+    cmd(
+        op::WRITE_16,
+        "WRITE(16)",
+        &[
+            0x8A, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+            0x1F, 0x04,
+        ],
+        true,
+        true,
+        rw::write,
+    ),
+    cmd(
+        op::READ_12,
+        "READ(12)",
+        &[
+            0xA8, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0x04,
+        ],
+        false,
+        true,
+        rw::read,
+    ),
+    cmd(
+        op::WRITE_12,
+        "WRITE(12)",
+        &[
+            0xAA, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0x04,
+        ],
+        true,
+        true,
+        rw::write,
+    ),
+    cmd(
+        op::READ_6,
+        "READ(6)",
+        &[0x08, 0x1F, 0xFF, 0xFF, 0xFF, 0x04],
+        false,
+        true,
+        rw::read,
+    ),
+    cmd(
+        op::WRITE_6,
+        "WRITE(6)",
+        &[0x0A, 0x1F, 0xFF, 0xFF, 0xFF, 0x04],
+        true,
+        true,
+        rw::write,
+    ),
+    cmd(
         op::TEST_UNIT_READY,
         "TEST UNIT READY",
-        6,
+        &[0x00, 0, 0, 0, 0, 0x04],
         false,
-        test_unit_ready,
+        true,
+        unit::test_unit_ready,
     ),
-    lu(
+    cmd(
         op::REQUEST_SENSE,
         "REQUEST SENSE",
-        6,
+        &[0x03, 0x01, 0, 0, 0xFF, 0x04],
+        false,
         false,
         sense_cmd::request_sense,
     ),
-    lu(op::INQUIRY, "INQUIRY", 6, false, inquiry::inquiry),
-    lu(
+    cmd(
+        op::INQUIRY,
+        "INQUIRY",
+        &[0x12, 0x03, 0xFF, 0xFF, 0xFF, 0x04],
+        false,
+        false,
+        inquiry::inquiry,
+    ),
+    cmd(
+        op::MODE_SELECT_6,
+        "MODE SELECT(6)",
+        &[0x15, 0x11, 0, 0, 0xFF, 0x04],
+        true,
+        false,
+        mode::mode_select,
+    ),
+    cmd(
         op::MODE_SENSE_6,
         "MODE SENSE(6)",
-        6,
+        &[0x1A, 0x08, 0xFF, 0xFF, 0xFF, 0x04],
+        false,
         false,
         mode::mode_sense,
     ),
-    lu(
-        op::MODE_SENSE_10,
-        "MODE SENSE(10)",
-        10,
+    cmd(
+        op::START_STOP_UNIT,
+        "START STOP UNIT",
+        &[0x1B, 0x01, 0, 0x0F, 0xF7, 0x04],
         false,
-        mode::mode_sense,
+        false,
+        unit::start_stop_unit,
     ),
-    lu(
+    cmd(
+        op::PREVENT_ALLOW_MEDIUM_REMOVAL,
+        "PREVENT ALLOW MEDIUM REMOVAL",
+        &[0x1E, 0, 0, 0, 0x03, 0x04],
+        false,
+        false,
+        unit::prevent_allow_medium_removal,
+    ),
+    present(cmd(
         op::READ_CAPACITY_10,
         "READ CAPACITY(10)",
-        10,
+        &[0x25, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x01, 0x04],
+        false,
         false,
         capacity::read_capacity_10,
+    )),
+    present(sa(
+        cmd(
+            op::SERVICE_ACTION_IN_16,
+            "READ CAPACITY(16)",
+            &[
+                0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04,
+            ],
+            false,
+            false,
+            capacity::read_capacity_16,
+        ),
+        op::SAI_READ_CAPACITY_16,
+    )),
+    disk(sa(
+        cmd(
+            op::SERVICE_ACTION_IN_16,
+            "GET LBA STATUS(16)",
+            &[
+                0x9E, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                0, 0x04,
+            ],
+            false,
+            true,
+            provisioning::get_lba_status,
+        ),
+        op::SAI_GET_LBA_STATUS,
+    )),
+    slow(
+        cmd(
+            op::SYNCHRONIZE_CACHE_10,
+            "SYNCHRONIZE CACHE(10)",
+            &[0x35, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x04],
+            false,
+            true,
+            sync::synchronize_cache,
+        ),
+        60,
+    ),
+    slow(
+        cmd(
+            op::SYNCHRONIZE_CACHE_16,
+            "SYNCHRONIZE CACHE(16)",
+            &[
+                0x91, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                0x1F, 0x04,
+            ],
+            false,
+            true,
+            sync::synchronize_cache,
+        ),
+        60,
+    ),
+    slow(
+        cmd(
+            op::VERIFY_10,
+            "VERIFY(10)",
+            &[0x2F, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x04],
+            true,
+            true,
+            verify::verify,
+        ),
+        60,
+    ),
+    slow(
+        cmd(
+            op::VERIFY_16,
+            "VERIFY(16)",
+            &[
+                0x8F, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                0x1F, 0x04,
+            ],
+            true,
+            true,
+            verify::verify,
+        ),
+        60,
+    ),
+    slow(
+        cmd(
+            op::WRITE_AND_VERIFY_10,
+            "WRITE AND VERIFY(10)",
+            &[0x2E, 0xF2, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x04],
+            true,
+            true,
+            verify::write_and_verify,
+        ),
+        60,
+    ),
+    slow(
+        cmd(
+            op::WRITE_AND_VERIFY_16,
+            "WRITE AND VERIFY(16)",
+            &[
+                0x8E, 0xF2, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                0x1F, 0x04,
+            ],
+            true,
+            true,
+            verify::write_and_verify,
+        ),
+        60,
+    ),
+    cmd(
+        op::COMPARE_AND_WRITE,
+        "COMPARE AND WRITE",
+        &[
+            0x89, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0x1F, 0x04,
+        ],
+        true,
+        true,
+        verify::compare_and_write,
+    ),
+    slow(
+        cmd(
+            op::WRITE_SAME_10,
+            "WRITE SAME(10)",
+            &[0x41, 0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x04],
+            true,
+            true,
+            provisioning::write_same,
+        ),
+        120,
+    ),
+    slow(
+        cmd(
+            op::WRITE_SAME_16,
+            "WRITE SAME(16)",
+            &[
+                0x93, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                0x1F, 0x04,
+            ],
+            true,
+            true,
+            provisioning::write_same,
+        ),
+        120,
+    ),
+    thin(slow(
+        cmd(
+            op::UNMAP,
+            "UNMAP",
+            &[0x42, 0x01, 0, 0, 0, 0, 0x1F, 0xFF, 0xFF, 0x04],
+            true,
+            true,
+            provisioning::unmap,
+        ),
+        120,
+    )),
+    cmd(
+        op::MODE_SELECT_10,
+        "MODE SELECT(10)",
+        &[0x55, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x04],
+        true,
+        false,
+        mode::mode_select,
+    ),
+    cmd(
+        op::MODE_SENSE_10,
+        "MODE SENSE(10)",
+        &[0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0x04],
+        false,
+        false,
+        mode::mode_sense,
     ),
     Command {
-        opcode: op::SERVICE_ACTION_IN_16,
-        service_action: Some(op::SAI_READ_CAPACITY_16),
-        name: "READ CAPACITY(16)",
-        cdb_len: 16,
-        data_out: false,
-        handler: Handler::Lu(capacity::read_capacity_16),
-    },
-    lu(
-        op::SYNCHRONIZE_CACHE_10,
-        "SYNCHRONIZE CACHE(10)",
-        10,
-        false,
-        sync::synchronize_cache,
-    ),
-    lu(
-        op::SYNCHRONIZE_CACHE_16,
-        "SYNCHRONIZE CACHE(16)",
-        16,
-        false,
-        sync::synchronize_cache,
-    ),
-    Command {
-        opcode: op::REPORT_LUNS,
-        service_action: None,
-        name: "REPORT LUNS",
-        cdb_len: 12,
-        data_out: false,
         handler: Handler::ReportLuns,
+        ..cmd(
+            op::REPORT_LUNS,
+            "REPORT LUNS",
+            &[0xA0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04],
+            false,
+            false,
+            unit::test_unit_ready,
+        )
     },
+    sa(
+        cmd(
+            op::MAINTENANCE_IN,
+            "REPORT SUPPORTED OPERATION CODES",
+            &[
+                0xA3, 0x0C, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04,
+            ],
+            false,
+            false,
+            maintenance::report_supported_operation_codes,
+        ),
+        op::MI_REPORT_SUPPORTED_OPERATION_CODES,
+    ),
+    sa(
+        cmd(
+            op::MAINTENANCE_IN,
+            "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS",
+            &[0xA3, 0x0D, 0x80, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04],
+            false,
+            false,
+            maintenance::report_supported_tmfs,
+        ),
+        op::MI_REPORT_SUPPORTED_TMFS,
+    ),
+    // MMC-6 commands of a CD-ROM.
+    cdrom(present(cmd(
+        op::READ_TOC,
+        "READ TOC/PMA/ATIP",
+        &[0x43, 0x02, 0x0F, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xC4],
+        false,
+        false,
+        cdrom::read_toc,
+    ))),
+    cdrom(cmd(
+        op::GET_CONFIGURATION,
+        "GET CONFIGURATION",
+        &[0x46, 0x03, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0x04],
+        false,
+        false,
+        cdrom::get_configuration,
+    )),
+    cdrom(cmd(
+        op::GET_EVENT_STATUS_NOTIFICATION,
+        "GET EVENT STATUS NOTIFICATION",
+        &[0x4A, 0x01, 0, 0, 0xFF, 0, 0, 0xFF, 0xFF, 0x04],
+        false,
+        false,
+        cdrom::get_event_status_notification,
+    )),
+    cdrom(present(cmd(
+        op::READ_DISC_INFORMATION,
+        "READ DISC INFORMATION",
+        &[0x51, 0x07, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x04],
+        false,
+        false,
+        cdrom::read_disc_information,
+    ))),
+    cdrom(cmd(
+        op::MECHANISM_STATUS,
+        "MECHANISM STATUS",
+        &[0xBD, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0, 0x04],
+        false,
+        false,
+        cdrom::mechanism_status,
+    )),
 ];
 
-/// Finds the command for `cdb` and checks the fields common to all CDBs
-/// (see the module documentation). On success the CDB holds at least
-/// `cdb_len` bytes.
-pub fn lookup(cdb: &[u8]) -> Result<&'static Command, Sense> {
+/// Finds the command for `cdb` among those `offered` accepts and checks the
+/// fields common to all CDBs (see the module documentation). On success
+/// the CDB holds at least `cdb_len` bytes.
+fn find(cdb: &[u8], offered: impl Fn(&Command) -> bool) -> Result<&'static Command, Sense> {
     let Some(&opcode) = cdb.first() else {
         return Err(Sense::INVALID_COMMAND_OPERATION_CODE);
     };
@@ -178,6 +575,7 @@ pub fn lookup(cdb: &[u8]) -> Result<&'static Command, Sense> {
     let sa = byte(cdb, 1) & 0x1F;
     let found = COMMANDS.iter().find(|c| {
         c.opcode == opcode
+            && offered(c)
             && match c.service_action {
                 None => true,
                 Some(s) => {
@@ -205,6 +603,61 @@ pub fn lookup(cdb: &[u8]) -> Result<&'static Command, Sense> {
         ));
     }
     Ok(cmd)
+}
+
+/// Finds the command for `cdb` in the whole table (see the module
+/// documentation for the checks).
+pub fn lookup(cdb: &[u8]) -> Result<&'static Command, Sense> {
+    find(cdb, |_| true)
+}
+
+/// [`lookup`] among the commands logical unit `lu` offers.
+pub fn lookup_for(cdb: &[u8], lu: &LogicalUnit) -> Result<&'static Command, Sense> {
+    find(cdb, |c| c.available(lu))
+}
+
+/// The commands in (opcode, service action) order, as REPORT SUPPORTED
+/// OPERATION CODES lists them.
+pub fn sorted_commands() -> Vec<&'static Command> {
+    let mut v: Vec<&Command> = COMMANDS.iter().collect();
+    v.sort_by_key(|c| (c.opcode, c.service_action));
+    v
+}
+
+/// The "Supported SCSI commands" section of README.md (what goes between
+/// its `<!-- commands:start -->` and `<!-- commands:end -->` markers),
+/// generated from [`COMMANDS`].
+pub fn readme_commands_section() -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "{} commands, generated from the opcode table in `backend/src/scsi/dispatch.rs` \
+         (REPORT SUPPORTED OPERATION CODES reports the same list):\n\n",
+        COMMANDS.len()
+    ));
+    s.push_str("| Opcode | Service action | Command | CDB bytes | Data-Out | Offered by |\n");
+    s.push_str("|---|---|---|---|---|---|\n");
+    for c in sorted_commands() {
+        let sa = c
+            .service_action
+            .map(|x| format!("{x:02X}h"))
+            .unwrap_or_default();
+        let offered = match c.needs {
+            Needs::Any => "disk, CD-ROM",
+            Needs::Disk => "disk",
+            Needs::Thin => "thin-provisioned disk",
+            Needs::Cdrom => "CD-ROM",
+        };
+        s.push_str(&format!(
+            "| {:02X}h | {} | {} | {} | {} | {} |\n",
+            c.opcode,
+            sa,
+            c.name,
+            c.cdb_len,
+            if c.data_out { "yes" } else { "" },
+            offered
+        ));
+    }
+    s
 }
 
 #[cfg(test)]
@@ -242,9 +695,9 @@ mod tests {
             lookup(&[0xFF; 16]).unwrap_err(),
             Sense::INVALID_COMMAND_OPERATION_CODE
         );
-        // SERVICE ACTION IN(16) with GET LBA STATUS: not supported.
+        // SERVICE ACTION IN(16) with service action 13h: not supported.
         let mut c = Cdb::read_capacity_16(32).padded::<16>();
-        c[1] = 0x12;
+        c[1] = 0x13;
         assert_eq!(
             lookup(&c).unwrap_err(),
             Sense::INVALID_FIELD_IN_CDB.with_field_pointer(true, 1, Some(4))
@@ -271,6 +724,56 @@ mod tests {
                 .unwrap()
                 .name,
             "INQUIRY"
+        );
+    }
+
+    #[test]
+    fn usage_data_matches_the_table() {
+        for c in COMMANDS {
+            assert_eq!(c.usage.len(), usize::from(c.cdb_len), "{}", c.name);
+            assert_eq!(c.usage[0], c.opcode, "{}", c.name);
+            if let Some(sa) = c.service_action {
+                assert_eq!(c.usage[1] & 0x1F, sa, "{}", c.name);
+            }
+            // Control byte: NACA is evaluated (and refused).
+            assert_eq!(
+                c.usage[usize::from(c.cdb_len) - 1] & 0x07,
+                0x04,
+                "{}",
+                c.name
+            );
+            assert!(c.timeout > 0);
+        }
+    }
+
+    /// README.md lists exactly the commands of the table: the text between
+    /// its `<!-- commands:start -->` and `<!-- commands:end -->` markers is
+    /// [`readme_commands_section`]'s output. To update it, run
+    /// `VSCSI_UPDATE_README=1 cargo test -p vscsi-backend readme`.
+    #[test]
+    fn readme_lists_the_supported_commands() {
+        const START: &str = "<!-- commands:start -->\n";
+        const END: &str = "<!-- commands:end -->";
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+        let readme = std::fs::read_to_string(path).expect("README.md");
+        let a = readme
+            .find(START)
+            .expect("README.md has <!-- commands:start -->")
+            + START.len();
+        let b = readme
+            .find(END)
+            .expect("README.md has <!-- commands:end -->");
+        let want = readme_commands_section();
+        if std::env::var_os("VSCSI_UPDATE_README").is_some() && readme[a..b] != want {
+            let updated = format!("{}{}{}", &readme[..a], want, &readme[b..]);
+            std::fs::write(path, updated).expect("README.md written");
+            return;
+        }
+        assert_eq!(
+            readme[a..b],
+            want,
+            "README.md's supported commands differ from the opcode table; \
+             run VSCSI_UPDATE_README=1 cargo test -p vscsi-backend readme"
         );
     }
 }

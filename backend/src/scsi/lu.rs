@@ -4,18 +4,44 @@
 //! `Arc`: every method takes `&self`, the identity data is computed once at
 //! open, and READ/WRITE go straight to positioned I/O on the image with no
 //! lock and no allocation.
+//!
+//! Mutable per-LU state (mode parameters WCE and D_SENSE, unit attentions,
+//! the stopped state, PREVENT ALLOW MEDIUM REMOVAL) lives in atomics: the
+//! READ/WRITE path reads one word (`LogicalUnit::attention`) and, for a
+//! write, the WCE flag. COMPARE AND WRITE atomicity comes from
+//! [`RangeLocks`], which plain writes only touch while a COMPARE AND WRITE
+//! is active.
 
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
-use vscsi_protocol::data::{StandardInquiry, STANDARD_INQUIRY_LEN};
+use vscsi_protocol::data::{StandardInquiry, TYPE_CDROM, TYPE_DISK};
 use vscsi_protocol::sense::Sense;
 
 use crate::storage::{OpenError, RawImage};
 
+/// What a logical unit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceType {
+    /// Direct-access block device (SBC-4, peripheral device type 00h).
+    #[default]
+    Disk,
+    /// CD-ROM (MMC-6, peripheral device type 05h): removable, read-only,
+    /// 2048-byte blocks.
+    Cdrom,
+}
+
 /// Per-LU settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LunOptions {
+    /// Disk or CD-ROM. A CD-ROM is always read-only, removable, with
+    /// 2048-byte blocks and no thin provisioning, whatever the other fields say.
+    pub device_type: DeviceType,
+    /// RMB in standard INQUIRY data: the medium can be removed (START STOP
+    /// UNIT with LOEJ ejects it). Always true for a CD-ROM.
+    pub removable: bool,
     /// Serve the image read-only: opened `O_RDONLY`, WRITE gets DATA
     /// PROTECT / WRITE PROTECTED, MODE SENSE sets WP.
     pub read_only: bool,
@@ -28,22 +54,202 @@ pub struct LunOptions {
     /// PRODUCT REVISION LEVEL, at most 4 printable ASCII characters.
     pub revision: String,
     /// Unit serial number (VPD page 80h), at most 64 printable ASCII
-    /// characters; also used in the VPD 83h identifier.
+    /// characters; also used in the VPD 83h identifier. Without one a
+    /// serial stable for the image path is derived.
     pub serial: Option<String>,
+    /// Initial (and default) WCE of the caching mode page. With WCE=0 every
+    /// write is made durable (`fdatasync`) before its response.
+    pub write_cache: bool,
+    /// MEDIUM ROTATION RATE of VPD page B1h: 1 = non-rotating (default),
+    /// 0 = not reported, 0401h..FFFEh = rpm.
+    pub rotation_rate: u16,
+    /// Physical block size in bytes (a power of two ≥ the logical block
+    /// size, e.g. 4096 for 512e); 0 means equal to the logical block size.
+    pub physical_block_size: u32,
+    /// Largest transfer per command in 512-byte sectors (the virtio-scsi
+    /// `max_sectors`), reported as MAXIMUM TRANSFER LENGTH in VPD page B0h.
+    pub max_sectors: u32,
+    /// NAA designator of VPD page 83h (8 bytes, NAA in the top nibble);
+    /// without one a locally assigned (NAA 3h) value stable for the image
+    /// path or serial is derived.
+    pub wwn: Option<u64>,
+    /// Offer logical block provisioning (UNMAP, WRITE SAME with UNMAP, holes
+    /// in the image) when the image can punch holes. Default on.
+    pub discard: bool,
+    /// Establish the POWER ON, RESET, OR BUS DEVICE RESET OCCURRED unit
+    /// attention (6/29/00) at start, as a real disk does. Off by default:
+    /// initiators that do not expect it see their first command fail.
+    pub power_on_ua: bool,
 }
 
 impl Default for LunOptions {
     fn default() -> Self {
         Self {
+            device_type: DeviceType::Disk,
+            removable: false,
             read_only: false,
             block_size: 512,
             vendor: "VSCSI".into(),
             product: "VIRTUAL-DISK".into(),
             revision: "0001".into(),
             serial: None,
+            write_cache: true,
+            rotation_rate: 1,
+            physical_block_size: 0,
+            max_sectors: 0xFFFF,
+            wwn: None,
+            discard: true,
+            power_on_ua: false,
         }
     }
 }
+
+/// Pending unit attention: POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
+pub const UA_POWER_ON_RESET: u32 = 1 << 0;
+/// Pending unit attention: NOT READY TO READY CHANGE, MEDIUM MAY HAVE CHANGED.
+pub const UA_MEDIUM_CHANGED: u32 = 1 << 4;
+/// Pending unit attention: CAPACITY DATA HAS CHANGED.
+pub const UA_CAPACITY_CHANGED: u32 = 1 << 1;
+/// Pending unit attention: REPORTED LUNS DATA HAS CHANGED.
+pub const UA_REPORTED_LUNS_CHANGED: u32 = 1 << 2;
+/// Pending unit attention: MODE PARAMETERS CHANGED.
+pub const UA_MODE_PARAMETERS_CHANGED: u32 = 1 << 3;
+const UA_MASK: u32 = 0xFFFF;
+/// Not a unit attention: the LU was stopped by START STOP UNIT.
+pub(crate) const STATE_STOPPED: u32 = 1 << 16;
+/// Not a unit attention: the removable medium is ejected.
+pub(crate) const STATE_NO_MEDIUM: u32 = 1 << 17;
+
+/// GET EVENT STATUS NOTIFICATION media event codes (MMC-6).
+pub(crate) const MEDIA_EVENT_NONE: u8 = 0;
+/// New medium loaded.
+pub(crate) const MEDIA_EVENT_NEW_MEDIA: u8 = 2;
+/// Medium removed.
+pub(crate) const MEDIA_EVENT_REMOVAL: u8 = 3;
+
+/// The sense of each unit attention bit, in SPC-5 order of precedence
+/// (SAM-5 unit attention condition; lowest bit first).
+const UA_SENSE: [(u32, Sense); 5] = [
+    (UA_POWER_ON_RESET, Sense::POWER_ON_RESET),
+    (UA_MEDIUM_CHANGED, Sense::MEDIUM_MAY_HAVE_CHANGED),
+    (UA_CAPACITY_CHANGED, Sense::CAPACITY_DATA_HAS_CHANGED),
+    (
+        UA_REPORTED_LUNS_CHANGED,
+        Sense::REPORTED_LUNS_DATA_HAS_CHANGED,
+    ),
+    (UA_MODE_PARAMETERS_CHANGED, Sense::MODE_PARAMETERS_CHANGED),
+];
+
+/// LBA-range locks for COMPARE AND WRITE atomicity (SBC-4: no other
+/// command may modify the blocks between the compare and the write).
+///
+/// Plain WRITEs take no lock while no COMPARE AND WRITE is active: they
+/// bump `fast_writers`, check `caw_active` (both `SeqCst`, Dekker style: a
+/// writer and a COMPARE AND WRITE cannot both miss each other) and go. A
+/// COMPARE AND WRITE registers its range, then waits for the fast writers
+/// already in flight to drain; writers arriving while it is active register
+/// their range too and wait for overlapping ones.
+#[derive(Debug, Default)]
+pub struct RangeLocks {
+    caw_active: AtomicUsize,
+    fast_writers: AtomicUsize,
+    ranges: Mutex<Vec<(u64, u64)>>,
+    released: Condvar,
+}
+
+/// Held while a write (or COMPARE AND WRITE) runs; releases on drop.
+#[derive(Debug)]
+pub struct RangeGuard<'a> {
+    locks: &'a RangeLocks,
+    range: Option<(u64, u64)>,
+    caw: bool,
+}
+
+impl RangeLocks {
+    fn table(&self) -> MutexGuard<'_, Vec<(u64, u64)>> {
+        self.ranges.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take_range(&self, lba: u64, blocks: u64) -> (u64, u64) {
+        let end = lba.saturating_add(blocks.max(1));
+        let mut t = self.table();
+        while t.iter().any(|&(s, e)| s < end && lba < e) {
+            t = self.released.wait(t).unwrap_or_else(|e| e.into_inner());
+        }
+        t.push((lba, end));
+        (lba, end)
+    }
+
+    /// A plain write of `blocks` blocks at `lba`: lock-free unless a
+    /// COMPARE AND WRITE is active.
+    pub fn write(&self, lba: u64, blocks: u64) -> RangeGuard<'_> {
+        self.fast_writers.fetch_add(1, Ordering::SeqCst);
+        if self.caw_active.load(Ordering::SeqCst) == 0 {
+            return RangeGuard {
+                locks: self,
+                range: None,
+                caw: false,
+            };
+        }
+        self.fast_writers.fetch_sub(1, Ordering::SeqCst);
+        self.locked(lba, blocks)
+    }
+
+    /// A write that always registers its range (UNMAP, WRITE SAME, WRITE
+    /// AND VERIFY: not hot, and they span many blocks).
+    pub fn locked(&self, lba: u64, blocks: u64) -> RangeGuard<'_> {
+        let range = self.take_range(lba, blocks);
+        RangeGuard {
+            locks: self,
+            range: Some(range),
+            caw: false,
+        }
+    }
+
+    /// COMPARE AND WRITE: exclusive against every other write to the range.
+    pub fn compare_and_write(&self, lba: u64, blocks: u64) -> RangeGuard<'_> {
+        self.caw_active.fetch_add(1, Ordering::SeqCst);
+        let range = self.take_range(lba, blocks);
+        let guard = RangeGuard {
+            locks: self,
+            range: Some(range),
+            caw: true,
+        };
+        while self.fast_writers.load(Ordering::SeqCst) != 0 {
+            std::thread::yield_now();
+        }
+        guard
+    }
+}
+
+impl Drop for RangeGuard<'_> {
+    fn drop(&mut self) {
+        match self.range {
+            None => {
+                self.locks.fast_writers.fetch_sub(1, Ordering::SeqCst);
+            }
+            Some(r) => {
+                let mut t = self.locks.table();
+                if let Some(i) = t.iter().position(|&x| x == r) {
+                    t.swap_remove(i);
+                }
+                drop(t);
+                if self.caw {
+                    self.locks.caw_active.fetch_sub(1, Ordering::SeqCst);
+                }
+                self.locks.released.notify_all();
+            }
+        }
+    }
+}
+
+/// Length of the standard INQUIRY data served: 96 bytes, with version
+/// descriptors (SPC-5 standard INQUIRY data format).
+pub const INQUIRY_LEN: usize = 96;
+
+/// Version descriptors claimed in standard INQUIRY data (SPC-5 version
+/// descriptor values): SAM-5, SPC-5, SBC-4, each "no version claimed".
+pub const VERSION_DESCRIPTORS: [u16; 3] = [0x00A0, 0x05C0, 0x0600];
 
 /// Longest serial number accepted.
 pub const MAX_SERIAL_LEN: usize = 64;
@@ -53,11 +259,26 @@ pub const MAX_SERIAL_LEN: usize = 64;
 pub struct LogicalUnit {
     image: RawImage,
     opts: LunOptions,
-    blocks: u64,
+    blocks: AtomicU64,
     block_shift: u32,
-    inquiry: [u8; STANDARD_INQUIRY_LEN],
+    inquiry: [u8; INQUIRY_LEN],
     /// VPD 83h T10 vendor ID designator (vendor + identifier), printable ASCII.
     designator: String,
+    /// VPD 80h serial (configured or derived).
+    serial: String,
+    /// VPD 83h NAA designator.
+    naa: u64,
+    /// Thin provisioned: holes can be punched (UNMAP, WRITE SAME UNMAP).
+    thin: bool,
+    /// Unmap granularity in logical blocks (filesystem block / logical block).
+    unmap_granularity: u32,
+    /// Unit attentions and the stopped state (see `UA_*`).
+    attention: AtomicU32,
+    wce: AtomicBool,
+    d_sense: AtomicBool,
+    prevent: AtomicBool,
+    media_event: AtomicU8,
+    locks: RangeLocks,
 }
 
 fn check_ascii(
@@ -100,7 +321,17 @@ impl LogicalUnit {
     /// An image whose size is not a multiple of the block size is served
     /// rounded down, with a warning naming it; one smaller than a block is
     /// refused.
-    pub fn open(path: &Path, opts: LunOptions) -> Result<LogicalUnit, OpenError> {
+    pub fn open(path: &Path, mut opts: LunOptions) -> Result<LogicalUnit, OpenError> {
+        if opts.device_type == DeviceType::Cdrom {
+            opts.block_size = 2048;
+            opts.read_only = true;
+            opts.removable = true;
+            opts.discard = false;
+            opts.physical_block_size = 0;
+            if opts.product == LunOptions::default().product {
+                opts.product = "VIRTUAL-CDROM".into();
+            }
+        }
         if !matches!(opts.block_size, 512 | 1024 | 2048 | 4096) {
             return Err(OpenError::InvalidOption {
                 path: path.to_path_buf(),
@@ -114,6 +345,17 @@ impl LogicalUnit {
         check_ascii(path, "revision", &opts.revision, 4, true)?;
         if let Some(serial) = &opts.serial {
             check_ascii(path, "serial", serial, MAX_SERIAL_LEN, false)?;
+        }
+        let pbs = opts.physical_block_size;
+        if pbs != 0
+            && (!pbs.is_power_of_two() || pbs < opts.block_size || pbs / opts.block_size > 1 << 15)
+        {
+            return Err(OpenError::InvalidOption {
+                path: path.to_path_buf(),
+                field: "physical block size",
+                value: pbs.to_string(),
+                reason: "must be a power of two, at least the logical block size",
+            });
         }
         let image = RawImage::open(path, opts.read_only)?;
         let block_shift = opts.block_size.trailing_zeros();
@@ -135,26 +377,70 @@ impl LogicalUnit {
                 "image size is not a multiple of the block size; serving it rounded down"
             );
         }
-        let inquiry = StandardInquiry::disk(&opts.vendor, &opts.product, &opts.revision).to_bytes();
+        let mut inquiry = [0u8; INQUIRY_LEN];
+        let mut std_inq = StandardInquiry::disk(&opts.vendor, &opts.product, &opts.revision);
+        std_inq.removable = opts.removable;
+        std_inq.device_type = match opts.device_type {
+            DeviceType::Disk => TYPE_DISK,
+            DeviceType::Cdrom => TYPE_CDROM,
+        };
+        inquiry[..36].copy_from_slice(&std_inq.to_bytes());
+        inquiry[4] = (INQUIRY_LEN - 5) as u8;
+        // A CD-ROM claims SAM-5 and SPC-5 only (MMC is not fully implemented).
+        let claims = match opts.device_type {
+            DeviceType::Disk => &VERSION_DESCRIPTORS[..],
+            DeviceType::Cdrom => &VERSION_DESCRIPTORS[..2],
+        };
+        for (i, v) in claims.iter().enumerate() {
+            inquiry[58 + 2 * i..60 + 2 * i].copy_from_slice(&v.to_be_bytes());
+        }
+        let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let path_hash = fnv1a(canon.as_os_str().as_encoded_bytes());
         let id = match &opts.serial {
             Some(s) => s.clone(),
-            None => {
-                let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-                format!(
-                    "{}-{:016x}",
-                    opts.product,
-                    fnv1a(canon.as_os_str().as_encoded_bytes())
-                )
-            }
+            None => format!("{}-{:016x}", opts.product, path_hash),
+        };
+        let serial = match &opts.serial {
+            Some(s) => s.clone(),
+            None => format!("{path_hash:016X}"),
         };
         let designator = format!("{:<8}{}", opts.vendor, id);
+        // NAA 3h (locally assigned, SPC-5 NAA designator formats): 60 bits of
+        // the hash of the designator, stable across restarts.
+        let naa = opts
+            .wwn
+            .unwrap_or(0x3 << 60 | (fnv1a(designator.as_bytes()) & 0x0FFF_FFFF_FFFF_FFFF));
+        let thin = opts.discard && image.probe_punch_hole();
+        let unmap_granularity = if thin {
+            use std::os::unix::fs::MetadataExt;
+            let fs_block = image.file().metadata().map(|m| m.blksize()).unwrap_or(4096);
+            u32::try_from(fs_block >> block_shift).unwrap_or(1).max(1)
+        } else {
+            1
+        };
+        let attention = if opts.power_on_ua {
+            UA_POWER_ON_RESET
+        } else {
+            0
+        };
+        let wce = opts.write_cache;
         Ok(LogicalUnit {
             image,
-            opts,
-            blocks,
+            blocks: AtomicU64::new(blocks),
             block_shift,
             inquiry,
             designator,
+            serial,
+            naa,
+            thin,
+            unmap_granularity,
+            attention: AtomicU32::new(attention),
+            wce: AtomicBool::new(wce),
+            d_sense: AtomicBool::new(false),
+            prevent: AtomicBool::new(false),
+            media_event: AtomicU8::new(MEDIA_EVENT_NONE),
+            locks: RangeLocks::default(),
+            opts,
         })
     }
 
@@ -165,7 +451,7 @@ impl LogicalUnit {
 
     /// Capacity in logical blocks (image size rounded down).
     pub fn capacity_blocks(&self) -> u64 {
-        self.blocks
+        self.blocks.load(Ordering::Relaxed)
     }
 
     /// Logical block size in bytes.
@@ -196,8 +482,182 @@ impl LogicalUnit {
         self.block_shift
     }
 
-    pub(crate) fn standard_inquiry(&self) -> &[u8; STANDARD_INQUIRY_LEN] {
+    pub(crate) fn standard_inquiry(&self) -> &[u8; INQUIRY_LEN] {
         &self.inquiry
+    }
+
+    /// VPD page 80h PRODUCT SERIAL NUMBER (configured or derived).
+    pub fn serial(&self) -> &str {
+        &self.serial
+    }
+
+    /// VPD page 83h NAA designator.
+    pub fn naa(&self) -> u64 {
+        self.naa
+    }
+
+    /// Thin provisioned: UNMAP and WRITE SAME with UNMAP punch holes that
+    /// read back as zeros (LBPME = LBPRZ = 1).
+    pub fn thin(&self) -> bool {
+        self.thin
+    }
+
+    pub(crate) fn unmap_granularity(&self) -> u32 {
+        self.unmap_granularity
+    }
+
+    /// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT.
+    pub fn lb_per_pb_exp(&self) -> u8 {
+        let pbs = self.opts.physical_block_size.max(self.opts.block_size);
+        (pbs / self.opts.block_size).trailing_zeros() as u8
+    }
+
+    /// Current WCE (caching mode page).
+    pub fn write_cache(&self) -> bool {
+        self.wce.load(Ordering::Relaxed)
+    }
+
+    /// Current D_SENSE (control mode page): descriptor format sense.
+    pub fn descriptor_sense(&self) -> bool {
+        self.d_sense.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_mode(&self, wce: bool, d_sense: bool) {
+        self.wce.store(wce, Ordering::Relaxed);
+        self.d_sense.store(d_sense, Ordering::Relaxed);
+    }
+
+    /// Disk or CD-ROM.
+    pub fn device_type(&self) -> DeviceType {
+        self.opts.device_type
+    }
+
+    /// Whether the medium is loaded (always, for a non-removable LU).
+    pub fn medium_present(&self) -> bool {
+        self.attention() & STATE_NO_MEDIUM == 0
+    }
+
+    /// Ejects the removable medium (START STOP UNIT with LOEJ): refused with
+    /// MEDIUM REMOVAL PREVENTED while PREVENT ALLOW MEDIUM REMOVAL prevents it.
+    pub fn eject(&self) -> Result<(), Sense> {
+        if self.removal_prevented() {
+            return Err(Sense::MEDIUM_REMOVAL_PREVENTED);
+        }
+        let was = self.attention.fetch_or(STATE_NO_MEDIUM, Ordering::SeqCst);
+        if was & STATE_NO_MEDIUM == 0 {
+            self.media_event
+                .store(MEDIA_EVENT_REMOVAL, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Loads the medium (the image) again: NOT READY TO READY CHANGE,
+    /// MEDIUM MAY HAVE CHANGED unit attention and a new-media event.
+    pub fn load(&self) {
+        let was = self.attention.fetch_and(!STATE_NO_MEDIUM, Ordering::SeqCst);
+        if was & STATE_NO_MEDIUM != 0 {
+            self.set_unit_attention(UA_MEDIUM_CHANGED);
+            self.media_event
+                .store(MEDIA_EVENT_NEW_MEDIA, Ordering::SeqCst);
+        }
+    }
+
+    /// Reports and clears the pending media event (GET EVENT STATUS
+    /// NOTIFICATION, media class).
+    pub(crate) fn take_media_event(&self) -> u8 {
+        self.media_event.swap(MEDIA_EVENT_NONE, Ordering::SeqCst)
+    }
+
+    /// Whether medium removal is prevented (PREVENT ALLOW MEDIUM REMOVAL).
+    pub fn removal_prevented(&self) -> bool {
+        self.prevent.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_prevent(&self, prevent: bool) {
+        self.prevent.store(prevent, Ordering::Relaxed);
+    }
+
+    pub(crate) fn locks(&self) -> &RangeLocks {
+        &self.locks
+    }
+
+    /// Pending unit attentions and the stopped state in one word: 0 on the
+    /// fast path.
+    pub(crate) fn attention(&self) -> u32 {
+        self.attention.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_stopped(&self, stopped: bool) {
+        if stopped {
+            self.attention.fetch_or(STATE_STOPPED, Ordering::SeqCst);
+        } else {
+            self.attention.fetch_and(!STATE_STOPPED, Ordering::SeqCst);
+        }
+    }
+
+    /// Establishes unit attention(s) `bits` (`UA_*`) for the I_T nexus.
+    pub fn set_unit_attention(&self, bits: u32) {
+        self.attention.fetch_or(bits & UA_MASK, Ordering::SeqCst);
+    }
+
+    /// Pending unit attention bits.
+    pub fn pending_unit_attentions(&self) -> u32 {
+        self.attention() & UA_MASK
+    }
+
+    /// Reports and clears the unit attention of highest precedence, if any.
+    pub(crate) fn take_unit_attention(&self) -> Option<Sense> {
+        let mut cur = self.attention.load(Ordering::SeqCst);
+        loop {
+            let &(bit, sense) = UA_SENSE.iter().find(|(b, _)| cur & b != 0)?;
+            match self.attention.compare_exchange(
+                cur,
+                cur & !bit,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return Some(sense),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// A logical unit reset (SAM-5 LOGICAL UNIT RESET; also what a hard
+    /// reset does): mode parameters back to their defaults, medium removal
+    /// allowed, and POWER ON, RESET, OR BUS DEVICE RESET OCCURRED pending
+    /// (it supersedes the other unit attentions).
+    pub fn reset(&self) {
+        self.set_mode(self.opts.write_cache, false);
+        self.set_prevent(false);
+        let mut cur = self.attention.load(Ordering::SeqCst);
+        loop {
+            let new = (cur & !UA_MASK) | UA_POWER_ON_RESET;
+            match self
+                .attention
+                .compare_exchange(cur, new, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Re-reads the image size; when the capacity changed, serves the new
+    /// one and establishes CAPACITY DATA HAS CHANGED. Returns whether it changed.
+    pub fn refresh_capacity(&self) -> io::Result<bool> {
+        let blocks = self.image.current_size()? >> self.block_shift;
+        if blocks == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "image shrank below one block",
+            ));
+        }
+        let old = self.blocks.swap(blocks, Ordering::SeqCst);
+        if old != blocks {
+            tracing::info!(image = %self.path().display(), old, new = blocks, "capacity changed");
+            self.set_unit_attention(UA_CAPACITY_CHANGED);
+        }
+        Ok(old != blocks)
     }
 
     pub(crate) fn designator(&self) -> &str {
@@ -209,7 +669,7 @@ impl LogicalUnit {
     /// capacity is allowed, as in QEMU). Otherwise LBA OUT OF RANGE.
     pub(crate) fn check_range(&self, lba: u64, blocks: u64) -> Result<(), Sense> {
         match lba.checked_add(blocks) {
-            Some(end) if end <= self.blocks => Ok(()),
+            Some(end) if end <= self.capacity_blocks() => Ok(()),
             _ => Err(Sense::LBA_OUT_OF_RANGE),
         }
     }

@@ -16,26 +16,30 @@
 //! opcode table in [`dispatch`] routes CDBs to them.
 
 pub mod capacity;
+pub mod cdrom;
 pub mod dispatch;
 pub mod inquiry;
 pub mod io;
 pub mod lu;
+pub mod maintenance;
 pub mod mode;
+pub mod provisioning;
 pub mod report_luns;
 pub mod rw;
 pub mod sense_cmd;
 pub mod sync;
 pub mod target;
+pub mod unit;
+pub mod verify;
 
 use std::fmt;
 
-use vscsi_protocol::sense::Sense;
+use vscsi_protocol::sense::{Sense, DESCRIPTOR_MAX_LEN};
 use vscsi_protocol::status;
-use vscsi_protocol::virtio_scsi::SENSE_SIZE;
 
 pub use crate::storage::OpenError;
 pub use io::{DataIn, DataOut, SliceDataOut, VecDataIn, NO_DATA_OUT};
-pub use lu::{LogicalUnit, LunOptions};
+pub use lu::{DeviceType, LogicalUnit, LunOptions};
 pub use target::{ConfigError, ScsiBus, Target};
 
 /// One SCSI command as the transport received it (SAM-5 "Execute Command" procedure).
@@ -55,13 +59,16 @@ pub struct Request<'a> {
 
 /// The outcome of one command: status, sense data and data lengths.
 ///
-/// `Copy`, fixed size: building one allocates nothing.
+/// `Copy`, fixed size: building one allocates nothing. The sense buffer
+/// holds the largest sense this target builds ([`DESCRIPTOR_MAX_LEN`]
+/// bytes), well within the virtio-scsi 96-byte sense field.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct CommandResult {
     /// SCSI status (SAM-5 status codes), see [`vscsi_protocol::status`].
     pub status: u8,
-    sense: [u8; SENSE_SIZE],
+    sense: [u8; DESCRIPTOR_MAX_LEN],
     sense_len: u8,
+    decoded: Option<Sense>,
     /// Bytes of valid data written to the Data-In buffer, from offset 0.
     pub data_in_len: usize,
     /// Bytes of the Data-Out buffer consumed.
@@ -73,8 +80,9 @@ impl CommandResult {
     pub const fn good(data_in_len: usize) -> Self {
         Self {
             status: status::GOOD,
-            sense: [0; SENSE_SIZE],
+            sense: [0; DESCRIPTOR_MAX_LEN],
             sense_len: 0,
+            decoded: None,
             data_in_len,
             data_out_len: 0,
         }
@@ -89,11 +97,12 @@ impl CommandResult {
     }
 
     /// CHECK CONDITION with `sense` in fixed format (SPC-5 §4.4.3, 18
-    /// bytes). The control mode page reports D_SENSE=0, so fixed format is
-    /// what initiators expect.
+    /// bytes). The target re-encodes it in descriptor format for a logical
+    /// unit whose control mode page has D_SENSE=1.
     pub fn check_condition(sense: Sense) -> Self {
         let mut r = Self::with_status(status::CHECK_CONDITION);
         r.sense_len = sense.encode_fixed(&mut r.sense) as u8;
+        r.decoded = Some(sense);
         r
     }
 
@@ -101,7 +110,22 @@ impl CommandResult {
     pub fn check_condition_descriptor(sense: Sense) -> Self {
         let mut r = Self::with_status(status::CHECK_CONDITION);
         r.sense_len = sense.encode_descriptor(&mut r.sense) as u8;
+        r.decoded = Some(sense);
         r
+    }
+
+    /// The same result with its sense data in descriptor format (D_SENSE=1);
+    /// INFORMATION values beyond 32 bits survive, since the original sense
+    /// is kept.
+    pub(crate) fn in_descriptor_format(self) -> Self {
+        match self.decoded {
+            Some(s) if self.sense.first() != Some(&0x72) => Self {
+                data_in_len: self.data_in_len,
+                data_out_len: self.data_out_len,
+                ..Self::check_condition_descriptor(s)
+            },
+            _ => self,
+        }
     }
 
     /// Records how many Data-Out bytes were consumed.
@@ -117,7 +141,7 @@ impl CommandResult {
 
     /// The sense data decoded, if any.
     pub fn decoded_sense(&self) -> Option<Sense> {
-        Sense::decode(self.sense()).ok()
+        self.decoded.or_else(|| Sense::decode(self.sense()).ok())
     }
 
     /// True for GOOD status.
@@ -162,6 +186,44 @@ pub(crate) fn io_error_sense(e: &std::io::Error, write: bool) -> Sense {
 pub(crate) fn respond(data_in: &mut dyn DataIn, alloc_len: usize, data: &[u8]) -> CommandResult {
     let n = data.len().min(alloc_len);
     CommandResult::good(data_in.write_at(0, &data[..n]))
+}
+
+/// INVALID FIELD IN PARAMETER LIST with a parameter-list field pointer.
+pub(crate) fn invalid_param(byte: usize, bit: Option<u8>) -> CommandResult {
+    CommandResult::check_condition(Sense::INVALID_FIELD_IN_PARAMETER_LIST.with_field_pointer(
+        false,
+        u16::try_from(byte).unwrap_or(u16::MAX),
+        bit,
+    ))
+}
+
+/// Reads the whole parameter list of `len` bytes from `data_out` into a
+/// vector (commands with parameter lists are not on the hot path). A
+/// Data-Out buffer shorter than the list is a transport mismatch: 5/0E/03.
+pub(crate) fn parameter_list(data_out: &dyn DataOut, len: usize) -> Result<Vec<u8>, CommandResult> {
+    if data_out.len() < len {
+        return Err(CommandResult::check_condition(
+            Sense::INVALID_FIELD_IN_COMMAND_IU,
+        ));
+    }
+    let mut v = vec![0u8; len];
+    let n = data_out.read_at(0, &mut v);
+    if n < len {
+        return Err(CommandResult::check_condition(
+            Sense::INVALID_FIELD_IN_COMMAND_IU,
+        ));
+    }
+    Ok(v)
+}
+
+/// Makes a write durable before its response when WCE=0 (or FUA); the
+/// write cache is the host page cache.
+pub(crate) fn write_through(lu: &LogicalUnit, fua: bool) -> std::io::Result<()> {
+    if fua || !lu.write_cache() {
+        lu.flush()
+    } else {
+        Ok(())
+    }
 }
 
 /// INVALID FIELD IN CDB with a CDB field pointer.

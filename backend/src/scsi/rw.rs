@@ -23,9 +23,10 @@
 //!    transfer, so a WRITE never half-lands. A larger buffer is fine: the
 //!    transport reports the residual from `data_in_len`/`data_out_len`.
 //!
-//! FUA on WRITE: `fdatasync` after the write (the image is accessed through
-//! the page cache, i.e. a volatile write cache, WCE=1 in the caching mode
-//! page). FUA on READ needs nothing: the page cache is coherent with the
+//! FUA on WRITE, or WCE=0 in the caching mode page: `fdatasync` after the
+//! write, before the response (the image is accessed through the page
+//! cache, i.e. a volatile write cache). A write waits only while a COMPARE
+//! AND WRITE is active (see [`super::lu::RangeLocks`]). FUA on READ needs nothing: the page cache is coherent with the
 //! image. DPO and the group number are hints and are ignored.
 
 use vscsi_protocol::cdb::ReadWrite;
@@ -33,7 +34,7 @@ use vscsi_protocol::sense::Sense;
 
 use super::io::{DataIn, DataOut};
 use super::lu::LogicalUnit;
-use super::{invalid_field, io_error_sense, CommandResult};
+use super::{invalid_field, io_error_sense, write_through, CommandResult};
 
 /// Decodes, validates and sizes a READ/WRITE: `(file offset, byte count)`.
 fn prepare(
@@ -105,9 +106,11 @@ pub(crate) fn write(
         Ok(len) if len <= data_out.len() => len,
         _ => return CommandResult::check_condition(Sense::INVALID_FIELD_IN_COMMAND_IU),
     };
+    let guard = lu.locks().write(rw.lba, u64::from(rw.blocks));
     let mut res = lu.image().write_from(data_out, 0, len, offset);
-    if res.is_ok() && rw.fua {
-        res = lu.flush();
+    drop(guard);
+    if res.is_ok() {
+        res = write_through(lu, rw.fua);
     }
     match res {
         Ok(()) => CommandResult::good(0).with_data_out(len),

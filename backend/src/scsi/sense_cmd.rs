@@ -11,7 +11,7 @@ use vscsi_protocol::cdb::byte;
 use vscsi_protocol::sense::Sense;
 
 use super::io::{DataIn, DataOut};
-use super::lu::LogicalUnit;
+use super::lu::{LogicalUnit, STATE_NO_MEDIUM, STATE_STOPPED};
 use super::{respond, CommandResult};
 
 /// Returns `sense` as REQUEST SENSE parameter data, GOOD status.
@@ -27,12 +27,20 @@ pub(crate) fn respond_with(cdb: &[u8], data_in: &mut dyn DataIn, sense: Sense) -
 
 /// REQUEST SENSE to an existing logical unit.
 pub(crate) fn request_sense(
-    _: &LogicalUnit,
+    lu: &LogicalUnit,
     cdb: &[u8],
     data_in: &mut dyn DataIn,
     _: &dyn DataOut,
 ) -> CommandResult {
-    respond_with(cdb, data_in, Sense::NO_SENSE)
+    let sense = match lu.take_unit_attention() {
+        Some(ua) => ua,
+        None if lu.attention() & STATE_NO_MEDIUM != 0 => Sense::MEDIUM_NOT_PRESENT,
+        None if lu.attention() & STATE_STOPPED != 0 => {
+            Sense::NOT_READY_INITIALIZING_COMMAND_REQUIRED
+        }
+        None => Sense::NO_SENSE,
+    };
+    respond_with(cdb, data_in, sense)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use vscsi_protocol::sense::Sense;
 
 use super::dispatch::{self, Handler};
 use super::io::{DataIn, DataOut};
-use super::lu::LogicalUnit;
+use super::lu::{LogicalUnit, STATE_NO_MEDIUM, STATE_STOPPED, UA_REPORTED_LUNS_CHANGED};
 use super::{inquiry, report_luns, sense_cmd, CommandResult, Request};
 
 /// Why a LUN could not be added to the bus.
@@ -98,10 +98,41 @@ impl Target {
                 CommandResult::check_condition(Sense::LOGICAL_UNIT_NOT_SUPPORTED),
             );
         }
-        let cmd = match dispatch::lookup(cdb) {
-            Ok(cmd) => cmd,
-            Err(sense) => return self.log(req, lun, CommandResult::check_condition(sense)),
+        if let Some(lu) = lu {
+            // One relaxed load on the fast path: unit attentions and the
+            // stopped state share one word.
+            if lu.attention() != 0 {
+                if let Some(r) = Self::attention_check(lu, cdb) {
+                    return self.finish(req, lun, Some(lu), r);
+                }
+            }
+        }
+        let found = match lu {
+            Some(lu) => dispatch::lookup_for(cdb, lu),
+            None => dispatch::lookup(cdb),
         };
+        let cmd = match found {
+            Ok(cmd) => cmd,
+            Err(sense) => return self.finish(req, lun, lu, CommandResult::check_condition(sense)),
+        };
+        if let Some(lu) = lu {
+            if cmd.present && lu.attention() & STATE_NO_MEDIUM != 0 {
+                return self.finish(
+                    req,
+                    lun,
+                    Some(lu),
+                    CommandResult::check_condition(Sense::MEDIUM_NOT_PRESENT),
+                );
+            }
+            if cmd.medium && lu.attention() & STATE_STOPPED != 0 {
+                return self.finish(
+                    req,
+                    lun,
+                    Some(lu),
+                    CommandResult::check_condition(Sense::NOT_READY_INITIALIZING_COMMAND_REQUIRED),
+                );
+            }
+        }
         let cdb = &cdb[..usize::from(cmd.cdb_len)];
         let r = match (cmd.handler, lu) {
             (Handler::ReportLuns, _) => report_luns::report_luns(self, cdb, data_in),
@@ -114,7 +145,51 @@ impl Target {
                 _ => CommandResult::check_condition(Sense::LOGICAL_UNIT_NOT_SUPPORTED),
             },
         };
+        self.finish(req, lun, lu, r)
+    }
+
+    /// A pending unit attention is reported (and cleared) for every command
+    /// but INQUIRY, REPORT LUNS and REQUEST SENSE (SAM-5 unit attention
+    /// condition; SPC-5), before the CDB is even decoded.
+    fn attention_check(lu: &LogicalUnit, cdb: &[u8]) -> Option<CommandResult> {
+        if matches!(
+            cdb.first(),
+            Some(&(op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE))
+        ) {
+            return None;
+        }
+        lu.take_unit_attention().map(CommandResult::check_condition)
+    }
+
+    /// Sense in descriptor format for a LU with D_SENSE=1, then the log.
+    fn finish(
+        &self,
+        req: &Request<'_>,
+        lun: u16,
+        lu: Option<&Arc<LogicalUnit>>,
+        r: CommandResult,
+    ) -> CommandResult {
+        let r = match lu {
+            Some(lu) if !r.is_good() && lu.descriptor_sense() => r.in_descriptor_format(),
+            _ => r,
+        };
         self.log(req, lun, r)
+    }
+
+    /// A reset of every logical unit of the target (hard reset, I_T nexus
+    /// loss: each gets POWER ON, RESET, OR BUS DEVICE RESET OCCURRED).
+    pub fn reset(&self) {
+        for lu in self.luns.values() {
+            lu.reset();
+        }
+    }
+
+    /// Establishes REPORTED LUNS DATA HAS CHANGED on every logical unit of
+    /// the target (after a LUN was added or removed).
+    pub fn report_luns_changed(&self) {
+        for lu in self.luns.values() {
+            lu.set_unit_attention(UA_REPORTED_LUNS_CHANGED);
+        }
     }
 
     /// Executes a command sent to the REPORT LUNS well-known logical unit
@@ -251,6 +326,7 @@ impl ScsiBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scsi::dispatch;
     use crate::scsi::io::{VecDataIn, NO_DATA_OUT};
     use crate::scsi::testutil::{bus_with, image_file, run, run_cdb, triple};
     use crate::scsi::LunOptions;
@@ -292,9 +368,9 @@ mod tests {
         // Unsupported but real commands too.
         for opcode in [
             op::FORMAT_UNIT,
-            op::UNMAP,
-            op::WRITE_SAME_16,
-            op::MODE_SELECT_6,
+            op::LOG_SENSE,
+            op::PERSISTENT_RESERVE_IN,
+            op::READ_DEFECT_DATA_10,
         ] {
             let (r, _) = run(
                 t,
@@ -418,5 +494,202 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn power_on_unit_attention_is_opt_in_and_reported_once() {
+        let (bus, _f) = bus_with(8, LunOptions::default());
+        let t = bus.target(0).unwrap();
+        assert!(run_cdb(t, 0, Cdb::test_unit_ready(), 0).0.is_good());
+
+        let (bus, _f) = bus_with(
+            8,
+            LunOptions {
+                power_on_ua: true,
+                ..Default::default()
+            },
+        );
+        let t = bus.target(0).unwrap();
+        // INQUIRY and REPORT LUNS are not blocked (SAM-5 unit attention condition).
+        assert!(run_cdb(t, 0, Cdb::inquiry(false, 0, 36), 36).0.is_good());
+        assert!(run_cdb(t, 0, Cdb::report_luns(0, 64), 64).0.is_good());
+        // Any other command reports it (SPC-5 fixed format: key 6, ASC 29h)...
+        let (r, _) = run_cdb(t, 0, Cdb::test_unit_ready(), 0);
+        assert_eq!(
+            r.sense(),
+            &[0x70, 0, 0x06, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x29, 0x00, 0, 0, 0, 0]
+        );
+        // ...once.
+        assert!(run_cdb(t, 0, Cdb::test_unit_ready(), 0).0.is_good());
+    }
+
+    #[test]
+    fn unit_attention_precedence_request_sense_and_reset() {
+        use crate::scsi::lu::{UA_CAPACITY_CHANGED, UA_MODE_PARAMETERS_CHANGED};
+        let (bus, f) = bus_with(8, LunOptions::default());
+        let t = bus.target(0).unwrap();
+        let lu = t.lun(0).unwrap();
+        lu.set_unit_attention(UA_MODE_PARAMETERS_CHANGED);
+        t.report_luns_changed();
+        // A resize: CAPACITY DATA HAS CHANGED.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(f.path())
+            .unwrap()
+            .set_len(16 * 512)
+            .unwrap();
+        assert!(lu.refresh_capacity().unwrap());
+        assert!(!lu.refresh_capacity().unwrap());
+        assert_eq!(lu.capacity_blocks(), 16);
+        assert_eq!(
+            lu.pending_unit_attentions() & UA_CAPACITY_CHANGED,
+            UA_CAPACITY_CHANGED
+        );
+        // Reported in SPC-5 order: capacity, reported LUNs, mode parameters.
+        // REQUEST SENSE returns (and clears) the first one with GOOD status.
+        let (r, data) = run_cdb(t, 0, Cdb::request_sense(false, 18), 18);
+        assert!(r.is_good());
+        assert_eq!((data[2], data[12], data[13]), (6, 0x2A, 0x09));
+        let (r, _) = run_cdb(t, 0, Cdb::read_10(0, 1, false), 512);
+        assert_eq!(triple(&r), (6, 0x3F, 0x0E));
+        let (r, _) = run(t, 0, &[0xC0; 16], 0, &[]);
+        assert_eq!(
+            triple(&r),
+            (6, 0x2A, 0x01),
+            "UA comes before the opcode check"
+        );
+        assert!(run_cdb(t, 0, Cdb::read_10(15, 1, false), 512).0.is_good());
+        // A reset: POWER ON supersedes the others; descriptor sense with D_SENSE.
+        lu.set_unit_attention(UA_MODE_PARAMETERS_CHANGED);
+        t.reset();
+        lu.set_mode(true, true);
+        let (r, _) = run_cdb(t, 0, Cdb::test_unit_ready(), 0);
+        assert_eq!(r.sense(), &[0x72, 0x06, 0x29, 0x00, 0, 0, 0, 0]);
+        assert!(run_cdb(t, 0, Cdb::test_unit_ready(), 0).0.is_good());
+        // REQUEST SENSE with nothing pending: NO SENSE.
+        let (_, data) = run_cdb(t, 0, Cdb::request_sense(true, 8), 8);
+        assert_eq!(data, [0x72, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    /// Random CDBs (every opcode in the table and random ones, lengths
+    /// 0..=32, random bytes) and random Data-Out against a disk LU, a
+    /// read-only LU, a missing LUN, a CD-ROM and the well-known LU: never a panic,
+    /// always GOOD or CHECK CONDITION, never more Data-In than the buffer,
+    /// never more Data-Out consumed than given.
+    #[test]
+    fn random_cdbs_never_panic() {
+        let mut bus = ScsiBus::new();
+        let rw = image_file(64 * 512);
+        let ro = image_file(64 * 512);
+        bus.add_lun(
+            0,
+            0,
+            Arc::new(LogicalUnit::open(rw.path(), LunOptions::default()).unwrap()),
+        )
+        .unwrap();
+        bus.add_lun(
+            0,
+            1,
+            Arc::new(
+                LogicalUnit::open(
+                    ro.path(),
+                    LunOptions {
+                        read_only: true,
+                        ..Default::default()
+                    },
+                )
+                .unwrap(),
+            ),
+        )
+        .unwrap();
+        let cd = image_file(32 * 2048);
+        bus.add_lun(
+            0,
+            3,
+            Arc::new(
+                LogicalUnit::open(
+                    cd.path(),
+                    LunOptions {
+                        device_type: crate::scsi::DeviceType::Cdrom,
+                        ..Default::default()
+                    },
+                )
+                .unwrap(),
+            ),
+        )
+        .unwrap();
+        let ro_before = std::fs::read(ro.path()).unwrap();
+        let cd_before = std::fs::read(cd.path()).unwrap();
+        let t = bus.target(0).unwrap();
+        let mut rng = fastrand::Rng::with_seed(0x5C51);
+        let opcodes: Vec<u8> = dispatch::COMMANDS.iter().map(|c| c.opcode).collect();
+        let start = std::time::Instant::now();
+        for i in 0..30_000u32 {
+            let mut cdb = [0u8; 32];
+            rng.fill(&mut cdb);
+            cdb[0] = if i % 8 == 7 {
+                rng.u8(..)
+            } else {
+                opcodes[rng.usize(..opcodes.len())]
+            };
+            if rng.bool() {
+                // Keep service actions valid often enough to reach the handlers.
+                if let Some(c) = dispatch::COMMANDS
+                    .iter()
+                    .filter(|c| c.opcode == cdb[0] && c.service_action.is_some())
+                    .nth(rng.usize(..2))
+                {
+                    cdb[1] = c.service_action.unwrap_or(0) | (cdb[1] & 0xE0);
+                }
+                // Small LBAs and lengths, so range checks pass sometimes.
+                for b in cdb.iter_mut().skip(2).take(12) {
+                    if rng.u8(..4) != 0 {
+                        *b = 0;
+                    }
+                }
+                // No NACA.
+                for b in cdb.iter_mut().skip(5) {
+                    *b &= !0x04;
+                }
+            }
+            let len = rng.usize(0..=32);
+            let out_len = match rng.u8(..4) {
+                0 => 0,
+                1 => rng.usize(0..64),
+                2 => 512 * rng.usize(0..4),
+                _ => rng.usize(0..4096),
+            };
+            let mut payload = vec![0u8; out_len];
+            rng.fill(&mut payload);
+            if rng.bool() {
+                payload.fill(0);
+            }
+            let cap = rng.usize(0..8192);
+            let mut din = VecDataIn::new(cap);
+            let req = Request {
+                cdb: &cdb[..len],
+                tag: u64::from(i),
+                task_attr: 0,
+            };
+            let out = crate::scsi::SliceDataOut(&payload);
+            for lun in [0u16, 1, 2, 3] {
+                let r = t.execute(lun, &req, &mut din, &out);
+                assert!(r.is_good() || r.status == 2, "{:02x?}", &cdb[..len]);
+                assert!(r.data_in_len <= cap, "{:02x?}", &cdb[..len]);
+                assert!(r.data_out_len <= out_len, "{:02x?}", &cdb[..len]);
+                if r.status == 2 {
+                    assert!(!r.sense().is_empty());
+                }
+            }
+            let r = t.execute_well_known(&req, &mut din, &out);
+            assert!(r.data_in_len <= cap);
+        }
+        assert_eq!(std::fs::read(ro.path()).unwrap(), ro_before);
+        assert_eq!(std::fs::read(cd.path()).unwrap(), cd_before);
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }

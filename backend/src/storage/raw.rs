@@ -13,6 +13,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::scsi::io::{DataIn, DataOut};
@@ -101,8 +102,8 @@ fn flock_nb(file: &File, exclusive: bool) -> io::Result<()> {
         libc::LOCK_SH
     } | libc::LOCK_NB;
     loop {
-        // SAFETY: flock takes an fd we own (borrowed from `file`, open for the whole
-        // call) and an integer operation; it touches no memory of ours.
+        // flock touches no memory of ours.
+        // SAFETY: flock takes an fd we own (borrowed from `file`, open for the whole call) and an integer operation.
         let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
         if rc == 0 {
             return Ok(());
@@ -224,6 +225,116 @@ impl RawImage {
     pub fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
     }
+
+    /// Reads exactly `buf.len()` bytes at `offset` (commands that compare
+    /// or copy through a scratch buffer: VERIFY, COMPARE AND WRITE).
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    /// Writes all of `buf` at `offset`; `PermissionDenied` on a read-only image.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "image is read-only",
+            ));
+        }
+        self.file.write_all_at(buf, offset)
+    }
+
+    /// Current size of the image in bytes (it may have been resized since
+    /// open).
+    pub fn current_size(&self) -> io::Result<u64> {
+        let meta = self.file.metadata()?;
+        if meta.is_file() {
+            return Ok(meta.len());
+        }
+        // Block devices: st_size is 0; ask lseek (positioned I/O never uses
+        // the file offset, so moving it is harmless).
+        self.seek(0, libc::SEEK_END)?
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENXIO))
+    }
+
+    /// Whether the image is a regular file (holes, `SEEK_DATA`,
+    /// `FALLOC_FL_PUNCH_HOLE` are meaningful).
+    pub fn is_regular_file(&self) -> bool {
+        self.file.metadata().map(|m| m.is_file()).unwrap_or(false)
+    }
+
+    /// Deallocates `len` bytes at `offset`: `fallocate(PUNCH_HOLE |
+    /// KEEP_SIZE)`. The range reads back as zeros afterwards (Linux
+    /// fallocate(2): "subsequent reads from this range will return zeros").
+    pub fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "image is read-only",
+            ));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        loop {
+            // fallocate touches no memory of ours.
+            // SAFETY: fallocate takes an fd we own (borrowed from `self.file`, open for the whole call) and integers.
+            let rc = unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    off,
+                    n,
+                )
+            };
+            if rc == 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+
+    /// Whether holes can be punched: a writable regular file on a
+    /// filesystem that accepts `FALLOC_FL_PUNCH_HOLE`. Probed by punching
+    /// one block past the end of the file with KEEP_SIZE, which changes
+    /// neither the data nor the size.
+    pub fn probe_punch_hole(&self) -> bool {
+        if self.read_only || !self.is_regular_file() {
+            return false;
+        }
+        let end = self.current_size().unwrap_or(self.size);
+        match self.punch_hole(end, 4096) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(image = %self.path.display(), error = %e, "cannot punch holes: thin provisioning off");
+                false
+            }
+        }
+    }
+
+    /// `lseek(offset, whence)` for `SEEK_DATA` / `SEEK_HOLE` / `SEEK_END`:
+    /// `Ok(None)` on ENXIO (no data at or after `offset`).
+    pub fn seek(&self, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+        let Ok(off) = libc::off_t::try_from(offset) else {
+            return Ok(None);
+        };
+        // No I/O here uses the file offset (all of it is positioned).
+        // SAFETY: lseek takes an fd we own (borrowed from `self.file`, open for the whole call) and integers.
+        let rc = unsafe { libc::lseek(self.file.as_raw_fd(), off, whence) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::ENXIO) => Ok(None),
+                _ => Err(err),
+            };
+        }
+        Ok(u64::try_from(rc).ok())
+    }
 }
 
 #[cfg(test)]
@@ -302,6 +413,29 @@ mod tests {
             RawImage::open(dir.path(), true),
             Err(OpenError::NotAnImage { .. })
         ));
+    }
+
+    #[test]
+    fn punch_hole_reads_zero_and_seek_finds_it() {
+        let f = image(64 * 1024);
+        let img = RawImage::open(f.path(), false).unwrap();
+        if !img.probe_punch_hole() {
+            return; // filesystem without hole support
+        }
+        assert_eq!(img.current_size().unwrap(), 64 * 1024);
+        img.punch_hole(16 * 1024, 16 * 1024).unwrap();
+        let mut b = vec![1u8; 16 * 1024];
+        img.read_at(&mut b, 16 * 1024).unwrap();
+        assert!(b.iter().all(|&x| x == 0));
+        assert_eq!(img.seek(0, libc::SEEK_HOLE).unwrap(), Some(16 * 1024));
+        assert_eq!(
+            img.seek(16 * 1024, libc::SEEK_DATA).unwrap(),
+            Some(32 * 1024)
+        );
+        assert_eq!(img.seek(1 << 40, libc::SEEK_DATA).unwrap(), None);
+        assert_eq!(img.current_size().unwrap(), 64 * 1024);
+        let ro = image(512);
+        assert!(!RawImage::open(ro.path(), true).unwrap().probe_punch_hole());
     }
 
     #[test]

@@ -321,7 +321,10 @@ mod tests {
         assert_eq!(back, &pattern[1000..1290]);
 
         // Reading past EOF is an error, not a silent short read.
-        let mut din = GuestDataIn { iov: &iov, base: 10 };
+        let mut din = GuestDataIn {
+            iov: &iov,
+            base: 10,
+        };
         assert_eq!(
             din.read_from_file(0, 100, &file, 8150).unwrap_err().kind(),
             io::ErrorKind::UnexpectedEof
