@@ -7,6 +7,7 @@
 //! and pipelined transfers), `output.rs` (formatting, JSON, failures),
 //! `parse.rs` (hex, sizes), `pattern.rs` and `daemon.rs` (for the demo).
 
+mod bench;
 mod blockio;
 mod daemon;
 mod demo;
@@ -73,6 +74,8 @@ enum Command {
     Scan(scan::Args),
     /// Start vscsi-backend on an image and write, read back and verify all of it.
     Demo(demo::Args),
+    /// Measure IOPS, bandwidth and latency percentiles (fio-like).
+    Bench(bench::Args),
 }
 
 impl Command {
@@ -88,6 +91,7 @@ impl Command {
             Command::Raw(a) => a.device.conn.json,
             Command::Scan(a) => a.conn.json,
             Command::Demo(_) => false,
+            Command::Bench(a) => a.device.json,
         }
     }
 
@@ -102,6 +106,7 @@ impl Command {
             Command::Raw(a) => raw::run(a).await,
             Command::Scan(a) => scan::run(a).await,
             Command::Demo(a) => demo::run(a).await,
+            Command::Bench(a) => bench::run(a).await,
         }
     }
 }
