@@ -17,6 +17,7 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
+use crate::scsi::lu::UA_POWER_ON_RESET;
 use crate::scsi::ScsiBus;
 use crate::vhost::{DeviceOptions, ScsiDevice};
 
@@ -112,6 +113,13 @@ pub fn serve(
         }
         connection += 1;
         info!(connection, "frontend connected");
+        // A new frontend is a new I_T nexus: LUs that model a real disk's
+        // power-on report it (SPC-5 §5.14, POWER ON, RESET, OR BUS DEVICE RESET).
+        for (_, _, lu) in bus.units() {
+            if lu.options().power_on_ua {
+                lu.set_unit_attention(UA_POWER_ON_RESET);
+            }
+        }
         *shutdown.current.lock().unwrap_or_else(|p| p.into_inner()) = daemon.shutdown_handle();
         if shutdown.requested() {
             daemon.request_shutdown();

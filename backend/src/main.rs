@@ -21,7 +21,9 @@ struct Args {
     socket: PathBuf,
     /// Images served as LUNs 0, 1, 2... of target 0.
     images: Vec<PathBuf>,
-    /// Place an image anywhere: TARGET:LUN=PATH[,ro][,bs=512|4096] (repeatable).
+    /// Place an image anywhere: TARGET:LUN=PATH[,OPTION...] (repeatable). Options: ro, rw,
+    /// bs=512|1024|2048|4096, cdrom, removable, serial=S, wwn=0xNAA, vendor=S, product=S,
+    /// revision=S, rotation=N, pbs=N, wce=0|1, nodiscard, power-on-ua.
     #[arg(long = "lun", value_name = "SPEC")]
     luns: Vec<LunSpec>,
     /// Serve every image read-only.
@@ -71,9 +73,14 @@ fn init_logging(format: LogFormat) {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let specs = config::collect_specs(&args.images, &args.luns, args.read_only)?;
-    let bus = Arc::new(config::build_bus(&specs)?);
+    let opts = DeviceOptions {
+        request_queues: args.queues,
+        max_queue_size: args.max_queue_size,
+        ..Default::default()
+    };
+    let bus = Arc::new(config::build_bus(&specs, opts.max_sectors)?);
     for s in &specs {
-        info!(target = s.target, lun = s.lun, image = %s.path.display(), read_only = s.read_only, "serving");
+        info!(target = s.target, lun = s.lun, image = %s.path.display(), read_only = s.options.read_only, "serving");
     }
     let listener = daemon::bind(&args.socket)?;
     info!(socket = %args.socket.display(), "listening");

@@ -56,12 +56,14 @@ impl TestDaemon {
         let dir = tempfile::tempdir().unwrap();
         let specs: Vec<LunSpec> = luns
             .iter()
-            .map(|&(target, lun, size, read_only)| LunSpec {
-                target,
-                lun,
-                path: image(dir.path(), &format!("t{target}l{lun}.img"), size),
-                read_only,
-                block_size: 512,
+            .map(|&(target, lun, size, read_only)| {
+                let mut spec = LunSpec::new(
+                    target,
+                    lun,
+                    image(dir.path(), &format!("t{target}l{lun}.img"), size),
+                );
+                spec.options.read_only = read_only;
+                spec
             })
             .collect();
         Self::serve(dir, &specs, opts)
@@ -69,7 +71,7 @@ impl TestDaemon {
 
     /// Serves existing images.
     pub fn serve(dir: tempfile::TempDir, specs: &[LunSpec], opts: DeviceOptions) -> Self {
-        let bus = Arc::new(build_bus(specs).expect("images open"));
+        let bus = Arc::new(build_bus(specs, opts.max_sectors).expect("images open"));
         let socket = dir.path().join("vs.sock");
         let listener = daemon::bind(&socket).unwrap();
         let shutdown = Arc::new(Shutdown::default());
