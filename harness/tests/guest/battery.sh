@@ -1,0 +1,262 @@
+# The guest side of harness/tests/qemu_guest.rs: runs inside the busybox
+# initramfs built by images/build-guest.sh (given to the guest through QEMU's
+# fw_cfg), after the host prepended the expectations:
+#
+#   LUNS="T:L:SIZE_BYTES:BLOCK_SIZE:rw|ro ..."   what the daemon serves
+#   VENDOR=... PRODUCT=...                       expected INQUIRY strings
+#   RO_MD5=...                                   md5 of the read-only LUN's first MiB
+#   FIO_LUN=T:L FS_LUN=T:L RESET_LUN=T:L PATTERN_LUNS="T:L:OFFSET ..."
+#   QUEUES=N                                     request queues (num_queues)
+#
+# Prints one line per check on the console:
+#   VSCSI-RESULT <name> PASS|FAIL|SKIP <detail>
+# and, for the host to check the image files after poweroff:
+#   VSCSI-PATTERN <T:L> <offset> <length> <md5>
+# The host parses those lines; anything else is for people reading the log.
+
+result() { echo "VSCSI-RESULT $1 $2 $(echo "${3:-}" | tr '\n' ' ' | cut -c1-300)"; }
+pass() { result "$1" PASS "${2:-}"; }
+fail() { result "$1" FAIL "${2:-}"; }
+skip() { result "$1" SKIP "${2:-}"; }
+# check NAME CMD...: PASS when CMD exits 0, else FAIL with its last output lines.
+check() {
+    _n=$1; shift
+    if _o=$("$@" 2>&1); then pass "$_n"; else fail "$_n" "rc=$? $(echo "$_o" | tail -n 4)"; fi
+}
+log() { echo "VSCSI-LOG $*"; }
+now() { cut -d' ' -f1 /proc/uptime; }
+
+log "battery start uptime=$(now)"
+
+# --- find our HBA and its devices -----------------------------------------------
+host=""
+for h in /sys/class/scsi_host/host*; do
+    [ "$(cat "$h/proc_name" 2>/dev/null)" = virtio_scsi ] && host=${h##*/host}
+done
+if [ -z "$host" ]; then
+    fail hba "no virtio_scsi host in /sys/class/scsi_host"
+    exit 1
+fi
+pass hba "host$host"
+
+devdir() { echo "/sys/bus/scsi/devices/$host:0:${1%%:*}:${1##*:}"; }
+blk() { ls "$(devdir "$1")/block" 2>/dev/null | head -n 1; }
+sgdev() { ls "$(devdir "$1")/scsi_generic" 2>/dev/null | head -n 1; }
+
+# Wait (scan=sync makes this immediate, but be lenient) for every LUN.
+i=0
+while [ $i -lt 100 ]; do
+    missing=0
+    for spec in $LUNS; do
+        tl=${spec%:*:*:*}
+        [ -n "$(blk "$tl")" ] && [ -n "$(sgdev "$tl")" ] || missing=1
+    done
+    [ $missing = 0 ] && break
+    sleep 0.1
+    i=$((i + 1))
+done
+log "scsi devices: $(ls /sys/bus/scsi/devices | tr '\n' ' ')"
+
+# --- identity, capacity, basic commands, per LUN ---------------------------------
+for spec in $LUNS; do
+    set -- $(echo "$spec" | tr ':' ' ')
+    t=$1 l=$2 size=$3 bs=$4 mode=$5
+    tl=$t:$l
+    sd=$(blk "$tl") sg=$(sgdev "$tl")
+    if [ -z "$sd" ] || [ -z "$sg" ]; then
+        fail "present-$tl" "no block/sg device at $(devdir "$tl")"
+        continue
+    fi
+    pass "present-$tl" "/dev/$sd /dev/$sg"
+    dir=$(devdir "$tl")
+
+    # Standard INQUIRY: device type, vendor, product (sg_inq and what Linux read).
+    out=$(sg_inq "/dev/$sg" 2>&1); rc=$?
+    v=$(echo "$out" | sed -n 's/^ *Vendor identification: *//p' | sed 's/ *$//')
+    p=$(echo "$out" | sed -n 's/^ *Product identification: *//p' | sed 's/ *$//')
+    type=$(cat "$dir/type")
+    if [ $rc = 0 ] && [ "$v" = "$VENDOR" ] && [ "$p" = "$PRODUCT" ] && [ "$type" = 0 ]; then
+        pass "inquiry-$tl" "vendor=$v product=$p type=$type"
+    else
+        fail "inquiry-$tl" "rc=$rc vendor='$v' product='$p' type=$type (want $VENDOR/$PRODUCT/0)"
+    fi
+
+    # VPD pages: 00 must list 83 (and 80 when a serial is configured).
+    out=$(sg_vpd -p 0 "/dev/$sg" 2>&1); rc=$?
+    if [ $rc = 0 ] && echo "$out" | grep -q "Device identification"; then
+        pass "vpd00-$tl" "$(echo "$out" | grep -c '\[') pages"
+    else
+        fail "vpd00-$tl" "rc=$rc $out"
+    fi
+    if echo "$out" | grep -q "Unit serial number"; then
+        check "vpd80-$tl" sg_vpd -p sn "/dev/$sg"
+    else
+        skip "vpd80-$tl" "page 80h not offered (no serial number configured for this LUN)"
+    fi
+    # SBC pages: must answer when page 00 lists them (SKIP when not offered).
+    for pg in bl:b0 bdc:b1 lbpv:b2; do
+        abbr=${pg%:*} code=${pg#*:}
+        if echo "$out" | grep -q "\[$abbr\]"; then
+            check "vpd$code-$tl" sg_vpd -p "$abbr" "/dev/$sg"
+        else
+            skip "vpd$code-$tl" "page ${code}h not offered"
+        fi
+    done
+    out=$(sg_vpd -p di "/dev/$sg" 2>&1); rc=$?
+    if [ $rc = 0 ] && echo "$out" | grep -q "$VENDOR"; then
+        pass "vpd83-$tl" "$(echo "$out" | grep -m1 -i 'vendor specific' | sed 's/^ *//')"
+    else
+        fail "vpd83-$tl" "rc=$rc $out"
+    fi
+
+    # Capacity and block size, as READ CAPACITY(16) answers and as the kernel sees it.
+    blocks=$((size / bs))
+    out=$(sg_readcap -l "/dev/$sg" 2>&1); rc=$?
+    if [ $rc = 0 ] && echo "$out" | grep -qE "Number of logical blocks=$blocks([^0-9]|$)" \
+        && echo "$out" | grep -q "Logical block length=$bs bytes"; then
+        pass "readcap-$tl" "blocks=$blocks bs=$bs"
+    else
+        fail "readcap-$tl" "rc=$rc want blocks=$blocks bs=$bs: $out"
+    fi
+    lbs=$(cat "/sys/block/$sd/queue/logical_block_size")
+    sectors=$(cat "/sys/block/$sd/size")
+    if [ "$lbs" = "$bs" ] && [ $((sectors * 512)) = "$size" ]; then
+        pass "sysfs-size-$tl" "logical_block_size=$lbs size=$((sectors * 512))"
+    else
+        fail "sysfs-size-$tl" "logical_block_size=$lbs bytes=$((sectors * 512)) want $bs/$size"
+    fi
+
+    # REPORT LUNS from each LUN: the target's LUN count.
+    want=0
+    for s in $LUNS; do [ "${s%%:*}" = "$t" ] && want=$((want + 1)); done
+    out=$(sg_luns "/dev/$sg" 2>&1); rc=$?
+    got=$(echo "$out" | grep -cE '^ +[0-9a-f]{16}')
+    if [ $rc = 0 ] && [ "$got" = "$want" ]; then
+        pass "luns-$tl" "$got LUNs"
+    else
+        fail "luns-$tl" "rc=$rc got $got LUNs want $want: $out"
+    fi
+
+    check "tur-$tl" sg_turs "/dev/$sg"
+    check "modes-$tl" sg_modes "/dev/$sg"
+    check "requests-$tl" sg_requests "/dev/$sg"
+    check "sync-$tl" sg_sync "/dev/$sg"
+    if out=$(sg_opcodes "/dev/$sg" 2>&1); then
+        pass "opcodes-$tl" "$(echo "$out" | grep -c .) lines"
+    else
+        skip "opcodes-$tl" "known gap: REPORT SUPPORTED OPERATION CODES not implemented yet: $(echo "$out" | grep -iE 'illegal|invalid|not supported|fail' | head -n 1)"
+    fi
+
+    # Write protection as the kernel sees it.
+    ro=$(cat "/sys/block/$sd/ro")
+    if [ "$mode" = ro ]; then
+        if [ "$ro" = 1 ]; then pass "ro-flag-$tl" "/sys/block/$sd/ro=1"; else fail "ro-flag-$tl" "/sys/block/$sd/ro=$ro"; fi
+        if out=$(dd if=/dev/zero of="/dev/$sd" bs=4096 count=1 oflag=direct 2>&1); then
+            fail "ro-write-refused-$tl" "dd to /dev/$sd succeeded"
+        else
+            pass "ro-write-refused-$tl" "$(echo "$out" | head -n 1)"
+        fi
+        sum=$(dd if="/dev/$sd" bs=1M count=1 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+        if [ "$sum" = "$RO_MD5" ]; then pass "ro-read-$tl" "md5 $sum"; else fail "ro-read-$tl" "md5 $sum want $RO_MD5"; fi
+    else
+        if [ "$ro" = 0 ]; then pass "rw-flag-$tl" "/sys/block/$sd/ro=0"; else fail "rw-flag-$tl" "/sys/block/$sd/ro=$ro"; fi
+    fi
+done
+
+# --- multi-queue: the block layer has QUEUES hardware queues ----------------------
+sd=$(blk "$FIO_LUN")
+nq=$(ls -d /sys/block/$sd/mq/* 2>/dev/null | wc -l)
+if [ "$nq" = "$QUEUES" ]; then pass mq-queues "/sys/block/$sd/mq: $nq"; else fail mq-queues "/sys/block/$sd/mq: $nq want $QUEUES"; fi
+
+# --- fio verify job across both queues: one job pinned on each CPU ----------------
+# Completions per request queue: each virtio-scsi request virtqueue has its own
+# MSI-X vector, "virtioN-request" in /proc/interrupts (one line per queue, in
+# queue order). Prints "count0 count1 ...".
+queued() {
+    awk '/virtio[0-9]+-request(\.[0-9]+)? *$/ {n = 0; for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i; printf "%d ", n}' /proc/interrupts
+}
+before=$(queued)
+t0=$(now)
+out=$(fio --name=verify --filename="/dev/$sd" --thread --ioengine=libaio --direct=1 \
+    --rw=randwrite --bs=4k --iodepth=8 --size=8M --numjobs=2 --offset_increment=8M \
+    --verify=crc32c --verify_fatal=1 --do_verify=1 \
+    --cpus_allowed=0-1 --cpus_allowed_policy=split --group_reporting 2>&1)
+rc=$?
+t1=$(now)
+took=$(echo "$t1 $t0" | awk '{printf "%.1f", $1-$2}')
+if [ $rc = 0 ]; then
+    pass fio-verify "2 jobs x 8M randwrite + crc32c verify in $took s: $(echo "$out" | grep -m1 -E '^ +write:' | sed 's/^ *//')"
+else
+    fail fio-verify "rc=$rc $(echo "$out" | grep -iE 'error|verify|bad' | head -n 5)"
+    echo "$out"
+fi
+after=$(queued)
+used=0
+set -- $before
+for a in $after; do
+    [ "$a" -gt "${1:-0}" ] && used=$((used + 1))
+    shift
+done
+if [ $used -ge 2 ]; then pass mq-both-used "request-queue interrupts before: $before after: $after"
+else fail mq-both-used "request-queue interrupts before: $before after: $after ($(grep request /proc/interrupts | tr -s ' ' | tr '\n' '|'))"; fi
+
+# --- ext4: mkfs, mount, write, sync, drop caches, remount, read back --------------
+sd=$(blk "$FS_LUN")
+mnt=/mnt/fs
+mkdir -p $mnt
+if out=$(mkfs.ext4 -F -q "/dev/$sd" 2>&1); then pass "fs-mkfs" "/dev/$sd"; else fail "fs-mkfs" "$out"; fi
+if out=$(mount -t ext4 "/dev/$sd" $mnt 2>&1); then
+    pass fs-mount "/dev/$sd"
+    ok=1
+    dd if=/dev/urandom of=$mnt/big bs=1M count=6 2>/dev/null || ok=0
+    dd if=/dev/urandom of=$mnt/odd bs=12345 count=3 2>/dev/null || ok=0
+    mkdir -p $mnt/dir
+    n=0
+    while [ $n -lt 50 ]; do echo "file $n $(now)" >$mnt/dir/f$n || ok=0; n=$((n + 1)); done
+    (cd $mnt && find . -type f | sort | xargs md5sum) >/tmp/fs.md5
+    sync
+    if [ $ok = 1 ]; then pass fs-write "$(wc -l </tmp/fs.md5) files"; else fail fs-write "a write failed"; fi
+    umount $mnt
+    echo 3 >/proc/sys/vm/drop_caches
+    mount -t ext4 -o ro "/dev/$sd" $mnt
+    echo 3 >/proc/sys/vm/drop_caches
+    if out=$(cd $mnt && md5sum -c /tmp/fs.md5 2>&1); then
+        pass fs-readback "$(wc -l </tmp/fs.md5) checksums match after umount + drop_caches"
+    else
+        fail fs-readback "$(echo "$out" | grep -v ': OK' | head -n 5)"
+    fi
+    umount $mnt
+    check fs-fsck e2fsck -f -n "/dev/$sd"
+else
+    fail fs-mount "$out"
+fi
+
+# --- LOGICAL UNIT RESET (sg_reset -d) and I/O afterwards ---------------------------
+sg=$(sgdev "$RESET_LUN") sd=$(blk "$RESET_LUN")
+check "reset-lun-$RESET_LUN" sg_reset -d "/dev/$sg"
+if out=$(dd if="/dev/$sd" of=/dev/null bs=64k count=16 iflag=direct 2>&1) && sg_turs "/dev/$sg" >/dev/null 2>&1; then
+    pass "io-after-reset-$RESET_LUN" "read 1 MiB and TUR after the reset"
+else
+    fail "io-after-reset-$RESET_LUN" "$out"
+fi
+
+# --- known patterns the host checks in the image files after poweroff --------------
+for p in $PATTERN_LUNS; do
+    set -- $(echo "$p" | tr ':' ' ')
+    tl=$1:$2 off=$3
+    sd=$(blk "$tl")
+    dd if=/dev/urandom of=/tmp/pat bs=1M count=1 2>/dev/null
+    sum=$(md5sum /tmp/pat | cut -d' ' -f1)
+    if out=$(dd if=/tmp/pat of="/dev/$sd" bs=1M seek=$((off / 1048576)) count=1 oflag=direct conv=fsync 2>&1); then
+        back=$(dd if="/dev/$sd" bs=1M skip=$((off / 1048576)) count=1 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+        if [ "$back" = "$sum" ]; then pass "pattern-$tl" "1 MiB at $off md5 $sum"; else fail "pattern-$tl" "read back $back wrote $sum"; fi
+        echo "VSCSI-PATTERN $tl $off 1048576 $sum"
+    else
+        fail "pattern-$tl" "$out"
+    fi
+done
+sync
+
+# The kernel's view of our devices (the console runs with `quiet`).
+dmesg | grep -iE 'scsi|sd[a-z]|virtio|ext4|i/o error|reset|blk_' | tail -n 80 | sed 's/^/VSCSI-DMESG /'
+log "battery end uptime=$(now)"

@@ -1,0 +1,808 @@
+//! A real Linux guest in QEMU uses our disks (issue 7).
+//!
+//! `cargo test -p vscsi --test qemu_guest -- --nocapture`
+//!
+//! Builds the guest boot image with `images/build-guest.sh` (cached and
+//! idempotent), starts the `vscsi-backend` binary with 2 targets x 2 LUNs
+//! (0:1 read-only, 1:0 with 4096-byte blocks) and `--queues 2`, boots the
+//! Debian kernel in QEMU (TCG) with `-device vhost-user-scsi-pci,num_queues=2`
+//! and QEMU's default device properties, runs `tests/guest/battery.sh` inside
+//! the guest (given through fw_cfg), and parses its `VSCSI-RESULT` lines: each
+//! is one check. After poweroff the host checks that the image files hold the
+//! patterns the guest wrote.
+//!
+//! Without QEMU or a kernel the test prints a loud SKIP and passes, unless
+//! `VSCSI_REQUIRE_GUEST_TEST=1` (CI) makes it fail. Logs (serial console,
+//! daemon with RUST_LOG=debug, QEMU, the script) are kept in
+//! `target/qemu-guest/` and printed on failure.
+//!
+//! Knobs: `VSCSI_BACKEND=/path/to/vscsi-backend` (skip the build),
+//! `VSCSI_GUEST_CACHE=DIR` (image cache), `VSCSI_GUEST_ACCEL=kvm` (default
+//! `tcg,thread=multi`), `VSCSI_GUEST_TIMEOUT=SECS` (default 240).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+/// What a machine needs for this test (Debian package names).
+const PACKAGES: &str =
+    "qemu-system-x86 linux-image-amd64 busybox-static sg3-utils fio e2fsprogs cpio";
+const VENDOR: &str = "VSCSI";
+const PRODUCT: &str = "VIRTUAL-DISK";
+const QUEUES: u32 = 2;
+const BATTERY: &str = include_str!("guest/battery.sh");
+
+struct Lun {
+    target: u8,
+    lun: u16,
+    size: u64,
+    block_size: u32,
+    read_only: bool,
+    file: PathBuf,
+}
+
+impl Lun {
+    fn tl(&self) -> String {
+        format!("{}:{}", self.target, self.lun)
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The cargo profile directory this test binary was built into
+/// (`<target-dir>/<profile>/deps/qemu_guest-<hash>` → `<target-dir>/<profile>`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("test binary has a parent dir");
+    deps.parent().expect("deps has a parent dir").to_path_buf()
+}
+
+fn in_path(prog: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/sbin", "/usr/sbin"].map(PathBuf::from))
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+}
+
+/// An ELF64 executable without a PT_INTERP program header (statically linked).
+fn is_static_elf(b: &[u8]) -> bool {
+    let u16_at = |o: usize| {
+        b.get(o..o + 2)
+            .map(|s| u16::from_le_bytes([s[0], s[1]]) as usize)
+    };
+    let u64_at = |o: usize| {
+        b.get(o..o + 8)
+            .map(|s| u64::from_le_bytes(s.try_into().unwrap()) as usize)
+    };
+    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    (0..phnum).all(|i| {
+        let o = phoff + i * phentsize;
+        b.get(o..o + 4)
+            .map(|t| u32::from_le_bytes(t.try_into().unwrap()) != 3)
+            .unwrap_or(false)
+    })
+}
+
+/// What is missing to run the guest test, as human-readable items.
+fn missing_prerequisites() -> Vec<String> {
+    let mut missing = Vec::new();
+    for (prog, pkg) in [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("sg_inq", "sg3-utils"),
+        ("fio", "fio"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("cpio", "cpio"),
+        ("gzip", "gzip"),
+    ] {
+        if in_path(prog).is_none() {
+            missing.push(format!("{prog} (package {pkg})"));
+        }
+    }
+    let busybox_static = fs::read("/bin/busybox")
+        .map(|b| is_static_elf(&b))
+        .unwrap_or(false);
+    if !busybox_static {
+        missing.push("a static /bin/busybox (package busybox-static)".into());
+    }
+    let kernel = fs::read_dir("/boot").ok().and_then(|d| {
+        d.filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_prefix("vmlinuz-")
+                    .map(str::to_owned)
+            })
+            .find(|v| {
+                Path::new("/lib/modules")
+                    .join(v)
+                    .join("modules.dep")
+                    .is_file()
+            })
+    });
+    if kernel.is_none() {
+        missing.push("a kernel in /boot with its modules (package linux-image-amd64)".into());
+    }
+    missing
+}
+
+/// The `vscsi-backend` binary to test. `cargo test` does not build the
+/// binaries of a dev-dependency (only `CARGO_BIN_EXE_*` of this package
+/// exist), so we run `cargo build -p vscsi-backend` with the cargo that runs
+/// us, for the same profile and target dir as this test binary: a no-op of a
+/// fraction of a second when it is up to date, and a stale binary from an
+/// older checkout can never be tested by accident. Cargo has released its
+/// build lock by the time test binaries run, so this does not deadlock.
+/// `VSCSI_BACKEND=/path` skips the build.
+fn backend_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("VSCSI_BACKEND") {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "VSCSI_BACKEND={} is not a file", p.display());
+        return p;
+    }
+    let profile_dir = profile_dir();
+    let target_dir = profile_dir.parent().unwrap();
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev".to_string(),
+        Some(other) => other.to_string(),
+        None => "dev".to_string(),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let t = Instant::now();
+    let status = Command::new(&cargo)
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "vscsi-backend",
+            "--bin",
+            "vscsi-backend",
+            "--profile",
+            &profile,
+        ])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .status()
+        .expect("cannot run cargo to build vscsi-backend");
+    assert!(
+        status.success(),
+        "cargo build -p vscsi-backend --profile {profile} failed: {status}"
+    );
+    let bin = profile_dir.join("vscsi-backend");
+    assert!(bin.is_file(), "{} missing after cargo build", bin.display());
+    eprintln!(
+        "vscsi-backend: {} (cargo build {:.1} s)",
+        bin.display(),
+        t.elapsed().as_secs_f64()
+    );
+    bin
+}
+
+fn guest_cache() -> PathBuf {
+    if let Some(d) = std::env::var_os("VSCSI_GUEST_CACHE") {
+        return d.into();
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache")
+        });
+    base.join("vscsi").join("guest")
+}
+
+/// Runs `images/build-guest.sh CACHE`; returns (kernel, initramfs).
+fn build_guest_image() -> (PathBuf, PathBuf) {
+    let script = workspace_root().join("images/build-guest.sh");
+    let t = Instant::now();
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(guest_cache())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cannot run bash images/build-guest.sh");
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        script.display(),
+        out.status
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = stdout.lines();
+    let kernel = PathBuf::from(lines.next().expect("kernel path"));
+    let initrd = PathBuf::from(lines.next().expect("initramfs path"));
+    assert!(
+        kernel.is_file() && initrd.is_file(),
+        "build-guest.sh printed {stdout}"
+    );
+    eprintln!(
+        "guest image: {} + {} ({:.1} s)",
+        kernel.display(),
+        initrd.display(),
+        t.elapsed().as_secs_f64()
+    );
+    (kernel, initrd)
+}
+
+/// md5 of `data`, with the host's `md5sum` (coreutils), as the guest's busybox prints it.
+fn md5_hex(data: &[u8]) -> String {
+    let mut child = Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("md5sum (coreutils)");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// A deterministic byte pattern (xorshift), for the read-only image.
+fn fill_pattern(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        v.extend_from_slice(&seed.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+struct Guard(Option<Child>, &'static str);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            if let Ok(None) = c.try_wait() {
+                eprintln!("killing {} (pid {})", self.1, c.id());
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+fn wait_socket(path: &Path, daemon: &mut Child, log: &Path) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(20) {
+        if fs::metadata(path)
+            .map(|m| m.file_type().is_socket())
+            .unwrap_or(false)
+        {
+            return;
+        }
+        if let Ok(Some(st)) = daemon.try_wait() {
+            panic!(
+                "vscsi-backend exited ({st}) before creating its socket; log:\n{}",
+                fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("vscsi-backend did not create {} in 20 s", path.display());
+}
+
+fn stop_daemon(daemon: &mut Child) -> Option<std::process::ExitStatus> {
+    unsafe {
+        libc::kill(daemon.id() as i32, libc::SIGTERM);
+    }
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(st)) = daemon.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    None
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map(|d| format!("{:.1} s", d.as_secs_f64()))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Writes to the real stderr, past libtest's output capture (which only takes
+/// the print macros), so CI logs show it even when the test passes.
+fn loud(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+/// The tail of a log, at most `lines` lines.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    let skip = all.len().saturating_sub(lines);
+    let mut s = String::new();
+    if skip > 0 {
+        s.push_str(&format!("[... {skip} earlier lines ...]\n"));
+    }
+    for l in &all[skip..] {
+        s.push_str(l);
+        s.push('\n');
+    }
+    s
+}
+
+#[derive(Debug, Clone)]
+struct Check {
+    status: String,
+    detail: String,
+}
+
+/// `VSCSI-RESULT name STATUS detail` lines of the serial log.
+fn parse_results(serial: &str) -> BTreeMap<String, Check> {
+    let mut r = BTreeMap::new();
+    for line in serial.lines() {
+        let line = line.trim_end_matches('\r');
+        let Some(at) = line.find("VSCSI-RESULT ") else {
+            continue;
+        };
+        let mut it = line[at + 13..].splitn(3, ' ');
+        let (Some(name), Some(status)) = (it.next(), it.next()) else {
+            continue;
+        };
+        let detail = it.next().unwrap_or("").trim().to_string();
+        r.insert(
+            name.to_string(),
+            Check {
+                status: status.to_string(),
+                detail,
+            },
+        );
+    }
+    r
+}
+
+/// `uptime=<secs>` in the first line containing `marker`.
+fn uptime_at(serial: &str, marker: &str) -> Option<f64> {
+    let line = serial.lines().find(|l| l.contains(marker))?;
+    let v = line.split("uptime=").nth(1)?.split_whitespace().next()?;
+    v.parse().ok()
+}
+
+#[test]
+fn linux_guest_uses_our_disks() {
+    let test_start = Instant::now();
+    let missing = missing_prerequisites();
+    if !missing.is_empty() {
+        let msg = format!(
+            "the QEMU guest test cannot run: missing {}.\nInstall: apt-get install {PACKAGES}",
+            missing.join(", ")
+        );
+        if std::env::var("VSCSI_REQUIRE_GUEST_TEST").as_deref() == Ok("1") {
+            panic!("{msg}\n(VSCSI_REQUIRE_GUEST_TEST=1 requires this test to run)");
+        }
+        loud(&format!(
+            "\n{bar}\nSKIP qemu_guest: {msg}\n(set VSCSI_REQUIRE_GUEST_TEST=1 to make this a failure)\n{bar}\n",
+            bar = "=".repeat(78)
+        ));
+        return;
+    }
+
+    let (kernel, initrd) = build_guest_image();
+    let backend = backend_binary();
+
+    // Logs where CI (and people) find them.
+    let logs = profile_dir().parent().unwrap().join("qemu-guest");
+    fs::create_dir_all(&logs).unwrap();
+    let serial_log = logs.join("serial.log");
+    let daemon_log = logs.join("daemon.log");
+    let qemu_log = logs.join("qemu.log");
+    for f in [&serial_log, &daemon_log, &qemu_log] {
+        let _ = fs::remove_file(f);
+    }
+
+    // Images: 2 targets x 2 LUNs.
+    let dir = tempfile::tempdir().unwrap();
+    let mk = |target, lun, size, block_size, read_only| Lun {
+        target,
+        lun,
+        size,
+        block_size,
+        read_only,
+        file: dir.path().join(format!("t{target}l{lun}.img")),
+    };
+    let luns = [
+        mk(0, 0, 64 * MIB, 512, false),  // fio verify, pattern at 32 MiB
+        mk(0, 1, 16 * MIB, 512, true),   // read-only, pre-filled
+        mk(1, 0, 64 * MIB, 4096, false), // 4 KiB blocks: ext4
+        mk(1, 1, 32 * MIB, 512, false),  // LUN reset, then pattern at 1 MiB
+    ];
+    let ro_content = fill_pattern(16 * MIB as usize, 0x5eed_1234_abcd_0042);
+    for l in &luns {
+        let f = File::create(&l.file).unwrap();
+        f.set_len(l.size).unwrap();
+        if l.read_only {
+            f.write_all_at(&ro_content, 0).unwrap();
+        }
+    }
+    let ro_md5_first_mib = md5_hex(&ro_content[..MIB as usize]);
+    let ro_md5_all = md5_hex(&ro_content);
+
+    // The daemon binary, with debug logs.
+    let socket = dir.path().join("vscsi.sock");
+    let mut args: Vec<String> = vec!["--socket".into(), socket.display().to_string()];
+    for l in &luns {
+        let mut spec = format!("{}={}", l.tl(), l.file.display());
+        if l.read_only {
+            spec.push_str(",ro");
+        }
+        if l.block_size != 512 {
+            spec.push_str(&format!(",bs={}", l.block_size));
+        }
+        args.push("--lun".into());
+        args.push(spec);
+    }
+    args.push("--queues".into());
+    args.push(QUEUES.to_string());
+    let dlog = File::create(&daemon_log).unwrap();
+    let daemon = Command::new(&backend)
+        .args(&args)
+        .env(
+            "RUST_LOG",
+            std::env::var("VSCSI_GUEST_RUST_LOG").unwrap_or_else(|_| "debug".into()),
+        )
+        .stdout(dlog.try_clone().unwrap())
+        .stderr(dlog)
+        .spawn()
+        .expect("cannot start vscsi-backend");
+    let mut daemon = Guard(Some(daemon), "vscsi-backend");
+    eprintln!("daemon: {} {}", backend.display(), args.join(" "));
+    wait_socket(&socket, daemon.0.as_mut().unwrap(), &daemon_log);
+
+    // The guest's script: expectations, then the battery.
+    let lun_list: Vec<String> = luns
+        .iter()
+        .map(|l| {
+            format!(
+                "{}:{}:{}:{}",
+                l.tl(),
+                l.size,
+                l.block_size,
+                if l.read_only { "ro" } else { "rw" }
+            )
+        })
+        .collect();
+    let patterns = [("0:0", 32 * MIB), ("1:1", MIB)];
+    let pattern_list: Vec<String> = patterns
+        .iter()
+        .map(|(tl, off)| format!("{tl}:{off}"))
+        .collect();
+    let script = format!(
+        "#!/bin/sh\nLUNS=\"{}\"\nVENDOR=\"{VENDOR}\"\nPRODUCT=\"{PRODUCT}\"\nRO_MD5={ro_md5_first_mib}\n\
+         FIO_LUN=0:0\nFS_LUN=1:0\nRESET_LUN=1:1\nPATTERN_LUNS=\"{}\"\nQUEUES={QUEUES}\n{BATTERY}",
+        lun_list.join(" "),
+        pattern_list.join(" ")
+    );
+    let script_path = logs.join("test.sh");
+    fs::write(&script_path, &script).unwrap();
+
+    // QEMU.
+    let accel = std::env::var("VSCSI_GUEST_ACCEL").unwrap_or_else(|_| "tcg,thread=multi".into());
+    let limit = Duration::from_secs(
+        std::env::var("VSCSI_GUEST_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(240),
+    );
+    let qemu_args: Vec<String> = [
+        "-nodefaults",
+        "-nographic",
+        "-no-reboot",
+        "-accel",
+        &accel,
+        "-cpu",
+        "max",
+        "-smp",
+        "2",
+        "-m",
+        "512M",
+        "-object",
+        "memory-backend-memfd,id=mem,size=512M,share=on",
+        "-machine",
+        "q35,memory-backend=mem",
+        "-chardev",
+        &format!("socket,id=vus,path={}", socket.display()),
+        "-device",
+        &format!("vhost-user-scsi-pci,num_queues={QUEUES},chardev=vus"),
+        "-kernel",
+        &kernel.display().to_string(),
+        "-initrd",
+        &initrd.display().to_string(),
+        "-append",
+        "console=ttyS0 panic=-1 quiet",
+        "-fw_cfg",
+        &format!("name=opt/vscsi/script,file={}", script_path.display()),
+        "-serial",
+        &format!("file:{}", serial_log.display()),
+        "-monitor",
+        "none",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    eprintln!("qemu: qemu-system-x86_64 {}", qemu_args.join(" "));
+    let qlog = File::create(&qemu_log).unwrap();
+    let qemu_start = Instant::now();
+    let qemu = Command::new("qemu-system-x86_64")
+        .args(&qemu_args)
+        .stdin(Stdio::null())
+        .stdout(qlog.try_clone().unwrap())
+        .stderr(qlog)
+        .spawn()
+        .expect("cannot start qemu-system-x86_64");
+    let mut qemu = Guard(Some(qemu), "qemu-system-x86_64");
+
+    let mut seen_init: Option<Duration> = None;
+    let mut seen_done: Option<Duration> = None;
+    let mut timed_out = false;
+    let qemu_status = loop {
+        let serial = fs::read_to_string(&serial_log).unwrap_or_default();
+        if seen_init.is_none() && serial.contains("VSCSI-INIT") {
+            seen_init = Some(qemu_start.elapsed());
+        }
+        if seen_done.is_none() && serial.contains("VSCSI-DONE") {
+            seen_done = Some(qemu_start.elapsed());
+        }
+        if let Some(st) = qemu.0.as_mut().unwrap().try_wait().unwrap() {
+            break Some(st);
+        }
+        if qemu_start.elapsed() > limit {
+            timed_out = true;
+            eprintln!("QEMU still running after {} s: killing it", limit.as_secs());
+            let c = qemu.0.as_mut().unwrap();
+            let _ = c.kill();
+            let _ = c.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let qemu_time = qemu_start.elapsed();
+    let daemon_status = stop_daemon(daemon.0.as_mut().unwrap());
+
+    let serial = fs::read_to_string(&serial_log).unwrap_or_default();
+    let mut results = parse_results(&serial);
+
+    // Host side: the image files hold what the guest wrote.
+    let mut pattern_lines = 0;
+    for line in serial
+        .lines()
+        .filter_map(|l| l.find("VSCSI-PATTERN ").map(|at| &l[at + 14..]))
+    {
+        let f: Vec<&str> = line.trim_end_matches('\r').split_whitespace().collect();
+        let [tl, off, len, md5] = f[..] else { continue };
+        pattern_lines += 1;
+        let name = format!("host-pattern-{tl}");
+        let check = match (
+            luns.iter().find(|l| l.tl() == tl),
+            off.parse::<u64>(),
+            len.parse::<usize>(),
+        ) {
+            (Some(l), Ok(off), Ok(len)) => {
+                let mut buf = vec![0u8; len];
+                File::open(&l.file)
+                    .unwrap()
+                    .read_exact_at(&mut buf, off)
+                    .unwrap();
+                let got = md5_hex(&buf);
+                if got == md5 {
+                    Check {
+                        status: "PASS".into(),
+                        detail: format!("{} at {off}: md5 {got}", l.file.display()),
+                    }
+                } else {
+                    Check {
+                        status: "FAIL".into(),
+                        detail: format!("image has md5 {got}, guest wrote {md5}"),
+                    }
+                }
+            }
+            _ => Check {
+                status: "FAIL".into(),
+                detail: format!("bad pattern line: {line}"),
+            },
+        };
+        results.insert(name, check);
+    }
+    let ro_now = md5_hex(&fs::read(&luns[1].file).unwrap());
+    results.insert(
+        "host-ro-unchanged".into(),
+        if ro_now == ro_md5_all {
+            Check {
+                status: "PASS".into(),
+                detail: "read-only image unchanged".into(),
+            }
+        } else {
+            Check {
+                status: "FAIL".into(),
+                detail: format!("read-only image md5 {ro_now}, was {ro_md5_all}"),
+            }
+        },
+    );
+
+    // Which checks must be there, and which may SKIP.
+    let mut required: Vec<String> = [
+        "hba",
+        "mq-queues",
+        "fio-verify",
+        "mq-both-used",
+        "fs-mkfs",
+        "fs-mount",
+        "fs-write",
+        "fs-readback",
+        "fs-fsck",
+        "reset-lun-1:1",
+        "io-after-reset-1:1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for l in &luns {
+        let tl = l.tl();
+        for c in [
+            "present",
+            "inquiry",
+            "vpd00",
+            "vpd80",
+            "vpd83",
+            "vpdb0",
+            "vpdb1",
+            "vpdb2",
+            "readcap",
+            "sysfs-size",
+            "luns",
+            "tur",
+            "modes",
+            "requests",
+            "sync",
+            "opcodes",
+        ] {
+            required.push(format!("{c}-{tl}"));
+        }
+        if l.read_only {
+            required.extend([
+                format!("ro-flag-{tl}"),
+                format!("ro-write-refused-{tl}"),
+                format!("ro-read-{tl}"),
+            ]);
+        } else {
+            required.push(format!("rw-flag-{tl}"));
+        }
+    }
+    for (tl, _) in patterns {
+        required.push(format!("pattern-{tl}"));
+        required.push(format!("host-pattern-{tl}"));
+    }
+    let may_skip = |name: &str| {
+        ["opcodes-", "vpd80-", "vpdb0-", "vpdb1-", "vpdb2-"]
+            .iter()
+            .any(|p| name.starts_with(p))
+    };
+
+    let mut failures = Vec::new();
+    let mut no_result = Vec::new();
+    for name in &required {
+        match results.get(name) {
+            None => no_result.push(name.as_str()),
+            Some(c) if c.status == "PASS" => {}
+            Some(c) if c.status == "SKIP" && may_skip(name) => {}
+            Some(c) => failures.push(format!("{name}: {} {}", c.status, c.detail)),
+        }
+    }
+    for (name, c) in &results {
+        if c.status == "FAIL" && !required.contains(name) {
+            failures.push(format!("{name}: FAIL {}", c.detail));
+        }
+    }
+    if !no_result.is_empty() {
+        failures.push(format!(
+            "{} check(s) printed no result: {}",
+            no_result.len(),
+            no_result.join(" ")
+        ));
+    }
+    let done = serial.contains("VSCSI-DONE");
+    if !done {
+        failures.push(if timed_out {
+            format!(
+                "VSCSI-DONE never appeared: QEMU killed after {} s",
+                limit.as_secs()
+            )
+        } else {
+            format!("VSCSI-DONE never appeared: QEMU exited with {qemu_status:?}")
+        });
+    }
+    if let Some(st) = qemu_status {
+        if !st.success() {
+            failures.push(format!("QEMU exited with {st}"));
+        }
+    }
+    match daemon_status {
+        Some(st) if st.success() => {}
+        other => failures.push(format!(
+            "vscsi-backend did not exit 0 on SIGTERM: {other:?}"
+        )),
+    }
+
+    // Report.
+    let mut report = String::new();
+    report.push_str(&format!("\n{:-^78}\n", " QEMU guest checks "));
+    for (name, c) in &results {
+        report.push_str(&format!("{:<28} {:<4} {}\n", name, c.status, c.detail));
+    }
+    let init_up = uptime_at(&serial, "VSCSI-INIT");
+    let done_up = uptime_at(&serial, "VSCSI-DONE");
+    let battery = match (init_up, done_up) {
+        (Some(a), Some(b)) => format!("{:.1} s", b - a),
+        _ => "-".into(),
+    };
+    let count = |st: &str| results.values().filter(|c| c.status == st).count();
+    let summary = format!(
+        "qemu_guest: {} PASS, {} SKIP, {} FAIL, {} failure(s); accel {accel}: init reached {} after \
+         QEMU start (guest uptime {}), battery {battery}, QEMU ran {:.1} s, VSCSI-DONE at {}, \
+         whole test {:.1} s; logs in {}",
+        count("PASS"),
+        count("SKIP"),
+        count("FAIL"),
+        failures.len(),
+        secs(seen_init),
+        init_up.map(|u| format!("{u:.1} s")).unwrap_or("-".into()),
+        qemu_time.as_secs_f64(),
+        secs(seen_done),
+        test_start.elapsed().as_secs_f64(),
+        logs.display()
+    );
+    eprint!("{report}");
+    loud(&summary);
+    if pattern_lines == 0 {
+        eprintln!("(the guest printed no VSCSI-PATTERN line)");
+    }
+
+    if !failures.is_empty() {
+        let daemon_text = fs::read_to_string(&daemon_log).unwrap_or_default();
+        eprintln!("{:=^78}\n{serial}", " serial console ");
+        eprintln!(
+            "{:=^78}\n{}",
+            format!(
+                " daemon log (RUST_LOG=debug, last 300 of {} lines; full log {}) ",
+                daemon_text.lines().count(),
+                daemon_log.display()
+            ),
+            tail(&daemon_text, 300)
+        );
+        eprintln!(
+            "{:=^78}\n{}",
+            " qemu stdout/stderr ",
+            fs::read_to_string(&qemu_log).unwrap_or_default()
+        );
+        panic!(
+            "{} guest check(s) failed:\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        );
+    }
+}
