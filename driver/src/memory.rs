@@ -239,55 +239,31 @@ impl SharedMemory {
         }
     }
 
-    /// Copies `data` into the region at `offset` (bounds-checked, volatile stores).
+    /// Copies `data` into the region at `offset` (bounds-checked).
+    ///
+    /// A plain `memcpy`: this is for request headers and data buffers, which
+    /// the device does not touch until the ring publishes them (release
+    /// store of `avail->idx`) and stops touching once it returns them
+    /// (acquire load of `used->idx`). Ring structures the device writes
+    /// concurrently go through the ring's atomic accessors instead.
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
         let dst = self.checked_ptr(offset, data.len())?;
-        let mut i = 0;
-        // Byte stores until the shared side is 8-byte aligned, then 8-byte stores.
-        while i < data.len() && (dst as usize + i) & 7 != 0 {
-            // SAFETY: dst + i is inside the checked range [offset, offset + data.len()) of the live mapping.
-            unsafe { dst.add(i).write_volatile(data[i]) };
-            i += 1;
-        }
-        while i + 8 <= data.len() {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(&data[i..i + 8]);
-            // SAFETY: dst + i is 8-byte aligned (loop above) and the 8 bytes lie inside the checked range of the live mapping.
-            unsafe {
-                dst.add(i)
-                    .cast::<u64>()
-                    .write_volatile(u64::from_ne_bytes(word))
-            };
-            i += 8;
-        }
-        while i < data.len() {
-            // SAFETY: dst + i is inside the checked range of the live mapping.
-            unsafe { dst.add(i).write_volatile(data[i]) };
-            i += 1;
-        }
+        // SAFETY: [dst, dst + data.len()) is inside the live mapping (checked
+        // above) and cannot overlap `data`, which is ordinary process memory;
+        // the ring protocol keeps the device off this buffer meanwhile, and a
+        // device that breaks it can only make the bytes wrong, not unsafe.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
         Ok(())
     }
 
-    /// Copies `out.len()` bytes at `offset` out of the region (bounds-checked, volatile loads).
+    /// Copies `out.len()` bytes at `offset` out of the region (bounds-checked).
+    ///
+    /// A plain `memcpy`, under the same ring-protocol argument as [`write`](Self::write).
     pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
         let src = self.checked_ptr(offset, out.len())?.cast_const();
-        let mut i = 0;
-        while i < out.len() && (src as usize + i) & 7 != 0 {
-            // SAFETY: src + i is inside the checked range of the live mapping.
-            out[i] = unsafe { src.add(i).read_volatile() };
-            i += 1;
-        }
-        while i + 8 <= out.len() {
-            // SAFETY: src + i is 8-byte aligned and the 8 bytes lie inside the checked range of the live mapping.
-            let word = unsafe { src.add(i).cast::<u64>().read_volatile() };
-            out[i..i + 8].copy_from_slice(&word.to_ne_bytes());
-            i += 8;
-        }
-        while i < out.len() {
-            // SAFETY: src + i is inside the checked range of the live mapping.
-            out[i] = unsafe { src.add(i).read_volatile() };
-            i += 1;
-        }
+        // SAFETY: [src, src + out.len()) is inside the live mapping (checked
+        // above) and cannot overlap `out`; any byte value is a valid u8.
+        unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
         Ok(())
     }
 
