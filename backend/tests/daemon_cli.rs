@@ -136,7 +136,7 @@ fn odd_sized_images_are_served_rounded_down_with_a_warning() {
     let dir = tempfile::tempdir().unwrap();
     let img = image(dir.path(), "odd.img", (1 << 20) + 100);
     let sock = dir.path().join("vs.sock");
-    let mut child = spawn(&["--socket", sock.to_str().unwrap(), img.to_str().unwrap()]);
+    let child = spawn(&["--socket", sock.to_str().unwrap(), img.to_str().unwrap()]);
     wait_for(&sock);
     // SAFETY: plain kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

@@ -71,7 +71,7 @@ fn read_and_write_allocate_nothing_in_steady_state() {
             ]
         })
         .collect();
-    let mut run = |data_in: &mut VecDataIn| {
+    let run = |data_in: &mut VecDataIn| {
         for (cdb, write) in &cdbs {
             let req = Request { cdb: cdb.as_bytes(), tag: 1, task_attr: 0 };
             let r = if *write {

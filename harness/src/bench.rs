@@ -235,7 +235,7 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
     let dev = Device::open(&DeviceArgs { conn: conn.clone(), target: d.target, lun: d.lun }).await?;
     let cap = blockio::read_capacity(&dev).await?;
     let bs = args.bs;
-    if bs == 0 || bs % cap.block_size as u64 != 0 {
+    if bs == 0 || !bs.is_multiple_of(cap.block_size as u64) {
         bail!("--bs {bs} is not a multiple of the LUN's {}-byte blocks", cap.block_size);
     }
     let region = args.size.unwrap_or(cap.bytes()).min(cap.bytes());

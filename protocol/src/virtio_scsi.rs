@@ -379,12 +379,14 @@ mod tests {
         req.tag = U64::new(0x0102_0304_0506_0708);
         assert_eq!(&req.as_bytes()[8..16], &[8, 7, 6, 5, 4, 3, 2, 1]);
 
-        let mut resp = CmdResp::default();
-        resp.sense_len = U32::new(18);
-        resp.resid = U32::new(0x1000);
-        resp.status_qualifier = U16::new(0xABCD);
-        resp.status = 2;
-        resp.response = Response::BadTarget as u8;
+        let resp = CmdResp {
+            sense_len: U32::new(18),
+            resid: U32::new(0x1000),
+            status_qualifier: U16::new(0xABCD),
+            status: 2,
+            response: Response::BadTarget as u8,
+            ..CmdResp::default()
+        };
         let bytes = resp.as_bytes();
         assert_eq!(
             &bytes[..12],
