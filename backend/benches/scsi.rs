@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use vscsi_backend::scsi::{LogicalUnit, LunOptions, Request, ScsiBus, SliceDataOut, VecDataIn, NO_DATA_OUT};
+use vscsi_backend::scsi::{
+    LogicalUnit, LunOptions, Request, ScsiBus, SliceDataOut, VecDataIn, NO_DATA_OUT,
+};
 use vscsi_protocol::cdb::Cdb;
 
 fn bus(dir: &std::path::Path) -> ScsiBus {
@@ -14,7 +16,12 @@ fn bus(dir: &std::path::Path) -> ScsiBus {
     // Real data, so reads come from the page cache rather than holes.
     std::os::unix::fs::FileExt::write_all_at(&f, &vec![0xA5; 64 << 20], 0).unwrap();
     let mut bus = ScsiBus::new();
-    bus.add_lun(0, 0, Arc::new(LogicalUnit::open(&path, LunOptions::default()).unwrap())).unwrap();
+    bus.add_lun(
+        0,
+        0,
+        Arc::new(LogicalUnit::open(&path, LunOptions::default()).unwrap()),
+    )
+    .unwrap();
     bus
 }
 
@@ -27,17 +34,50 @@ fn dispatch(c: &mut Criterion) {
     let tur = Cdb::test_unit_ready();
     g.bench_function("test_unit_ready", |b| {
         let mut din = VecDataIn::new(0);
-        b.iter(|| t.execute(0, &Request { cdb: tur.as_bytes(), tag: 1, task_attr: 0 }, &mut din, &NO_DATA_OUT))
+        b.iter(|| {
+            t.execute(
+                0,
+                &Request {
+                    cdb: tur.as_bytes(),
+                    tag: 1,
+                    task_attr: 0,
+                },
+                &mut din,
+                &NO_DATA_OUT,
+            )
+        })
     });
     let inq = Cdb::inquiry(false, 0, 96);
     g.bench_function("inquiry", |b| {
         let mut din = VecDataIn::new(96);
-        b.iter(|| t.execute(0, &Request { cdb: inq.as_bytes(), tag: 1, task_attr: 0 }, &mut din, &NO_DATA_OUT))
+        b.iter(|| {
+            t.execute(
+                0,
+                &Request {
+                    cdb: inq.as_bytes(),
+                    tag: 1,
+                    task_attr: 0,
+                },
+                &mut din,
+                &NO_DATA_OUT,
+            )
+        })
     });
     let bad = [0xC5u8, 0, 0, 0, 0, 0];
     g.bench_function("invalid_opcode", |b| {
         let mut din = VecDataIn::new(0);
-        b.iter(|| t.execute(0, &Request { cdb: &bad, tag: 1, task_attr: 0 }, &mut din, &NO_DATA_OUT))
+        b.iter(|| {
+            t.execute(
+                0,
+                &Request {
+                    cdb: &bad,
+                    tag: 1,
+                    task_attr: 0,
+                },
+                &mut din,
+                &NO_DATA_OUT,
+            )
+        })
     });
 
     g.throughput(Throughput::Bytes(4096));
@@ -49,7 +89,18 @@ fn dispatch(c: &mut Criterion) {
                 lba = (lba + 8) % (64 << 11);
                 Cdb::read_10(lba, 8, false)
             },
-            |cdb| t.execute(0, &Request { cdb: cdb.as_bytes(), tag: 1, task_attr: 0 }, &mut din, &NO_DATA_OUT),
+            |cdb| {
+                t.execute(
+                    0,
+                    &Request {
+                        cdb: cdb.as_bytes(),
+                        tag: 1,
+                        task_attr: 0,
+                    },
+                    &mut din,
+                    &NO_DATA_OUT,
+                )
+            },
             BatchSize::SmallInput,
         )
     });
@@ -61,7 +112,18 @@ fn dispatch(c: &mut Criterion) {
                 lba = (lba + 8) % (64 << 11);
                 Cdb::write_10(lba, 8, false)
             },
-            |cdb| t.execute(0, &Request { cdb: cdb.as_bytes(), tag: 1, task_attr: 0 }, &mut din, &SliceDataOut(&payload)),
+            |cdb| {
+                t.execute(
+                    0,
+                    &Request {
+                        cdb: cdb.as_bytes(),
+                        tag: 1,
+                        task_attr: 0,
+                    },
+                    &mut din,
+                    &SliceDataOut(&payload),
+                )
+            },
             BatchSize::SmallInput,
         )
     });

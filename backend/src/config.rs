@@ -1,13 +1,23 @@
-//! From command-line LUN specifications to a [`ScsiBus`].
+//! From a configuration file or command-line LUN specifications to the
+//! daemon's controllers and their [`ScsiBus`]es.
 //!
-//! Two forms, mappable onto one structure: positional images become LUNs
-//! 0, 1, 2... of target 0, and `--lun TARGET:LUN=PATH[,ro][,bs=N]` places an
-//! image anywhere. Every image is opened (and locked) here, before any
-//! socket exists, so a bad image stops the daemon with a message naming it.
+//! Command line: positional images become LUNs 0, 1, 2... of target 0, and
+//! `--lun TARGET:LUN=PATH[,ro][,bs=N]` places an image anywhere; both map
+//! onto one [`ControllerConfig`]. A TOML file ([`load_file`]) describes any
+//! number of controllers (one vhost-user socket each) and their LUNs; every
+//! error names the file, the line and the field. Every image is opened (and
+//! locked) before any socket exists, so a bad image stops the daemon with a
+//! message naming it.
 
-use std::path::PathBuf;
+use std::fmt::Write as _;
+use std::ops::Range;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
 
 use vscsi_protocol::lun::MAX_LUN;
 
@@ -73,6 +83,26 @@ pub enum ConfigError {
     /// The SCSI bus refused the LUN.
     #[error("{0}")]
     Bus(String),
+    /// A configuration file error, with where it is.
+    #[error("{}:{line}: {field}: {message}", .file.display())]
+    File {
+        /// The configuration file.
+        file: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// The field (or table) at fault.
+        field: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// The configuration file cannot be read.
+    #[error("cannot read configuration file {}: {source}", .file.display())]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
 }
 
 /// The options after `PATH` in `--lun TARGET:LUN=PATH[,OPTION...]`.
@@ -221,6 +251,787 @@ pub fn build_bus(specs: &[LunSpec], max_sectors: u32) -> Result<ScsiBus, ConfigE
             .map_err(|e| ConfigError::Bus(e.to_string()))?;
     }
     Ok(bus)
+}
+
+/// Default socket mode: owner and group may connect (QEMU often runs as
+/// another user of a shared group); never world-writable.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+/// Mode of the control socket and of a unix metrics socket.
+pub const CONTROL_SOCKET_MODE: u32 = 0o600;
+
+/// Who may connect to a socket the daemon creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketAccess {
+    /// Owner uid to `chown` to (`None`: the daemon's).
+    pub uid: Option<u32>,
+    /// Group gid to `chown` to (`None`: the daemon's).
+    pub gid: Option<u32>,
+    /// Permission bits (never world-writable).
+    pub mode: u32,
+}
+
+impl Default for SocketAccess {
+    fn default() -> Self {
+        Self {
+            uid: None,
+            gid: None,
+            mode: DEFAULT_SOCKET_MODE,
+        }
+    }
+}
+
+/// One LUN of a controller, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LunConfig {
+    /// Address, image and options.
+    pub spec: LunSpec,
+    /// The image may also be served by another LUN (read-only everywhere).
+    pub shared: bool,
+    /// Fault injection spec (see [`crate::fault::FaultSpec`]), if any.
+    pub fault: Option<String>,
+}
+
+/// One controller: one vhost-user socket, its own SCSI domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerConfig {
+    /// Name (unique; used by the control socket and in metrics labels).
+    pub name: String,
+    /// vhost-user socket path.
+    pub socket: PathBuf,
+    /// Owner, group and mode of the socket.
+    pub access: SocketAccess,
+    /// Request queues offered.
+    pub queues: u16,
+    /// Largest virtqueue size the frontend may use.
+    pub queue_size: u16,
+    /// Largest transfer per command in 512-byte sectors.
+    pub max_sectors: u32,
+    /// The LUNs.
+    pub luns: Vec<LunConfig>,
+}
+
+/// The whole daemon configuration, from a file or the command line.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DaemonConfig {
+    /// Control socket (JSON-RPC), if any.
+    pub control: Option<PathBuf>,
+    /// Prometheus endpoint: `HOST:PORT` on a loopback address, or `unix:PATH`.
+    pub metrics: Option<String>,
+    /// The controllers.
+    pub controllers: Vec<ControllerConfig>,
+    /// Busy-poll each request queue this many microseconds after it runs
+    /// dry (`--poll-us`; 0: sleep on the kick eventfd at once).
+    pub poll_us: u32,
+}
+
+impl DaemonConfig {
+    /// The one-socket configuration the command-line flags describe.
+    pub fn from_cli(
+        socket: PathBuf,
+        specs: Vec<LunSpec>,
+        queues: u16,
+        queue_size: u16,
+    ) -> DaemonConfig {
+        DaemonConfig {
+            control: None,
+            metrics: None,
+            poll_us: 0,
+            controllers: vec![ControllerConfig {
+                name: "ctrl0".into(),
+                socket,
+                access: SocketAccess::default(),
+                queues,
+                queue_size,
+                max_sectors: 0xFFFF,
+                luns: specs
+                    .into_iter()
+                    .map(|spec| LunConfig {
+                        spec,
+                        shared: false,
+                        fault: None,
+                    })
+                    .collect(),
+            }],
+        }
+    }
+
+    /// The resolved configuration as TOML (what `--check-config` prints):
+    /// every default filled in, paths absolute where the file gave them
+    /// relative.
+    pub fn to_toml(&self) -> String {
+        let file = ResolvedFile {
+            control: self.control.clone(),
+            metrics: self.metrics.clone(),
+            controller: self
+                .controllers
+                .iter()
+                .map(|c| ResolvedController {
+                    name: c.name.clone(),
+                    socket: c.socket.clone(),
+                    owner: c.access.uid,
+                    group: c.access.gid,
+                    mode: format!("{:04o}", c.access.mode),
+                    queues: c.queues,
+                    queue_size: c.queue_size,
+                    max_sectors: c.max_sectors,
+                    lun: c.luns.iter().map(LunFields::from_config).collect(),
+                })
+                .collect(),
+        };
+        toml::to_string(&file).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+}
+
+#[derive(Serialize)]
+struct ResolvedFile {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    control: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<String>,
+    controller: Vec<ResolvedController>,
+}
+
+#[derive(Serialize)]
+struct ResolvedController {
+    name: String,
+    socket: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<u32>,
+    mode: String,
+    queues: u16,
+    queue_size: u16,
+    max_sectors: u32,
+    lun: Vec<LunFields>,
+}
+
+/// A number or a name (owner, group), or an octal mode written as a string.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum NumOrText {
+    Num(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    control: Option<Spanned<PathBuf>>,
+    metrics: Option<Spanned<String>>,
+    #[serde(default)]
+    controller: Vec<Spanned<FileController>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileController {
+    name: Option<Spanned<String>>,
+    socket: Spanned<PathBuf>,
+    owner: Option<Spanned<NumOrText>>,
+    group: Option<Spanned<NumOrText>>,
+    mode: Option<Spanned<NumOrText>>,
+    queues: Option<Spanned<u16>>,
+    queue_size: Option<Spanned<u32>>,
+    max_sectors: Option<Spanned<u32>>,
+    #[serde(default)]
+    lun: Vec<Spanned<LunFields>>,
+}
+
+/// The fields of one LUN, as written in a `[[controller.lun]]` table of the
+/// configuration file or in the `add_lun` control method. Unset fields take
+/// the defaults of [`LunOptions`].
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LunFields {
+    /// Target id, 0..=255.
+    pub target: u8,
+    /// LUN, 0..=16383.
+    pub lun: u16,
+    /// Image path (relative paths are relative to the configuration file).
+    pub image: PathBuf,
+    /// Image format: only `"raw"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// `"disk"` (default) or `"cdrom"`.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub device_type: Option<String>,
+    /// Serve read-only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    /// Logical block size: 512, 1024, 2048 or 4096.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
+    /// RMB: removable medium.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removable: Option<bool>,
+    /// INQUIRY vendor (8 ASCII characters at most).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
+    /// INQUIRY product (16 at most).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub product: Option<String>,
+    /// INQUIRY revision (4 at most).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// Unit serial number (64 at most).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// NAA WWN, as a number or a `"0x..."` string.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wwn: Option<Wwn>,
+    /// Medium rotation rate (1 = non-rotating).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation_rate: Option<u16>,
+    /// Physical block size in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub physical_block_size: Option<u32>,
+    /// Initial WCE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_cache: Option<bool>,
+    /// Offer thin provisioning when the image can punch holes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discard: Option<bool>,
+    /// POWER ON unit attention at each connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub power_on_ua: Option<bool>,
+    /// The image is served by more than one LUN (all read-only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
+    /// Fault injection, e.g. `"latency=5ms,error=100+8"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
+}
+
+/// A WWN written as a number or as a hexadecimal string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wwn(pub u64);
+
+impl<'de> Deserialize<'de> for Wwn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match NumOrText::deserialize(d)? {
+            NumOrText::Num(n) => Ok(Wwn(n)),
+            NumOrText::Text(t) => {
+                let hex = t.strip_prefix("0x").unwrap_or(&t);
+                u64::from_str_radix(hex, 16).map(Wwn).map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "wwn {t:?} is not a hexadecimal number (e.g. \"0x6001405000000001\")"
+                    ))
+                })
+            }
+        }
+    }
+}
+
+impl Serialize for Wwn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:#018x}", self.0))
+    }
+}
+
+impl LunFields {
+    /// The resolved fields of a configured LUN (every option spelled out).
+    pub fn from_config(c: &LunConfig) -> LunFields {
+        let o = &c.spec.options;
+        LunFields {
+            target: c.spec.target,
+            lun: c.spec.lun,
+            image: c.spec.path.clone(),
+            format: Some("raw".into()),
+            device_type: Some(
+                match o.device_type {
+                    DeviceType::Disk => "disk",
+                    DeviceType::Cdrom => "cdrom",
+                }
+                .into(),
+            ),
+            read_only: Some(o.read_only),
+            block_size: Some(o.block_size),
+            removable: Some(o.removable),
+            vendor: Some(o.vendor.clone()),
+            product: Some(o.product.clone()),
+            revision: Some(o.revision.clone()),
+            serial: o.serial.clone(),
+            wwn: o.wwn.map(Wwn),
+            rotation_rate: Some(o.rotation_rate),
+            physical_block_size: Some(o.physical_block_size),
+            write_cache: Some(o.write_cache),
+            discard: Some(o.discard),
+            power_on_ua: Some(o.power_on_ua),
+            shared: c.shared,
+            fault: c.fault.clone(),
+        }
+    }
+
+    /// Checks the fields and builds the LUN; `base` resolves a relative
+    /// image path. Errors are `(field, message)`.
+    pub fn resolve(&self, base: Option<&Path>) -> Result<LunConfig, (&'static str, String)> {
+        if self.lun > MAX_LUN {
+            return Err((
+                "lun",
+                format!("LUN {} is out of range: use 0..=16383", self.lun),
+            ));
+        }
+        if let Some(f) = self.format.as_deref() {
+            if f != "raw" {
+                return Err((
+                    "format",
+                    format!("format {f:?} is not supported: only \"raw\" images are served"),
+                ));
+            }
+        }
+        let mut o = LunOptions::default();
+        match self.device_type.as_deref() {
+            None | Some("disk") => {}
+            Some("cdrom") => o.device_type = DeviceType::Cdrom,
+            Some(other) => {
+                return Err((
+                    "type",
+                    format!("type {other:?} is unknown: use \"disk\" or \"cdrom\""),
+                ))
+            }
+        }
+        if let Some(v) = self.read_only {
+            o.read_only = v;
+        }
+        if let Some(bs) = self.block_size {
+            if !matches!(bs, 512 | 1024 | 2048 | 4096) {
+                return Err((
+                    "block_size",
+                    format!("block size {bs} is not supported: use 512, 1024, 2048 or 4096"),
+                ));
+            }
+            o.block_size = bs;
+        }
+        if let Some(v) = self.removable {
+            o.removable = v;
+        }
+        let ascii =
+            |field: &'static str, v: &str, max: usize| -> Result<String, (&'static str, String)> {
+                if v.is_empty() || v.len() > max || !v.bytes().all(|c| (0x20..=0x7E).contains(&c)) {
+                    Err((
+                        field,
+                        format!("{v:?} must be 1 to {max} printable ASCII characters"),
+                    ))
+                } else {
+                    Ok(v.to_string())
+                }
+            };
+        if let Some(v) = &self.vendor {
+            o.vendor = ascii("vendor", v, 8)?;
+        }
+        if let Some(v) = &self.product {
+            o.product = ascii("product", v, 16)?;
+        }
+        if let Some(v) = &self.revision {
+            o.revision = ascii("revision", v, 4)?;
+        }
+        if let Some(v) = &self.serial {
+            o.serial = Some(ascii("serial", v, crate::scsi::lu::MAX_SERIAL_LEN)?);
+        }
+        o.wwn = self.wwn.map(|w| w.0);
+        if let Some(v) = self.rotation_rate {
+            o.rotation_rate = v;
+        }
+        if let Some(v) = self.physical_block_size {
+            o.physical_block_size = v;
+        }
+        if let Some(v) = self.write_cache {
+            o.write_cache = v;
+        }
+        if let Some(v) = self.discard {
+            o.discard = v;
+        }
+        if let Some(v) = self.power_on_ua {
+            o.power_on_ua = v;
+        }
+        if let Some(f) = &self.fault {
+            f.parse::<crate::fault::FaultSpec>()
+                .map_err(|e| ("fault", e.to_string()))?;
+        }
+        if self.shared && !o.read_only && o.device_type == DeviceType::Disk {
+            return Err((
+                "shared",
+                "a shared image must be served read-only: add read_only = true".into(),
+            ));
+        }
+        let path = match base {
+            Some(dir) if self.image.is_relative() => dir.join(&self.image),
+            _ => self.image.clone(),
+        };
+        check_image(&path, o.block_size).map_err(|m| ("image", m))?;
+        Ok(LunConfig {
+            spec: LunSpec {
+                target: self.target,
+                lun: self.lun,
+                path,
+                options: o,
+            },
+            shared: self.shared,
+            fault: self.fault.clone(),
+        })
+    }
+}
+
+/// The image exists, is a regular file or a block device, and holds at
+/// least one block. (Opening and locking happens when it is served.)
+fn check_image(path: &Path, block_size: u32) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "image {} does not exist: create it (e.g. truncate -s 1G {}) or fix the path",
+            path.display(),
+            path.display()
+        ),
+        _ => format!("image {} cannot be read: {e}", path.display()),
+    })?;
+    let ft = meta.file_type();
+    if !(ft.is_file() || ft.is_block_device()) {
+        return Err(format!(
+            "image {} is not a regular file or block device",
+            path.display()
+        ));
+    }
+    if ft.is_file() && meta.len() < u64::from(block_size) {
+        return Err(format!(
+            "image {} is {} bytes, smaller than one {block_size}-byte block: nothing to serve",
+            path.display(),
+            meta.len()
+        ));
+    }
+    Ok(())
+}
+
+/// 1-based line of byte `offset` in `src`.
+fn line_of(src: &str, offset: usize) -> usize {
+    src.as_bytes()
+        .iter()
+        .take(offset)
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Looks a user or group up by name in `/etc/passwd` or `/etc/group`
+/// (third field); a number is taken as is.
+fn lookup_id(db: &str, v: &NumOrText) -> Result<u32, String> {
+    match v {
+        NumOrText::Num(n) => u32::try_from(*n).map_err(|_| format!("{n} is not a valid id")),
+        NumOrText::Text(name) => {
+            if let Ok(n) = name.parse::<u32>() {
+                return Ok(n);
+            }
+            let text = std::fs::read_to_string(db).unwrap_or_default();
+            text.lines()
+                .filter_map(|l| {
+                    let mut f = l.split(':');
+                    let n = f.next()?;
+                    let id = f.nth(1)?;
+                    (n == name).then(|| id.parse::<u32>().ok()).flatten()
+                })
+                .next()
+                .ok_or_else(|| format!("{name:?} is not in {db}: give a name from it or a number"))
+        }
+    }
+}
+
+/// Parses a socket mode written as an octal string (`"0660"`); refuses
+/// world-writable modes.
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    mode_of(&NumOrText::Text(text.to_string()))
+}
+
+/// A socket mode: a TOML integer (`0o660`) or an octal string (`"0660"`).
+fn mode_of(v: &NumOrText) -> Result<u32, String> {
+    let mode = match v {
+        NumOrText::Num(n) => u32::try_from(*n).map_err(|_| format!("mode {n} is too big"))?,
+        NumOrText::Text(t) => {
+            let digits = t.strip_prefix("0o").unwrap_or(t);
+            u32::from_str_radix(digits, 8)
+                .map_err(|_| format!("mode {t:?} is not an octal number (e.g. \"0660\")"))?
+        }
+    };
+    if mode > 0o777 {
+        return Err(format!(
+            "mode {mode:o} has bits beyond 0777: give permission bits only"
+        ));
+    }
+    if mode & 0o002 != 0 {
+        return Err(format!(
+            "mode {mode:04o} is world-writable: anyone could connect; use 0660 with a group, or 0600"
+        ));
+    }
+    Ok(mode)
+}
+
+/// Reads, checks and resolves a configuration file. Nothing is opened or
+/// created: images are only checked to exist and hold a block.
+pub fn load_file(file: &Path) -> Result<DaemonConfig, ConfigError> {
+    let src = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        file: file.to_owned(),
+        source,
+    })?;
+    parse_file(file, &src)
+}
+
+/// [`load_file`] on text already read; `file` names it in errors and
+/// anchors relative paths.
+pub fn parse_file(file: &Path, src: &str) -> Result<DaemonConfig, ConfigError> {
+    let at = |span: Range<usize>, field: &str, message: String| ConfigError::File {
+        file: file.to_owned(),
+        line: line_of(src, span.start),
+        field: field.to_string(),
+        message,
+    };
+    let raw: FileConfig = toml::from_str(src).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        // The key of the line the error is on, else the text at the span.
+        let line_start = src
+            .get(..span.start)
+            .and_then(|b| b.rfind('\n'))
+            .map_or(0, |i| i + 1);
+        let key = src
+            .get(line_start..)
+            .and_then(|l| l.lines().next())
+            .and_then(|l| l.split_once('='))
+            .map(|(k, _)| k.trim().to_string())
+            .filter(|k| {
+                !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            });
+        let field = key
+            .or_else(|| {
+                src.get(span.clone())
+                    .map(|t| {
+                        t.lines()
+                            .next()
+                            .unwrap_or("")
+                            .trim()
+                            .chars()
+                            .take(40)
+                            .collect::<String>()
+                    })
+                    .filter(|t| !t.is_empty())
+            })
+            .unwrap_or_else(|| "(syntax)".into());
+        at(span, &field, e.message().trim().to_string())
+    })?;
+    let base = file.parent().map(|p| {
+        let p = if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        };
+        std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+    });
+    let abs = |p: &Path| -> PathBuf {
+        match &base {
+            Some(b) if p.is_relative() => b.join(p),
+            _ => p.to_path_buf(),
+        }
+    };
+    if raw.controller.is_empty() {
+        return Err(at(
+            0..0,
+            "controller",
+            "no [[controller]] table: add one with a socket path and its [[controller.lun]] tables"
+                .into(),
+        ));
+    }
+    let control = raw.control.as_ref().map(|c| abs(c.get_ref()));
+    let metrics = raw.metrics.as_ref().map(|m| m.get_ref().clone());
+    if let Some(m) = &raw.metrics {
+        check_metrics_addr(m.get_ref()).map_err(|msg| at(m.span(), "metrics", msg))?;
+    }
+    let mut out = DaemonConfig {
+        control: control.clone(),
+        metrics,
+        poll_us: 0,
+        controllers: Vec::new(),
+    };
+    // Every image seen: canonical path → (line, shared).
+    let mut images: Vec<(PathBuf, usize, bool)> = Vec::new();
+    for (i, c) in raw.controller.iter().enumerate() {
+        let cspan = c.span();
+        let c = c.get_ref();
+        let name = match &c.name {
+            Some(n) => {
+                let ok = !n.get_ref().is_empty()
+                    && n.get_ref().len() <= 64
+                    && n.get_ref()
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch));
+                if !ok {
+                    return Err(at(
+                        n.span(),
+                        "name",
+                        format!(
+                            "controller name {:?} must be 1-64 of A-Z a-z 0-9 - _ .",
+                            n.get_ref()
+                        ),
+                    ));
+                }
+                n.get_ref().clone()
+            }
+            None => format!("ctrl{i}"),
+        };
+        if out.controllers.iter().any(|o| o.name == name) {
+            return Err(at(
+                cspan.clone(),
+                "name",
+                format!(
+                    "controller name {name:?} is used twice: give each controller its own name"
+                ),
+            ));
+        }
+        let socket = abs(c.socket.get_ref());
+        if out.controllers.iter().any(|o| o.socket == socket) || control.as_ref() == Some(&socket) {
+            return Err(at(
+                c.socket.span(),
+                "socket",
+                format!("socket {} is used twice: give each controller (and the control socket) its own path", socket.display()),
+            ));
+        }
+        let mut access = SocketAccess::default();
+        if let Some(m) = &c.mode {
+            access.mode = mode_of(m.get_ref()).map_err(|msg| at(m.span(), "mode", msg))?;
+        }
+        if let Some(o) = &c.owner {
+            access.uid = Some(
+                lookup_id("/etc/passwd", o.get_ref()).map_err(|msg| at(o.span(), "owner", msg))?,
+            );
+        }
+        if let Some(g) = &c.group {
+            access.gid = Some(
+                lookup_id("/etc/group", g.get_ref()).map_err(|msg| at(g.span(), "group", msg))?,
+            );
+        }
+        let queues = match &c.queues {
+            Some(q) if !(1..=62).contains(q.get_ref()) => {
+                return Err(at(
+                    q.span(),
+                    "queues",
+                    format!("{} request queues: use 1..=62", q.get_ref()),
+                ))
+            }
+            Some(q) => *q.get_ref(),
+            None => 1,
+        };
+        let queue_size = match &c.queue_size {
+            Some(q) => {
+                let v = *q.get_ref();
+                if !(1..=32768).contains(&v) || !v.is_power_of_two() {
+                    return Err(at(
+                        q.span(),
+                        "queue_size",
+                        format!("queue size {v}: use a power of two in 1..=32768"),
+                    ));
+                }
+                v as u16
+            }
+            None => 1024,
+        };
+        let max_sectors = match &c.max_sectors {
+            Some(m) if *m.get_ref() == 0 => {
+                return Err(at(m.span(), "max_sectors", "must be at least 1".into()))
+            }
+            Some(m) => *m.get_ref(),
+            None => 0xFFFF,
+        };
+        let mut luns: Vec<(LunConfig, usize)> = Vec::new();
+        for l in &c.lun {
+            let span = l.span();
+            let line = line_of(src, span.start);
+            let fields = l.get_ref();
+            let lc = fields.resolve(base.as_deref()).map_err(|(field, msg)| {
+                at(
+                    span.clone(),
+                    &format!(
+                        "controller[{i}].lun (target {} lun {}).{field}",
+                        fields.target, fields.lun
+                    ),
+                    msg,
+                )
+            })?;
+            if let Some((_, first)) = luns
+                .iter()
+                .find(|(o, _)| (o.spec.target, o.spec.lun) == (lc.spec.target, lc.spec.lun))
+            {
+                return Err(at(
+                    span,
+                    &format!("controller[{i}].lun"),
+                    format!(
+                        "target {} LUN {} is already defined at line {first}: give each LUN its own address",
+                        lc.spec.target, lc.spec.lun
+                    ),
+                ));
+            }
+            let canon =
+                std::fs::canonicalize(&lc.spec.path).unwrap_or_else(|_| lc.spec.path.clone());
+            if let Some((_, first, first_shared)) = images.iter().find(|(p, _, _)| *p == canon) {
+                if !(lc.shared && *first_shared) {
+                    return Err(at(
+                        span,
+                        &format!("controller[{i}].lun (target {} lun {}).image", lc.spec.target, lc.spec.lun),
+                        format!(
+                            "image {} is also served at line {first}: set shared = true (and read_only = true) on both, or use another image",
+                            lc.spec.path.display()
+                        ),
+                    ));
+                }
+            }
+            images.push((canon, line, lc.shared));
+            luns.push((lc, line));
+        }
+        out.controllers.push(ControllerConfig {
+            name,
+            socket,
+            access,
+            queues,
+            queue_size,
+            max_sectors,
+            luns: luns.into_iter().map(|(l, _)| l).collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// A metrics address: `unix:PATH`, or `HOST:PORT` on a loopback address.
+pub fn check_metrics_addr(addr: &str) -> Result<(), String> {
+    if let Some(p) = addr.strip_prefix("unix:") {
+        return if p.is_empty() {
+            Err("unix: needs a path, e.g. unix:/run/vscsi/metrics.sock".into())
+        } else {
+            Ok(())
+        };
+    }
+    let parsed: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not HOST:PORT (e.g. 127.0.0.1:9420) or unix:PATH"))?;
+    if !parsed.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address: metrics are served on localhost only (127.0.0.1 or [::1]) or a unix socket"
+        ));
+    }
+    Ok(())
+}
+
+/// Describes a resolved configuration in a few lines per controller.
+pub fn summary(cfg: &DaemonConfig) -> String {
+    let mut s = String::new();
+    for c in &cfg.controllers {
+        let _ = writeln!(
+            s,
+            "controller {} on {} (mode {:04o}, {} queue(s) of up to {}): {} LUN(s)",
+            c.name,
+            c.socket.display(),
+            c.access.mode,
+            c.queues,
+            c.queue_size,
+            c.luns.len()
+        );
+    }
+    s
 }
 
 #[cfg(test)]

@@ -1,16 +1,23 @@
-//! The daemon loop: one vhost-user socket, served connection after
-//! connection, until SIGINT/SIGTERM.
+//! The daemon loop: one vhost-user socket per controller, served
+//! connection after connection, until SIGINT/SIGTERM.
 //!
 //! `VhostUserDaemon` serves a single connection, so each frontend gets a
 //! fresh [`ScsiDevice`] and daemon on the same persistent listener: a
 //! frontend that disconnects (or crashes) leaves the next one a clean
 //! device, and the socket path never disappears while the daemon runs.
+//! Each controller has its own listener, accept thread and [`BusHandle`]:
+//! a frontend reaches only the targets of the socket it connected to.
+//!
+//! Every connect and disconnect is an audit event (`target: "vscsi::audit"`).
 
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use crate::config::SocketAccess;
+use crate::scsi::target::BusHandle;
 
 use tracing::{error, info, warn};
 use vhost::vhost_user::Listener;
@@ -38,6 +45,23 @@ pub enum DaemonError {
     /// The vhost-user layer failed in a way that is not a disconnect.
     #[error("vhost-user: {0}")]
     VhostUser(String),
+    /// Setting the socket's owner or mode failed.
+    #[error("cannot set owner/mode of {path}: {source} (the daemon must run as root to give a socket to another user)")]
+    Access {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Connection counters of one controller.
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    /// Frontends connected now (0 or 1).
+    pub connected: AtomicU64,
+    /// Frontends accepted since start.
+    pub total: AtomicU64,
 }
 
 /// Shared between the serving loop and whoever asks it to stop.
@@ -68,20 +92,66 @@ impl Shutdown {
     }
 }
 
-/// Creates the listening socket, refusing to clobber anything but a stale socket.
+/// Creates the listening socket with the default access (mode 0660, the
+/// daemon's user and group), refusing to clobber anything but a stale socket.
 pub fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
+    bind_with(path, &SocketAccess::default())
+}
+
+/// Creates the listening socket with `access`, refusing to clobber anything
+/// but a stale socket.
+///
+/// The socket is bound inside a fresh mode-0700 directory next to `path`,
+/// given its owner and mode there, and only then renamed into place: no
+/// one can connect while it still has the umask's permissions.
+pub fn bind_with(path: &Path, access: &SocketAccess) -> Result<UnixListener, DaemonError> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(DaemonError::NotASocket(path.to_owned()));
         }
-        // A socket file left by a daemon that is gone; a live one would keep
-        // its images locked, which the caller found out before getting here.
-        let _ = std::fs::remove_file(path);
     }
-    UnixListener::bind(path).map_err(|source| DaemonError::Bind {
+    let bind_err = |source| DaemonError::Bind {
         path: path.to_owned(),
         source,
-    })
+    };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let dir = dir.unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| bind_err(std::io::Error::other("the socket path has no file name")))?;
+    let staging = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&staging);
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging)
+            .map_err(bind_err)?;
+    }
+    let staged = staging.join("s");
+    let result = (|| {
+        let listener = UnixListener::bind(&staged).map_err(bind_err)?;
+        let access_err = |source| DaemonError::Access {
+            path: path.to_owned(),
+            source,
+        };
+        if access.uid.is_some() || access.gid.is_some() {
+            std::os::unix::fs::chown(&staged, access.uid, access.gid).map_err(access_err)?;
+        }
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(access.mode))
+            .map_err(access_err)?;
+        // Replaces a stale socket left by a daemon that is gone (checked
+        // above to be a socket; a live one would keep its images locked,
+        // which the caller found out before getting here).
+        std::fs::rename(&staged, path).map_err(bind_err)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    result
 }
 
 /// Serves `bus` on `listener` until `shutdown` is requested.
@@ -91,6 +161,44 @@ pub fn serve(
     opts: DeviceOptions,
     shutdown: Arc<Shutdown>,
 ) -> Result<(), DaemonError> {
+    let handle = BusHandle::new((*bus).clone());
+    serve_controller(
+        listener,
+        &handle,
+        opts,
+        shutdown,
+        "ctrl0",
+        &ConnectionStats::default(),
+    )
+}
+
+/// Serves the controller `name` (its run-time bus `bus`) on `listener`
+/// until `shutdown` is requested.
+///
+/// Each connection gets a device over the bus as it is when the frontend
+/// connects (a snapshot: LUNs added later are seen from the next
+/// connection on; removed ones answer as missing at once).
+pub fn serve_controller(
+    listener: UnixListener,
+    bus: &BusHandle,
+    opts: DeviceOptions,
+    shutdown: Arc<Shutdown>,
+    name: &str,
+    stats: &ConnectionStats,
+) -> Result<(), DaemonError> {
+    // The path the listener was bound to (before `bind_with` renamed it into place).
+    let socket = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+        .unwrap_or_default();
+    let socket = match socket.rsplit_once(".tmp/") {
+        Some((dir, _)) => dir
+            .rsplit_once("/.")
+            .map(|(d, f)| format!("{d}/{}", f.rsplit_once('.').map_or(f, |x| x.0)))
+            .unwrap_or(socket.clone()),
+        None => socket,
+    };
     let mut listener = Listener::from(listener);
     let mut connection = 0u64;
     while !shutdown.requested() {
@@ -112,10 +220,12 @@ pub fn serve(
             continue;
         }
         connection += 1;
-        info!(connection, "frontend connected");
+        stats.total.fetch_add(1, Ordering::Relaxed);
+        stats.connected.fetch_add(1, Ordering::Relaxed);
+        info!(target: "vscsi::audit", controller = name, socket = %socket, connection, action = "connect", result = "ok", "frontend connected");
         // A new frontend is a new I_T nexus: LUs that model a real disk's
         // power-on report it (SPC-5 §5.14, POWER ON, RESET, OR BUS DEVICE RESET).
-        for (_, _, lu) in bus.units() {
+        for (_, _, lu) in bus.load().units() {
             if lu.options().power_on_ua {
                 lu.set_unit_attention(UA_POWER_ON_RESET);
             }
@@ -125,12 +235,17 @@ pub fn serve(
             daemon.request_shutdown();
         }
         match daemon.wait() {
-            Ok(()) => info!(connection, "frontend disconnected"),
-            Err(e) => warn!(connection, error = ?e, "frontend connection ended with an error"),
+            Ok(()) => {
+                info!(target: "vscsi::audit", controller = name, socket = %socket, connection, action = "disconnect", result = "ok", "frontend disconnected")
+            }
+            Err(e) => {
+                warn!(target: "vscsi::audit", controller = name, socket = %socket, connection, action = "disconnect", result = "error", error = ?e, "frontend connection ended with an error")
+            }
         }
+        stats.connected.fetch_sub(1, Ordering::Relaxed);
         *shutdown.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
         device.stop_workers();
-        if let Err(e) = bus.flush_all() {
+        if let Err(e) = bus.load().flush_all() {
             error!(error = %e, "flushing images after a disconnect failed");
         }
     }

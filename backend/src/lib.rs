@@ -5,10 +5,15 @@
 //! - [`storage`]: where the bytes live (raw images, preadv/pwritev).
 //! - [`vhost`]: the vhost-user transport, the only part that knows virtio.
 //! - [`daemon`]: the accept loop, reconnects and shutdown.
-//! - [`config`]: command-line LUN specifications into a SCSI bus.
+//! - [`config`]: the configuration file and command-line LUN specifications.
+//! - [`control`]: the running service and its JSON-RPC control socket.
+//! - [`metrics`]: the `stats` method and the Prometheus endpoint.
 
 pub mod config;
+pub mod control;
 pub mod daemon;
+pub mod fault;
+pub mod metrics;
 pub mod scsi;
 pub mod storage;
 pub mod vhost;

@@ -7,18 +7,31 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use tracing::{error, info};
-use vscsi_backend::config::{self, LunSpec};
-use vscsi_backend::daemon::{self, Shutdown};
-use vscsi_backend::vhost::DeviceOptions;
+use vscsi_backend::config::{self, DaemonConfig, LunSpec, SocketAccess};
+use vscsi_backend::control::Service;
+use vscsi_backend::{daemon, metrics};
 
 /// Serve disk image files as SCSI LUNs to a vhost-user frontend
 /// (QEMU `-device vhost-user-scsi-pci`, or the `vscsi` driver).
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Path of the vhost-user unix socket to listen on.
-    #[arg(long)]
-    socket: PathBuf,
+    /// Path of the vhost-user unix socket to listen on (one controller;
+    /// use --config for several).
+    #[arg(long, required_unless_present_any = ["config", "check_config"])]
+    socket: Option<PathBuf>,
+    /// Serve the controllers, targets and LUNs of this TOML file (see the README).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["socket", "images", "luns", "read_only", "check_config"])]
+    config: Option<PathBuf>,
+    /// Validate a configuration file, print it resolved (every default filled in) and exit.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["socket", "images", "luns"])]
+    check_config: Option<PathBuf>,
+    /// JSON-RPC 2.0 control socket (mode 0600), one request per line; overrides the file's `control`.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// Prometheus text endpoint: HOST:PORT on a loopback address, or unix:PATH; overrides the file's `metrics`.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     /// Images served as LUNs 0, 1, 2... of target 0.
     images: Vec<PathBuf>,
     /// Place an image anywhere: TARGET:LUN=PATH[,OPTION...] (repeatable). Options: ro, rw,
@@ -35,6 +48,10 @@ struct Args {
     /// Largest virtqueue size the driver may use.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u16).range(1..=32768))]
     max_queue_size: u16,
+    /// Busy-poll each request queue this many microseconds after it runs
+    /// dry before sleeping (lower latency for a spinning core; 0 = off).
+    #[arg(long, value_name = "US", default_value_t = 0)]
+    poll_us: u32,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -72,48 +89,158 @@ fn init_logging(format: LogFormat) {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let specs = config::collect_specs(&args.images, &args.luns, args.read_only)?;
-    let opts = DeviceOptions {
-        request_queues: args.queues,
-        max_queue_size: args.max_queue_size,
-        ..Default::default()
-    };
-    let bus = Arc::new(config::build_bus(&specs, opts.max_sectors)?);
-    for s in &specs {
-        info!(target = s.target, lun = s.lun, image = %s.path.display(), read_only = s.options.read_only, "serving");
+    if let Some(file) = &args.check_config {
+        let mut cfg = config::load_file(file)?;
+        override_from_flags(&mut cfg, &args)?;
+        // The resolved configuration is this mode's output (stdout).
+        print!("{}", cfg.to_toml());
+        eprint!("{}", config::summary(&cfg));
+        eprintln!("{}: configuration OK", file.display());
+        return Ok(());
     }
-    let listener = daemon::bind(&args.socket)?;
-    info!(socket = %args.socket.display(), "listening");
+    let mut cfg = match (&args.config, &args.socket) {
+        (Some(file), _) => config::load_file(file)?,
+        (None, Some(socket)) => {
+            let specs = config::collect_specs(&args.images, &args.luns, args.read_only)?;
+            DaemonConfig::from_cli(socket.clone(), specs, args.queues, args.max_queue_size)
+        }
+        (None, None) => anyhow::bail!("give --socket PATH and images, or --config FILE"),
+    };
+    override_from_flags(&mut cfg, &args)?;
+    let service = Arc::new(Service::build(&cfg)?);
+    for c in &cfg.controllers {
+        for l in &c.luns {
+            info!(controller = %c.name, target = l.spec.target, lun = l.spec.lun, image = %l.spec.path.display(), read_only = l.spec.options.read_only, "serving");
+        }
+    }
+    // Every socket is created before anything is served, so a bad path
+    // stops the daemon before a frontend could connect.
+    let mut created: Vec<PathBuf> = Vec::new();
+    // Before any socket appears: a SIGTERM right after it must stop cleanly.
+    install_signals(&service)?;
+    let result = (|| -> anyhow::Result<()> {
+        let mut listeners = Vec::new();
+        for c in &cfg.controllers {
+            listeners.push(daemon::bind_with(&c.socket, &c.access)?);
+            created.push(c.socket.clone());
+            info!(controller = %c.name, socket = %c.socket.display(), mode = format!("{:04o}", c.access.mode), "listening");
+        }
+        let control = match &cfg.control {
+            Some(p) => {
+                let access = SocketAccess {
+                    mode: config::CONTROL_SOCKET_MODE,
+                    ..Default::default()
+                };
+                let l = daemon::bind_with(p, &access)?;
+                created.push(p.clone());
+                info!(socket = %p.display(), "control socket listening");
+                Some(l)
+            }
+            None => None,
+        };
+        let metrics_listener = match &cfg.metrics {
+            Some(addr) => {
+                let l = metrics::bind(addr)?;
+                if let Some(p) = addr.strip_prefix("unix:") {
+                    created.push(PathBuf::from(p));
+                }
+                info!(address = %addr, "metrics endpoint listening");
+                Some(l)
+            }
+            None => None,
+        };
+        if let Some(l) = control {
+            let s = service.clone();
+            std::thread::spawn(move || s.serve_control(l));
+        }
+        if let Some(l) = metrics_listener {
+            let s = service.clone();
+            std::thread::spawn(move || metrics::serve(s, l));
+        }
+        let mut threads = Vec::new();
+        for (c, l) in service.controllers().iter().zip(listeners) {
+            let c = c.clone();
+            let service = service.clone();
+            threads.push(std::thread::spawn(move || {
+                let r = daemon::serve_controller(
+                    l,
+                    &c.bus,
+                    c.opts.clone(),
+                    c.shutdown.clone(),
+                    &c.name,
+                    &c.connections,
+                );
+                if let Err(e) = &r {
+                    error!(controller = %c.name, error = %e, "controller stopped");
+                    // One controller failing stops the daemon: the others
+                    // would otherwise keep running half of the service.
+                    service.shutdown();
+                }
+                r
+            }));
+        }
+        let mut first = Ok(());
+        for t in threads {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    if first.is_ok() {
+                        first = Err(anyhow::Error::from(e));
+                    }
+                }
+                Err(_) => {
+                    if first.is_ok() {
+                        first = Err(anyhow::anyhow!("a controller thread panicked"));
+                    }
+                }
+            }
+        }
+        first
+    })();
+    service.shutdown();
+    let flushed = service.flush_all();
+    for p in &created {
+        let _ = std::fs::remove_file(p);
+    }
+    result?;
+    flushed.context("flushing images")?;
+    info!("stopped");
+    Ok(())
+}
 
-    let shutdown = Arc::new(Shutdown::default());
+/// `--control` and `--metrics` override the file.
+fn override_from_flags(cfg: &mut DaemonConfig, args: &Args) -> anyhow::Result<()> {
+    cfg.poll_us = args.poll_us;
+    if let Some(c) = &args.control {
+        cfg.control = Some(c.clone());
+    }
+    if let Some(m) = &args.metrics {
+        config::check_metrics_addr(m).map_err(|e| anyhow::anyhow!("--metrics: {e}"))?;
+        cfg.metrics = Some(m.clone());
+    }
+    if let Some(c) = &cfg.control {
+        if cfg.controllers.iter().any(|x| &x.socket == c) {
+            anyhow::bail!(
+                "--control {} is also a controller socket: choose another path",
+                c.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn install_signals(service: &Arc<Service>) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
     ])
     .context("installing signal handlers")?;
-    {
-        let shutdown = shutdown.clone();
-        let socket = args.socket.clone();
-        std::thread::spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                info!(signal = sig, "stopping");
-                shutdown.request();
-                // Wake the accept() the serving loop may be blocked in.
-                let _ = std::os::unix::net::UnixStream::connect(&socket);
-            }
-        });
-    }
-
-    let opts = DeviceOptions {
-        request_queues: args.queues,
-        max_queue_size: args.max_queue_size,
-        ..Default::default()
-    };
-    let result = daemon::serve(listener, bus.clone(), opts, shutdown);
-    let flushed = bus.flush_all();
-    let _ = std::fs::remove_file(&args.socket);
-    result?;
-    flushed.context("flushing images")?;
-    info!("stopped");
+    let service = service.clone();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            info!(signal = sig, "stopping");
+            service.shutdown();
+        }
+    });
     Ok(())
 }

@@ -8,7 +8,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
 
-use vscsi_backend::scsi::{LogicalUnit, LunOptions, Request, ScsiBus, SliceDataOut, VecDataIn, NO_DATA_OUT};
+use vscsi_backend::scsi::{
+    LogicalUnit, LunOptions, Request, ScsiBus, SliceDataOut, VecDataIn, NO_DATA_OUT,
+};
 use vscsi_protocol::cdb::Cdb;
 
 struct Counting;
@@ -53,7 +55,10 @@ static GLOBAL: Counting = Counting;
 fn read_and_write_allocate_nothing_in_steady_state() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("disk.img");
-    std::fs::File::create(&path).unwrap().set_len(8 << 20).unwrap();
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
     let lu = LogicalUnit::open(&path, LunOptions::default()).unwrap();
     let mut bus = ScsiBus::new();
     bus.add_lun(0, 0, Arc::new(lu)).unwrap();
@@ -73,7 +78,11 @@ fn read_and_write_allocate_nothing_in_steady_state() {
         .collect();
     let run = |data_in: &mut VecDataIn| {
         for (cdb, write) in &cdbs {
-            let req = Request { cdb: cdb.as_bytes(), tag: 1, task_attr: 0 };
+            let req = Request {
+                cdb: cdb.as_bytes(),
+                tag: 1,
+                task_attr: 0,
+            };
             let r = if *write {
                 target.execute(0, &req, data_in, &SliceDataOut(&payload))
             } else {
@@ -88,6 +97,11 @@ fn read_and_write_allocate_nothing_in_steady_state() {
         run(&mut data_in);
     }
     let allocations = allocations() - before;
-    assert_eq!(allocations, 0, "{} commands allocated {allocations} times", cdbs.len() * 10);
+    assert_eq!(
+        allocations,
+        0,
+        "{} commands allocated {allocations} times",
+        cdbs.len() * 10
+    );
     assert_eq!(&data_in.as_slice()[..512], &payload[..512]);
 }

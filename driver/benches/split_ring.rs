@@ -10,12 +10,22 @@ use vscsi_driver::ring::{RingOptions, Segment, SplitRing};
 
 fn ring_cycle(c: &mut Criterion) {
     let mut g = c.benchmark_group("split_ring");
-    for (name, indirect, event_idx) in [("direct", false, false), ("indirect_event_idx", true, true)] {
+    for (name, indirect, event_idx) in
+        [("direct", false, false), ("indirect_event_idx", true, true)]
+    {
         let mem = Arc::new(SharedMemory::new("bench", 1 << 20).unwrap());
-        let opts = RingOptions { event_idx, indirect, max_indirect: 4 };
+        let opts = RingOptions {
+            event_idx,
+            indirect,
+            max_indirect: 4,
+        };
         let mut ring = SplitRing::new(mem.clone(), 0, 256, opts).unwrap();
         let used = ring.offsets().used;
-        let segs = [Segment::readable(0x10000, 51), Segment::writable(0x10100, 108), Segment::writable(0x20000, 4096)];
+        let segs = [
+            Segment::readable(0x10000, 51),
+            Segment::writable(0x10100, 108),
+            Segment::writable(0x20000, 4096),
+        ];
         let mut used_idx: u16 = 0;
         g.bench_function(name, |b| {
             b.iter(|| {

@@ -1,25 +1,31 @@
 //! The driver: connect, negotiate, lay out shared memory, send commands, scan.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
+use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::eventfd::EventFd;
 use vscsi_protocol::data::{decode_report_luns, ReadCapacity10, ReadCapacity16, StandardInquiry};
-use vscsi_protocol::lun::{Lun, MAX_LUN};
+use vscsi_protocol::lun::{Lun, LunAddress, MAX_LUN};
 use vscsi_protocol::sense::Sense;
 use vscsi_protocol::status;
 use vscsi_protocol::virtio_scsi::{feature, Config, Response as VirtioResponse};
 
 use crate::command::ScsiCommand;
-use crate::error::{Error, Result};
+use crate::control::{AuxQueue, Tmf, TmfResponse, AUX_SLOT};
+use crate::error::{Error, RecoveryStep, Result};
+use crate::events::DeviceEvent;
 use crate::memory::{Carver, SharedMemory};
-use crate::queue::{QueuePlacement, RequestQueue, HEADER_AREA};
+use crate::queue::{InFlightCommand, Pending, QueuePlacement, RequestQueue, HEADER_AREA};
+use crate::retry::RetryPolicy;
 use crate::ring::split::{RingOptions, SplitRing};
+use crate::stats::{CommandClass, LunTable, StatsSnapshot};
 use crate::transport::vhost_user::VhostUserTransport;
 
 /// Virtqueue settings the driver asks for (the seed API's `QueueConfig`).
@@ -56,8 +62,21 @@ pub struct DriverOptions {
     /// Largest data transfer of one command, in bytes (each request slot
     /// has a buffer this big in the shared region).
     pub max_transfer: usize,
-    /// How long a command may take before [`Error::Timeout`] (Linux sd: 30 s).
+    /// How long a command may take before the error handler runs and the
+    /// caller gets [`Error::Timeout`] (Linux sd: 30 s). Per LUN:
+    /// [`Driver::set_lun_timeout`]; per command: [`CommandOptions`].
     pub timeout: Duration,
+    /// How long each error-handler step (a TMF, then the release of the
+    /// timed-out command) may take before the next step.
+    pub eh_timeout: Duration,
+    /// Which completions are retried ([`RetryPolicy`]); not applied to
+    /// [`ScsiCommand::Raw`] (pass-through) unless [`CommandOptions::retry`] asks.
+    pub retry: RetryPolicy,
+    /// Busy-poll the used ring this long after submitting a command before
+    /// sleeping until the device's call eventfd fires (0: never). Saves an
+    /// eventfd wake-up per command at QD1 at the price of a spinning core;
+    /// the spin runs on the submitting task's tokio worker.
+    pub poll: Duration,
 }
 
 impl Default for DriverOptions {
@@ -65,8 +84,28 @@ impl Default for DriverOptions {
         Self {
             max_transfer: 256 * 1024,
             timeout: Duration::from_secs(30),
+            eh_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+            poll: Duration::ZERO,
         }
     }
+}
+
+/// Per-command overrides of [`DriverOptions`] ([`Driver::send_command_with`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use vscsi_driver::{CommandOptions, RetryPolicy};
+/// let quick = CommandOptions { timeout: Some(Duration::from_secs(2)), retry: Some(RetryPolicy::NONE) };
+/// assert_eq!(CommandOptions::default().timeout, None);
+/// # let _ = quick;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommandOptions {
+    /// Timeout of this command (else the LUN's, else the driver's).
+    pub timeout: Option<Duration>,
+    /// Retry policy of this command (else the driver's).
+    pub retry: Option<RetryPolicy>,
 }
 
 /// What the device and the driver agreed on.
@@ -189,12 +228,21 @@ pub struct Driver {
     features: Features,
     config: Config,
     opts: DriverOptions,
-    /// Kept alive for the device: control and event queue rings and their eventfds.
-    _aux: Vec<(SplitRing, EventFd, EventFd)>,
+    control: Arc<AuxQueue>,
+    event_queue: Arc<AuxQueue>,
+    events_tx: broadcast::Sender<DeviceEvent>,
+    events_seen: Arc<AtomicU64>,
+    lun_timeouts: RwLock<HashMap<(u8, u16), Duration>>,
+    any_lun_timeout: AtomicBool,
+    started: Instant,
 }
 
 /// Size of the control and event queues.
 const AUX_QUEUE_SIZE: u16 = 16;
+/// Event buffers kept posted.
+const EVENT_BUFFERS: u16 = 8;
+/// Control requests in flight at most.
+const CONTROL_SLOTS: u16 = 8;
 /// Most descriptors in one indirect table (a command has at most 4 segments).
 const MAX_INDIRECT: u16 = 4;
 
@@ -220,7 +268,7 @@ impl Driver {
                 cfg.queue_size
             )));
         }
-        if opts.max_transfer == 0 || opts.max_transfer % 512 != 0 {
+        if opts.max_transfer == 0 || !opts.max_transfer.is_multiple_of(512) {
             return Err(Error::BadConfig(
                 "max_transfer must be a non-zero multiple of 512".into(),
             ));
@@ -230,11 +278,37 @@ impl Driver {
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))??;
         let (transport, mem, queues, calls, features, config, aux) = setup;
-        let tasks = queues
+        let mut tasks: Vec<JoinHandle<()>> = queues
             .iter()
             .zip(calls)
             .map(|(q, call)| tokio::spawn(q.clone().run_completions(call)))
             .collect();
+        let mut aux = aux.into_iter();
+        let (Some((control, control_call)), Some((event_queue, event_call))) =
+            (aux.next(), aux.next())
+        else {
+            return Err(Error::BadConfig("control and event queues missing".into()));
+        };
+        tasks.push(tokio::spawn(control.clone().run(control_call)));
+        tasks.push(tokio::spawn(event_queue.clone().run(event_call)));
+        let (events_tx, _) = broadcast::channel(256);
+        let events_seen = Arc::new(AtomicU64::new(0));
+        for _ in 0..EVENT_BUFFERS {
+            let (q, tx, seen) = (event_queue.clone(), events_tx.clone(), events_seen.clone());
+            tasks.push(tokio::spawn(async move {
+                // One posted buffer: wait for the device to fill it, publish, re-post.
+                while let Ok(raw) = q
+                    .call(&[], size_of::<vscsi_protocol::virtio_scsi::Event>())
+                    .await
+                {
+                    for ev in DeviceEvent::decode(&raw) {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                        info!(?ev, "device event");
+                        let _ = tx.send(ev);
+                    }
+                }
+            }));
+        }
         info!(?features, "virtio-scsi driver ready");
         Ok(Self {
             _transport: Mutex::new(transport),
@@ -245,7 +319,13 @@ impl Driver {
             features,
             config,
             opts,
-            _aux: aux,
+            control,
+            event_queue,
+            events_tx,
+            events_seen,
+            lun_timeouts: RwLock::default(),
+            any_lun_timeout: AtomicBool::new(false),
+            started: Instant::now(),
         })
     }
 
@@ -261,7 +341,7 @@ impl Driver {
         Vec<EventFd>,
         Features,
         Config,
-        Vec<(SplitRing, EventFd, EventFd)>,
+        Vec<(Arc<AuxQueue>, EventFd)>,
     )> {
         let mut wanted = 1u64 << feature::HOTPLUG | 1 << feature::CHANGE;
         if cfg.use_indirect {
@@ -309,10 +389,15 @@ impl Driver {
         };
 
         // Lay everything out, then create the region that holds it.
-        let plan = |carver: &mut Carver| -> Result<(Vec<usize>, Vec<QueuePlacement>)> {
-            let aux = (0..2)
-                .map(|_| carver.alloc(SplitRing::layout(AUX_QUEUE_SIZE, MAX_INDIRECT).total, 4096))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
+        type Plan = (Vec<(usize, usize, u16)>, Vec<QueuePlacement>);
+        let plan = |carver: &mut Carver| -> Result<Plan> {
+            let mut aux = Vec::new();
+            for slots in [CONTROL_SLOTS, EVENT_BUFFERS] {
+                let ring =
+                    carver.alloc(SplitRing::layout(AUX_QUEUE_SIZE, MAX_INDIRECT).total, 4096)?;
+                let bufs = carver.alloc(slots as usize * AUX_SLOT, 64)?;
+                aux.push((ring, bufs, slots));
+            }
             let mut placed = Vec::new();
             for _ in 0..queue_count {
                 let ring =
@@ -337,14 +422,16 @@ impl Driver {
         transport.set_memory(&mem)?;
 
         let mut aux = Vec::new();
-        for (i, off) in aux_off.into_iter().enumerate() {
+        for (i, (off, bufs, slots)) in aux_off.into_iter().enumerate() {
             let ring = SplitRing::new(mem.clone(), off, AUX_QUEUE_SIZE, ring_opts)?;
             let (kick, call) = (
                 EventFd::new(libc::EFD_NONBLOCK)?,
                 EventFd::new(libc::EFD_NONBLOCK)?,
             );
             transport.start_vring(i, &ring, &kick, &call)?;
-            aux.push((ring, kick, call));
+            let name = if i == 0 { "control" } else { "event" };
+            let q = AuxQueue::new(name, i as u16, mem.clone(), ring, bufs, slots, kick);
+            aux.push((Arc::new(q), call));
         }
         let mut queues = Vec::new();
         let mut calls = Vec::new();
@@ -391,7 +478,19 @@ impl Driver {
     ///
     /// A completed command is `Ok` whatever its SCSI status: check
     /// [`Response::is_good`] or use [`Response::ok`]. Commands go round
-    /// robin over the request queues.
+    /// robin over the request queues. Transient conditions (UNIT
+    /// ATTENTION, BUSY...) are retried by [`DriverOptions::retry`] (not for
+    /// [`ScsiCommand::Raw`]); a command that does not complete within the
+    /// LUN's timeout goes through the error handler and ends in
+    /// [`Error::Timeout`] naming the [`RecoveryStep`](crate::RecoveryStep) that cleared it.
+    ///
+    /// ```no_run
+    /// # async fn demo(driver: &vscsi_driver::Driver) -> vscsi_driver::Result<()> {
+    /// use vscsi_driver::ScsiCommand;
+    /// let r = driver.send_command(0, 0, ScsiCommand::Read { lba: 0, blocks: 8, block_size: 512 }).await?;
+    /// assert_eq!(r.data.len(), 4096);
+    /// # Ok(()) }
+    /// ```
     pub async fn send_command(
         &self,
         target: u8,
@@ -421,23 +520,373 @@ impl Driver {
                 ));
             }
         }
+        self.send_to_with(lun_field, command, CommandOptions::default())
+            .await
+    }
+
+    /// [`Driver::send_command`] with per-command options (timeout, retry policy).
+    ///
+    /// ```no_run
+    /// # async fn demo(driver: &vscsi_driver::Driver) -> vscsi_driver::Result<()> {
+    /// use std::time::Duration;
+    /// use vscsi_driver::{CommandOptions, Error, RecoveryStep, ScsiCommand};
+    /// let opts = CommandOptions { timeout: Some(Duration::from_secs(1)), ..Default::default() };
+    /// match driver.send_command_with(0, 0, ScsiCommand::TestUnitReady, opts).await {
+    ///     Err(Error::Timeout { recovered_by: RecoveryStep::AbortTask, .. }) => println!("aborted"),
+    ///     other => println!("{other:?}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_command_with(
+        &self,
+        target: u8,
+        lun: u16,
+        command: ScsiCommand,
+        opts: CommandOptions,
+    ) -> Result<Response> {
+        let addr = Lun::new(target, lun)
+            .ok_or_else(|| Error::BadConfig(format!("LUN {lun} > {MAX_LUN}")))?;
+        self.send_to_with(addr.encode(), &command, opts).await
+    }
+
+    /// [`Driver::send_to`] with per-command options.
+    pub async fn send_to_with(
+        &self,
+        lun_field: [u8; 8],
+        command: &ScsiCommand,
+        opts: CommandOptions,
+    ) -> Result<Response> {
+        if let ScsiCommand::Raw {
+            cdb,
+            data_out,
+            data_in_len,
+        } = command
+        {
+            if cdb.is_empty() || cdb.len() > 32 {
+                return Err(Error::BadCdb(cdb.len()));
+            }
+            if !data_out.is_empty() && *data_in_len > 0 {
+                return Err(Error::BadConfig(
+                    "a command with both data-out and data-in needs VIRTIO_SCSI_F_INOUT, which is not negotiated".into(),
+                ));
+            }
+        }
+        let (target, lun) = match LunAddress::decode(&lun_field) {
+            Ok(LunAddress::Unit(l)) => (l.target, l.lun),
+            _ => (lun_field[1], u16::MAX),
+        };
+        let timeout = opts
+            .timeout
+            .unwrap_or_else(|| self.lun_timeout(target, lun));
+        // A pass-through CDB is not retried unless asked (like SG_IO): the
+        // caller sees exactly what the device answered.
+        let policy = opts.retry.unwrap_or(match command {
+            ScsiCommand::Raw { .. } => RetryPolicy::NONE,
+            _ => self.opts.retry,
+        });
+        let mut attempt = 0;
+        loop {
+            let n = self.next_queue.fetch_add(1, Ordering::Relaxed) % self.queues.len();
+            let queue = &self.queues[n];
+            let r = self
+                .execute_once(queue, lun_field, target, lun, command, timeout)
+                .await?;
+            match policy.should_retry(&r, attempt) {
+                Some(delay) => {
+                    attempt += 1;
+                    debug!(target, lun, attempt, ?delay, outcome = %describe(&r), "retrying");
+                    queue.record(target, lun, |s| s.retries += 1);
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+                None => return Ok(r),
+            }
+        }
+    }
+
+    /// The timeout of `target:lun`: its own, else [`DriverOptions::timeout`].
+    pub fn lun_timeout(&self, target: u8, lun: u16) -> Duration {
+        if self.any_lun_timeout.load(Ordering::Relaxed) {
+            let t = self.lun_timeouts.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(d) = t.get(&(target, lun)) {
+                return *d;
+            }
+        }
+        self.opts.timeout
+    }
+
+    /// Sets the command timeout of one LUN (`None`: back to the driver's).
+    ///
+    /// ```no_run
+    /// # fn demo(driver: &vscsi_driver::Driver) {
+    /// use std::time::Duration;
+    /// driver.set_lun_timeout(0, 1, Some(Duration::from_secs(5)));
+    /// assert_eq!(driver.lun_timeout(0, 1), Duration::from_secs(5));
+    /// # }
+    /// ```
+    pub fn set_lun_timeout(&self, target: u8, lun: u16, timeout: Option<Duration>) {
+        let mut t = self.lun_timeouts.write().unwrap_or_else(|p| p.into_inner());
+        match timeout {
+            Some(d) => t.insert((target, lun), d),
+            None => t.remove(&(target, lun)),
+        };
+        self.any_lun_timeout.store(!t.is_empty(), Ordering::Relaxed);
+    }
+
+    /// One attempt: submit, wait, and on timeout run the error handler.
+    async fn execute_once(
+        &self,
+        queue: &Arc<RequestQueue>,
+        lun_field: [u8; 8],
+        target: u8,
+        lun: u16,
+        command: &ScsiCommand,
+        timeout: Duration,
+    ) -> Result<Response> {
         let (cdb, data_out, data_in_len) = command.encode();
-        let n = self.next_queue.fetch_add(1, Ordering::Relaxed) % self.queues.len();
-        let queue = &self.queues[n];
-        let done = tokio::time::timeout(
-            self.opts.timeout,
-            queue.submit(lun_field, &cdb, data_out, data_in_len),
+        let start = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let Pending { tag, mut rx } = match tokio::time::timeout_at(
+            deadline,
+            queue.start(lun_field, &cdb, data_out, data_in_len),
         )
         .await
-        .map_err(|_| Error::Timeout(self.opts.timeout))??;
-        let raw = done.read(data_in_len)?;
-        Ok(Response {
-            response: raw.resp.response,
-            status: raw.resp.status,
-            sense: raw.resp.sense[..raw.sense_len].to_vec(),
-            residual: raw.resp.resid.get(),
-            data: raw.data,
+        {
+            Ok(p) => p?,
+            Err(_) => {
+                queue.record(target, lun, |s| s.timeouts += 1);
+                return Err(Error::Timeout {
+                    after: timeout,
+                    recovered_by: RecoveryStep::NotSubmitted,
+                });
+            }
+        };
+        let mut early = None;
+        if !self.opts.poll.is_zero() {
+            let until = Instant::now() + self.opts.poll;
+            while early.is_none() && Instant::now() < until {
+                queue.reap_now();
+                match rx.try_recv() {
+                    Ok(r) => early = Some(r),
+                    Err(oneshot::error::TryRecvError::Empty) => std::hint::spin_loop(),
+                    Err(oneshot::error::TryRecvError::Closed) => return Err(Error::Closed),
+                }
+            }
+        }
+        let waited = match early {
+            Some(r) => Ok(Ok(r)),
+            None => tokio::time::timeout_at(deadline, &mut rx).await,
+        };
+        let done = match waited {
+            Ok(r) => r.map_err(|_| Error::Closed)??,
+            Err(_) => {
+                queue.record(target, lun, |s| s.timeouts += 1);
+                warn!(
+                    target,
+                    lun,
+                    tag,
+                    ?timeout,
+                    "command timed out: running the error handler"
+                );
+                return self.recover(lun_field, tag, rx, timeout, data_in_len).await;
+            }
+        };
+        let r = to_response(&done, data_in_len)?;
+        drop(done);
+        let class = if !data_out.is_empty() {
+            CommandClass::Write
+        } else if matches!(cdb.as_bytes()[0], 0x08 | 0x28 | 0xA8 | 0x88) {
+            CommandClass::Read
+        } else {
+            CommandClass::Other
+        };
+        let us = start.elapsed().as_micros() as u64;
+        queue.record(target, lun, |s| {
+            s.commands += 1;
+            s.latency[class as usize].record(us);
+            if r.response != VirtioResponse::Ok as u8 {
+                s.errors_by_response[usize::from(r.response).min(12)] += 1;
+                return;
+            }
+            s.bytes_read += r.data.len() as u64;
+            s.bytes_written +=
+                (data_out.len() as u64).saturating_sub(if r.status == status::GOOD {
+                    0
+                } else {
+                    data_out.len() as u64
+                });
+            match r.status {
+                status::GOOD => {}
+                status::CHECK_CONDITION => {
+                    let key = r.sense_data().map_or(0, |s| s.key as usize);
+                    s.errors_by_sense_key[key & 0xF] += 1;
+                }
+                _ => s.bad_status += 1,
+            }
+        });
+        Ok(r)
+    }
+
+    /// The error handler for the command `tag` that timed out: ABORT TASK,
+    /// then LOGICAL UNIT RESET, then I_T NEXUS RESET, each only if the
+    /// previous step did not get the command completed.
+    async fn recover(
+        &self,
+        lun_field: [u8; 8],
+        tag: u64,
+        mut rx: tokio::sync::oneshot::Receiver<Result<crate::queue::Completed>>,
+        timeout: Duration,
+        data_in_len: usize,
+    ) -> Result<Response> {
+        let steps = [
+            (Tmf::AbortTask { tag }, RecoveryStep::AbortTask),
+            (Tmf::LogicalUnitReset, RecoveryStep::LogicalUnitReset),
+            (Tmf::TargetReset, RecoveryStep::TargetReset),
+        ];
+        for (tmf, step) in steps {
+            let answered = match self.task_management_to(lun_field, tmf).await {
+                Ok(r) if r.is_success() => true,
+                Ok(r) => {
+                    warn!(tmf = tmf.name(), response = %r, "error handler: TMF failed");
+                    false
+                }
+                Err(e) => {
+                    warn!(tmf = tmf.name(), error = %e, "error handler: TMF failed");
+                    false
+                }
+            };
+            // The device completes covered commands before it answers the
+            // TMF; give the completion task time to deliver it.
+            let wait = if answered {
+                self.opts.eh_timeout
+            } else {
+                Duration::from_millis(10)
+            };
+            match tokio::time::timeout(wait, &mut rx).await {
+                Ok(Ok(Ok(done))) => {
+                    let r = to_response(&done, data_in_len)?;
+                    info!(
+                        tag,
+                        tmf = tmf.name(),
+                        response = r.response,
+                        "timed-out command released"
+                    );
+                    return match r.virtio() {
+                        Some(VirtioResponse::Aborted | VirtioResponse::Reset) => {
+                            Err(Error::Timeout {
+                                after: timeout,
+                                recovered_by: step,
+                            })
+                        }
+                        // It finished on its own while we were aborting it.
+                        _ => Ok(r),
+                    };
+                }
+                Ok(Ok(Err(e))) => return Err(e),
+                Ok(Err(_)) => return Err(Error::Closed),
+                Err(_) => continue,
+            }
+        }
+        warn!(tag, "timed-out command survived every error handler step");
+        Err(Error::Timeout {
+            after: timeout,
+            recovered_by: RecoveryStep::NotRecovered,
         })
+    }
+
+    /// Sends a task management function to `target:lun` and returns the answer.
+    ///
+    /// ```no_run
+    /// # async fn demo(driver: &vscsi_driver::Driver) -> vscsi_driver::Result<()> {
+    /// use vscsi_driver::{Tmf, TmfResponse};
+    /// for cmd in driver.in_flight() {
+    ///     let r = driver.task_management(0, 0, Tmf::AbortTask { tag: cmd.tag }).await?;
+    ///     assert_eq!(r, TmfResponse::FunctionComplete);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn task_management(&self, target: u8, lun: u16, tmf: Tmf) -> Result<TmfResponse> {
+        let addr = Lun::new(target, lun)
+            .ok_or_else(|| Error::BadConfig(format!("LUN {lun} > {MAX_LUN}")))?;
+        self.task_management_to(addr.encode(), tmf).await
+    }
+
+    /// [`Driver::task_management`] with a raw 8-byte LUN field.
+    pub async fn task_management_to(&self, lun_field: [u8; 8], tmf: Tmf) -> Result<TmfResponse> {
+        let (subtype, tag) = tmf.encode();
+        let mut req = [0u8; 24];
+        req[0..4].copy_from_slice(&vscsi_protocol::virtio_scsi::ctrl_type::TMF.to_le_bytes());
+        req[4..8].copy_from_slice(&subtype.to_le_bytes());
+        req[8..16].copy_from_slice(&lun_field);
+        req[16..24].copy_from_slice(&tag.to_le_bytes());
+        let after = self.opts.eh_timeout;
+        let resp = tokio::time::timeout(after, self.control.call(&req, 1))
+            .await
+            .map_err(|_| Error::TmfTimeout {
+                tmf: tmf.name(),
+                after,
+            })??;
+        let Some(&byte) = resp.first() else {
+            return Err(Error::ShortResponse(0));
+        };
+        let r = TmfResponse::from_u8(byte);
+        info!(tmf = tmf.name(), tag, response = %r, "task management function answered");
+        Ok(r)
+    }
+
+    /// Commands submitted and not completed yet, over all request queues.
+    pub fn in_flight(&self) -> Vec<InFlightCommand> {
+        self.queues.iter().flat_map(|q| q.in_flight()).collect()
+    }
+
+    /// A stream of the device's events (hot-plug, parameter changes,
+    /// missed events). Each call subscribes anew; events before it are not seen.
+    ///
+    /// ```no_run
+    /// # async fn demo(driver: &vscsi_driver::Driver) {
+    /// let mut events = driver.events();
+    /// if let Ok(ev) = events.recv().await {
+    ///     println!("{ev:?}");
+    /// }
+    /// # }
+    /// ```
+    pub fn events(&self) -> broadcast::Receiver<DeviceEvent> {
+        self.events_tx.subscribe()
+    }
+
+    /// A snapshot of the metrics: per queue and per LUN.
+    ///
+    /// ```no_run
+    /// # fn demo(driver: &vscsi_driver::Driver) {
+    /// let s = driver.stats();
+    /// for (lun, l) in &s.luns {
+    ///     println!("{}:{} {} commands, p99 read {} us", lun.target, lun.lun, l.commands, l.latency[0].percentile(99.0));
+    /// }
+    /// # }
+    /// ```
+    pub fn stats(&self) -> StatsSnapshot {
+        let mut table = LunTable::new();
+        for q in &self.queues {
+            q.merge_stats(&mut table);
+        }
+        let mut luns: Vec<_> = table
+            .into_iter()
+            .map(|((target, lun), s)| (Lun { target, lun }, s))
+            .collect();
+        luns.sort_by_key(|(l, _)| *l);
+        StatsSnapshot {
+            uptime: self.started.elapsed(),
+            queues: self.queues.iter().map(|q| q.queue_stats()).collect(),
+            control: crate::stats::QueueStats {
+                index: u16::MAX,
+                kicks: self.control.kicks(),
+                calls: self.control.calls(),
+                ..Default::default()
+            },
+            events: self.events_seen.load(Ordering::Relaxed),
+            luns,
+        }
     }
 
     /// Finds every logical unit: REPORT LUNS on each target (a target
@@ -529,11 +978,24 @@ impl Driver {
     }
 }
 
+fn to_response(done: &crate::queue::Completed, data_in_len: usize) -> Result<Response> {
+    let raw = done.read(data_in_len)?;
+    Ok(Response {
+        response: raw.resp.response,
+        status: raw.resp.status,
+        sense: raw.resp.sense[..raw.sense_len].to_vec(),
+        residual: raw.resp.resid.get(),
+        data: raw.data,
+    })
+}
+
 impl Drop for Driver {
     fn drop(&mut self) {
         for q in &self.queues {
             q.close();
         }
+        self.control.close();
+        self.event_queue.close();
         for t in &self.tasks {
             t.abort();
         }

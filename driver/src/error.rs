@@ -54,9 +54,25 @@ pub enum Error {
     /// A CDB longer than 32 bytes or empty.
     #[error("CDB must be 1 to 32 bytes, got {0}")]
     BadCdb(usize),
-    /// The command did not complete in time.
-    #[error("command timed out after {0:?} (no recovery attempted)")]
-    Timeout(std::time::Duration),
+    /// The command did not complete in time. The driver then ran the
+    /// error handler (ABORT TASK, LOGICAL UNIT RESET, I_T NEXUS RESET, each
+    /// only if the previous step did not clear the command);
+    /// `recovered_by` says which step cleared it.
+    #[error("command timed out after {after:?}; {recovered_by}")]
+    Timeout {
+        /// The timeout that expired.
+        after: std::time::Duration,
+        /// How far recovery went.
+        recovered_by: RecoveryStep,
+    },
+    /// A task management function failed or was not answered in time.
+    #[error("{tmf} was not answered within {after:?}")]
+    TmfTimeout {
+        /// The TMF.
+        tmf: &'static str,
+        /// How long the driver waited.
+        after: std::time::Duration,
+    },
     /// The device completed a request with a used length too short for a response.
     #[error("the device completed a request without a response header (used length {0})")]
     ShortResponse(u32),
@@ -66,6 +82,41 @@ pub enum Error {
     /// An eventfd or tokio I/O error.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// How far the error handler went for a timed-out command ([`Error::Timeout`]).
+///
+/// The Linux SCSI error handler's later steps (a queue reset: stop,
+/// re-create and re-enable the ring; a device reset) are not implemented:
+/// a command that survives I_T NEXUS RESET is reported as
+/// [`RecoveryStep::NotRecovered`] and keeps its request slot (the device may
+/// still write into it), so the queue has one slot fewer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryStep {
+    /// The command never reached the device (no free request slot in time).
+    NotSubmitted,
+    /// ABORT TASK cleared it (the device completed it with ABORTED).
+    AbortTask,
+    /// LOGICAL UNIT RESET cleared it.
+    LogicalUnitReset,
+    /// I_T NEXUS RESET (target reset) cleared it.
+    TargetReset,
+    /// Nothing cleared it.
+    NotRecovered,
+}
+
+impl std::fmt::Display for RecoveryStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RecoveryStep::NotSubmitted => "it was never submitted (no free request slot)",
+            RecoveryStep::AbortTask => "recovered by ABORT TASK",
+            RecoveryStep::LogicalUnitReset => "recovered by LOGICAL UNIT RESET",
+            RecoveryStep::TargetReset => "recovered by I_T NEXUS RESET (target reset)",
+            RecoveryStep::NotRecovered => {
+                "not recovered by ABORT TASK, LOGICAL UNIT RESET or I_T NEXUS RESET"
+            }
+        })
+    }
 }
 
 /// Result with the driver's [`Error`].

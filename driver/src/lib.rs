@@ -21,13 +21,24 @@
 //! (`ScsiCommand` → CDB), [`driver`] (the public API).
 
 pub mod command;
+pub mod control;
 pub mod driver;
 pub mod error;
+pub mod events;
 pub mod memory;
 mod queue;
+pub mod retry;
 pub mod ring;
+pub mod stats;
 pub mod transport;
 
 pub use command::ScsiCommand;
-pub use driver::{CommandError, Driver, DriverOptions, Features, LunInfo, QueueConfig, Response};
-pub use error::{Error, Result};
+pub use control::{Tmf, TmfResponse};
+pub use driver::{
+    CommandError, CommandOptions, Driver, DriverOptions, Features, LunInfo, QueueConfig, Response,
+};
+pub use error::{Error, RecoveryStep, Result};
+pub use events::{DeviceEvent, ResetReason};
+pub use queue::InFlightCommand;
+pub use retry::RetryPolicy;
+pub use stats::{Histogram, LatencySummary, LunStats, QueueStats, StatsSnapshot};

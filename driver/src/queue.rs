@@ -12,8 +12,9 @@
 //! gave up waiting). A slot is therefore never reused while the device may
 //! still write into it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{oneshot, Semaphore};
@@ -28,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::memory::SharedMemory;
 use crate::ring::split::SplitRing;
 use crate::ring::{RingError, Segment};
+use crate::stats::{LunStats, LunTable, QueueStats};
 
 /// Bytes reserved per slot for the request and response headers.
 pub(crate) const HEADER_AREA: usize = 256;
@@ -64,7 +66,29 @@ struct Inner {
 
 struct InFlight {
     slot: u16,
+    tag: u64,
+    lun: [u8; 8],
+    started: Instant,
     done: oneshot::Sender<Result<Completed>>,
+}
+
+/// A command the device has not completed yet (see [`crate::Driver::in_flight`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InFlightCommand {
+    /// Request queue.
+    pub queue: u16,
+    /// The command's tag (what ABORT TASK names).
+    pub tag: u64,
+    /// Its 8-byte virtio LUN field.
+    pub lun: [u8; 8],
+    /// How long it has been in flight.
+    pub age: Duration,
+}
+
+/// A submitted command: its tag and the completion to wait for.
+pub(crate) struct Pending {
+    pub tag: u64,
+    pub rx: oneshot::Receiver<Result<Completed>>,
 }
 
 /// State shared by submitters and the completion task of one queue.
@@ -75,8 +99,12 @@ pub(crate) struct RequestQueue {
     inner: Mutex<Inner>,
     slots_free: Semaphore,
     kick: EventFd,
-    kicks: std::sync::atomic::AtomicU64,
+    kicks: AtomicU64,
+    calls: AtomicU64,
+    completions: AtomicU64,
     closed: AtomicBool,
+    /// Per-LUN metrics of the commands this queue carried.
+    stats: Mutex<LunTable>,
 }
 
 /// A finished command still holding its slot (returned on drop).
@@ -116,8 +144,57 @@ impl RequestQueue {
             slots_free: Semaphore::new(place.slots as usize),
             kick,
             kicks: Default::default(),
+            calls: Default::default(),
+            completions: Default::default(),
             closed: AtomicBool::new(false),
+            stats: Mutex::default(),
         }
+    }
+
+    /// Updates the metrics of `target:lun` (this queue's share).
+    pub(crate) fn record(&self, target: u8, lun: u16, f: impl FnOnce(&mut LunStats)) {
+        let mut t = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        f(t.entry((target, lun)).or_default());
+    }
+
+    /// This queue's per-LUN metrics, merged into `into`.
+    pub(crate) fn merge_stats(&self, into: &mut LunTable) {
+        let t = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, v) in t.iter() {
+            into.entry(*k).or_default().merge(v);
+        }
+    }
+
+    /// Counters of this queue.
+    pub(crate) fn queue_stats(&self) -> QueueStats {
+        let inner = self.lock();
+        let in_flight = inner.in_flight.iter().filter(|f| f.is_some()).count() as u32;
+        drop(inner);
+        QueueStats {
+            index: self.index,
+            in_flight,
+            slots: u32::from(self.place.slots),
+            kicks: self.kicks(),
+            calls: self.calls.load(Ordering::Relaxed),
+            completions: self.completions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Commands in flight on this queue.
+    pub(crate) fn in_flight(&self) -> Vec<InFlightCommand> {
+        let inner = self.lock();
+        let now = Instant::now();
+        inner
+            .in_flight
+            .iter()
+            .flatten()
+            .map(|f| InFlightCommand {
+                queue: self.index,
+                tag: f.tag,
+                lun: f.lun,
+                age: now.duration_since(f.started),
+            })
+            .collect()
     }
 
     /// How many times the driver kicked the device (notification suppression shows here).
@@ -143,6 +220,7 @@ impl RequestQueue {
     }
 
     /// Sends one command and waits for the device to complete it.
+    #[allow(dead_code)]
     pub(crate) async fn submit(
         self: &Arc<Self>,
         lun: [u8; 8],
@@ -150,6 +228,19 @@ impl RequestQueue {
         data_out: &[u8],
         data_in_len: usize,
     ) -> Result<Completed> {
+        let p = self.start(lun, cdb, data_out, data_in_len).await?;
+        p.rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Offers one command to the device (waiting for a free slot); the
+    /// returned [`Pending`] resolves when the device completes it.
+    pub(crate) async fn start(
+        self: &Arc<Self>,
+        lun: [u8; 8],
+        cdb: &Cdb,
+        data_out: &[u8],
+        data_in_len: usize,
+    ) -> Result<Pending> {
         let max = self.place.max_transfer;
         if data_out.len() > max || data_in_len > max {
             return Err(Error::TransferTooLarge {
@@ -162,7 +253,7 @@ impl RequestQueue {
             .await
             .map_err(|_| Error::Closed)?
             .forget();
-        let rx = {
+        let (rx, tag) = {
             let mut inner = self.lock();
             if let Some(e) = &inner.broken {
                 let e = Error::DeviceBroken {
@@ -228,20 +319,31 @@ impl RequestQueue {
                 }
             };
             let (tx, rx) = oneshot::channel();
-            inner.in_flight[head as usize] = Some(InFlight { slot, done: tx });
+            inner.in_flight[head as usize] = Some(InFlight {
+                slot,
+                tag,
+                lun,
+                started: Instant::now(),
+                done: tx,
+            });
             if inner.ring.publish() {
                 self.kicks.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = self.kick.write(1) {
                     warn!(queue = self.index, error = %e, "kick failed");
                 }
             }
-            rx
+            (rx, tag)
         };
-        rx.await.map_err(|_| Error::Closed)?
+        Ok(Pending { tag, rx })
     }
 
     /// Drains the used ring, waking the submitters. Returns false once the
     /// queue is broken or closed.
+    /// Reaps whatever the device has completed, now (the polling path).
+    pub(crate) fn reap_now(self: &Arc<Self>) {
+        self.reap();
+    }
+
     fn reap(self: &Arc<Self>) -> bool {
         let mut inner = self.lock();
         loop {
@@ -265,6 +367,7 @@ impl RequestQueue {
                             slot: f.slot,
                             used_len: len,
                         };
+                        self.completions.fetch_add(1, Ordering::Relaxed);
                         // If the caller gave up, dropping `done` here frees the slot.
                         let _ = f.done.send(Ok(done));
                     }
@@ -290,8 +393,8 @@ impl RequestQueue {
 
     /// The completion task: waits on the call eventfd and reaps.
     pub(crate) async fn run_completions(self: Arc<Self>, call: EventFd) {
-        // SAFETY: the EventFd owns its descriptor, keeps it open until it is
-        // dropped with the AsyncFd, and always returns the same one.
+        // The EventFd owns its descriptor and keeps it open until it is dropped with the AsyncFd.
+        // SAFETY: the descriptor stays valid and is the same one for the AsyncFd's whole life.
         let call = match unsafe { AsyncFd::register(call) } {
             Ok(fd) => fd,
             Err(e) => {
@@ -310,6 +413,7 @@ impl RequestQueue {
                     return;
                 }
             };
+            self.calls.fetch_add(1, Ordering::Relaxed);
             // Reset the counter; WouldBlock just means a spurious wake-up.
             let _ = guard.get_inner().read();
             guard.clear_ready();

@@ -105,6 +105,12 @@ pub struct BenchDevice {
     /// Do not negotiate event index suppression.
     #[arg(long)]
     pub no_event_idx: bool,
+    /// Driver side: busy-poll for each completion this many microseconds.
+    #[arg(long, value_name = "US", default_value_t = 0)]
+    pub poll_us: u64,
+    /// Daemon side (for a daemon the bench starts): its --poll-us.
+    #[arg(long, value_name = "US", default_value_t = 0)]
+    pub daemon_poll_us: u64,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -185,7 +191,12 @@ pub async fn run(args: Args) -> Result<()> {
             let binary = daemon::locate(args.backend.as_deref(), true)?;
             let socket = dir.path().join("vscsi.sock");
             let log = dir.path().join("backend.log");
-            let mut backend = Backend::spawn(&binary, &socket, &image, args.device.queues, &log)?;
+            let extra = match args.device.daemon_poll_us {
+                0 => vec![],
+                us => vec!["--poll-us".to_string(), us.to_string()],
+            };
+            let mut backend =
+                Backend::spawn(&binary, &socket, &image, args.device.queues, &extra, &log)?;
             backend.wait_for_socket(Duration::from_secs(10)).await?;
             own = Some((backend, created.then_some(image)));
             socket
@@ -209,12 +220,16 @@ pub async fn run(args: Args) -> Result<()> {
 /// A file of `size` bytes with data in it (reads of holes would be free).
 fn make_image(path: &std::path::Path, size: u64) -> Result<()> {
     use std::io::Write;
-    let mut f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let chunk: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
     let mut left = size;
     while left > 0 {
         let n = left.min(chunk.len() as u64) as usize;
-        f.write_all(&chunk[..n]).with_context(|| format!("cannot fill {}", path.display()))?;
+        f.write_all(&chunk[..n])
+            .with_context(|| format!("cannot fill {}", path.display()))?;
         left -= n as u64;
     }
     Ok(())
@@ -230,13 +245,22 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
         no_event_idx: d.no_event_idx,
         timeout: Duration::from_secs(30),
         max_transfer: Some(args.bs.max(512)),
+        poll_us: d.poll_us,
         json: d.json,
     };
-    let dev = Device::open(&DeviceArgs { conn: conn.clone(), target: d.target, lun: d.lun }).await?;
+    let dev = Device::open(&DeviceArgs {
+        conn: conn.clone(),
+        target: d.target,
+        lun: d.lun,
+    })
+    .await?;
     let cap = blockio::read_capacity(&dev).await?;
     let bs = args.bs;
     if bs == 0 || !bs.is_multiple_of(cap.block_size as u64) {
-        bail!("--bs {bs} is not a multiple of the LUN's {}-byte blocks", cap.block_size);
+        bail!(
+            "--bs {bs} is not a multiple of the LUN's {}-byte blocks",
+            cap.block_size
+        );
     }
     let region = args.size.unwrap_or(cap.bytes()).min(cap.bytes());
     let slots = region / bs;
@@ -255,13 +279,25 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
 
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..args.iodepth {
-        let (driver, stop, done_ops, cursor) = (driver.clone(), stop.clone(), done_ops.clone(), cursor.clone());
-        let (rw, mix, target, lun, block_size) = (args.rw, args.rwmixread as u64, d.target, d.lun, cap.block_size);
+        let (driver, stop, done_ops, cursor) = (
+            driver.clone(),
+            stop.clone(),
+            done_ops.clone(),
+            cursor.clone(),
+        );
+        let (rw, mix, target, lun, block_size) = (
+            args.rw,
+            args.rwmixread as u64,
+            d.target,
+            d.lun,
+            cap.block_size,
+        );
         let mut rng = XorShift::new(args.seed ^ (w as u64) << 32);
         let payload = vec![0xA5u8; bs as usize];
         tasks.spawn(async move {
             let mut r = WorkerResult {
-                hist: Histogram::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| anyhow::anyhow!("{e}"))?,
+                hist: Histogram::new_with_bounds(1, 60_000_000_000, 3)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
                 reads: 0,
                 writes: 0,
             };
@@ -277,15 +313,27 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
                 };
                 let lba = slot * blocks as u64;
                 let cmd = if write {
-                    ScsiCommand::Write { lba, blocks, data: payload.clone() }
+                    ScsiCommand::Write {
+                        lba,
+                        blocks,
+                        data: payload.clone(),
+                    }
                 } else {
-                    ScsiCommand::Read { lba, blocks, block_size }
+                    ScsiCommand::Read {
+                        lba,
+                        blocks,
+                        block_size,
+                    }
                 };
                 let t0 = Instant::now();
                 let resp = driver.send_command(target, lun, cmd).await?;
                 let ns = t0.elapsed().as_nanos() as u64;
                 if !resp.is_good() {
-                    bail!("{} at LBA {lba} failed: {}", if write { "WRITE" } else { "READ" }, vscsi_driver::CommandError(resp));
+                    bail!(
+                        "{} at LBA {lba} failed: {}",
+                        if write { "WRITE" } else { "READ" },
+                        vscsi_driver::CommandError(resp)
+                    );
                 }
                 r.hist.saturating_record(ns.max(1));
                 if write {
@@ -299,23 +347,33 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
         });
     }
 
-    let progress = (!args.no_progress && !d.json && std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .then(|| {
-            let pb = indicatif::ProgressBar::new(args.runtime.as_millis() as u64);
-            pb.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {msg}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            pb
-        });
+    let progress = (!args.no_progress
+        && !d.json
+        && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    .then(|| {
+        let pb = indicatif::ProgressBar::new(args.runtime.as_millis() as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        pb
+    });
     let mut last = (Instant::now(), 0u64);
     while start.elapsed() < args.runtime {
-        tokio::time::sleep(Duration::from_millis(250).min(args.runtime.saturating_sub(start.elapsed()))).await;
+        tokio::time::sleep(
+            Duration::from_millis(250).min(args.runtime.saturating_sub(start.elapsed())),
+        )
+        .await;
         if let Some(pb) = &progress {
             let now = (Instant::now(), done_ops.load(Ordering::Relaxed));
-            let iops = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64().max(1e-9);
+            let iops =
+                (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64().max(1e-9);
             pb.set_position(start.elapsed().as_millis() as u64);
-            pb.set_message(format!("{:.0} IOPS, {:.1} MiB/s", iops, iops * bs as f64 / (1 << 20) as f64));
+            pb.set_message(format!(
+                "{:.0} IOPS, {:.1} MiB/s",
+                iops,
+                iops * bs as f64 / (1 << 20) as f64
+            ));
             last = now;
         }
         if tasks.try_join_next().is_some() {
@@ -363,7 +421,10 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
             "{:?}: bs={} iodepth={} queues={} queue_size={} indirect={} event_idx={} runtime={:.1}s",
             args.rw, human_size(bs), args.iodepth, f.queue_count, f.queue_size, f.indirect, f.event_index, elapsed
         );
-        println!("  IOPS={:.0}  BW={:.1} MiB/s  ({reads} reads, {writes} writes)", iops, mib_s);
+        println!(
+            "  IOPS={:.0}  BW={:.1} MiB/s  ({reads} reads, {writes} writes)",
+            iops, mib_s
+        );
         println!(
             "  clat (us): min={:.1} mean={:.1} p50={:.1} p90={:.1} p99={:.1} p99.9={:.1} max={:.1}",
             hist.min() as f64 / 1000.0,
@@ -381,7 +442,10 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
                 100.0 * dcpu / elapsed,
                 driver.kicks()
             ),
-            None => println!("  cpu: bench {cpu:.2}s ({:.0}%), daemon unknown (pass --daemon-pid)", 100.0 * cpu / elapsed),
+            None => println!(
+                "  cpu: bench {cpu:.2}s ({:.0}%), daemon unknown (pass --daemon-pid)",
+                100.0 * cpu / elapsed
+            ),
         }
     }
     Ok(())

@@ -161,12 +161,14 @@ impl Backend {
         socket: &Path,
         image: &Path,
         queues: u16,
+        extra: &[String],
         log: &Path,
     ) -> Result<Backend> {
         let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         let err = out.try_clone()?;
         let mut args: Vec<OsString> = vec!["--socket".into(), socket.into()];
         args.extend(["--queues".into(), queues.to_string().into()]);
+        args.extend(extra.iter().map(OsString::from));
         args.push(image.into());
         let child = Command::new(binary)
             .args(&args)

@@ -151,6 +151,7 @@ pub async fn run(args: Args) -> Result<()> {
         &socket,
         &image,
         args.queues,
+        &[],
         &tmp.path().join("backend.log"),
     )?;
     say!("backend  {} (pid {})", backend_path.display(), backend.pid);

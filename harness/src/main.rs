@@ -9,9 +9,11 @@
 
 mod bench;
 mod blockio;
+mod ctl;
 mod daemon;
 mod demo;
 mod device;
+mod events;
 mod inquiry;
 mod luns;
 mod output;
@@ -21,7 +23,10 @@ mod raw;
 mod read;
 mod readcap;
 mod scan;
+mod stats;
+mod tmf;
 mod tur;
+mod verify;
 mod write;
 
 use std::process::ExitCode;
@@ -76,6 +81,16 @@ enum Command {
     Demo(demo::Args),
     /// Measure IOPS, bandwidth and latency percentiles (fio-like).
     Bench(bench::Args),
+    /// Send a task management function: abort, lun-reset, target-reset...
+    Tmf(tmf::Args),
+    /// Follow the device's events (hot-plug, parameter changes) until Ctrl-C.
+    Events(events::Args),
+    /// Write a seeded pattern with many commands in flight, read back, report bad LBAs.
+    Verify(verify::Args),
+    /// Run a few commands and print the driver's metrics.
+    Stats(stats::Args),
+    /// Manage a running vscsi-backend through its control socket (JSON-RPC).
+    Ctl(ctl::Args),
 }
 
 impl Command {
@@ -92,6 +107,11 @@ impl Command {
             Command::Scan(a) => a.conn.json,
             Command::Demo(_) => false,
             Command::Bench(a) => a.device.json,
+            Command::Tmf(a) => a.device.conn.json,
+            Command::Events(a) => a.conn.json,
+            Command::Verify(a) => a.device.conn.json,
+            Command::Stats(a) => a.device.conn.json,
+            Command::Ctl(a) => a.json,
         }
     }
 
@@ -107,6 +127,11 @@ impl Command {
             Command::Scan(a) => scan::run(a).await,
             Command::Demo(a) => demo::run(a).await,
             Command::Bench(a) => bench::run(a).await,
+            Command::Tmf(a) => tmf::run(a).await,
+            Command::Events(a) => events::run(a).await,
+            Command::Verify(a) => verify::run(a).await,
+            Command::Stats(a) => stats::run(a).await,
+            Command::Ctl(a) => ctl::run(a).await,
         }
     }
 }

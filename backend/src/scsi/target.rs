@@ -3,7 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use vscsi_protocol::sense::SenseKey;
+use vscsi_protocol::status;
 
 use vscsi_protocol::lun::MAX_LUN;
 use vscsi_protocol::opcode as op;
@@ -34,10 +40,14 @@ pub enum ConfigError {
 }
 
 /// A SCSI target device: logical units by LUN.
-#[derive(Debug, Default)]
+///
+/// Cloning a target is cheap (the logical units are shared): a run-time
+/// change builds a new [`ScsiBus`] from the current one (copy-on-write) and
+/// stores it in the controller's [`BusHandle`].
+#[derive(Debug, Default, Clone)]
 pub struct Target {
     id: u8,
-    luns: BTreeMap<u16, Arc<LogicalUnit>>,
+    luns: BTreeMap<u16, Arc<LunEntry>>,
 }
 
 impl Target {
@@ -46,24 +56,36 @@ impl Target {
         self.id
     }
 
-    /// The logical unit at `lun`, if any.
+    /// The logical unit at `lun`, if any (a removed one is not).
     pub fn lun(&self, lun: u16) -> Option<&Arc<LogicalUnit>> {
-        self.luns.get(&lun)
+        self.luns.get(&lun).and_then(|e| e.resolve()).map(|e| &e.lu)
     }
 
-    /// Logical units in ascending LUN order.
+    /// The run-time entry at `lun` (state, statistics), if any.
+    pub fn entry(&self, lun: u16) -> Option<&Arc<LunEntry>> {
+        self.luns.get(&lun).and_then(|e| e.resolve())
+    }
+
+    /// Logical units in ascending LUN order (removed ones left out).
     pub fn luns(&self) -> impl Iterator<Item = (u16, &Arc<LogicalUnit>)> {
-        self.luns.iter().map(|(&l, lu)| (l, lu))
+        self.entries().map(|(l, e)| (l, &e.lu))
+    }
+
+    /// Run-time entries in ascending LUN order (removed ones left out).
+    pub fn entries(&self) -> impl Iterator<Item = (u16, &Arc<LunEntry>)> {
+        self.luns
+            .iter()
+            .filter_map(|(&l, e)| e.resolve().map(|e| (l, e)))
     }
 
     /// Whether a logical unit exists at `lun`.
     pub fn has_lun(&self, lun: u16) -> bool {
-        self.luns.contains_key(&lun)
+        self.lun(lun).is_some()
     }
 
     /// Number of logical units.
     pub fn lun_count(&self) -> usize {
-        self.luns.len()
+        self.entries().count()
     }
 
     /// Executes one command for `lun`.
@@ -76,6 +98,11 @@ impl Target {
     /// gets CHECK CONDITION 5/25/00 LOGICAL UNIT NOT SUPPORTED.
     ///
     /// Never panics, whatever the CDB; allocates nothing on the READ/WRITE path.
+    ///
+    /// A LUN removed at run time answers as a missing one; one being
+    /// switched (re-opened read-only, new medium) answers BUSY for the
+    /// few milliseconds the switch takes. Every command is counted in the
+    /// LUN's [`LunStats`].
     pub fn execute(
         &self,
         lun: u16,
@@ -83,8 +110,42 @@ impl Target {
         data_in: &mut dyn DataIn,
         data_out: &dyn DataOut,
     ) -> CommandResult {
+        let Some(entry) = self.luns.get(&lun) else {
+            return self.execute_on(lun, None, req, data_in, data_out);
+        };
+        match entry.enter() {
+            Entered::Live(entry, guard) => {
+                let start = Instant::now();
+                let r = self.execute_on(lun, Some(&entry.lu), req, data_in, data_out);
+                entry.stats.record(req.cdb, &r, start.elapsed());
+                if r.decoded_sense().map(|s| s.key) == Some(SenseKey::DataProtect) {
+                    tracing::info!(
+                        target: "vscsi::audit",
+                        target_id = self.id,
+                        lun,
+                        opcode = req.cdb.first().copied().unwrap_or(0),
+                        image = %entry.lu.path().display(),
+                        result = "refused",
+                        "write refused: the LUN is write protected"
+                    );
+                }
+                drop(guard);
+                r
+            }
+            Entered::Busy => CommandResult::with_status(status::BUSY),
+            Entered::Gone => self.execute_on(lun, None, req, data_in, data_out),
+        }
+    }
+
+    fn execute_on(
+        &self,
+        lun: u16,
+        lu: Option<&Arc<LogicalUnit>>,
+        req: &Request<'_>,
+        data_in: &mut dyn DataIn,
+        data_out: &dyn DataOut,
+    ) -> CommandResult {
         let cdb = req.cdb;
-        let lu = self.luns.get(&lun);
         let opcode = cdb.first().copied();
         if lu.is_none()
             && !matches!(
@@ -179,7 +240,7 @@ impl Target {
     /// A reset of every logical unit of the target (hard reset, I_T nexus
     /// loss: each gets POWER ON, RESET, OR BUS DEVICE RESET OCCURRED).
     pub fn reset(&self) {
-        for lu in self.luns.values() {
+        for (_, lu) in self.luns() {
             lu.reset();
         }
     }
@@ -187,7 +248,7 @@ impl Target {
     /// Establishes REPORTED LUNS DATA HAS CHANGED on every logical unit of
     /// the target (after a LUN was added or removed).
     pub fn report_luns_changed(&self) {
-        for lu in self.luns.values() {
+        for (_, lu) in self.luns() {
             lu.set_unit_attention(UA_REPORTED_LUNS_CHANGED);
         }
     }
@@ -242,7 +303,10 @@ impl Target {
 }
 
 /// One SCSI domain: targets by id.
-#[derive(Debug, Default)]
+///
+/// `Clone` is cheap and shares the logical units: it is how run-time
+/// changes build the next bus (see [`BusHandle`]).
+#[derive(Debug, Default, Clone)]
 pub struct ScsiBus {
     targets: BTreeMap<u8, Target>,
 }
@@ -267,11 +331,65 @@ impl ScsiBus {
             id: target,
             luns: BTreeMap::new(),
         });
-        if t.luns.contains_key(&lun) {
+        if t.luns.get(&lun).is_some_and(|e| e.resolve().is_some()) {
             return Err(ConfigError::DuplicateLun { target, lun });
         }
-        t.luns.insert(lun, lu);
+        t.luns.insert(lun, Arc::new(LunEntry::new(lu)));
         Ok(())
+    }
+
+    /// A copy of this bus with `lu` added at (`target`, `lun`).
+    pub fn with_lun(
+        &self,
+        target: u8,
+        lun: u16,
+        lu: Arc<LogicalUnit>,
+    ) -> Result<ScsiBus, ConfigError> {
+        let mut next = self.clone();
+        next.add_lun(target, lun, lu)?;
+        Ok(next)
+    }
+
+    /// A copy of this bus with `entry` in place of whatever is at
+    /// (`target`, `lun`) (a re-opened logical unit).
+    pub fn with_entry(&self, target: u8, lun: u16, entry: Arc<LunEntry>) -> ScsiBus {
+        let mut next = self.clone();
+        next.targets
+            .entry(target)
+            .or_insert_with(|| Target {
+                id: target,
+                luns: BTreeMap::new(),
+            })
+            .luns
+            .insert(lun, entry);
+        next
+    }
+
+    /// A copy of this bus without (`target`, `lun`) (a target left with no
+    /// LUN goes too), and the entry removed; `None` if there is no such LUN.
+    pub fn without_lun(&self, target: u8, lun: u16) -> Option<(ScsiBus, Arc<LunEntry>)> {
+        let entry = self.target(target)?.entry(lun)?.clone();
+        let mut next = self.clone();
+        if let Some(t) = next.targets.get_mut(&target) {
+            t.luns.remove(&lun);
+            t.luns.retain(|_, e| e.resolve().is_some());
+            if t.luns.is_empty() {
+                next.targets.remove(&target);
+            }
+        }
+        Some((next, entry))
+    }
+
+    /// The run-time entry at (`target`, `lun`).
+    pub fn entry(&self, target: u8, lun: u16) -> Option<&Arc<LunEntry>> {
+        self.target(target)?.entry(lun)
+    }
+
+    /// Every (target, LUN, entry), in order.
+    pub fn entries(&self) -> impl Iterator<Item = (u8, u16, &Arc<LunEntry>)> {
+        self.targets
+            .values()
+            .flat_map(|t| t.entries().map(move |(l, e)| (t.id, l, e)))
     }
 
     /// The target with id `id`, if it has any LUN.
@@ -297,14 +415,12 @@ impl ScsiBus {
 
     /// Every (target, LUN, logical unit), in order.
     pub fn units(&self) -> impl Iterator<Item = (u8, u16, &Arc<LogicalUnit>)> {
-        self.targets
-            .values()
-            .flat_map(|t| t.luns.iter().map(move |(&l, lu)| (t.id, l, lu)))
+        self.entries().map(|(t, l, e)| (t, l, &e.lu))
     }
 
     /// True when no LUN is configured.
     pub fn is_empty(&self) -> bool {
-        self.targets.is_empty()
+        self.units().next().is_none()
     }
 
     /// `fdatasync` of every image (at shutdown). Tries them all and
@@ -320,6 +436,271 @@ impl ScsiBus {
             }
         }
         first
+    }
+}
+
+/// The run-time state of one logical unit, shared by every generation of
+/// the bus that holds it: whether it still takes commands, how many are in
+/// flight, what replaced it, and its counters.
+#[derive(Debug)]
+pub struct LunEntry {
+    lu: Arc<LogicalUnit>,
+    state: AtomicU8,
+    in_flight: AtomicU64,
+    replaced_by: OnceLock<Arc<LunEntry>>,
+    stats: LunStats,
+}
+
+const LIVE: u8 = 0;
+const SWITCHING: u8 = 1;
+const GONE: u8 = 2;
+
+enum Entered<'a> {
+    Live(&'a LunEntry, InFlight<'a>),
+    Busy,
+    Gone,
+}
+
+/// One command in flight on an entry; leaves on drop.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl LunEntry {
+    /// A live entry for `lu`.
+    pub fn new(lu: Arc<LogicalUnit>) -> Self {
+        Self {
+            lu,
+            state: AtomicU8::new(LIVE),
+            in_flight: AtomicU64::new(0),
+            replaced_by: OnceLock::new(),
+            stats: LunStats::default(),
+        }
+    }
+
+    /// The logical unit.
+    pub fn lu(&self) -> &Arc<LogicalUnit> {
+        &self.lu
+    }
+
+    /// The counters of this LUN.
+    pub fn stats(&self) -> &LunStats {
+        &self.stats
+    }
+
+    /// Commands running on the LUN now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// `"live"`, `"switching"` or `"removed"`.
+    pub fn state_name(&self) -> &'static str {
+        match self.state.load(Ordering::SeqCst) {
+            LIVE => "live",
+            SWITCHING => "switching",
+            _ => "removed",
+        }
+    }
+
+    /// This entry, or the one that replaced it; `None` once removed.
+    fn resolve(self: &Arc<Self>) -> Option<&Arc<LunEntry>> {
+        let mut e = self;
+        for _ in 0..64 {
+            if e.state.load(Ordering::Relaxed) != GONE {
+                return Some(e);
+            }
+            e = e.replaced_by.get()?;
+        }
+        None
+    }
+
+    /// Starts a command: counted in flight before the state is checked
+    /// (`SeqCst` on both sides), so [`LunEntry::fence`] cannot miss it.
+    fn enter(&self) -> Entered<'_> {
+        let mut e = self;
+        for _ in 0..64 {
+            e.in_flight.fetch_add(1, Ordering::SeqCst);
+            let guard = InFlight(&e.in_flight);
+            match e.state.load(Ordering::SeqCst) {
+                LIVE => return Entered::Live(e, guard),
+                SWITCHING => return Entered::Busy,
+                _ => {
+                    drop(guard);
+                    match e.replaced_by.get() {
+                        Some(next) => e = next,
+                        None => return Entered::Gone,
+                    }
+                }
+            }
+        }
+        Entered::Gone
+    }
+
+    /// Waits until no command runs on the entry, at most `timeout`;
+    /// returns whether it drained.
+    fn drain(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.in_flight.load(Ordering::SeqCst) != 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        true
+    }
+
+    /// Refuses new commands (they answer as to a missing LUN) and waits for
+    /// the running ones, at most `timeout`. Returns whether they all finished.
+    pub fn fence(&self, timeout: Duration) -> bool {
+        self.state.store(GONE, Ordering::SeqCst);
+        self.drain(timeout)
+    }
+
+    /// Starts a switch: new commands get BUSY; waits for the running ones,
+    /// at most `timeout`. Returns whether they all finished; either way
+    /// end with [`LunEntry::finish_switch`] or [`LunEntry::abort_switch`].
+    pub fn begin_switch(&self, timeout: Duration) -> bool {
+        self.state.store(SWITCHING, Ordering::SeqCst);
+        self.drain(timeout)
+    }
+
+    /// Ends a switch: commands sent through any bus that still holds this
+    /// entry go to `next`.
+    pub fn finish_switch(&self, next: Arc<LunEntry>) {
+        let _ = self.replaced_by.set(next);
+        self.state.store(GONE, Ordering::SeqCst);
+    }
+
+    /// Ends a switch that failed: the entry serves again.
+    pub fn abort_switch(&self) {
+        self.state.store(LIVE, Ordering::SeqCst);
+    }
+}
+
+/// Latency histogram buckets: upper bounds 1 µs, 2 µs, 4 µs ... 2^25 µs (~34 s).
+pub const LATENCY_BUCKETS: usize = 26;
+
+/// Counters of one LUN, updated with relaxed atomics by whichever queue
+/// runs the command (no lock).
+#[derive(Debug, Default)]
+pub struct LunStats {
+    /// Commands completed.
+    pub commands: AtomicU64,
+    /// READ commands.
+    pub read_ops: AtomicU64,
+    /// WRITE-family commands.
+    pub write_ops: AtomicU64,
+    /// Data-In bytes.
+    pub read_bytes: AtomicU64,
+    /// Data-Out bytes consumed.
+    pub written_bytes: AtomicU64,
+    /// Commands that did not end GOOD.
+    pub errors: AtomicU64,
+    /// Sum of command times in nanoseconds.
+    pub latency_ns_sum: AtomicU64,
+    /// Command times: bucket `i` counts commands that took at most 2^i µs
+    /// (and more than 2^(i-1) µs).
+    pub latency_buckets: [AtomicU64; LATENCY_BUCKETS],
+}
+
+impl LunStats {
+    fn record(&self, cdb: &[u8], r: &CommandResult, took: Duration) {
+        let relaxed = Ordering::Relaxed;
+        self.commands.fetch_add(1, relaxed);
+        match cdb.first().copied() {
+            Some(op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16) => {
+                self.read_ops.fetch_add(1, relaxed);
+            }
+            Some(
+                op::WRITE_6
+                | op::WRITE_10
+                | op::WRITE_12
+                | op::WRITE_16
+                | op::WRITE_AND_VERIFY_10
+                | op::WRITE_AND_VERIFY_16
+                | op::WRITE_SAME_10
+                | op::WRITE_SAME_16
+                | op::COMPARE_AND_WRITE,
+            ) => {
+                self.write_ops.fetch_add(1, relaxed);
+            }
+            _ => {}
+        }
+        self.read_bytes.fetch_add(r.data_in_len as u64, relaxed);
+        self.written_bytes.fetch_add(r.data_out_len as u64, relaxed);
+        if !r.is_good() {
+            self.errors.fetch_add(1, relaxed);
+        }
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.latency_ns_sum.fetch_add(ns, relaxed);
+        let bucket = latency_bucket(ns);
+        self.latency_buckets[bucket].fetch_add(1, relaxed);
+    }
+
+    /// The upper bound (µs) below which `q` (0..=1) of the commands
+    /// completed, from the histogram; 0 with no command.
+    pub fn latency_quantile_us(&self, q: f64) -> u64 {
+        let counts: Vec<u64> = self
+            .latency_buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let want = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return 1 << i;
+            }
+        }
+        1 << (LATENCY_BUCKETS - 1)
+    }
+}
+
+/// The histogram bucket of a command that took `ns` nanoseconds.
+fn latency_bucket(ns: u64) -> usize {
+    let us = ns.div_ceil(1000).max(1);
+    // ceil(log2(us)): 1 µs → 0, 2 → 1, 3..=4 → 2 ...
+    let b = (64 - (us - 1).leading_zeros()) as usize;
+    b.min(LATENCY_BUCKETS - 1)
+}
+
+/// The run-time bus of one controller: request processing loads the
+/// current [`ScsiBus`] lock-free; control operations store a new one built
+/// from it (copy-on-write, sharing the logical units). Cloning the handle
+/// shares it.
+#[derive(Debug, Clone, Default)]
+pub struct BusHandle(Arc<ArcSwap<ScsiBus>>);
+
+impl BusHandle {
+    /// A handle serving `bus`.
+    pub fn new(bus: ScsiBus) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(bus)))
+    }
+
+    /// The current bus, for one request or one batch (lock-free, no
+    /// reference count traffic in the common case).
+    pub fn load(&self) -> arc_swap::Guard<Arc<ScsiBus>> {
+        self.0.load()
+    }
+
+    /// The current bus as an owned `Arc` (a snapshot).
+    pub fn load_full(&self) -> Arc<ScsiBus> {
+        self.0.load_full()
+    }
+
+    /// Serves `bus` from now on. Callers serialize their read-modify-store
+    /// sequences (the control socket does it per controller).
+    pub fn store(&self, bus: ScsiBus) {
+        self.0.store(Arc::new(bus));
     }
 }
 

@@ -1,13 +1,27 @@
 //! The control queue (VIRTIO 1.2 §5.6.6.2): task management functions and
 //! asynchronous notification queries / subscriptions.
 //!
-//! Commands run to completion on their queue's worker before the worker
-//! looks at the ring again, so when a TMF is handled no command it could
-//! name is left half-done: ABORT TASK, ABORT TASK SET, CLEAR TASK SET,
-//! LOGICAL UNIT RESET and I_T NEXUS RESET answer FUNCTION COMPLETE
-//! (`VIRTIO_SCSI_S_OK`), and the QUERY functions answer that no such task
-//! exists (also FUNCTION COMPLETE, SAM-5 §7.6). Every request is completed,
-//! which the Linux error handler depends on: it waits for TMFs without a timeout.
+//! Commands normally run to completion on their queue's worker, so the only
+//! commands a TMF can find in flight are the ones fault injection holds
+//! (stall) or delays (latency); see [`crate::fault`]. Before a TMF is
+//! answered, every command it covers is completed on its request queue:
+//!
+//! | TMF | covered commands complete with | answer |
+//! |---|---|---|
+//! | ABORT TASK | ABORTED (the one tag) | FUNCTION COMPLETE, found or not |
+//! | ABORT TASK SET, CLEAR TASK SET | ABORTED (all of the LUN) | FUNCTION COMPLETE |
+//! | LOGICAL UNIT RESET | RESET (all of the LUN); the LU is reset (unit attention) | FUNCTION COMPLETE |
+//! | I_T NEXUS RESET | RESET (all of the target); every LU of it is reset | FUNCTION COMPLETE |
+//! | QUERY TASK / QUERY TASK SET | (nothing) | FUNCTION SUCCEEDED if in flight, else FUNCTION COMPLETE |
+//! | CLEAR ACA | (nothing: ACA is never established) | FUNCTION COMPLETE |
+//! | anything else | | FUNCTION REJECTED |
+//!
+//! A missing target answers BAD_TARGET, a missing LUN INCORRECT LUN (except
+//! for I_T NEXUS RESET, which addresses the target). Every request is
+//! completed, which the Linux error handler depends on: it waits for TMFs
+//! without a timeout.
+
+use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 use vhost_user_backend::{VringRwLock, VringT};
@@ -20,6 +34,8 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::chain::split_chain;
 use super::guest_io::IoVecs;
+use super::request_queue::{Covers, QueueShared};
+use crate::fault::FaultTable;
 use crate::scsi::ScsiBus;
 
 /// Control queue worker state.
@@ -29,21 +45,50 @@ pub struct ControlQueue {
     writable: IoVecs,
 }
 
+/// What a TMF needs beyond its own request: the bus and every request queue.
+pub struct TaskSet<'a> {
+    /// The SCSI bus.
+    pub bus: &'a ScsiBus,
+    /// The request queues' shared state (held commands).
+    pub queues: &'a [Arc<QueueShared>],
+    /// The fault table (which LUNs ignore aborts or resets).
+    pub faults: &'a FaultTable,
+}
+
 impl ControlQueue {
     /// Serves every available control request and notifies the driver.
     pub fn process(
         &mut self,
         vring: &VringRwLock,
         mem: &GuestMemoryAtomic<GuestMemoryMmap>,
-        bus: &ScsiBus,
+        tasks: &TaskSet<'_>,
     ) -> std::io::Result<()> {
         let guard = mem.memory();
-        let mut state = vring.get_mut();
-        let mut any = false;
-        while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(guard.clone()) {
+        loop {
+            // The ring lock is not held while a TMF waits for request
+            // queues to complete the commands it covers.
+            let next = {
+                let mut state = vring.get_mut();
+                if let Err(e) = state.disable_notification() {
+                    warn!(error = %e, "control queue: cannot disable notifications");
+                }
+                state.get_queue_mut().pop_descriptor_chain(guard.clone())
+            };
+            let Some(chain) = next else {
+                // Re-enabling writes avail_event (EVENT_IDX), so the driver
+                // kicks for its next request; re-check what came meanwhile.
+                match vring.get_mut().enable_notification() {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(e) => {
+                        warn!(error = %e, "control queue: cannot enable notifications");
+                        break;
+                    }
+                }
+            };
             let head = chain.head_index();
             let used = match split_chain(chain, &guard, &mut self.readable, &mut self.writable) {
-                Ok(()) => self.execute(bus),
+                Ok(()) => self.execute(tasks),
                 Err(fault) => {
                     warn!(
                         head,
@@ -55,25 +100,25 @@ impl ControlQueue {
             };
             self.readable.clear();
             self.writable.clear();
+            let mut state = vring.get_mut();
             if let Err(e) = state.add_used(head, used) {
                 warn!(head, error = %e, "control queue: add_used failed");
             }
-            any = true;
-        }
-        if any && state.needs_notification().unwrap_or(true) {
-            state.signal_used_queue()?;
+            if state.needs_notification().unwrap_or(true) {
+                state.signal_used_queue()?;
+            }
         }
         Ok(())
     }
 
-    fn execute(&mut self, bus: &ScsiBus) -> u32 {
+    fn execute(&mut self, tasks: &TaskSet<'_>) -> u32 {
         let mut ty = [0u8; 4];
         if self.readable.copy_out(0, &mut ty) < 4 {
             warn!("control request shorter than its type field: completed with used length 0");
             return 0;
         }
         match u32::from_le_bytes(ty) {
-            ctrl_type::TMF => self.tmf(bus),
+            ctrl_type::TMF => self.tmf(tasks),
             t @ (ctrl_type::AN_QUERY | ctrl_type::AN_SUBSCRIBE) => self.an(t),
             other => {
                 warn!(
@@ -85,7 +130,7 @@ impl ControlQueue {
         }
     }
 
-    fn tmf(&mut self, bus: &ScsiBus) -> u32 {
+    fn tmf(&mut self, tasks: &TaskSet<'_>) -> u32 {
         let mut raw = [0u8; size_of::<CtrlTmfReq>()];
         if self.readable.copy_out(0, &mut raw) < raw.len() || self.writable.is_empty() {
             warn!("TMF request or response too short: completed with used length 0");
@@ -95,35 +140,26 @@ impl ControlQueue {
             return 0;
         };
         let subtype = req.subtype.get();
+        let tag = req.tag.get();
         let response = match LunAddress::decode(&req.lun) {
             Err(_) => Response::BadTarget,
-            Ok(addr) => {
-                let (target, lun) = match addr {
-                    LunAddress::Unit(l) => (l.target, Some(l.lun)),
-                    LunAddress::ReportLunsWellKnown { target } => (target, None),
-                };
-                match bus.target(target) {
-                    None => Response::BadTarget,
-                    Some(t) => match subtype {
-                        tmf::LOGICAL_UNIT_RESET | tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET
-                            if lun.is_some_and(|l| !t.has_lun(l)) =>
-                        {
-                            Response::IncorrectLun
-                        }
-                        tmf::ABORT_TASK
-                        | tmf::ABORT_TASK_SET
-                        | tmf::CLEAR_TASK_SET
-                        | tmf::LOGICAL_UNIT_RESET
-                        | tmf::I_T_NEXUS_RESET
-                        | tmf::QUERY_TASK
-                        | tmf::QUERY_TASK_SET
-                        | tmf::CLEAR_ACA => Response::Ok,
-                        _ => Response::FunctionRejected,
-                    },
+            Ok(LunAddress::Unit(l)) => run_tmf(tasks, subtype, l.target, l.lun, tag),
+            // The REPORT LUNS well-known LU has no task set of its own.
+            Ok(LunAddress::ReportLunsWellKnown { target }) => match tasks.bus.target(target) {
+                None => Response::BadTarget,
+                Some(_) if subtype == tmf::I_T_NEXUS_RESET => {
+                    run_tmf(tasks, subtype, target, 0, tag)
                 }
-            }
+                Some(_) => Response::IncorrectLun,
+            },
         };
-        info!(subtype, tag = req.tag.get(), lun = ?req.lun, response = response.name(), "task management function");
+        info!(
+            subtype = tmf_name(subtype),
+            tag,
+            lun = ?req.lun,
+            response = response.name(),
+            "task management function"
+        );
         self.writable.copy_in(0, &[response as u8]);
         1
     }
@@ -146,5 +182,83 @@ impl ControlQueue {
         };
         self.writable.copy_in(0, resp.as_bytes());
         resp_len as u32
+    }
+}
+
+/// The spec's name of a TMF subtype.
+pub fn tmf_name(subtype: u32) -> &'static str {
+    match subtype {
+        tmf::ABORT_TASK => "ABORT TASK",
+        tmf::ABORT_TASK_SET => "ABORT TASK SET",
+        tmf::CLEAR_ACA => "CLEAR ACA",
+        tmf::CLEAR_TASK_SET => "CLEAR TASK SET",
+        tmf::I_T_NEXUS_RESET => "I_T NEXUS RESET",
+        tmf::LOGICAL_UNIT_RESET => "LOGICAL UNIT RESET",
+        tmf::QUERY_TASK => "QUERY TASK",
+        tmf::QUERY_TASK_SET => "QUERY TASK SET",
+        _ => "unknown TMF",
+    }
+}
+
+/// Runs one TMF on `target:lun` (see the module table); returns its answer.
+/// Covered commands are on their used rings when this returns.
+pub fn run_tmf(tasks: &TaskSet<'_>, subtype: u32, target: u8, lun: u16, tag: u64) -> Response {
+    let Some(t) = tasks.bus.target(target) else {
+        return Response::BadTarget;
+    };
+    if subtype != tmf::I_T_NEXUS_RESET && !t.has_lun(lun) {
+        return Response::IncorrectLun;
+    }
+    let lun_covers = |tag| Covers {
+        target,
+        lun: Some(lun),
+        tag,
+    };
+    let complete = |covers: Covers, response: Response, level: u8| -> usize {
+        let keep = |t: u8, l: u16| {
+            let (ignore_abort, ignore_reset) = tasks.faults.survives(t, l);
+            (level == 0 && ignore_abort) || (level == 1 && ignore_reset)
+        };
+        tasks
+            .queues
+            .iter()
+            .map(|q| q.complete(&covers, keep, response, tasks.faults))
+            .sum()
+    };
+    let any = |covers: Covers| tasks.queues.iter().any(|q| q.any(&covers));
+    match subtype {
+        tmf::ABORT_TASK => {
+            let n = complete(lun_covers(Some(tag)), Response::Aborted, 0);
+            debug!(target, lun, tag, aborted = n, "ABORT TASK");
+            Response::Ok
+        }
+        tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET => {
+            let n = complete(lun_covers(None), Response::Aborted, 0);
+            debug!(target, lun, aborted = n, "task set aborted");
+            Response::Ok
+        }
+        tmf::LOGICAL_UNIT_RESET => {
+            let n = complete(lun_covers(None), Response::Reset, 1);
+            if let Some(lu) = t.lun(lun) {
+                lu.reset();
+            }
+            debug!(target, lun, reset = n, "LOGICAL UNIT RESET");
+            Response::Ok
+        }
+        tmf::I_T_NEXUS_RESET => {
+            let covers = Covers {
+                target,
+                lun: None,
+                tag: None,
+            };
+            let n = complete(covers, Response::Reset, 2);
+            t.reset();
+            debug!(target, reset = n, "I_T NEXUS RESET");
+            Response::Ok
+        }
+        tmf::QUERY_TASK if any(lun_covers(Some(tag))) => Response::FunctionSucceeded,
+        tmf::QUERY_TASK_SET if any(lun_covers(None)) => Response::FunctionSucceeded,
+        tmf::QUERY_TASK | tmf::QUERY_TASK_SET | tmf::CLEAR_ACA => Response::Ok,
+        _ => Response::FunctionRejected,
     }
 }

@@ -25,8 +25,12 @@ use vscsi_protocol::virtio_scsi::{feature, Config, CDB_SIZE, CONFIG_SIZE, SENSE_
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::IntoBytes;
 
-use super::control_queue::ControlQueue;
-use super::request_queue::RequestQueue;
+use super::control_queue::{ControlQueue, TaskSet};
+use super::event_queue::{Delivery, EventHub, EventQueue, ResetReason};
+use super::request_queue::{QueueShared, RequestQueue};
+use crate::fault::FaultTable;
+use crate::scsi::target::BusHandle;
+#[cfg(test)]
 use crate::scsi::ScsiBus;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES` (vhost-user.rst): bit 30 of the virtio features.
@@ -45,6 +49,15 @@ pub struct DeviceOptions {
     pub max_sectors: u32,
     /// Config `cmd_per_lun`.
     pub cmd_per_lun: u32,
+    /// Fault injection per LUN, shared with whoever changes it at run time.
+    pub faults: Arc<FaultTable>,
+    /// The hook that sends hot-plug and parameter change events to the
+    /// device of the current connection.
+    pub events: Arc<EventHub>,
+    /// Busy-poll a request queue for new requests this long after it runs
+    /// dry, before sleeping on the kick eventfd (0: never poll). Trades a
+    /// core for latency: no kick (eventfd wake-up) while it polls.
+    pub poll: std::time::Duration,
 }
 
 impl Default for DeviceOptions {
@@ -55,6 +68,9 @@ impl Default for DeviceOptions {
             seg_max: 254,
             max_sectors: 0xFFFF,
             cmd_per_lun: 128,
+            faults: Arc::default(),
+            events: Arc::default(),
+            poll: std::time::Duration::ZERO,
         }
     }
 }
@@ -72,17 +88,20 @@ pub fn offered_features() -> u64 {
 
 /// One virtio-scsi device instance (one vhost-user connection).
 pub struct ScsiDevice {
-    bus: Arc<ScsiBus>,
+    bus: BusHandle,
     opts: DeviceOptions,
     mem: OnceLock<GuestMemoryAtomic<GuestMemoryMmap>>,
     control: Mutex<ControlQueue>,
     requests: Vec<Mutex<RequestQueue>>,
+    /// What other threads reach of each request queue (held commands).
+    shared: Vec<Arc<QueueShared>>,
+    events: Arc<EventQueue>,
     exit: Vec<(EventConsumer, EventNotifier)>,
 }
 
 impl ScsiDevice {
     /// A device serving `bus` with `opts`.
-    pub fn new(bus: Arc<ScsiBus>, opts: DeviceOptions) -> io::Result<Self> {
+    pub fn new(bus: BusHandle, opts: DeviceOptions) -> io::Result<Self> {
         let opts = DeviceOptions {
             request_queues: opts.request_queues.clamp(1, 62),
             ..opts
@@ -91,9 +110,19 @@ impl ScsiDevice {
         let exit = (0..threads)
             .map(|_| new_event_consumer_and_notifier(EventFlag::NONBLOCK))
             .collect::<io::Result<Vec<_>>>()?;
+        let shared: Vec<Arc<QueueShared>> = (0..opts.request_queues)
+            .map(|n| Arc::new(QueueShared::new(n)))
+            .collect();
+        let events = Arc::new(EventQueue::default());
+        opts.events.register(&events);
         Ok(Self {
             bus,
-            requests: (0..opts.request_queues).map(|_| Mutex::default()).collect(),
+            requests: shared
+                .iter()
+                .map(|s| Mutex::new(RequestQueue::new(s.clone(), opts.faults.clone(), opts.poll)))
+                .collect(),
+            shared,
+            events,
             opts,
             mem: OnceLock::new(),
             control: Mutex::default(),
@@ -112,15 +141,59 @@ impl ScsiDevice {
             sense_size: U32::new(SENSE_SIZE as u32),
             cdb_size: U32::new(CDB_SIZE as u32),
             max_channel: U16::new(0),
-            max_target: U16::new(self.bus.max_target() as u16),
+            // Every target id a hot-plugged LUN may get is addressable, as
+            // QEMU does (VIRTIO_SCSI_MAX_TARGET); absent ones answer BAD_TARGET.
+            max_target: U16::new(u8::MAX as u16),
             max_lun: U32::new(MAX_LUN as u32),
         }
     }
 
-    /// Wakes every worker thread so it exits (after the connection ended).
+    /// Wakes every worker thread so it exits (after the connection ended),
+    /// and completes every command fault injection still holds (with
+    /// `VIRTIO_SCSI_S_RESET`): nothing taken off a ring is left behind.
     pub fn stop_workers(&self) {
+        self.events.disconnect();
+        self.release_held();
         for (_, notifier) in &self.exit {
             let _ = notifier.notify();
+        }
+    }
+
+    /// Completes every held command on every request queue; returns how many.
+    pub fn release_held(&self) -> usize {
+        self.shared
+            .iter()
+            .map(|q| q.complete_all(&self.opts.faults))
+            .sum()
+    }
+
+    /// Commands held by fault injection right now.
+    pub fn held(&self) -> usize {
+        self.shared.iter().map(|q| q.held()).sum()
+    }
+
+    /// The fault table this device consults.
+    pub fn faults(&self) -> &Arc<FaultTable> {
+        &self.opts.faults
+    }
+
+    /// Sends a TRANSPORT_RESET event (hot-plug: `Rescan`, unplug: `Removed`).
+    pub fn send_transport_reset(&self, target: u8, lun: u16, reason: ResetReason) -> Delivery {
+        self.events.transport_reset(target, lun, reason)
+    }
+
+    /// Sends a PARAM_CHANGE event with the unit attention's ASC/ASCQ.
+    pub fn send_param_change(&self, target: u8, lun: u16, asc: u8, ascq: u8) -> Delivery {
+        self.events.param_change(target, lun, asc, ascq)
+    }
+}
+
+impl Drop for ScsiDevice {
+    fn drop(&mut self) {
+        self.events.disconnect();
+        let n = self.release_held();
+        if n > 0 {
+            warn!(n, "device dropped with held commands: completed with RESET");
         }
     }
 }
@@ -142,6 +215,7 @@ impl VhostUserBackend for ScsiDevice {
     }
 
     fn acked_features(&self, features: u64) {
+        self.events.set_features(features);
         info!(
             features = format_args!("{features:#x}"),
             "driver acknowledged features"
@@ -159,6 +233,7 @@ impl VhostUserBackend for ScsiDevice {
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
         // The handler always passes the same `GuestMemoryAtomic` (it swaps
         // the mapping inside it), so keeping the first one is enough.
+        self.events.set_memory(mem.clone());
         let _ = self.mem.set(mem);
         Ok(())
     }
@@ -200,6 +275,24 @@ impl VhostUserBackend for ScsiDevice {
         masks
     }
 
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // GET_VRING_BASE: the ring is already stopped; complete what a stall
+        // holds so the driver gets every buffer back.
+        if let Some(q) = (queue_index as usize)
+            .checked_sub(2)
+            .and_then(|n| self.shared.get(n))
+        {
+            let n = q.complete_all(&self.opts.faults);
+            if n > 0 {
+                info!(
+                    queue_index,
+                    n, "ring stopped: held commands completed with RESET"
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         let (c, n) = self.exit.get(thread_index)?;
         Some((c.try_clone().ok()?, n.try_clone().ok()?))
@@ -223,12 +316,26 @@ impl VhostUserBackend for ScsiDevice {
             return Ok(());
         };
         match (thread_id, device_event) {
-            (0, 0) => lock(&self.control).process(vring, mem, &self.bus),
+            (0, 0) => {
+                if let Some(events) = vrings.get(1) {
+                    self.events.remember(events);
+                }
+                let bus = self.bus.load();
+                let tasks = TaskSet {
+                    bus: &bus,
+                    queues: &self.shared,
+                    faults: &self.opts.faults,
+                };
+                lock(&self.control).process(vring, mem, &tasks)
+            }
             // Event queue: buffers stay posted until the device has an event
-            // to report (hot-plug, parameter change); nothing to do on a kick.
-            (0, _) => Ok(()),
+            // to report (hot-plug, parameter change; see event_queue.rs).
+            (0, _) => {
+                self.events.kicked(vring);
+                Ok(())
+            }
             (t, _) => match self.requests.get(t - 1) {
-                Some(q) => lock(q).process(vring, mem, &self.bus),
+                Some(q) => lock(q).process(vring, mem, &self.bus.load()),
                 None => Ok(()),
             },
         }
@@ -247,7 +354,8 @@ mod tests {
 
     #[test]
     fn config_space_is_little_endian_and_complete() {
-        let dev = ScsiDevice::new(Arc::new(ScsiBus::new()), DeviceOptions::default()).unwrap();
+        let dev =
+            ScsiDevice::new(BusHandle::new(ScsiBus::new()), DeviceOptions::default()).unwrap();
         let bytes = dev.get_config(0, CONFIG_SIZE as u32);
         assert_eq!(bytes.len(), 36);
         assert_eq!(&bytes[0..4], &[1, 0, 0, 0]); // num_queues
@@ -267,7 +375,7 @@ mod tests {
             request_queues: 3,
             ..Default::default()
         };
-        let dev = ScsiDevice::new(Arc::new(ScsiBus::new()), opts).unwrap();
+        let dev = ScsiDevice::new(BusHandle::new(ScsiBus::new()), opts).unwrap();
         assert_eq!(dev.num_queues(), 5);
         assert_eq!(dev.queues_per_thread(), vec![0b11, 0b100, 0b1000, 0b10000]);
         assert!(dev.exit_event(3).is_some());

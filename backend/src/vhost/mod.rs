@@ -6,13 +6,17 @@
 //!   SCSI command, write `virtio_scsi_cmd_resp`, complete (VIRTIO 1.2 §5.6.6.1).
 //! - [`control_queue`]: task management and asynchronous notification
 //!   requests (§5.6.6.2).
+//! - [`event_queue`]: hot-plug and parameter change events, and the
+//!   [`EventHub`](event_queue::EventHub) hook that sends them.
 //! - [`chain`]: descriptor chain → iovecs, with every address checked.
 //! - [`guest_io`]: iovecs in guest memory as the SCSI layer's data buffers.
 
 pub mod chain;
 pub mod control_queue;
 pub mod device;
+pub mod event_queue;
 pub mod guest_io;
 pub mod request_queue;
 
 pub use device::{DeviceOptions, ScsiDevice};
+pub use event_queue::{Delivery, EventHub, ResetReason};

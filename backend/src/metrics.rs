@@ -1,0 +1,288 @@
+//! Counters of the running service: the `stats` control method (JSON) and
+//! the Prometheus text endpoint (`--metrics ADDR`).
+//!
+//! Per controller: frontends connected and accepted. Per LUN (kept by the
+//! SCSI target, see [`crate::scsi::target::LunStats`]): commands, read and
+//! write commands and bytes, errors, commands in flight, capacity, and a
+//! latency histogram (powers of two of microseconds) with p50/p90/p99.
+//! Metric names follow Prometheus conventions (`vscsi_` prefix, `_total`
+//! counters, `_bytes`, `_seconds`).
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use crate::control::Service;
+use crate::scsi::target::LATENCY_BUCKETS;
+
+/// The `stats` result: every controller, or only `only`.
+pub fn stats_json(service: &Service, only: Option<&str>) -> Value {
+    let ctrls: Vec<Value> = service
+        .controllers()
+        .iter()
+        .filter(|c| only.is_none_or(|n| n == c.name))
+        .map(|c| {
+            let luns: Vec<Value> = c
+                .bus
+                .load()
+                .entries()
+                .map(|(t, l, e)| {
+                    let s = e.stats();
+                    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+                    json!({
+                        "target": t,
+                        "lun": l,
+                        "image": e.lu().path(),
+                        "commands": get(&s.commands),
+                        "read_ops": get(&s.read_ops),
+                        "write_ops": get(&s.write_ops),
+                        "read_bytes": get(&s.read_bytes),
+                        "written_bytes": get(&s.written_bytes),
+                        "errors": get(&s.errors),
+                        "in_flight": e.in_flight(),
+                        "capacity_bytes": e.lu().capacity_blocks() * u64::from(e.lu().block_size()),
+                        "latency_us": {
+                            "p50": s.latency_quantile_us(0.5),
+                            "p90": s.latency_quantile_us(0.9),
+                            "p99": s.latency_quantile_us(0.99),
+                        },
+                    })
+                })
+                .collect();
+            json!({
+                "name": c.name,
+                "socket": c.socket,
+                "connected": c.connections.connected.load(Ordering::Relaxed),
+                "connections_total": c.connections.total.load(Ordering::Relaxed),
+                "luns": luns,
+            })
+        })
+        .collect();
+    json!({
+        "uptime_seconds": service.uptime().as_secs(),
+        "controllers": ctrls,
+    })
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The Prometheus text exposition (format 0.0.4).
+pub fn render(service: &Service) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, rows: &[(String, String)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in rows {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let mut connected = Vec::new();
+    let mut total = Vec::new();
+    type Row = (String, String);
+    let mut per_lun: Vec<(&str, &str, &str, Vec<Row>)> = vec![
+        (
+            "vscsi_lun_commands_total",
+            "counter",
+            "SCSI commands completed.",
+            vec![],
+        ),
+        (
+            "vscsi_lun_read_commands_total",
+            "counter",
+            "READ commands completed.",
+            vec![],
+        ),
+        (
+            "vscsi_lun_write_commands_total",
+            "counter",
+            "WRITE-family commands completed.",
+            vec![],
+        ),
+        (
+            "vscsi_lun_read_bytes_total",
+            "counter",
+            "Bytes returned to the frontend (Data-In).",
+            vec![],
+        ),
+        (
+            "vscsi_lun_written_bytes_total",
+            "counter",
+            "Bytes taken from the frontend (Data-Out).",
+            vec![],
+        ),
+        (
+            "vscsi_lun_errors_total",
+            "counter",
+            "Commands that did not end with GOOD status.",
+            vec![],
+        ),
+        (
+            "vscsi_lun_in_flight",
+            "gauge",
+            "Commands running now.",
+            vec![],
+        ),
+        (
+            "vscsi_lun_capacity_bytes",
+            "gauge",
+            "Capacity served.",
+            vec![],
+        ),
+    ];
+    let mut hist = Vec::new();
+    for c in service.controllers() {
+        let cl = format!("{{controller=\"{}\"}}", escape(&c.name));
+        connected.push((
+            cl.clone(),
+            c.connections.connected.load(Ordering::Relaxed).to_string(),
+        ));
+        total.push((cl, c.connections.total.load(Ordering::Relaxed).to_string()));
+        for (t, l, e) in c.bus.load().entries() {
+            let labels = format!(
+                "controller=\"{}\",target=\"{t}\",lun=\"{l}\"",
+                escape(&c.name)
+            );
+            let s = e.stats();
+            let values = [
+                s.commands.load(Ordering::Relaxed),
+                s.read_ops.load(Ordering::Relaxed),
+                s.write_ops.load(Ordering::Relaxed),
+                s.read_bytes.load(Ordering::Relaxed),
+                s.written_bytes.load(Ordering::Relaxed),
+                s.errors.load(Ordering::Relaxed),
+                e.in_flight(),
+                e.lu().capacity_blocks() * u64::from(e.lu().block_size()),
+            ];
+            for (f, v) in per_lun.iter_mut().zip(values) {
+                f.3.push((format!("{{{labels}}}"), v.to_string()));
+            }
+            let mut cumulative = 0u64;
+            for i in 0..LATENCY_BUCKETS {
+                cumulative += s.latency_buckets[i].load(Ordering::Relaxed);
+                let le = (1u64 << i) as f64 / 1e6;
+                hist.push(format!(
+                    "vscsi_lun_command_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+                ));
+            }
+            hist.push(format!(
+                "vscsi_lun_command_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
+            ));
+            hist.push(format!(
+                "vscsi_lun_command_duration_seconds_sum{{{labels}}} {}",
+                s.latency_ns_sum.load(Ordering::Relaxed) as f64 / 1e9
+            ));
+            hist.push(format!(
+                "vscsi_lun_command_duration_seconds_count{{{labels}}} {cumulative}"
+            ));
+        }
+    }
+    family(
+        "vscsi_controller_connected",
+        "gauge",
+        "Frontends connected to the controller's socket.",
+        &connected,
+    );
+    family(
+        "vscsi_controller_connections_total",
+        "counter",
+        "Frontends accepted since start.",
+        &total,
+    );
+    for (name, kind, help, rows) in &per_lun {
+        family(name, kind, help, rows);
+    }
+    let _ = writeln!(out, "# HELP vscsi_lun_command_duration_seconds Time from the target receiving a command to its status.");
+    let _ = writeln!(out, "# TYPE vscsi_lun_command_duration_seconds histogram");
+    for h in hist {
+        let _ = writeln!(out, "{h}");
+    }
+    out
+}
+
+fn respond(service: &Service, mut stream: impl Read + Write) {
+    let mut buf = [0u8; 2048];
+    let n = stream.read(&mut buf).unwrap_or(0);
+    let req = String::from_utf8_lossy(&buf[..n]);
+    let path = req.split_whitespace().nth(1).unwrap_or("");
+    let (status, body) = if req.starts_with("GET ") && (path == "/metrics" || path == "/") {
+        ("200 OK", render(service))
+    } else {
+        ("404 Not Found", "try GET /metrics\n".to_string())
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// Where metrics are served.
+pub enum MetricsListener {
+    /// Loopback TCP.
+    Tcp(TcpListener),
+    /// A unix socket (mode 0600).
+    Unix(UnixListener),
+}
+
+/// Binds `addr` (`HOST:PORT` on loopback, or `unix:PATH`).
+pub fn bind(addr: &str) -> Result<MetricsListener, crate::daemon::DaemonError> {
+    crate::config::check_metrics_addr(addr).map_err(|m| crate::daemon::DaemonError::Bind {
+        path: addr.into(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, m),
+    })?;
+    if let Some(p) = addr.strip_prefix("unix:") {
+        let access = crate::config::SocketAccess {
+            mode: crate::config::CONTROL_SOCKET_MODE,
+            ..Default::default()
+        };
+        return crate::daemon::bind_with(std::path::Path::new(p), &access)
+            .map(MetricsListener::Unix);
+    }
+    TcpListener::bind(addr)
+        .map(MetricsListener::Tcp)
+        .map_err(|source| crate::daemon::DaemonError::Bind {
+            path: addr.into(),
+            source,
+        })
+}
+
+/// Serves metrics until the service stops (one request per connection,
+/// answered in turn on this thread).
+pub fn serve(service: Arc<Service>, listener: MetricsListener) {
+    info!("metrics endpoint ready");
+    let timeout = Some(Duration::from_secs(5));
+    loop {
+        if service.stopping() {
+            return;
+        }
+        match &listener {
+            MetricsListener::Tcp(l) => match l.accept() {
+                Ok((s, _)) => {
+                    let _ = s.set_read_timeout(timeout);
+                    let _ = s.set_write_timeout(timeout);
+                    respond(&service, s);
+                }
+                Err(e) => warn!(error = %e, "metrics accept failed"),
+            },
+            MetricsListener::Unix(l) => match l.accept() {
+                Ok((s, _)) => {
+                    let _ = s.set_read_timeout(timeout);
+                    let _ = s.set_write_timeout(timeout);
+                    respond(&service, s);
+                }
+                Err(e) => warn!(error = %e, "metrics accept failed"),
+            },
+        }
+    }
+}

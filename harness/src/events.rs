@@ -1,0 +1,73 @@
+//! `vscsi events`: print the device's events until interrupted.
+
+use anyhow::Result;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+use vscsi_driver::DeviceEvent;
+
+use crate::device::{connect, ConnectArgs};
+
+/// Follow the event queue (hot-plug, parameter changes, missed events) and
+/// print one line per event until Ctrl-C.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub conn: ConnectArgs,
+}
+
+fn describe(ev: &DeviceEvent) -> (String, serde_json::Value) {
+    match *ev {
+        DeviceEvent::TransportReset { lun, reason } => (
+            format!("{}:{} transport reset ({reason:?})", lun.target, lun.lun),
+            json!({"event": "transport_reset", "target": lun.target, "lun": lun.lun, "reason": format!("{reason:?}")}),
+        ),
+        DeviceEvent::ParamChange { lun, asc, ascq } => (
+            format!(
+                "{}:{} parameters changed (ASC/ASCQ {asc:02X}h/{ascq:02X}h)",
+                lun.target, lun.lun
+            ),
+            json!({"event": "param_change", "target": lun.target, "lun": lun.lun, "asc": asc, "ascq": ascq}),
+        ),
+        DeviceEvent::AsyncNotify { lun, events } => (
+            format!(
+                "{}:{} asynchronous notification {events:#x}",
+                lun.target, lun.lun
+            ),
+            json!({"event": "async_notify", "target": lun.target, "lun": lun.lun, "events": events}),
+        ),
+        DeviceEvent::EventsMissed => (
+            "events missed: rescan everything".to_string(),
+            json!({"event": "events_missed"}),
+        ),
+        DeviceEvent::Unknown { event, reason } => (
+            format!("unknown event {event:#x} reason {reason:#x}"),
+            json!({"event": "unknown", "type": event, "reason": reason}),
+        ),
+    }
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let driver = connect(&args.conn).await?;
+    let mut rx = driver.events();
+    if !args.conn.json {
+        eprintln!("following events (Ctrl-C to stop)");
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            ev = rx.recv() => match ev {
+                Ok(ev) => {
+                    let (text, v) = describe(&ev);
+                    if args.conn.json {
+                        // One compact JSON object per line (JSON Lines).
+                        println!("{v}");
+                    } else {
+                        println!("{text}");
+                    }
+                }
+                Err(RecvError::Lagged(n)) => eprintln!("vscsi: {n} events dropped (printing too slowly)"),
+                Err(RecvError::Closed) => return Ok(()),
+            },
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! Run-time changes seen by the driver through real sockets: two
+//! controllers isolated from each other, a LUN added (a RESCAN event on
+//! the live connection, then seen by its scan), and a
+//! LUN removed while writes run (every completed write is in the image,
+//! later commands get LOGICAL UNIT NOT SUPPORTED).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::json;
+use vscsi_backend::config;
+use vscsi_backend::control::Service;
+use vscsi_backend::daemon;
+use vscsi_driver::{Driver, QueueConfig, ScsiCommand};
+
+fn image(dir: &Path, name: &str, size: u64) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::File::create(&p).unwrap().set_len(size).unwrap();
+    p
+}
+
+fn host_read(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut buf, offset)
+        .unwrap();
+    buf
+}
+
+struct Running {
+    service: Arc<Service>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    fn start(dir: &Path, toml: &str) -> Running {
+        let f = dir.join("c.toml");
+        std::fs::write(&f, toml).unwrap();
+        let cfg = config::load_file(&f).unwrap();
+        let service = Arc::new(Service::build(&cfg).unwrap());
+        let mut threads = Vec::new();
+        for (c, cc) in service.controllers().iter().zip(&cfg.controllers) {
+            let l = daemon::bind_with(&cc.socket, &cc.access).unwrap();
+            let c = c.clone();
+            threads.push(std::thread::spawn(move || {
+                daemon::serve_controller(
+                    l,
+                    &c.bus,
+                    c.opts.clone(),
+                    c.shutdown.clone(),
+                    &c.name,
+                    &c.connections,
+                )
+                .unwrap();
+            }));
+        }
+        Running { service, threads }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.service.shutdown();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn pattern(lba: u64, blocks: u32, seed: u8) -> Vec<u8> {
+    (0..blocks as usize * 512)
+        .map(|i| (lba as usize * 7 + i / 512 + seed as usize) as u8 ^ 0x5A)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_controllers_hotplug_and_unplug_under_io() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    image(dir, "a.img", 4 << 20);
+    let b = image(dir, "b.img", 4 << 20);
+    let c = image(dir, "c.img", 4 << 20);
+    let run = Running::start(
+        dir,
+        "[[controller]]\nname = \"vm1\"\nsocket = \"vm1.sock\"\n[[controller.lun]]\ntarget = 0\nlun = 0\nimage = \"a.img\"\n\
+         [[controller]]\nname = \"vm2\"\nsocket = \"vm2.sock\"\n[[controller.lun]]\ntarget = 0\nlun = 0\nimage = \"b.img\"\n",
+    );
+    let vm1 = Driver::connect(dir.join("vm1.sock"), QueueConfig::default())
+        .await
+        .unwrap();
+    let vm2 = Driver::connect(dir.join("vm2.sock"), QueueConfig::default())
+        .await
+        .unwrap();
+
+    // Isolation: the same address on each socket is a different image.
+    let data = pattern(10, 8, 1);
+    let w = vm1
+        .send_command(
+            0,
+            0,
+            ScsiCommand::Write {
+                lba: 10,
+                blocks: 8,
+                data: data.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(w.is_good());
+    let r = vm2
+        .send_command(
+            0,
+            0,
+            ScsiCommand::Read {
+                lba: 10,
+                blocks: 8,
+                block_size: 512,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(r.is_good());
+    assert_ne!(r.data, data);
+    assert_eq!(host_read(&b, 10 * 512, data.len()), vec![0; data.len()]);
+    // vm2 cannot reach vm1's LUNs whatever it asks for.
+    let scan2 = vm2.scan().await.unwrap();
+    assert_eq!(scan2.len(), 1);
+
+    // Hot-plug on vm1: the live connection gets a TRANSPORT_RESET RESCAN
+    // event (VIRTIO 1.2 §5.6.6.3) and its next scan finds the LUN.
+    let mut events = vm1.events();
+    let r = run
+        .service
+        .call(
+            "add_lun",
+            &json!({"controller": "vm1", "target": 0, "lun": 1, "image": c}),
+        )
+        .unwrap();
+    assert_eq!(r["capacity_blocks"], 8192);
+    let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
+        .await
+        .expect("a hot-plug event within 5 s")
+        .unwrap();
+    assert_eq!(
+        event,
+        vscsi_driver::DeviceEvent::TransportReset {
+            lun: vscsi_protocol::lun::Lun { target: 0, lun: 1 },
+            reason: vscsi_driver::events::ResetReason::Rescan,
+        }
+    );
+    let found: Vec<(u8, u16)> = vm1
+        .scan()
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| (l.lun.target, l.lun.lun))
+        .collect();
+    assert_eq!(found, vec![(0, 0), (0, 1)]);
+    assert_eq!(
+        vm2.scan().await.unwrap().len(),
+        1,
+        "vm2 does not see vm1's new LUN"
+    );
+
+    // Hot-unplug while writes run: every completed write is in the image.
+    let vm1 = Arc::new(vm1);
+    let writer = {
+        let vm1 = vm1.clone();
+        tokio::spawn(async move {
+            let mut done = Vec::new();
+            for lba in (0..8000u64).step_by(8) {
+                let data = pattern(lba, 8, 3);
+                let r = vm1
+                    .send_command(
+                        0,
+                        1,
+                        ScsiCommand::Write {
+                            lba,
+                            blocks: 8,
+                            data,
+                        },
+                    )
+                    .await
+                    .unwrap();
+                if !r.is_good() {
+                    return (done, r);
+                }
+                done.push(lba);
+            }
+            panic!("the LUN was never removed");
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let service = run.service.clone();
+    let removed = tokio::task::spawn_blocking(move || {
+        service.call(
+            "remove_lun",
+            &json!({"controller": "vm1", "target": 0, "lun": 1}),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(removed["drained"], true);
+    let (done, refused) = writer.await.unwrap();
+    assert!(!done.is_empty());
+    let sense = refused.sense.clone();
+    assert_eq!(
+        (sense[2] & 0xF, sense[12]),
+        (5, 0x25),
+        "LOGICAL UNIT NOT SUPPORTED"
+    );
+    for lba in &done {
+        assert_eq!(
+            host_read(&c, lba * 512, 8 * 512),
+            pattern(*lba, 8, 3),
+            "LBA {lba}"
+        );
+    }
+    // The other LUN of the connection and the other controller still work.
+    let r = vm1
+        .send_command(
+            0,
+            0,
+            ScsiCommand::Read {
+                lba: 10,
+                blocks: 8,
+                block_size: 512,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.data, data);
+    assert!(vm2
+        .send_command(0, 0, ScsiCommand::TestUnitReady)
+        .await
+        .unwrap()
+        .is_good());
+    let stats = run
+        .service
+        .call("stats", &json!({"controller": "vm1"}))
+        .unwrap();
+    assert!(
+        stats["controllers"][0]["luns"][0]["commands"]
+            .as_u64()
+            .unwrap()
+            >= 2,
+        "{stats}"
+    );
+}
