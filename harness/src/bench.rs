@@ -80,6 +80,10 @@ pub struct Args {
     /// No progress line.
     #[arg(long)]
     pub no_progress: bool,
+    /// tokio worker threads running the submitters and the driver's
+    /// completion tasks (1 avoids cross-thread wake-ups).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
     #[command(flatten)]
     pub device: BenchDevice,
 }
