@@ -4,7 +4,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::io::unix::AsyncFd;
 use tokio::sync::{oneshot, Semaphore};
 use tracing::{debug, error, warn};
 use vmm_sys_util::eventfd::EventFd;
@@ -320,30 +319,7 @@ impl AuxQueue {
 
     /// The completion task.
     pub(crate) async fn run(self: Arc<Self>, call: EventFd) {
-        // The EventFd owns its descriptor and keeps it open until it is dropped with the AsyncFd.
-        // SAFETY: the descriptor stays valid and is the same one for the AsyncFd's whole life.
-        let call = match unsafe { AsyncFd::register(call) } {
-            Ok(fd) => fd,
-            Err(e) => {
-                error!(queue = self.name, error = %e, "cannot watch the call eventfd");
-                return;
-            }
-        };
-        loop {
-            if !self.reap() {
-                return;
-            }
-            let mut guard = match call.readable().await {
-                Ok(g) => g,
-                Err(e) => {
-                    error!(queue = self.name, error = %e, "call eventfd failed");
-                    return;
-                }
-            };
-            self.calls.fetch_add(1, Ordering::Relaxed);
-            let _ = guard.get_inner().read();
-            guard.clear_ready();
-        }
+        crate::interrupt::completion_loop(self.name, call, &self.calls, || self.reap()).await
     }
 
     pub(crate) fn close(&self) {

@@ -25,6 +25,7 @@ pub mod control;
 pub mod driver;
 pub mod error;
 pub mod events;
+mod interrupt;
 pub mod memory;
 mod queue;
 pub mod retry;

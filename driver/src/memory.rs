@@ -248,10 +248,10 @@ impl SharedMemory {
     /// concurrently go through the ring's atomic accessors instead.
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
         let dst = self.checked_ptr(offset, data.len())?;
-        // SAFETY: [dst, dst + data.len()) is inside the live mapping (checked
-        // above) and cannot overlap `data`, which is ordinary process memory;
-        // the ring protocol keeps the device off this buffer meanwhile, and a
+        // The ring protocol keeps the device off this buffer meanwhile; a
         // device that breaks it can only make the bytes wrong, not unsafe.
+        // SAFETY: [dst, dst + data.len()) is inside the live mapping (checked
+        // above) and cannot overlap `data`, which is ordinary process memory.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
         Ok(())
     }

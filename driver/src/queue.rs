@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::io::unix::AsyncFd;
 use tokio::sync::{oneshot, Semaphore};
 use tracing::{debug, error, warn};
 use vmm_sys_util::eventfd::EventFd;
@@ -393,31 +392,8 @@ impl RequestQueue {
 
     /// The completion task: waits on the call eventfd and reaps.
     pub(crate) async fn run_completions(self: Arc<Self>, call: EventFd) {
-        // The EventFd owns its descriptor and keeps it open until it is dropped with the AsyncFd.
-        // SAFETY: the descriptor stays valid and is the same one for the AsyncFd's whole life.
-        let call = match unsafe { AsyncFd::register(call) } {
-            Ok(fd) => fd,
-            Err(e) => {
-                error!(queue = self.index, error = %e, "cannot watch the call eventfd");
-                return;
-            }
-        };
-        loop {
-            if !self.reap() {
-                return;
-            }
-            let mut guard = match call.readable().await {
-                Ok(g) => g,
-                Err(e) => {
-                    error!(queue = self.index, error = %e, "call eventfd failed");
-                    return;
-                }
-            };
-            self.calls.fetch_add(1, Ordering::Relaxed);
-            // Reset the counter; WouldBlock just means a spurious wake-up.
-            let _ = guard.get_inner().read();
-            guard.clear_ready();
-        }
+        let queue = format!("request {}", self.index);
+        crate::interrupt::completion_loop(queue, call, &self.calls, || self.reap()).await
     }
 
     /// Fails every waiter (driver shutdown).

@@ -85,10 +85,10 @@ impl IoVecs {
         let n = data.len().min(self.len.saturating_sub(offset));
         let mut done = 0;
         self.pieces(offset, n, |ptr, len| {
+            // The pieces add up to `n <= data.len()`, so `data[done..done+len]`
+            // is in bounds; the regions cannot overlap (ours and the guest's).
             // SAFETY: `ptr..ptr+len` is inside a segment of guest memory (type
-            // invariant) and `data[done..done+len]` is in bounds since the
-            // pieces add up to `n <= data.len()`; the regions cannot overlap
-            // (one is ours, one is the guest's).
+            // invariant) and the source range is in bounds (above).
             unsafe { std::ptr::copy_nonoverlapping(data.as_ptr().add(done), ptr, len) };
             done += len;
         });
@@ -154,18 +154,10 @@ impl IoVecs {
     }
 }
 
-fn preadv(file: &File, iov: &[libc::iovec], offset: u64) -> io::Result<usize> {
+/// Runs a positional vector I/O call until it is not interrupted by a signal.
+fn retry_eintr(mut call: impl FnMut() -> isize) -> io::Result<usize> {
     loop {
-        // SAFETY: every iovec points into mapped guest memory (IoVecs
-        // invariant) that the kernel may write; the count matches the slice.
-        let r = unsafe {
-            libc::preadv(
-                file.as_raw_fd(),
-                iov.as_ptr(),
-                iov.len() as libc::c_int,
-                offset as libc::off_t,
-            )
-        };
+        let r = call();
         if r >= 0 {
             return Ok(r as usize);
         }
@@ -176,26 +168,18 @@ fn preadv(file: &File, iov: &[libc::iovec], offset: u64) -> io::Result<usize> {
     }
 }
 
+fn preadv(file: &File, iov: &[libc::iovec], offset: u64) -> io::Result<usize> {
+    let (fd, n) = (file.as_raw_fd(), iov.len() as libc::c_int);
+    // SAFETY: every iovec points into mapped guest memory (IoVecs
+    // invariant) that the kernel may write; the count matches the slice.
+    retry_eintr(|| unsafe { libc::preadv(fd, iov.as_ptr(), n, offset as libc::off_t) })
+}
+
 fn pwritev(file: &File, iov: &[libc::iovec], offset: u64) -> io::Result<usize> {
-    loop {
-        // SAFETY: every iovec points into mapped guest memory (IoVecs
-        // invariant) that the kernel only reads; the count matches the slice.
-        let r = unsafe {
-            libc::pwritev(
-                file.as_raw_fd(),
-                iov.as_ptr(),
-                iov.len() as libc::c_int,
-                offset as libc::off_t,
-            )
-        };
-        if r >= 0 {
-            return Ok(r as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    let (fd, n) = (file.as_raw_fd(), iov.len() as libc::c_int);
+    // SAFETY: every iovec points into mapped guest memory (IoVecs
+    // invariant) that the kernel only reads; the count matches the slice.
+    retry_eintr(|| unsafe { libc::pwritev(fd, iov.as_ptr(), n, offset as libc::off_t) })
 }
 
 /// The data-in part of a request: device-writable bytes after the response header.
