@@ -175,9 +175,9 @@ pub fn serve(
 /// Serves the controller `name` (its run-time bus `bus`) on `listener`
 /// until `shutdown` is requested.
 ///
-/// Each connection gets a device over the bus as it is when the frontend
-/// connects (a snapshot: LUNs added later are seen from the next
-/// connection on; removed ones answer as missing at once).
+/// Each connection gets a fresh device over the controller's run-time bus:
+/// LUNs added or removed through the control socket take effect at once on
+/// a connected frontend (which also gets a hot-plug event).
 pub fn serve_controller(
     listener: UnixListener,
     bus: &BusHandle,
@@ -219,6 +219,13 @@ pub fn serve_controller(
             warn!(error = ?e, "accepting a frontend failed; waiting for the next one");
             continue;
         }
+        if shutdown.requested() {
+            // The connection that woke accept() up to stop, not a frontend.
+            daemon.request_shutdown();
+            let _ = daemon.wait();
+            device.stop_workers();
+            break;
+        }
         connection += 1;
         stats.total.fetch_add(1, Ordering::Relaxed);
         stats.connected.fetch_add(1, Ordering::Relaxed);
@@ -235,7 +242,11 @@ pub fn serve_controller(
             daemon.request_shutdown();
         }
         match daemon.wait() {
-            Ok(()) => {
+            // A frontend closing its socket (QEMU powering off) is the normal end.
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => {
                 info!(target: "vscsi::audit", controller = name, socket = %socket, connection, action = "disconnect", result = "ok", "frontend disconnected")
             }
             Err(e) => {
