@@ -22,6 +22,7 @@ use toml::Spanned;
 use vscsi_protocol::lun::MAX_LUN;
 
 use crate::scsi::{DeviceType, LogicalUnit, LunOptions, ScsiBus};
+use crate::vhost::device::{FEATURE_NAMES, OPTIONAL_FEATURES};
 
 /// Where one image is served and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,6 +307,9 @@ pub struct ControllerConfig {
     pub queue_size: u16,
     /// Largest transfer per command in 512-byte sectors.
     pub max_sectors: u32,
+    /// Optional virtio features offered (a mask of
+    /// [`crate::vhost::device::FEATURE_NAMES`]); all of them by default.
+    pub features: u64,
     /// The LUNs.
     pub luns: Vec<LunConfig>,
 }
@@ -343,6 +347,7 @@ impl DaemonConfig {
                 queues,
                 queue_size,
                 max_sectors: 0xFFFF,
+                features: OPTIONAL_FEATURES,
                 luns: specs
                     .into_iter()
                     .map(|spec| LunConfig {
@@ -374,6 +379,7 @@ impl DaemonConfig {
                     queues: c.queues,
                     queue_size: c.queue_size,
                     max_sectors: c.max_sectors,
+                    features: feature_names(c.features),
                     lun: c.luns.iter().map(LunFields::from_config).collect(),
                 })
                 .collect(),
@@ -403,6 +409,7 @@ struct ResolvedController {
     queues: u16,
     queue_size: u16,
     max_sectors: u32,
+    features: Vec<String>,
     lun: Vec<LunFields>,
 }
 
@@ -434,6 +441,7 @@ struct FileController {
     queues: Option<Spanned<u16>>,
     queue_size: Option<Spanned<u32>>,
     max_sectors: Option<Spanned<u32>>,
+    features: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     lun: Vec<Spanned<LunFields>>,
 }
@@ -938,6 +946,24 @@ pub fn parse_file(file: &Path, src: &str) -> Result<DaemonConfig, ConfigError> {
             Some(m) => *m.get_ref(),
             None => 0xFFFF,
         };
+        let features = match &c.features {
+            None => OPTIONAL_FEATURES,
+            Some(f) => {
+                let mut mask = 0;
+                for name in f.get_ref() {
+                    let Some((_, bit)) = FEATURE_NAMES.iter().find(|(n, _)| n == name) else {
+                        let known: Vec<_> = FEATURE_NAMES.iter().map(|(n, _)| *n).collect();
+                        return Err(at(
+                            f.span(),
+                            "features",
+                            format!("unknown feature '{name}' (known: {})", known.join(", ")),
+                        ));
+                    };
+                    mask |= bit;
+                }
+                mask
+            }
+        };
         let mut luns: Vec<(LunConfig, usize)> = Vec::new();
         for l in &c.lun {
             let span = l.span();
@@ -990,10 +1016,20 @@ pub fn parse_file(file: &Path, src: &str) -> Result<DaemonConfig, ConfigError> {
             queues,
             queue_size,
             max_sectors,
+            features,
             luns: luns.into_iter().map(|(l, _)| l).collect(),
         });
     }
     Ok(out)
+}
+
+/// The configuration names of the optional features in `mask`.
+fn feature_names(mask: u64) -> Vec<String> {
+    FEATURE_NAMES
+        .iter()
+        .filter(|(_, bit)| mask & bit != 0)
+        .map(|(n, _)| n.to_string())
+        .collect()
 }
 
 /// A metrics address: `unix:PATH`, or `HOST:PORT` on a loopback address.
@@ -1093,5 +1129,38 @@ mod tests {
             collect_specs(&[], &[], false),
             Err(ConfigError::Empty)
         ));
+    }
+
+    #[test]
+    fn controllers_choose_the_features_they_offer() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("d.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let file = dir.path().join("vscsi.toml");
+        let text = |features: &str| {
+            format!(
+                "[[controller]]\nsocket = \"{}\"\n{features}\n[[controller.lun]]\ntarget = 0\nlun = 0\nimage = \"{}\"\n",
+                dir.path().join("s.sock").display(),
+                img.display()
+            )
+        };
+        let all = parse_file(&file, &text("")).unwrap();
+        assert_eq!(all.controllers[0].features, OPTIONAL_FEATURES);
+        let some = parse_file(&file, &text("features = [\"event_idx\", \"hotplug\"]")).unwrap();
+        let mask = some.controllers[0].features;
+        assert_eq!(feature_names(mask), vec!["event_idx", "hotplug"]);
+        let err = parse_file(&file, &text("features = [\"packed\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("vscsi.toml:3") && err.contains("unknown feature 'packed'"),
+            "{err}"
+        );
+        assert!(some
+            .to_toml()
+            .contains("features = [\"event_idx\", \"hotplug\"]"));
     }
 }

@@ -332,6 +332,7 @@ impl Service {
                 max_queue_size: c.queue_size,
                 max_sectors: c.max_sectors,
                 poll: std::time::Duration::from_micros(cfg.poll_us.into()),
+                features: c.features,
                 ..Default::default()
             };
             for l in &c.luns {

@@ -54,6 +54,9 @@ pub struct DeviceOptions {
     /// The hook that sends hot-plug and parameter change events to the
     /// device of the current connection.
     pub events: Arc<EventHub>,
+    /// Optional virtio features to offer, a subset of [`OPTIONAL_FEATURES`]
+    /// (VERSION_1 and the vhost-user protocol feature bit are always offered).
+    pub features: u64,
     /// Busy-poll a request queue for new requests this long after it runs
     /// dry, before sleeping on the kick eventfd (0: never poll). Trades a
     /// core for latency: no kick (eventfd wake-up) while it polls.
@@ -71,19 +74,30 @@ impl Default for DeviceOptions {
             faults: Arc::default(),
             events: Arc::default(),
             poll: std::time::Duration::ZERO,
+            features: OPTIONAL_FEATURES,
         }
     }
 }
 
-/// The virtio features this device offers (VIRTIO 1.2 §5.6.3, §6): what
-/// QEMU's `vhost-user-scsi-pci` asks for with its default properties.
+/// Features a controller may choose not to offer, by configuration name
+/// (VIRTIO 1.2 §6 and §5.6.3).
+pub const FEATURE_NAMES: [(&str, u64); 4] = [
+    ("indirect_desc", 1 << VIRTIO_RING_F_INDIRECT_DESC),
+    ("event_idx", 1 << VIRTIO_RING_F_EVENT_IDX),
+    ("hotplug", 1 << feature::HOTPLUG),
+    ("change", 1 << feature::CHANGE),
+];
+
+/// Every optional feature of [`FEATURE_NAMES`].
+pub const OPTIONAL_FEATURES: u64 = 1 << VIRTIO_RING_F_INDIRECT_DESC
+    | 1 << VIRTIO_RING_F_EVENT_IDX
+    | 1 << feature::HOTPLUG
+    | 1 << feature::CHANGE;
+
+/// The virtio features this device offers by default (VIRTIO 1.2 §5.6.3,
+/// §6): what QEMU's `vhost-user-scsi-pci` asks for with its default properties.
 pub fn offered_features() -> u64 {
-    1 << VIRTIO_F_VERSION_1
-        | 1 << VIRTIO_RING_F_INDIRECT_DESC
-        | 1 << VIRTIO_RING_F_EVENT_IDX
-        | 1 << feature::HOTPLUG
-        | 1 << feature::CHANGE
-        | VHOST_USER_F_PROTOCOL_FEATURES
+    1 << VIRTIO_F_VERSION_1 | OPTIONAL_FEATURES | VHOST_USER_F_PROTOCOL_FEATURES
 }
 
 /// One virtio-scsi device instance (one vhost-user connection).
@@ -211,7 +225,7 @@ impl VhostUserBackend for ScsiDevice {
     }
 
     fn features(&self) -> u64 {
-        offered_features()
+        offered_features() & !(OPTIONAL_FEATURES & !self.opts.features)
     }
 
     fn acked_features(&self, features: u64) {
@@ -381,6 +395,19 @@ mod tests {
         assert!(dev.exit_event(3).is_some());
         assert!(dev.exit_event(4).is_none());
         let f = dev.features();
+        let without = ScsiDevice::new(
+            BusHandle::new(ScsiBus::new()),
+            DeviceOptions {
+                features: OPTIONAL_FEATURES & !(1 << feature::CHANGE),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            without.features(),
+            f & !(1 << feature::CHANGE),
+            "a controller can withhold F_CHANGE"
+        );
         assert_ne!(f & (1 << 32), 0, "VERSION_1");
         assert_ne!(f & (1 << 2), 0, "F_CHANGE");
     }
