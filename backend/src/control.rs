@@ -32,7 +32,7 @@ use crate::fault::FaultSpec;
 use crate::scsi::lu::UA_MODE_PARAMETERS_CHANGED;
 use crate::scsi::target::{BusHandle, LunEntry};
 use crate::scsi::{DeviceType, LogicalUnit, LunOptions, ScsiBus};
-use crate::vhost::{DeviceOptions, ResetReason};
+use crate::vhost::{DeviceOptions, QueueMetrics, ResetReason};
 
 /// How long remove_lun, set_read_only and insert_media wait for the
 /// commands in flight on a LUN before giving up (set_read_only,
@@ -333,6 +333,7 @@ impl Service {
                 max_sectors: c.max_sectors,
                 poll: std::time::Duration::from_micros(cfg.poll_us.into()),
                 features: c.features,
+                queue_metrics: Arc::new(QueueMetrics::new(c.queues)),
                 ..Default::default()
             };
             for l in &c.luns {

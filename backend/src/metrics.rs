@@ -56,11 +56,26 @@ pub fn stats_json(service: &Service, only: Option<&str>) -> Value {
                     })
                 })
                 .collect();
+            let queues: Vec<Value> = c
+                .opts
+                .queue_metrics
+                .snapshot()
+                .into_iter()
+                .map(|(q, requests, batches, notifications)| {
+                    json!({
+                        "queue": q,
+                        "requests": requests,
+                        "batches": batches,
+                        "notifications": notifications,
+                    })
+                })
+                .collect();
             json!({
                 "name": c.name,
                 "socket": c.socket,
                 "connected": c.connections.connected.load(Ordering::Relaxed),
                 "connections_total": c.connections.total.load(Ordering::Relaxed),
+                "queues": queues,
                 "luns": luns,
             })
         })
@@ -140,6 +155,26 @@ pub fn render(service: &Service) -> String {
             vec![],
         ),
     ];
+    let mut per_queue: [(&str, &str, &str, Vec<(String, String)>); 3] = [
+        (
+            "vscsi_queue_requests_total",
+            "counter",
+            "Requests the request queue completed.",
+            vec![],
+        ),
+        (
+            "vscsi_queue_batches_total",
+            "counter",
+            "Times the queue's worker woke up and found requests.",
+            vec![],
+        ),
+        (
+            "vscsi_queue_notifications_total",
+            "counter",
+            "Used-buffer notifications sent to the driver.",
+            vec![],
+        ),
+    ];
     let mut hist = Vec::new();
     for c in service.controllers() {
         let cl = format!("{{controller=\"{}\"}}", escape(&c.name));
@@ -148,6 +183,12 @@ pub fn render(service: &Service) -> String {
             c.connections.connected.load(Ordering::Relaxed).to_string(),
         ));
         total.push((cl, c.connections.total.load(Ordering::Relaxed).to_string()));
+        for (q, requests, batches, notifications) in c.opts.queue_metrics.snapshot() {
+            let labels = format!("{{controller=\"{}\",queue=\"{q}\"}}", escape(&c.name));
+            per_queue[0].3.push((labels.clone(), requests.to_string()));
+            per_queue[1].3.push((labels.clone(), batches.to_string()));
+            per_queue[2].3.push((labels, notifications.to_string()));
+        }
         for (t, l, e) in c.bus.load().entries() {
             let labels = format!(
                 "controller=\"{}\",target=\"{t}\",lun=\"{l}\"",
@@ -199,7 +240,7 @@ pub fn render(service: &Service) -> String {
         "Frontends accepted since start.",
         &total,
     );
-    for (name, kind, help, rows) in &per_lun {
+    for (name, kind, help, rows) in per_queue.iter().chain(&per_lun) {
         family(name, kind, help, rows);
     }
     let _ = writeln!(out, "# HELP vscsi_lun_command_duration_seconds Time from the target receiving a command to its status.");

@@ -249,4 +249,17 @@ async fn two_controllers_hotplug_and_unplug_under_io() {
             >= 2,
         "{stats}"
     );
+    // Per request queue counters: every command vm1 sent went through queue 0.
+    let q = &stats["controllers"][0]["queues"][0];
+    assert_eq!(q["queue"], 0, "{stats}");
+    let requests = q["requests"].as_u64().unwrap();
+    assert!(
+        requests
+            >= stats["controllers"][0]["luns"][0]["commands"]
+                .as_u64()
+                .unwrap(),
+        "{stats}"
+    );
+    let batches = q["batches"].as_u64().unwrap();
+    assert!(batches >= 1 && batches <= requests, "{stats}");
 }

@@ -27,6 +27,7 @@ use zerocopy::IntoBytes;
 
 use super::control_queue::{ControlQueue, TaskSet};
 use super::event_queue::{Delivery, EventHub, EventQueue, ResetReason};
+use super::queue_metrics::QueueMetrics;
 use super::request_queue::{QueueShared, RequestQueue};
 use crate::fault::FaultTable;
 use crate::scsi::target::BusHandle;
@@ -54,6 +55,8 @@ pub struct DeviceOptions {
     /// The hook that sends hot-plug and parameter change events to the
     /// device of the current connection.
     pub events: Arc<EventHub>,
+    /// Per request queue counters, kept across connections.
+    pub queue_metrics: Arc<QueueMetrics>,
     /// Optional virtio features to offer, a subset of [`OPTIONAL_FEATURES`]
     /// (VERSION_1 and the vhost-user protocol feature bit are always offered).
     pub features: u64,
@@ -75,6 +78,7 @@ impl Default for DeviceOptions {
             events: Arc::default(),
             poll: std::time::Duration::ZERO,
             features: OPTIONAL_FEATURES,
+            queue_metrics: Arc::default(),
         }
     }
 }
@@ -133,7 +137,14 @@ impl ScsiDevice {
             bus,
             requests: shared
                 .iter()
-                .map(|s| Mutex::new(RequestQueue::new(s.clone(), opts.faults.clone(), opts.poll)))
+                .map(|s| {
+                    Mutex::new(RequestQueue::new(
+                        s.clone(),
+                        opts.faults.clone(),
+                        opts.poll,
+                        opts.queue_metrics.clone(),
+                    ))
+                })
                 .collect(),
             shared,
             events,

@@ -16,7 +16,9 @@ pub mod control_queue;
 pub mod device;
 pub mod event_queue;
 pub mod guest_io;
+pub mod queue_metrics;
 pub mod request_queue;
 
 pub use device::{DeviceOptions, ScsiDevice};
 pub use event_queue::{Delivery, EventHub, ResetReason};
+pub use queue_metrics::QueueMetrics;

@@ -32,6 +32,7 @@ use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use super::chain::split_chain;
 use super::guest_io::{GuestDataIn, GuestDataOut, IoVecs};
+use super::queue_metrics::{QueueCounters, QueueMetrics};
 use crate::fault::FaultTable;
 use crate::scsi::{DataIn, DataOut, Request, ScsiBus};
 
@@ -293,18 +294,25 @@ pub struct RequestQueue {
     shared: Arc<QueueShared>,
     faults: Arc<FaultTable>,
     poll: Duration,
+    metrics: Arc<QueueMetrics>,
 }
 
 impl RequestQueue {
     /// Worker state of the queue whose shared part is `shared`; `poll` is
     /// how long to busy-poll the ring once it runs dry (0: never).
-    pub fn new(shared: Arc<QueueShared>, faults: Arc<FaultTable>, poll: Duration) -> Self {
+    pub fn new(
+        shared: Arc<QueueShared>,
+        faults: Arc<FaultTable>,
+        poll: Duration,
+        metrics: Arc<QueueMetrics>,
+    ) -> Self {
         Self {
             readable: IoVecs::default(),
             writable: IoVecs::default(),
             shared,
             faults,
             poll,
+            metrics,
         }
     }
 
@@ -322,12 +330,14 @@ impl RequestQueue {
         let guard = mem.memory();
         let mut state = vring.get_mut();
         let mut completed = false;
+        let (mut requests, mut notifications) = (0u64, 0u64);
         loop {
             if let Err(e) = state.disable_notification() {
                 warn!(error = %e, "request queue: cannot disable notifications");
             }
             while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(guard.clone()) {
                 let head = chain.head_index();
+                requests += 1;
                 let fault = split_chain(chain, &guard, &mut self.readable, &mut self.writable);
                 let outcome = match fault {
                     Ok(()) => self.execute(bus, head, vring, &guard),
@@ -355,6 +365,7 @@ impl RequestQueue {
                 // driver does not kick while the device is polling.
                 if completed && state.needs_notification().unwrap_or(true) {
                     state.signal_used_queue()?;
+                    notifications += 1;
                 }
                 completed = false;
                 if Self::poll_avail(state.get_queue(), &guard, self.poll) {
@@ -372,6 +383,14 @@ impl RequestQueue {
         }
         if completed && state.needs_notification().unwrap_or(true) {
             state.signal_used_queue()?;
+            notifications += 1;
+        }
+        if let Some(c) = self.metrics.queue(self.shared.index) {
+            if requests > 0 {
+                QueueCounters::add(&c.batches, 1);
+                QueueCounters::add(&c.requests, requests);
+            }
+            QueueCounters::add(&c.notifications, notifications);
         }
         Ok(())
     }
