@@ -164,6 +164,55 @@ async fn two_controllers_hotplug_and_unplug_under_io() {
         "vm2 does not see vm1's new LUN"
     );
 
+    // Resize while connected: PARAM_CHANGE with CAPACITY DATA HAS CHANGED
+    // (2A/09) on the event queue, then READ CAPACITY shows the new size.
+    let r = run
+        .service
+        .call(
+            "resize_lun",
+            &json!({"controller": "vm1", "target": 0, "lun": 1, "size": "8M"}),
+        )
+        .unwrap();
+    assert_eq!(r["capacity_blocks"], 16384, "{r}");
+    let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
+        .await
+        .expect("a parameter change event within 5 s")
+        .unwrap();
+    assert_eq!(
+        event,
+        vscsi_driver::DeviceEvent::ParamChange {
+            lun: vscsi_protocol::lun::Lun { target: 0, lun: 1 },
+            asc: 0x2A,
+            ascq: 0x09,
+        }
+    );
+    let cap = vm1
+        .send_command(
+            0,
+            1,
+            ScsiCommand::ReadCapacity16 {
+                allocation_length: 32,
+            },
+        )
+        .await
+        .unwrap();
+    let cap = if cap.is_good() {
+        cap
+    } else {
+        // The pending CAPACITY DATA HAS CHANGED unit attention answers first.
+        vm1.send_command(
+            0,
+            1,
+            ScsiCommand::ReadCapacity16 {
+                allocation_length: 32,
+            },
+        )
+        .await
+        .unwrap()
+    };
+    assert!(cap.is_good(), "{cap:?}");
+    assert_eq!(&cap.data[..8], &(16384u64 - 1).to_be_bytes());
+
     // Hot-unplug while writes run: every completed write is in the image.
     let vm1 = Arc::new(vm1);
     let writer = {
