@@ -505,21 +505,6 @@ impl Driver {
     /// Sends `command` with a raw 8-byte virtio LUN field (for probing
     /// addressing the spec does not allow, or the REPORT LUNS well-known LUN).
     pub async fn send_to(&self, lun_field: [u8; 8], command: &ScsiCommand) -> Result<Response> {
-        if let ScsiCommand::Raw {
-            cdb,
-            data_out,
-            data_in_len,
-        } = command
-        {
-            if cdb.is_empty() || cdb.len() > 32 {
-                return Err(Error::BadCdb(cdb.len()));
-            }
-            if !data_out.is_empty() && *data_in_len > 0 {
-                return Err(Error::BadConfig(
-                    "a command with both data-out and data-in needs VIRTIO_SCSI_F_INOUT, which is not negotiated".into(),
-                ));
-            }
-        }
         self.send_to_with(lun_field, command, CommandOptions::default())
             .await
     }
@@ -570,6 +555,9 @@ impl Driver {
                     "a command with both data-out and data-in needs VIRTIO_SCSI_F_INOUT, which is not negotiated".into(),
                 ));
             }
+        }
+        if let Some(parts) = self.split(command) {
+            return self.send_split(lun_field, parts, opts).await;
         }
         let (target, lun) = match LunAddress::decode(&lun_field) {
             Ok(LunAddress::Unit(l)) => (l.target, l.lun),
@@ -632,6 +620,83 @@ impl Driver {
             None => t.remove(&(target, lun)),
         };
         self.any_lun_timeout.store(!t.is_empty(), Ordering::Relaxed);
+    }
+
+    /// A READ or WRITE bigger than one request slot, as several commands of
+    /// at most [`Driver::max_transfer`] bytes each; `None` if it fits.
+    fn split(&self, command: &ScsiCommand) -> Option<Vec<ScsiCommand>> {
+        let max = self.max_transfer();
+        let (lba, blocks, block_size, data) = match command {
+            ScsiCommand::Read {
+                lba,
+                blocks,
+                block_size,
+            } => (*lba, *blocks, *block_size, None),
+            ScsiCommand::Write { lba, blocks, data }
+                if *blocks > 0 && data.len() % *blocks as usize == 0 =>
+            {
+                (
+                    *lba,
+                    *blocks,
+                    (data.len() / *blocks as usize) as u32,
+                    Some(data),
+                )
+            }
+            _ => return None,
+        };
+        let per = (max / block_size.max(1) as usize) as u32;
+        if per == 0 || blocks as usize * block_size as usize <= max {
+            return None;
+        }
+        let mut parts = Vec::new();
+        let mut done = 0u32;
+        while done < blocks {
+            let n = per.min(blocks - done);
+            let (start, len) = (
+                done as usize * block_size as usize,
+                n as usize * block_size as usize,
+            );
+            parts.push(match data {
+                None => ScsiCommand::Read {
+                    lba: lba + done as u64,
+                    blocks: n,
+                    block_size,
+                },
+                Some(d) => ScsiCommand::Write {
+                    lba: lba + done as u64,
+                    blocks: n,
+                    data: d[start..start + len].to_vec(),
+                },
+            });
+            done += n;
+        }
+        Some(parts)
+    }
+
+    /// Sends the parts of a split transfer one after the other and joins
+    /// their answers; the first part that does not complete with GOOD status
+    /// is returned as it is (later parts are not sent).
+    async fn send_split(
+        &self,
+        lun_field: [u8; 8],
+        parts: Vec<ScsiCommand>,
+        opts: CommandOptions,
+    ) -> Result<Response> {
+        let mut joined: Option<Response> = None;
+        for part in &parts {
+            let r = Box::pin(self.send_to_with(lun_field, part, opts)).await?;
+            if !r.is_good() {
+                return Ok(r);
+            }
+            match &mut joined {
+                None => joined = Some(r),
+                Some(j) => {
+                    j.data.extend_from_slice(&r.data);
+                    j.residual += r.residual;
+                }
+            }
+        }
+        joined.ok_or(Error::Closed)
     }
 
     /// One attempt: submit, wait, and on timeout run the error handler.

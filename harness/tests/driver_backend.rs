@@ -474,3 +474,66 @@ async fn a_new_frontend_reads_what_a_disconnected_one_wrote() {
     assert!(r.is_good());
     assert_eq!(r.data, data);
 }
+
+#[tokio::test]
+async fn reads_and_writes_bigger_than_a_slot_are_split_transparently() {
+    let d = TestDaemon::start(&[(0, 0, 4 * MIB, false)]);
+    let opts = vscsi_driver::DriverOptions {
+        max_transfer: 4096,
+        ..Default::default()
+    };
+    let drv = Driver::connect_with(&d.socket, QueueConfig::default(), opts)
+        .await
+        .unwrap();
+    assert_eq!(drv.max_transfer(), 4096);
+    // 100 blocks of 512 bytes: 13 commands of at most 8 blocks.
+    let data = pattern(3, 100, 512, 9);
+    let kicks = drv.kicks();
+    let w = drv
+        .send_command(
+            0,
+            0,
+            ScsiCommand::Write {
+                lba: 3,
+                blocks: 100,
+                data: data.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(w.is_good(), "{w:?}");
+    assert!(
+        drv.kicks() - kicks >= 2,
+        "several commands went to the device"
+    );
+    assert_eq!(host_read(&d.image_path(0, 0), 3 * 512, data.len()), data);
+    let r = drv
+        .send_command(
+            0,
+            0,
+            ScsiCommand::Read {
+                lba: 3,
+                blocks: 100,
+                block_size: 512,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(r.is_good());
+    assert_eq!(r.data, data);
+    // A split transfer running off the end answers like the part that failed.
+    let blocks = 4 * MIB / 512;
+    let r = drv
+        .send_command(
+            0,
+            0,
+            ScsiCommand::Read {
+                lba: blocks - 10,
+                blocks: 20,
+                block_size: 512,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(sense_triple(&r.sense), (0x05, 0x21, 0x00));
+}
