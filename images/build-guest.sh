@@ -6,16 +6,16 @@
 # into CACHE_DIR (default $XDG_CACHE_HOME/vscsi/guest, or ~/.cache/vscsi/guest):
 #
 #   vmlinuz               the Debian kernel (linux-image-amd64), copied from /boot
-#   initramfs.cpio.gz     busybox (static), the SCSI / virtio / ext4 / isofs modules
-#                         with their modules.dep dependencies, sg3-utils, fio and
-#                         mkfs.ext4 with exactly the shared libraries ldd lists,
+#   initramfs.cpio.gz     busybox (static), the SCSI / virtio / sd / sr+cdrom / ext4 / isofs modules
+#                         with their modules.dep dependencies, sg3-utils, fio,
+#                         mkfs.ext4 and eject with exactly the shared libraries ldd lists,
 #                         and images/guest-init.sh as /init
 #   kernel-version        the kernel release the modules come from
 #   stamp                 hash of every input; when it matches, nothing is rebuilt
 #
 # Everything comes from Debian packages already installed on this machine:
 #   qemu-system-x86 (to run it), linux-image-amd64, busybox-static, sg3-utils,
-#   fio, e2fsprogs, cpio.
+#   fio, e2fsprogs, cpio, eject.
 # Idempotent: a second run with unchanged inputs only recomputes the stamp (well
 # under a second) and prints the paths. Set VSCSI_GUEST_KERNEL=<release> to pick
 # a kernel other than the newest one installed. Output goes to a fresh folder that
@@ -62,12 +62,17 @@ for t in $sg_tools; do
 done
 p=$(command -v fio 2>/dev/null) || need_pkg fio fio
 bins+=("$p")
+# util-linux eject(1) (busybox-static has no eject applet): CDROMEJECT, the way
+# a user ejects a CD-ROM.
+p=$(command -v eject 2>/dev/null) || need_pkg eject eject
+bins+=("$p")
 for t in mkfs.ext4 mke2fs e2fsck; do
     p=$(PATH=$PATH:/sbin:/usr/sbin command -v "$t" 2>/dev/null) || need_pkg "$t" e2fsprogs
     bins+=("$p")
 done
 
-# Modules: what the test needs, each with its dependencies from modules.dep
+# Modules: what the test needs (sr_mod brings cdrom; isofs mounts the CD-ROM
+# LUN), each with its dependencies from modules.dep
 # (already in load order: a module's line lists what it needs, deepest last),
 # plus the crypto algorithms that are soft dependencies (ext4 needs crc32c,
 # sd_mod's crc-t10dif wants crct10dif).
@@ -96,7 +101,7 @@ for m in $wanted; do
             continue # built into the kernel
         fi
         case $m in
-            crc32c_generic|crct10dif_generic|qemu_fw_cfg|isofs|sr_mod|virtio_blk) continue ;; # optional
+            crc32c_generic|crct10dif_generic|qemu_fw_cfg|virtio_blk) continue ;; # optional
         esac
         die "kernel module $m is neither in $moddir/modules.dep nor built in"
     fi

@@ -64,6 +64,16 @@ impl Lun {
         [1, self.target, hi, lo, 0, 0, 0, 0]
     }
 
+    /// Encodes as the LUN field of an event (§5.6.6.3): the single level
+    /// LUN the way REPORT LUNS reports it, peripheral addressing below 256
+    /// and flat space above, as QEMU does. Linux's virtio_scsi takes bytes
+    /// 2-3 of an event as the LUN number itself, so a flat-space bit on a
+    /// small LUN would make it add a device at LUN 16384 + n.
+    pub fn encode_event(self) -> [u8; 8] {
+        let [hi, lo, ..] = Self::report_luns_entry(self.lun);
+        [1, self.target, hi, lo, 0, 0, 0, 0]
+    }
+
     /// Encodes the LUN number as an 8-byte SAM-5 LUN, as REPORT LUNS lists it:
     /// peripheral addressing (`00b`) below 256, flat space (`01b`) above, like
     /// Linux's `int_to_scsilun` and QEMU do.
@@ -167,6 +177,29 @@ mod tests {
             LunAddress::decode(&[1, 0, 0x01, 0, 0, 0, 0, 0]),
             Err(LunError::UnsupportedAddressing(0x0100))
         );
+    }
+
+    #[test]
+    fn event_lun_fields_use_the_report_luns_encoding() {
+        assert_eq!(
+            Lun::new(3, 0).unwrap().encode_event(),
+            [1, 3, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            Lun::new(3, 7).unwrap().encode_event(),
+            [1, 3, 0, 7, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            Lun::new(0, 300).unwrap().encode_event(),
+            [1, 0, 0x41, 0x2C, 0, 0, 0, 0]
+        );
+        for l in [0u16, 7, 255, 256, 16383] {
+            let lun = Lun::new(9, l).unwrap();
+            assert_eq!(
+                LunAddress::decode(&lun.encode_event()),
+                Ok(LunAddress::Unit(lun))
+            );
+        }
     }
 
     #[test]

@@ -206,7 +206,7 @@ impl EventQueue {
 }
 
 fn lun_field(target: u8, lun: u16) -> [u8; 8] {
-    Lun::new(target, lun).map_or([1, target, 0, 0, 0, 0, 0, 0], Lun::encode)
+    Lun::new(target, lun).map_or([1, target, 0, 0, 0, 0, 0, 0], Lun::encode_event)
 }
 
 /// The daemon-level hook: sends events to the device of every live

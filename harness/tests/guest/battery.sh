@@ -7,6 +7,15 @@
 #   RO_MD5=...                                   md5 of the read-only LUN's first MiB
 #   FIO_LUN=T:L FS_LUN=T:L RESET_LUN=T:L PATTERN_LUNS="T:L:OFFSET ..."
 #   QUEUES=N                                     request queues (num_queues)
+#   CD_LUN=T:L CD_FILE=NAME CD_MD5=...           the CD-ROM LUN and a file on its ISO
+#   THIN_LUN=T:L                                 a disk on a sparse image (discard)
+#   HOT_LUN=T:L HOT_SIZE=B HOT_NEW_SIZE=B        the LUN the host adds, resizes, removes
+#   SLOW_LUN=T:L SLOW_MS=N                       the LUN the host sets latency=N ms on
+#
+# Host actions: the guest prints `VSCSI-WAIT <name>` and polls (with a time
+# limit) for the effect; the host tails the serial log and, on each marker,
+# calls the daemon's control socket (hotplug-add, hotplug-resize,
+# hotplug-remove, fault-set, fault-clear).
 #
 # Prints one line per check on the console:
 #   VSCSI-RESULT <name> PASS|FAIL|SKIP <detail>
@@ -257,6 +266,162 @@ for p in $PATTERN_LUNS; do
 done
 sync
 
+# wait_for SECONDS CMD...: run CMD every 0.1 s until it succeeds (0) or time is up (1).
+wait_for() {
+    _end=$(($(cut -d. -f1 /proc/uptime) + $1)); shift
+    until "$@" >/dev/null 2>&1; do
+        [ "$(cut -d. -f1 /proc/uptime)" -ge $_end ] && return 1
+        sleep 0.1
+    done
+}
+since() { echo "$(now) $1" | awk '{printf "%.2f", $1-$2}'; }
+
+# --- CD-ROM: sr device, iso9660, a file reads back, eject ----------------------------
+dir=$(devdir "$CD_LUN") sr=$(blk "$CD_LUN") sg=$(sgdev "$CD_LUN")
+type=$(cat "$dir/type" 2>/dev/null)
+rem=$(cat "/sys/block/$sr/removable" 2>/dev/null)
+lbs=$(cat "/sys/block/$sr/queue/logical_block_size" 2>/dev/null)
+case $sr in sr*) isr=1 ;; *) isr=0 ;; esac
+if [ "$type" = 5 ] && [ $isr = 1 ] && [ -b "/dev/$sr" ] && [ -n "$sg" ] && [ "$rem" = 1 ] && [ "$lbs" = 2048 ]; then
+    pass "cd-present" "/dev/$sr /dev/$sg type=$type removable=$rem logical_block_size=$lbs"
+else
+    fail "cd-present" "at $dir: block='$sr' sg='$sg' type='$type' removable='$rem' lbs='$lbs' (want sr*, 5, 1, 2048)"
+fi
+mkdir -p /mnt/cd
+if out=$(mount -t iso9660 -o ro "/dev/$sr" /mnt/cd 2>&1); then
+    pass cd-mount "/dev/$sr as $(awk '$2 == "/mnt/cd" {print $3}' /proc/mounts)"
+    sum=$(md5sum "/mnt/cd/$CD_FILE" 2>&1 | cut -d' ' -f1)
+    if [ "$sum" = "$CD_MD5" ]; then pass cd-read "$CD_FILE md5 $sum"; else fail cd-read "$CD_FILE md5 '$sum' want $CD_MD5"; fi
+    umount /mnt/cd
+else
+    fail cd-mount "$out"
+fi
+# eject(1): the CDROMEJECT ioctl, the kernel sends ALLOW MEDIUM REMOVAL and
+# START STOP UNIT with LoEj; then TEST UNIT READY must say the medium is gone.
+check cd-eject eject "/dev/$sr"
+gone=0
+for i in 1 2 3 4 5; do
+    out=$(sg_turs -v "/dev/$sg" 2>&1) && { out="TUR answered GOOD"; continue; }
+    if echo "$out" | grep -qi "not present"; then gone=1; break; fi
+done
+if [ $gone = 1 ]; then pass cd-gone "$(echo "$out" | grep -i 'not present' | head -n 1)"; else fail cd-gone "$out"; fi
+
+# --- thin LUN: write 8 MiB, discard the first 6, the host sees ~2 MiB allocated -----
+sd=$(blk "$THIN_LUN") dir=$(devdir "$THIN_LUN")
+dmax=$(cat "/sys/block/$sd/queue/discard_max_bytes" 2>/dev/null)
+pm=$(cat "$dir"/scsi_disk/*/provisioning_mode 2>/dev/null)
+if [ "${dmax:-0}" -gt 0 ]; then
+    pass thin-discard-limits "provisioning_mode=$pm discard_max_bytes=$dmax discard_granularity=$(cat "/sys/block/$sd/queue/discard_granularity")"
+else
+    fail thin-discard-limits "provisioning_mode=$pm discard_max_bytes=$dmax"
+fi
+dd if=/dev/urandom of=/tmp/thin bs=1M count=8 2>/dev/null
+if out=$(dd if=/tmp/thin of="/dev/$sd" bs=1M count=8 oflag=direct conv=fsync 2>&1); then
+    pass thin-write "8 MiB to /dev/$sd"
+else
+    fail thin-write "$out"
+fi
+check thin-blkdiscard blkdiscard -o 0 -l 6291456 "/dev/$sd"
+want=$(dd if=/tmp/thin bs=1M skip=6 count=2 2>/dev/null | md5sum | cut -d' ' -f1)
+got=$(dd if="/dev/$sd" bs=1M skip=6 count=2 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+if [ "$got" = "$want" ]; then pass thin-kept "MiB 6-8 kept: md5 $got"; else fail thin-kept "MiB 6-8 md5 $got want $want"; fi
+echo "VSCSI-PATTERN $THIN_LUN 6291456 2097152 $want"
+echo "VSCSI-THIN $THIN_LUN written=8388608 discarded=6291456"
+
+# --- hot-plug: the host adds a LUN, resizes it and removes it (control socket) -------
+# The hot LUN is the only one on its target: find it there by target, so a LUN
+# number the kernel decoded differently is reported (hotplug-lun-number), not
+# mistaken for a missing device.
+hot_dir() { ls -d "/sys/bus/scsi/devices/$host:0:${HOT_LUN%%:*}:"* 2>/dev/null | head -n 1; }
+hot_there() {
+    hdir=$(hot_dir) && [ -n "$hdir" ] || return 1
+    sd=$(ls "$hdir/block" 2>/dev/null | head -n 1) && [ -n "$sd" ] && [ -b "/dev/$sd" ]
+}
+t0=$(now)
+echo "VSCSI-WAIT hotplug-add"
+if wait_for 20 hot_there; then
+    hot_there
+    if [ "${hdir##*/}" = "$host:0:$HOT_LUN" ]; then
+        pass hotplug-lun-number "the kernel added ${hdir##*/}"
+    else
+        fail hotplug-lun-number "the kernel added ${hdir##*/}, not $host:0:$HOT_LUN: the TRANSPORT_RESET event's LUN field must use the REPORT LUNS encoding (flat-space bit only for LUN >= 256), which Linux virtio_scsi takes as the LUN number"
+    fi
+    bytes=$(($(cat "/sys/block/$sd/size") * 512))
+    if [ "$bytes" = "$HOT_SIZE" ]; then
+        pass hotplug-add "/dev/$sd appeared $(since "$t0") s after the marker, no manual rescan, $bytes bytes"
+    else
+        fail hotplug-add "/dev/$sd has $bytes bytes want $HOT_SIZE"
+    fi
+    dd if=/dev/urandom of=/tmp/hot bs=1M count=1 2>/dev/null
+    sum=$(md5sum /tmp/hot | cut -d' ' -f1)
+    if out=$(dd if=/tmp/hot of="/dev/$sd" bs=1M count=1 oflag=direct conv=fsync 2>&1); then
+        back=$(dd if="/dev/$sd" bs=1M count=1 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+        if [ "$back" = "$sum" ]; then pass hotplug-io "1 MiB written and read back: md5 $sum"; else fail hotplug-io "read back $back wrote $sum"; fi
+        echo "VSCSI-PATTERN $HOT_LUN 0 1048576 $sum"
+    else
+        fail hotplug-io "$out"
+    fi
+
+    hot_resized() { [ "$(cat "/sys/block/$sd/size")" = $((HOT_NEW_SIZE / 512)) ]; }
+    t0=$(now)
+    echo "VSCSI-WAIT hotplug-resize"
+    if wait_for 20 hot_resized; then
+        if out=$(dd if="/dev/$sd" of=/dev/null bs=1M skip=$((HOT_NEW_SIZE / 1048576 - 1)) count=1 iflag=direct 2>&1); then
+            pass hotplug-resize "/sys/block/$sd/size=$(cat "/sys/block/$sd/size") $(since "$t0") s after the marker; last MiB readable"
+        else
+            fail hotplug-resize "new size seen but reading the last MiB failed: $out"
+        fi
+    else
+        fail hotplug-resize "/sys/block/$sd/size=$(cat "/sys/block/$sd/size") after 20 s, want $((HOT_NEW_SIZE / 512))"
+    fi
+
+    hot_gone() { [ ! -e "$hdir" ] && [ ! -e "/sys/block/$sd" ]; }
+    t0=$(now)
+    echo "VSCSI-WAIT hotplug-remove"
+    if wait_for 20 hot_gone; then
+        pass hotplug-remove "$hdir and /sys/block/$sd gone $(since "$t0") s after the marker"
+    else
+        fail hotplug-remove "$hdir still there after 20 s"
+    fi
+else
+    fail hotplug-add "no block device on target ${HOT_LUN%%:*} 20 s after the marker ($(ls /sys/bus/scsi/devices | tr '\n' ' '))"
+    echo "VSCSI-WAIT hotplug-resize"
+    echo "VSCSI-WAIT hotplug-remove"
+fi
+
+# --- a slow LUN (latency fault set by the host) delays reads but never hangs ---------
+sd=$(blk "$SLOW_LUN")
+# timed_read COUNT: seconds that COUNT direct 64 KiB reads take (timeout 60 s).
+timed_read() {
+    _a=$(now)
+    timeout 60 dd if="/dev/$sd" of=/dev/null bs=64k count=$1 iflag=direct >/dev/null 2>&1 || return 1
+    since "$_a"
+}
+base=$(timed_read 4)
+slow_now() { _t=$(timed_read 1) && [ "$(echo "$_t $SLOW_MS" | awk '{print ($1 * 1000 >= $2 * 0.75)}')" = 1 ]; }
+fast_now() { _t=$(timed_read 1) && [ "$(echo "$_t $SLOW_MS" | awk '{print ($1 * 1000 < $2 * 0.5)}')" = 1 ]; }
+echo "VSCSI-WAIT fault-set"
+if wait_for 20 slow_now; then
+    if took=$(timed_read 4); then
+        if [ "$(echo "$took $SLOW_MS" | awk '{print ($1 * 1000 >= 4 * $2 * 0.9)}')" = 1 ]; then
+            pass fault-slow "4 reads took $took s with latency=${SLOW_MS}ms (before: $base s), all completed"
+        else
+            fail fault-slow "4 reads took $took s with latency=${SLOW_MS}ms, want >= $((4 * SLOW_MS * 9 / 10)) ms (before: $base s)"
+        fi
+    else
+        fail fault-slow "reads failed or did not complete in 60 s"
+    fi
+else
+    fail fault-slow "a read never took ${SLOW_MS} ms in 20 s after the marker (before: $base s)"
+fi
+t0=$(now)
+echo "VSCSI-WAIT fault-clear"
+if wait_for 20 fast_now && took=$(timed_read 4); then
+    pass fault-clear "back to normal $(since "$t0") s after the marker: 4 reads in $took s"
+else
+    fail fault-clear "reads still slow 20 s after the marker"
+fi
+
 # The kernel's view of our devices (the console runs with `quiet`).
-dmesg | grep -iE 'scsi|sd[a-z]|virtio|ext4|i/o error|reset|blk_' | tail -n 80 | sed 's/^/VSCSI-DMESG /'
+dmesg | grep -iE 'scsi|sd[a-z]|sr[0-9]|virtio|ext4|isofs|i/o error|reset|blk_|discard|capacity' | tail -n 80 | sed 's/^/VSCSI-DMESG /'
 log "battery end uptime=$(now)"
