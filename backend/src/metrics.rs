@@ -155,7 +155,7 @@ pub fn render(service: &Service) -> String {
             vec![],
         ),
     ];
-    let mut per_queue: [(&str, &str, &str, Vec<(String, String)>); 3] = [
+    let mut per_queue: [(&str, &str, &str, Vec<Row>); 3] = [
         (
             "vscsi_queue_requests_total",
             "counter",
