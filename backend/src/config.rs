@@ -22,6 +22,7 @@ use toml::Spanned;
 use vscsi_protocol::lun::MAX_LUN;
 
 use crate::scsi::{DeviceType, LogicalUnit, LunOptions, ScsiBus};
+use crate::storage::ImageFormat;
 use crate::vhost::device::{FEATURE_NAMES, OPTIONAL_FEATURES};
 
 /// Where one image is served and how.
@@ -109,7 +110,7 @@ pub enum ConfigError {
 /// The options after `PATH` in `--lun TARGET:LUN=PATH[,OPTION...]`.
 pub const LUN_OPTIONS_HELP: &str =
     "ro, rw, bs=512|1024|2048|4096, cdrom, removable, serial=S, wwn=0xNAA, \
-vendor=S, product=S, revision=S, rotation=N, pbs=N, wce=0|1, nodiscard, power-on-ua";
+vendor=S, product=S, revision=S, rotation=N, pbs=N, wce=0|1, nodiscard, format=raw|qcow2|auto, power-on-ua";
 
 impl FromStr for LunSpec {
     type Err = ConfigError;
@@ -191,6 +192,11 @@ impl FromStr for LunSpec {
                     }
                 }
                 "nodiscard" => o.discard = false,
+                "format" => {
+                    o.format = value
+                        .and_then(ImageFormat::parse)
+                        .ok_or_else(|| bad("format must be raw, qcow2 or auto"))?
+                }
                 "power-on-ua" => o.power_on_ua = true,
                 other => {
                     return Err(bad(&format!(
@@ -458,7 +464,8 @@ pub struct LunFields {
     pub lun: u16,
     /// Image path (relative paths are relative to the configuration file).
     pub image: PathBuf,
-    /// Image format: only `"raw"`.
+    /// Image format: `"auto"` (default: qcow2 when the file starts with the
+    /// qcow2 magic, else raw), `"raw"` or `"qcow2"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
     /// `"disk"` (default) or `"cdrom"`.
@@ -545,7 +552,7 @@ impl LunFields {
             target: c.spec.target,
             lun: c.spec.lun,
             image: c.spec.path.clone(),
-            format: Some("raw".into()),
+            format: Some(o.format.as_str().into()),
             device_type: Some(
                 match o.device_type {
                     DeviceType::Disk => "disk",
@@ -580,15 +587,15 @@ impl LunFields {
                 format!("LUN {} is out of range: use 0..=16383", self.lun),
             ));
         }
-        if let Some(f) = self.format.as_deref() {
-            if f != "raw" {
-                return Err((
-                    "format",
-                    format!("format {f:?} is not supported: only \"raw\" images are served"),
-                ));
-            }
-        }
         let mut o = LunOptions::default();
+        if let Some(f) = self.format.as_deref() {
+            o.format = ImageFormat::parse(f).ok_or_else(|| {
+                (
+                    "format",
+                    format!("format {f:?} is not supported: use \"raw\", \"qcow2\" or \"auto\""),
+                )
+            })?;
+        }
         match self.device_type.as_deref() {
             None | Some("disk") => {}
             Some("cdrom") => o.device_type = DeviceType::Cdrom,
@@ -1094,6 +1101,18 @@ mod tests {
         assert_eq!(o.wwn, Some(0x6001_4050_0000_0001));
         assert_eq!((o.write_cache, o.rotation_rate), (false, 7200));
         assert!(!o.discard && o.power_on_ua);
+        assert_eq!(o.format, ImageFormat::Auto);
+        for (spec, format) in [
+            ("0:0=a.img,format=qcow2", ImageFormat::Qcow2),
+            ("0:0=a.img,format=raw", ImageFormat::Raw),
+            ("0:0=a.img,format=auto", ImageFormat::Auto),
+        ] {
+            let s: LunSpec = spec.parse().unwrap();
+            assert_eq!(s.options.format, format);
+        }
+        for bad in ["0:0=a.img,format=vmdk", "0:0=a.img,format"] {
+            assert!(bad.parse::<LunSpec>().is_err(), "{bad}");
+        }
         for bad in [
             "0:1",
             "a:1=x",

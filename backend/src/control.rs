@@ -823,6 +823,14 @@ impl Service {
                 "a CD-ROM cannot be resized: insert another medium with insert_media",
             ));
         }
+        if lu.image().format() == crate::storage::ImageFormat::Qcow2 {
+            // Its capacity is the qcow2 virtual size, not the file length:
+            // truncating the file would corrupt it.
+            return Err(err(
+                code::NOT_SUPPORTED,
+                "a qcow2 LUN cannot be resized here: resize it offline with qemu-img resize, then remove_lun and add_lun it",
+            ));
+        }
         if lu.read_only() {
             return Err(err(
                 code::NOT_SUPPORTED,

@@ -396,3 +396,55 @@ fn a_non_socket_at_a_controller_path_is_refused_not_deleted() {
         "precious"
     );
 }
+
+#[test]
+fn a_qcow2_lun_is_never_resized_by_truncating_its_file() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let q = dir.join("q.qcow2");
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&q)
+        .arg("4M")
+        .status()
+        .expect("qemu-img (Debian package qemu-utils, installed by .ci/run)");
+    assert!(made.success());
+    let before = std::fs::read(&q).unwrap();
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[[controller]]\nname = \"vm1\"\nsocket = \"vm1.sock\"\n[[controller.lun]]\ntarget = 0\nlun = 0\nimage = \"q.qcow2\"\n",
+    )
+    .unwrap();
+    let ctl = dir.join("ctl.sock");
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--control")
+        .arg(&ctl)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _daemon = Daemon { child };
+    wait_for(&ctl);
+    let mut rpc = Rpc::connect(&ctl);
+    for size in ["1M", "64M"] {
+        let e = rpc.call(
+            "resize_lun",
+            serde_json::json!({"controller": "vm1", "target": 0, "lun": 0, "size": size, "force": true}),
+        );
+        assert_eq!(e["error"]["code"], -32006, "{e}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("qemu-img resize"),
+            "{e}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&q).unwrap(),
+        before,
+        "the qcow2 file is untouched"
+    );
+}

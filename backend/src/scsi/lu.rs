@@ -1,4 +1,5 @@
-//! A logical unit: a direct-access block device (SBC-4) over a raw image.
+//! A logical unit: a direct-access block device (SBC-4) over a raw or qcow2
+//! image (see [`crate::storage`]).
 //!
 //! `LogicalUnit` is shared by the request-queue worker threads through an
 //! `Arc`: every method takes `&self`, the identity data is computed once at
@@ -20,7 +21,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use vscsi_protocol::data::{StandardInquiry, TYPE_CDROM, TYPE_DISK};
 use vscsi_protocol::sense::Sense;
 
-use crate::storage::{OpenError, RawImage};
+use crate::storage::{Image, ImageFormat, OpenError};
 
 /// What a logical unit is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -80,6 +81,8 @@ pub struct LunOptions {
     /// attention (6/29/00) at start, as a real disk does. Off by default:
     /// initiators that do not expect it see their first command fail.
     pub power_on_ua: bool,
+    /// Image format: detected from the content (default), or forced.
+    pub format: ImageFormat,
 }
 
 impl Default for LunOptions {
@@ -100,6 +103,7 @@ impl Default for LunOptions {
             wwn: None,
             discard: true,
             power_on_ua: false,
+            format: ImageFormat::Auto,
         }
     }
 }
@@ -257,7 +261,7 @@ pub const MAX_SERIAL_LEN: usize = 64;
 /// A logical unit serving one image.
 #[derive(Debug)]
 pub struct LogicalUnit {
-    image: RawImage,
+    image: Image,
     opts: LunOptions,
     blocks: AtomicU64,
     block_shift: u32,
@@ -357,7 +361,7 @@ impl LogicalUnit {
                 reason: "must be a power of two, at least the logical block size",
             });
         }
-        let image = RawImage::open(path, opts.read_only)?;
+        let image = Image::open(path, opts.read_only, opts.format)?;
         let block_shift = opts.block_size.trailing_zeros();
         let blocks = image.size() >> block_shift;
         if blocks == 0 {
@@ -411,7 +415,7 @@ impl LogicalUnit {
             .wwn
             .unwrap_or(0x3 << 60 | (fnv1a(designator.as_bytes()) & 0x0FFF_FFFF_FFFF_FFFF));
         let thin = opts.discard && image.probe_punch_hole();
-        let unmap_granularity = if thin {
+        let unmap_granularity = if thin && matches!(image, Image::Raw(_)) {
             use std::os::unix::fs::MetadataExt;
             let fs_block = image.file().metadata().map(|m| m.blksize()).unwrap_or(4096);
             u32::try_from(fs_block >> block_shift).unwrap_or(1).max(1)
@@ -474,7 +478,7 @@ impl LogicalUnit {
         self.image.sync_data()
     }
 
-    pub(crate) fn image(&self) -> &RawImage {
+    pub(crate) fn image(&self) -> &Image {
         &self.image
     }
 

@@ -72,6 +72,18 @@ pub enum OpenError {
         /// The image path.
         path: PathBuf,
     },
+    /// The image is not in the format asked for, or its format metadata
+    /// cannot be read (a corrupt qcow2, a missing backing file, ...).
+    #[error("image {} cannot be opened as {format}: {source}", .path.display())]
+    Format {
+        /// The image path.
+        path: PathBuf,
+        /// The format tried (`"qcow2"`).
+        format: &'static str,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// A logical unit option is invalid.
     #[error("image {}: invalid {field} {value:?}: {reason}", .path.display())]
     InvalidOption {
