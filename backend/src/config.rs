@@ -46,8 +46,19 @@ impl LunSpec {
             target,
             lun,
             path: path.into(),
-            options: LunOptions::default(),
+            options: served_defaults(),
         }
+    }
+}
+
+/// The options a LUN the daemon serves starts from: the library's defaults,
+/// plus the POWER ON, RESET unit attention a real disk reports to each new
+/// initiator (SPC-5 §5.14; the `power-on-ua` option, on unless turned off
+/// with `power_on_ua = false`).
+pub fn served_defaults() -> LunOptions {
+    LunOptions {
+        power_on_ua: true,
+        ..LunOptions::default()
     }
 }
 
@@ -110,7 +121,7 @@ pub enum ConfigError {
 /// The options after `PATH` in `--lun TARGET:LUN=PATH[,OPTION...]`.
 pub const LUN_OPTIONS_HELP: &str =
     "ro, rw, bs=512|1024|2048|4096, cdrom, removable, serial=S, wwn=0xNAA, \
-vendor=S, product=S, revision=S, rotation=N, pbs=N, wce=0|1, nodiscard, format=raw|qcow2|auto, power-on-ua";
+vendor=S, product=S, revision=S, rotation=N, pbs=N, wce=0|1, nodiscard, format=raw|qcow2|auto, no-power-on-ua";
 
 impl FromStr for LunSpec {
     type Err = ConfigError;
@@ -198,6 +209,7 @@ impl FromStr for LunSpec {
                         .ok_or_else(|| bad("format must be raw, qcow2 or auto"))?
                 }
                 "power-on-ua" => o.power_on_ua = true,
+                "no-power-on-ua" => o.power_on_ua = false,
                 other => {
                     return Err(bad(&format!(
                         "unknown option '{other}' (options: {LUN_OPTIONS_HELP})"
@@ -587,7 +599,7 @@ impl LunFields {
                 format!("LUN {} is out of range: use 0..=16383", self.lun),
             ));
         }
-        let mut o = LunOptions::default();
+        let mut o = served_defaults();
         if let Some(f) = self.format.as_deref() {
             o.format = ImageFormat::parse(f).ok_or_else(|| {
                 (

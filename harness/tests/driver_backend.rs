@@ -537,3 +537,48 @@ async fn reads_and_writes_bigger_than_a_slot_are_split_transparently() {
         .unwrap();
     assert_eq!(sense_triple(&r.sense), (0x05, 0x21, 0x00));
 }
+
+#[tokio::test]
+async fn a_new_frontend_first_gets_power_on_reset_then_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = common::image(dir.path(), "d.img", MIB);
+    let spec = vscsi_backend::config::LunSpec::new(0, 0, &img);
+    assert!(
+        spec.options.power_on_ua,
+        "the daemon's default, as a real disk (SPC-5 §5.14)"
+    );
+    let d = TestDaemon::serve_exact(dir, &[spec], vscsi_backend::vhost::DeviceOptions::default());
+    for _connection in 0..2 {
+        let drv = Driver::connect(&d.socket, QueueConfig::default())
+            .await
+            .unwrap();
+        // INQUIRY is not blocked by a unit attention (SAM-5 §5.14).
+        let inq = drv
+            .send_command(
+                0,
+                0,
+                ScsiCommand::Inquiry {
+                    allocation_length: 36,
+                    evpd: false,
+                    page_code: 0,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(inq.is_good());
+        // A pass-through command (not retried) sees it once: 6/29/00.
+        let tur = || ScsiCommand::Raw {
+            cdb: vec![0, 0, 0, 0, 0, 0],
+            data_out: vec![],
+            data_in_len: 0,
+        };
+        let first = drv.send_command(0, 0, tur()).await.unwrap();
+        assert_eq!(first.status, 0x02);
+        assert_eq!(
+            sense_triple(&first.sense),
+            (0x06, 0x29, 0x00),
+            "POWER ON, RESET, OR BUS DEVICE RESET OCCURRED"
+        );
+        assert!(drv.send_command(0, 0, tur()).await.unwrap().is_good());
+    }
+}

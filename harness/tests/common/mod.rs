@@ -69,8 +69,24 @@ impl TestDaemon {
         Self::serve(dir, &specs, opts)
     }
 
-    /// Serves existing images.
+    /// Serves existing images. Their LUs start without the POWER ON, RESET
+    /// unit attention a real disk (and the daemon, by default) reports to a
+    /// new frontend, so each test's first command gets its own answer; the
+    /// unit attention has its own test.
     pub fn serve(dir: tempfile::TempDir, specs: &[LunSpec], opts: DeviceOptions) -> Self {
+        let specs: Vec<LunSpec> = specs
+            .iter()
+            .cloned()
+            .map(|mut s| {
+                s.options.power_on_ua = false;
+                s
+            })
+            .collect();
+        Self::serve_exact(dir, &specs, opts)
+    }
+
+    /// Serves existing images with their options exactly as given.
+    pub fn serve_exact(dir: tempfile::TempDir, specs: &[LunSpec], opts: DeviceOptions) -> Self {
         let bus = Arc::new(build_bus(specs, opts.max_sectors).expect("images open"));
         let socket = dir.path().join("vs.sock");
         let listener = daemon::bind(&socket).unwrap();
