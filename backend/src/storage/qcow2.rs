@@ -220,7 +220,10 @@ mod tests {
                 std::env::var_os("VSCSI_REQUIRE_TOOLS").is_none(),
                 "qemu-img is missing: apt-get install qemu-utils (see .ci/run)"
             );
-            eprintln!("SKIP: qemu-img is missing (apt-get install qemu-utils); qcow2 test not run");
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                b"SKIP: qemu-img is missing (apt-get install qemu-utils); qcow2 test not run\n",
+            );
         }
         found
     }
