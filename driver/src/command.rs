@@ -127,7 +127,7 @@ impl ScsiCommand {
     }
 }
 
-fn rw_cdb(write: bool, lba: u64, blocks: u32) -> Cdb {
+pub(crate) fn rw_cdb(write: bool, lba: u64, blocks: u32) -> Cdb {
     let fits_10 = lba + blocks as u64 <= u32::MAX as u64 + 1 && blocks <= u16::MAX as u32;
     match (write, fits_10) {
         (false, true) => Cdb::read_10(lba as u32, blocks as u16, false),

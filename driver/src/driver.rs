@@ -6,26 +6,29 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::eventfd::EventFd;
-use vscsi_protocol::data::{decode_report_luns, ReadCapacity10, ReadCapacity16, StandardInquiry};
+use vscsi_protocol::data::StandardInquiry;
 use vscsi_protocol::lun::{Lun, LunAddress, MAX_LUN};
 use vscsi_protocol::sense::Sense;
 use vscsi_protocol::status;
 use vscsi_protocol::virtio_scsi::{feature, Config, Response as VirtioResponse};
 
-use crate::command::ScsiCommand;
+use crate::command::{rw_cdb, ScsiCommand};
 use crate::control::{AuxQueue, Tmf, TmfResponse, AUX_SLOT};
 use crate::error::{Error, RecoveryStep, Result};
 use crate::events::DeviceEvent;
 use crate::memory::{Carver, SharedMemory};
-use crate::queue::{InFlightCommand, Pending, QueuePlacement, RequestQueue, HEADER_AREA};
+use crate::queue::{
+    Completed, InFlightCommand, Pending, QueuePlacement, RequestQueue, HEADER_AREA,
+};
 use crate::retry::RetryPolicy;
 use crate::ring::split::{RingOptions, SplitRing};
 use crate::stats::{CommandClass, LunTable, StatsSnapshot};
+use crate::topology::{Prober, Topology};
 use crate::transport::vhost_user::VhostUserTransport;
 
 /// Virtqueue settings the driver asks for (the seed API's `QueueConfig`).
@@ -235,6 +238,7 @@ pub struct Driver {
     lun_timeouts: RwLock<HashMap<(u8, u16), Duration>>,
     any_lun_timeout: AtomicBool,
     started: Instant,
+    topology: Arc<watch::Sender<Topology>>,
 }
 
 /// Size of the control and event queues.
@@ -293,6 +297,20 @@ impl Driver {
         tasks.push(tokio::spawn(event_queue.clone().run(event_call)));
         let (events_tx, _) = broadcast::channel(256);
         let events_seen = Arc::new(AtomicU64::new(0));
+        // Subscribed before any event buffer is posted, so none is missed.
+        let topology = Arc::new(watch::Sender::new(Topology::default()));
+        let prober = Prober {
+            queues: queues.clone(),
+            next: AtomicUsize::new(0),
+            retry: opts.retry,
+            timeout: opts.timeout,
+            max_target: config.max_target.get().min(255) as u8,
+        };
+        tasks.push(tokio::spawn(crate::topology::follow(
+            prober,
+            topology.clone(),
+            events_tx.subscribe(),
+        )));
         for _ in 0..EVENT_BUFFERS {
             let (q, tx, seen) = (event_queue.clone(), events_tx.clone(), events_seen.clone());
             tasks.push(tokio::spawn(async move {
@@ -326,6 +344,7 @@ impl Driver {
             lun_timeouts: RwLock::default(),
             any_lun_timeout: AtomicBool::new(false),
             started: Instant::now(),
+            topology,
         })
     }
 
@@ -766,30 +785,15 @@ impl Driver {
         } else {
             CommandClass::Other
         };
-        let us = start.elapsed().as_micros() as u64;
-        queue.record(target, lun, |s| {
-            s.commands += 1;
-            s.latency[class as usize].record(us);
-            if r.response != VirtioResponse::Ok as u8 {
-                s.errors_by_response[usize::from(r.response).min(12)] += 1;
-                return;
-            }
-            s.bytes_read += r.data.len() as u64;
-            s.bytes_written +=
-                (data_out.len() as u64).saturating_sub(if r.status == status::GOOD {
-                    0
-                } else {
-                    data_out.len() as u64
-                });
-            match r.status {
-                status::GOOD => {}
-                status::CHECK_CONDITION => {
-                    let key = r.sense_data().map_or(0, |s| s.key as usize);
-                    s.errors_by_sense_key[key & 0xF] += 1;
-                }
-                _ => s.bad_status += 1,
-            }
-        });
+        record_completion(
+            queue,
+            (target, lun),
+            class,
+            start,
+            &r,
+            r.data.len(),
+            data_out.len(),
+        );
         Ok(r)
     }
 
@@ -858,6 +862,237 @@ impl Driver {
             after: timeout,
             recovered_by: RecoveryStep::NotRecovered,
         })
+    }
+
+    /// Zero-copy READ: reads `blocks` blocks of `block_size` bytes at `lba`
+    /// of `target:lun` and calls `f` on the data where the device put it,
+    /// in the request slot's buffer in the shared memory region (no copy,
+    /// no allocation). `f` runs after the device returned the request, and
+    /// the slot is not reused before `f` returns.
+    ///
+    /// The transfer must fit one slot ([`Driver::max_transfer`]; no
+    /// splitting, else [`Error::TransferTooLarge`]). A completion that is
+    /// not GOOD is `Ok(Err(CommandError))`. Timeouts and the error handler
+    /// are those of [`Driver::send_command`]; a retried command (UNIT
+    /// ATTENTION, BUSY...) is re-sent through the copying path, so `f` still
+    /// runs once. The `DriverOptions::poll` busy-poll is not used here.
+    ///
+    /// ```no_run
+    /// # async fn demo(driver: &vscsi_driver::Driver) -> Result<(), Box<dyn std::error::Error>> {
+    /// let sum: u64 = driver
+    ///     .read_with(0, 0, 0, 8, 512, |data| data.iter().map(|&b| u64::from(b)).sum())
+    ///     .await??;
+    /// println!("checksum {sum}");
+    /// # Ok(()) }
+    /// ```
+    pub async fn read_with<T>(
+        &self,
+        target: u8,
+        lun: u16,
+        lba: u64,
+        blocks: u32,
+        block_size: u32,
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> Result<std::result::Result<T, CommandError>> {
+        let lun_field = Lun::new(target, lun)
+            .ok_or_else(|| Error::BadConfig(format!("LUN {lun} > {MAX_LUN}")))?
+            .encode();
+        let len = blocks as usize * block_size as usize;
+        let cdb = rw_cdb(false, lba, blocks);
+        let timeout = self.lun_timeout(target, lun);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let queue = self.pick_queue();
+        let start = Instant::now();
+        let pending =
+            match tokio::time::timeout_at(deadline, queue.start(lun_field, &cdb, &[], len)).await {
+                Ok(p) => p?,
+                Err(_) => return Err(self.not_submitted(queue, target, lun, timeout)),
+            };
+        let r = match self
+            .wait_slot(
+                queue,
+                (target, lun),
+                lun_field,
+                pending,
+                timeout,
+                deadline,
+                len,
+            )
+            .await?
+        {
+            Ok(done) => {
+                let (raw, data) = done.read_in_place(len)?;
+                let r = header_response(&raw);
+                record_completion(
+                    queue,
+                    (target, lun),
+                    CommandClass::Read,
+                    start,
+                    &r,
+                    data.len(),
+                    0,
+                );
+                if r.is_good() {
+                    debug!(target, lun, lba, blocks, "zero-copy read");
+                    return Ok(Ok(f(data)));
+                }
+                r
+            }
+            Err(r) => r,
+        };
+        if self.opts.retry.should_retry(&r, 0).is_none() {
+            return Ok(Err(CommandError(r)));
+        }
+        debug!(target, lun, outcome = %describe(&r), "zero-copy read: retrying through the copying path");
+        let r = self
+            .send_command(
+                target,
+                lun,
+                ScsiCommand::Read {
+                    lba,
+                    blocks,
+                    block_size,
+                },
+            )
+            .await?;
+        Ok(if r.is_good() {
+            Ok(f(&r.data))
+        } else {
+            Err(CommandError(r))
+        })
+    }
+
+    /// Zero-copy WRITE: `f` fills the `blocks * block_size` bytes to write
+    /// at `lba` of `target:lun` directly in the request slot's buffer in the
+    /// shared memory region (no copy, no allocation); the command is offered
+    /// to the device after `f` returns. `f`'s value comes back when the
+    /// command completed with GOOD status; otherwise `Ok(Err(CommandError))`.
+    ///
+    /// Same rules as [`Driver::read_with`]: one slot at most, the driver's
+    /// timeout and error handler, and a retry (UNIT ATTENTION, BUSY...)
+    /// re-sends a copy of the bytes `f` wrote through the copying path.
+    ///
+    /// ```no_run
+    /// # async fn demo(driver: &vscsi_driver::Driver) -> Result<(), Box<dyn std::error::Error>> {
+    /// driver
+    ///     .write_with(0, 0, 100, 8, 512, |buf| buf.fill(0xA5))
+    ///     .await??;
+    /// # Ok(()) }
+    /// ```
+    pub async fn write_with<T>(
+        &self,
+        target: u8,
+        lun: u16,
+        lba: u64,
+        blocks: u32,
+        block_size: u32,
+        f: impl FnOnce(&mut [u8]) -> T,
+    ) -> Result<std::result::Result<T, CommandError>> {
+        let lun_field = Lun::new(target, lun)
+            .ok_or_else(|| Error::BadConfig(format!("LUN {lun} > {MAX_LUN}")))?
+            .encode();
+        let len = blocks as usize * block_size as usize;
+        let cdb = rw_cdb(true, lba, blocks);
+        let timeout = self.lun_timeout(target, lun);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let queue = self.pick_queue();
+        let start = Instant::now();
+        let (pending, out) =
+            match tokio::time::timeout_at(deadline, queue.start_filled(lun_field, &cdb, len, f))
+                .await
+            {
+                Ok(p) => p?,
+                Err(_) => return Err(self.not_submitted(queue, target, lun, timeout)),
+            };
+        let r = match self
+            .wait_slot(
+                queue,
+                (target, lun),
+                lun_field,
+                pending,
+                timeout,
+                deadline,
+                0,
+            )
+            .await?
+        {
+            Ok(done) => {
+                let r = to_response(&done, 0)?;
+                record_completion(queue, (target, lun), CommandClass::Write, start, &r, 0, len);
+                if r.is_good() {
+                    debug!(target, lun, lba, blocks, "zero-copy write");
+                    return Ok(Ok(out));
+                }
+                if self.opts.retry.should_retry(&r, 0).is_some() {
+                    debug!(target, lun, outcome = %describe(&r), "zero-copy write: retrying through the copying path");
+                    let data = done.copy_data(len)?;
+                    drop(done);
+                    let r = self
+                        .send_command(target, lun, ScsiCommand::Write { lba, blocks, data })
+                        .await?;
+                    return Ok(if r.is_good() {
+                        Ok(out)
+                    } else {
+                        Err(CommandError(r))
+                    });
+                }
+                r
+            }
+            Err(r) => r,
+        };
+        Ok(Err(CommandError(r)))
+    }
+
+    fn pick_queue(&self) -> &Arc<RequestQueue> {
+        let n = self.next_queue.fetch_add(1, Ordering::Relaxed) % self.queues.len();
+        &self.queues[n]
+    }
+
+    fn not_submitted(
+        &self,
+        queue: &RequestQueue,
+        target: u8,
+        lun: u16,
+        timeout: Duration,
+    ) -> Error {
+        queue.record(target, lun, |s| s.timeouts += 1);
+        Error::Timeout {
+            after: timeout,
+            recovered_by: RecoveryStep::NotSubmitted,
+        }
+    }
+
+    /// Waits for a submitted command: `Ok(slot)` when it completed in time,
+    /// `Err(response)` when it timed out and the error handler released it
+    /// (the answer then is a copy).
+    #[allow(clippy::too_many_arguments)]
+    async fn wait_slot(
+        &self,
+        queue: &RequestQueue,
+        (target, lun): (u8, u16),
+        lun_field: [u8; 8],
+        pending: Pending,
+        timeout: Duration,
+        deadline: tokio::time::Instant,
+        data_in_len: usize,
+    ) -> Result<std::result::Result<Completed, Response>> {
+        let Pending { tag, mut rx } = pending;
+        match tokio::time::timeout_at(deadline, &mut rx).await {
+            Ok(r) => Ok(Ok(r.map_err(|_| Error::Closed)??)),
+            Err(_) => {
+                queue.record(target, lun, |s| s.timeouts += 1);
+                warn!(
+                    target,
+                    lun,
+                    tag,
+                    ?timeout,
+                    "command timed out: running the error handler"
+                );
+                Ok(Err(self
+                    .recover(lun_field, tag, rx, timeout, data_in_len)
+                    .await?))
+            }
+        }
     }
 
     /// Sends a task management function to `target:lun` and returns the answer.
@@ -957,84 +1192,61 @@ impl Driver {
     /// Finds every logical unit: REPORT LUNS on each target (a target
     /// answering BAD_TARGET does not exist), then INQUIRY and READ CAPACITY
     /// on each LUN, as the Linux SCSI scan does.
+    ///
+    /// The result also replaces [`Driver::topology`].
     pub async fn scan(&self) -> Result<Vec<LunInfo>> {
-        let mut found = Vec::new();
-        for target in 0..=self.config.max_target.get().min(255) as u8 {
-            let report = self
-                .send_command(
-                    target,
-                    0,
-                    ScsiCommand::ReportLuns {
-                        select_report: 0,
-                        allocation_length: 8 + 8 * 512,
-                    },
-                )
-                .await?;
-            if report.virtio() == Some(VirtioResponse::BadTarget) {
-                continue;
-            }
-            let luns = if report.is_good() {
-                decode_report_luns(&report.data)
-            } else {
-                vec![0]
-            };
-            for lun in luns {
-                if let Some(info) = self.probe(target, lun).await? {
-                    found.push(info);
-                }
-            }
-        }
+        let max_target = self.config.max_target.get().min(255) as u8;
+        let found =
+            crate::topology::scan_with(&|t, l, c| self.send_command(t, l, c), max_target).await?;
+        self.topology.send_modify(|t| t.replace_all(&found));
         Ok(found)
     }
 
     /// INQUIRY and READ CAPACITY of one LUN; `None` if nothing is connected there.
+    /// The answer also updates [`Driver::topology`].
     pub async fn probe(&self, target: u8, lun: u16) -> Result<Option<LunInfo>> {
-        let inq = self
-            .send_command(
-                target,
-                lun,
-                ScsiCommand::Inquiry {
-                    allocation_length: 96,
-                    evpd: false,
-                    page_code: 0,
-                },
-            )
-            .await?;
-        if !inq.is_good() {
-            return Ok(None);
-        }
-        let Ok(inquiry) = StandardInquiry::decode(&inq.data) else {
-            return Ok(None);
-        };
-        if inquiry.peripheral_qualifier != 0 {
-            return Ok(None);
-        }
-        let (mut blocks, mut block_size) = (0, 0);
-        let rc16 = self
-            .send_command(
-                target,
-                lun,
-                ScsiCommand::ReadCapacity16 {
-                    allocation_length: 32,
-                },
-            )
-            .await?;
-        if let (true, Ok(c)) = (rc16.is_good(), ReadCapacity16::decode(&rc16.data)) {
-            (blocks, block_size) = (c.last_lba + 1, c.block_len);
-        } else {
-            let rc10 = self
-                .send_command(target, lun, ScsiCommand::ReadCapacity10)
-                .await?;
-            if let (true, Ok(c)) = (rc10.is_good(), ReadCapacity10::decode(&rc10.data)) {
-                (blocks, block_size) = (c.last_lba as u64 + 1, c.block_len);
+        let info =
+            crate::topology::probe_with(&|t, l, c| self.send_command(t, l, c), target, lun).await?;
+        self.topology.send_modify(|t| match &info {
+            Some(i) => {
+                t.luns.insert((target, lun), i.clone());
             }
-        }
-        Ok(Some(LunInfo {
-            lun: Lun { target, lun },
-            inquiry,
-            blocks,
-            block_size,
-        }))
+            None => {
+                t.luns.remove(&(target, lun));
+            }
+        });
+        Ok(info)
+    }
+
+    /// The current targets and LUNs: what [`Driver::scan`] found, kept
+    /// current by a background task that follows the device's events
+    /// (hot-plug, hot-unplug, capacity changes, missed events; see
+    /// [`crate::topology`]). Empty until the first scan or event.
+    ///
+    /// ```no_run
+    /// # async fn demo(driver: &vscsi_driver::Driver) -> vscsi_driver::Result<()> {
+    /// driver.scan().await?;
+    /// if let Some(lu) = driver.topology().get(0, 0) {
+    ///     println!("0:0 has {} bytes", lu.capacity());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn topology(&self) -> Topology {
+        self.topology.borrow().clone()
+    }
+
+    /// A receiver that sees every change of [`Driver::topology`].
+    ///
+    /// ```no_run
+    /// # async fn demo(driver: &vscsi_driver::Driver) {
+    /// let mut changes = driver.topology_changes();
+    /// while changes.changed().await.is_ok() {
+    ///     println!("{} LUNs", changes.borrow().luns.len());
+    /// }
+    /// # }
+    /// ```
+    pub fn topology_changes(&self) -> watch::Receiver<Topology> {
+        self.topology.subscribe()
     }
 
     /// Stops the queues and closes the connection. Pending commands fail with [`Error::Closed`].
@@ -1043,7 +1255,51 @@ impl Driver {
     }
 }
 
-fn to_response(done: &crate::queue::Completed, data_in_len: usize) -> Result<Response> {
+/// The response of `raw` without data (a zero-copy read keeps it in the slot).
+fn header_response(raw: &crate::queue::RawResponse) -> Response {
+    Response {
+        response: raw.resp.response,
+        status: raw.resp.status,
+        sense: raw.resp.sense[..raw.sense_len].to_vec(),
+        residual: raw.resp.resid.get(),
+        data: Vec::new(),
+    }
+}
+
+/// Updates the metrics of `target:lun` for one completed command.
+fn record_completion(
+    queue: &RequestQueue,
+    (target, lun): (u8, u16),
+    class: CommandClass,
+    start: Instant,
+    r: &Response,
+    bytes_read: usize,
+    data_out_len: usize,
+) {
+    let us = start.elapsed().as_micros() as u64;
+    queue.record(target, lun, |s| {
+        s.commands += 1;
+        s.latency[class as usize].record(us);
+        if r.response != VirtioResponse::Ok as u8 {
+            s.errors_by_response[usize::from(r.response).min(12)] += 1;
+            return;
+        }
+        s.bytes_read += bytes_read as u64;
+        if r.status == status::GOOD {
+            s.bytes_written += data_out_len as u64;
+        }
+        match r.status {
+            status::GOOD => {}
+            status::CHECK_CONDITION => {
+                let key = r.sense_data().map_or(0, |s| s.key as usize);
+                s.errors_by_sense_key[key & 0xF] += 1;
+            }
+            _ => s.bad_status += 1,
+        }
+    });
+}
+
+pub(crate) fn to_response(done: &crate::queue::Completed, data_in_len: usize) -> Result<Response> {
     let raw = done.read(data_in_len)?;
     Ok(Response {
         response: raw.resp.response,

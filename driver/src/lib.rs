@@ -31,6 +31,7 @@ mod queue;
 pub mod retry;
 pub mod ring;
 pub mod stats;
+pub mod topology;
 pub mod transport;
 
 pub use command::ScsiCommand;
@@ -43,3 +44,4 @@ pub use events::{DeviceEvent, ResetReason};
 pub use queue::InFlightCommand;
 pub use retry::RetryPolicy;
 pub use stats::{Histogram, LatencySummary, LunStats, QueueStats, StatsSnapshot};
+pub use topology::Topology;

@@ -113,6 +113,30 @@ pub(crate) struct Completed {
     used_len: u32,
 }
 
+/// A request slot taken off the free list and not yet on the ring: given
+/// back on drop (an error or a panicking fill closure) unless offered.
+struct SlotGuard<'a> {
+    queue: &'a RequestQueue,
+    slot: u16,
+    armed: bool,
+}
+
+impl SlotGuard<'_> {
+    fn disarm(&mut self) -> u16 {
+        self.armed = false;
+        self.slot
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.queue.lock().free.push(self.slot);
+            self.queue.slots_free.add_permits(1);
+        }
+    }
+}
+
 /// What the device answered, copied out of shared memory.
 pub(crate) struct RawResponse {
     pub resp: CmdResp,
@@ -240,99 +264,152 @@ impl RequestQueue {
         data_out: &[u8],
         data_in_len: usize,
     ) -> Result<Pending> {
+        self.check_len(data_out.len(), data_in_len)?;
+        let slot = self.take_slot().await?;
+        if !data_out.is_empty() {
+            self.mem.write(self.data_off(slot.slot), data_out)?;
+        }
+        self.offer(slot, lun, cdb, data_out.len(), data_in_len)
+    }
+
+    /// [`RequestQueue::start`] with the data-out bytes written in place by
+    /// `fill`, which gets the slot's buffer in shared memory (zero-copy).
+    /// `fill` runs before the slot is offered, so the device cannot see the buffer yet.
+    pub(crate) async fn start_filled<T>(
+        self: &Arc<Self>,
+        lun: [u8; 8],
+        cdb: &Cdb,
+        data_out_len: usize,
+        fill: impl FnOnce(&mut [u8]) -> T,
+    ) -> Result<(Pending, T)> {
+        self.check_len(data_out_len, 0)?;
+        let slot = self.take_slot().await?;
+        let ptr = self
+            .mem
+            .checked_ptr(self.data_off(slot.slot), data_out_len)?;
+        // The slot was just taken off the free list, so no other command
+        // uses its buffer, and it is not on the ring yet, so a device keeping
+        // the ring contract does not touch it; `buf` is dead before `offer`.
+        // SAFETY: the range is inside the live mapping (checked_ptr), kept
+        // mapped by `self.mem`, and nothing else writes it meanwhile (above).
+        let buf = unsafe { std::slice::from_raw_parts_mut(ptr, data_out_len) };
+        let out = fill(buf);
+        let pending = self.offer(slot, lun, cdb, data_out_len, 0)?;
+        Ok((pending, out))
+    }
+
+    fn check_len(&self, data_out_len: usize, data_in_len: usize) -> Result<()> {
         let max = self.place.max_transfer;
-        if data_out.len() > max || data_in_len > max {
+        if data_out_len > max || data_in_len > max {
             return Err(Error::TransferTooLarge {
-                len: data_out.len().max(data_in_len),
+                len: data_out_len.max(data_in_len),
                 max,
             });
         }
+        Ok(())
+    }
+
+    /// Takes a free request slot, waiting for one.
+    async fn take_slot(&self) -> Result<SlotGuard<'_>> {
         self.slots_free
             .acquire()
             .await
             .map_err(|_| Error::Closed)?
             .forget();
-        let (rx, tag) = {
-            let mut inner = self.lock();
-            if let Some(e) = &inner.broken {
-                let e = Error::DeviceBroken {
-                    queue: self.index,
-                    source: e.clone(),
-                };
-                drop(inner);
-                self.slots_free.add_permits(1);
-                return Err(e);
-            }
-            let Some(slot) = inner.free.pop() else {
-                drop(inner);
-                self.slots_free.add_permits(1);
-                return Err(Error::Closed);
+        let mut inner = self.lock();
+        if let Some(e) = &inner.broken {
+            let e = Error::DeviceBroken {
+                queue: self.index,
+                source: e.clone(),
             };
-            let tag = inner.next_tag | (self.index as u64) << 48;
-            inner.next_tag = inner.next_tag.wrapping_add(1) & ((1 << 48) - 1);
-            let mut req = CmdReq::new_zeroed();
-            req.lun = lun;
-            req.tag = U64::new(tag);
-            req.task_attr = task_attr::SIMPLE;
-            let bytes = cdb.as_bytes();
-            req.cdb[..bytes.len().min(CDB_SIZE)]
-                .copy_from_slice(&bytes[..bytes.len().min(CDB_SIZE)]);
-            let hdr = self.header_off(slot);
-            let data = self.data_off(slot);
-            self.mem.write(hdr, req.as_bytes())?;
-            if !data_out.is_empty() {
-                self.mem.write(data, data_out)?;
-            }
-            let mut segs = [Segment {
-                gpa: 0,
-                len: 0,
-                device_writes: false,
-            }; 4];
-            let mut n = 0;
-            let mut push = |gpa: u64, len: usize, device_writes: bool| {
-                segs[n] = Segment {
-                    gpa,
-                    len: len as u32,
-                    device_writes,
-                };
-                n += 1;
-            };
-            push(self.mem.gpa(hdr), REQ_SIZE, false);
-            if !data_out.is_empty() {
-                push(self.mem.gpa(data), data_out.len(), false);
-            }
-            push(self.mem.gpa(hdr + RESP_OFFSET), RESP_SIZE, true);
-            if data_in_len > 0 {
-                push(self.mem.gpa(data), data_in_len, true);
-            }
-            let head = match inner.ring.add(&segs[..n]) {
-                Ok(head) => head,
-                Err(e) => {
-                    inner.free.push(slot);
-                    drop(inner);
-                    self.slots_free.add_permits(1);
-                    return Err(Error::DeviceBroken {
-                        queue: self.index,
-                        source: e,
-                    });
-                }
-            };
-            let (tx, rx) = oneshot::channel();
-            inner.in_flight[head as usize] = Some(InFlight {
-                slot,
-                tag,
-                lun,
-                started: Instant::now(),
-                done: tx,
-            });
-            if inner.ring.publish() {
-                self.kicks.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = self.kick.write(1) {
-                    warn!(queue = self.index, error = %e, "kick failed");
-                }
-            }
-            (rx, tag)
+            drop(inner);
+            self.slots_free.add_permits(1);
+            return Err(e);
+        }
+        let Some(slot) = inner.free.pop() else {
+            drop(inner);
+            self.slots_free.add_permits(1);
+            return Err(Error::Closed);
         };
+        Ok(SlotGuard {
+            queue: self,
+            slot,
+            armed: true,
+        })
+    }
+
+    /// Puts the request of `slot` on the ring and kicks if needed.
+    fn offer(
+        self: &Arc<Self>,
+        mut slot: SlotGuard<'_>,
+        lun: [u8; 8],
+        cdb: &Cdb,
+        data_out_len: usize,
+        data_in_len: usize,
+    ) -> Result<Pending> {
+        let mut inner = self.lock();
+        if let Some(e) = &inner.broken {
+            return Err(Error::DeviceBroken {
+                queue: self.index,
+                source: e.clone(),
+            });
+        }
+        let tag = inner.next_tag | (self.index as u64) << 48;
+        inner.next_tag = inner.next_tag.wrapping_add(1) & ((1 << 48) - 1);
+        let mut req = CmdReq::new_zeroed();
+        req.lun = lun;
+        req.tag = U64::new(tag);
+        req.task_attr = task_attr::SIMPLE;
+        let bytes = cdb.as_bytes();
+        req.cdb[..bytes.len().min(CDB_SIZE)].copy_from_slice(&bytes[..bytes.len().min(CDB_SIZE)]);
+        let hdr = self.header_off(slot.slot);
+        let data = self.data_off(slot.slot);
+        self.mem.write(hdr, req.as_bytes())?;
+        let mut segs = [Segment {
+            gpa: 0,
+            len: 0,
+            device_writes: false,
+        }; 4];
+        let mut n = 0;
+        let mut push = |gpa: u64, len: usize, device_writes: bool| {
+            segs[n] = Segment {
+                gpa,
+                len: len as u32,
+                device_writes,
+            };
+            n += 1;
+        };
+        push(self.mem.gpa(hdr), REQ_SIZE, false);
+        if data_out_len > 0 {
+            push(self.mem.gpa(data), data_out_len, false);
+        }
+        push(self.mem.gpa(hdr + RESP_OFFSET), RESP_SIZE, true);
+        if data_in_len > 0 {
+            push(self.mem.gpa(data), data_in_len, true);
+        }
+        let head = match inner.ring.add(&segs[..n]) {
+            Ok(head) => head,
+            Err(e) => {
+                return Err(Error::DeviceBroken {
+                    queue: self.index,
+                    source: e,
+                });
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        inner.in_flight[head as usize] = Some(InFlight {
+            slot: slot.disarm(),
+            tag,
+            lun,
+            started: Instant::now(),
+            done: tx,
+        });
+        if inner.ring.publish() {
+            self.kicks.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = self.kick.write(1) {
+                warn!(queue = self.index, error = %e, "kick failed");
+            }
+        }
         Ok(Pending { tag, rx })
     }
 
@@ -409,8 +486,9 @@ impl RequestQueue {
 }
 
 impl Completed {
-    /// Copies the response header, sense and `data_in_len` bytes of data-in out of the slot.
-    pub(crate) fn read(&self, data_in_len: usize) -> Result<RawResponse> {
+    /// The response header, the sense length and how many data-in bytes
+    /// (of `data_in_len` asked for) the device moved.
+    fn header(&self, data_in_len: usize) -> Result<(CmdResp, usize, usize)> {
         let q = &self.queue;
         if (self.used_len as usize) < RESP_FIXED {
             return Err(Error::ShortResponse(self.used_len));
@@ -427,13 +505,61 @@ impl Completed {
         // by what the used length says was written.
         let moved = data_in_len.saturating_sub(resp.resid.get() as usize);
         let written = (self.used_len as usize).saturating_sub(RESP_SIZE);
-        let mut data = vec![0u8; moved.min(written)];
-        q.mem.read(q.data_off(self.slot), &mut data)?;
+        Ok((
+            resp,
+            sense_len,
+            moved.min(written).min(q.place.max_transfer),
+        ))
+    }
+
+    /// Copies the response header, sense and `data_in_len` bytes of data-in out of the slot.
+    pub(crate) fn read(&self, data_in_len: usize) -> Result<RawResponse> {
+        let (resp, sense_len, len) = self.header(data_in_len)?;
+        let mut data = vec![0u8; len];
+        self.queue
+            .mem
+            .read(self.queue.data_off(self.slot), &mut data)?;
         Ok(RawResponse {
             resp,
             sense_len,
             data,
         })
+    }
+
+    /// A copy of the first `len` bytes of the slot's data buffer (the
+    /// data-out a zero-copy write filled in, to resend it on a retry).
+    pub(crate) fn copy_data(&self, len: usize) -> Result<Vec<u8>> {
+        let mut data = vec![0u8; len.min(self.queue.place.max_transfer)];
+        self.queue
+            .mem
+            .read(self.queue.data_off(self.slot), &mut data)?;
+        Ok(data)
+    }
+
+    /// The response (with no data copied) and the data-in bytes the device
+    /// moved, borrowed straight from the slot's buffer in shared memory.
+    pub(crate) fn read_in_place(&self, data_in_len: usize) -> Result<(RawResponse, &[u8])> {
+        let (resp, sense_len, len) = self.header(data_in_len)?;
+        let ptr = self
+            .queue
+            .mem
+            .checked_ptr(self.queue.data_off(self.slot), len)?
+            .cast_const();
+        // The device returned this request (its used entry was popped before
+        // `self` was made) and the slot stays off the free list until `self`
+        // drops, so neither the device (keeping the ring contract) nor another
+        // command writes these bytes while the borrow of `self` lasts.
+        // SAFETY: the range is inside the live mapping (checked_ptr), kept
+        // mapped by `self.queue.mem`; any byte is a valid u8.
+        let data = unsafe { std::slice::from_raw_parts(ptr, len) };
+        Ok((
+            RawResponse {
+                resp,
+                sense_len,
+                data: Vec::new(),
+            },
+            data,
+        ))
     }
 }
 
