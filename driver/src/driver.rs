@@ -217,7 +217,7 @@ impl LunInfo {
 /// let response = driver.send_command(0, 0, inquiry).await?;
 /// assert!(response.is_good());
 /// for lu in driver.scan().await? {
-///     println!("{}:{} {} {} bytes", lu.lun.target, lu.lun.lun, lu.inquiry.product, lu.capacity());
+///     tracing::info!("{}:{} {} {} bytes", lu.lun.target, lu.lun.lun, lu.inquiry.product, lu.capacity());
 /// }
 /// # Ok(()) }
 /// ```
@@ -536,8 +536,8 @@ impl Driver {
     /// use vscsi_driver::{CommandOptions, Error, RecoveryStep, ScsiCommand};
     /// let opts = CommandOptions { timeout: Some(Duration::from_secs(1)), ..Default::default() };
     /// match driver.send_command_with(0, 0, ScsiCommand::TestUnitReady, opts).await {
-    ///     Err(Error::Timeout { recovered_by: RecoveryStep::AbortTask, .. }) => println!("aborted"),
-    ///     other => println!("{other:?}"),
+    ///     Err(Error::Timeout { recovered_by: RecoveryStep::AbortTask, .. }) => tracing::info!("aborted"),
+    ///     other => tracing::info!("{other:?}"),
     /// }
     /// # Ok(()) }
     /// ```
@@ -882,7 +882,7 @@ impl Driver {
     /// let sum: u64 = driver
     ///     .read_with(0, 0, 0, 8, 512, |data| data.iter().map(|&b| u64::from(b)).sum())
     ///     .await??;
-    /// println!("checksum {sum}");
+    /// tracing::info!("checksum {sum}");
     /// # Ok(()) }
     /// ```
     pub async fn read_with<T>(
@@ -1147,7 +1147,7 @@ impl Driver {
     /// # async fn demo(driver: &vscsi_driver::Driver) {
     /// let mut events = driver.events();
     /// if let Ok(ev) = events.recv().await {
-    ///     println!("{ev:?}");
+    ///     tracing::info!("{ev:?}");
     /// }
     /// # }
     /// ```
@@ -1161,7 +1161,7 @@ impl Driver {
     /// # fn demo(driver: &vscsi_driver::Driver) {
     /// let s = driver.stats();
     /// for (lun, l) in &s.luns {
-    ///     println!("{}:{} {} commands, p99 read {} us", lun.target, lun.lun, l.commands, l.latency[0].percentile(99.0));
+    ///     tracing::info!("{}:{} {} commands, p99 read {} us", lun.target, lun.lun, l.commands, l.latency[0].percentile(99.0));
     /// }
     /// # }
     /// ```
@@ -1227,7 +1227,7 @@ impl Driver {
     /// # async fn demo(driver: &vscsi_driver::Driver) -> vscsi_driver::Result<()> {
     /// driver.scan().await?;
     /// if let Some(lu) = driver.topology().get(0, 0) {
-    ///     println!("0:0 has {} bytes", lu.capacity());
+    ///     tracing::info!("0:0 has {} bytes", lu.capacity());
     /// }
     /// # Ok(()) }
     /// ```
@@ -1241,7 +1241,7 @@ impl Driver {
     /// # async fn demo(driver: &vscsi_driver::Driver) {
     /// let mut changes = driver.topology_changes();
     /// while changes.changed().await.is_ok() {
-    ///     println!("{} LUNs", changes.borrow().luns.len());
+    ///     tracing::info!("{} LUNs", changes.borrow().luns.len());
     /// }
     /// # }
     /// ```

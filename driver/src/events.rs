@@ -24,7 +24,7 @@ pub enum ResetReason {
 /// let mut events = driver.events();
 /// while let Ok(ev) = events.recv().await {
 ///     if let DeviceEvent::TransportReset { lun, .. } = ev {
-///         println!("rescan {}:{}", lun.target, lun.lun);
+///         tracing::info!("rescan {}:{}", lun.target, lun.lun);
 ///     }
 /// }
 /// # }

@@ -11,7 +11,7 @@
 //! let cfg = QueueConfig { queue_count: 1, queue_size: 128, use_indirect: true, event_index: true };
 //! let driver = Driver::connect("/tmp/vs.sock", cfg).await?;
 //! let r = driver.send_command(0, 0, ScsiCommand::TestUnitReady).await?;
-//! println!("status {:#x}", r.status);
+//! tracing::info!("status {:#x}", r.status);
 //! # Ok(()) }
 //! ```
 //!

@@ -44,7 +44,7 @@ use crate::retry::RetryPolicy;
 /// driver.scan().await?;
 /// let topo = driver.topology();
 /// for ((target, lun), info) in &topo.luns {
-///     println!("{target}:{lun} {} blocks of {}", info.blocks, info.block_size);
+///     tracing::info!("{target}:{lun} {} blocks of {}", info.blocks, info.block_size);
 /// }
 /// assert_eq!(topo.targets().len() <= topo.luns.len(), true);
 /// # Ok(()) }
