@@ -176,6 +176,14 @@ impl Response {
 #[error("{}", describe(.0))]
 pub struct CommandError(pub Response);
 
+/// The virtio LUN field of `target`:`lun` (§5.6.6.1), or a clear error
+/// for a LUN number the flat space cannot carry.
+pub(crate) fn lun_field(target: u8, lun: u16) -> Result<[u8; 8]> {
+    Lun::new(target, lun)
+        .map(Lun::encode)
+        .ok_or_else(|| Error::BadConfig(format!("LUN {lun} > {MAX_LUN}")))
+}
+
 fn describe(r: &Response) -> String {
     match r.virtio() {
         Some(VirtioResponse::Ok) => match r.sense_data() {
@@ -516,9 +524,7 @@ impl Driver {
         lun: u16,
         command: ScsiCommand,
     ) -> Result<Response> {
-        let addr = Lun::new(target, lun)
-            .ok_or_else(|| Error::BadConfig(format!("LUN {lun} > {MAX_LUN}")))?;
-        self.send_to(addr.encode(), &command).await
+        self.send_to(lun_field(target, lun)?, &command).await
     }
 
     /// Sends `command` with a raw 8-byte virtio LUN field (for probing
@@ -548,9 +554,8 @@ impl Driver {
         command: ScsiCommand,
         opts: CommandOptions,
     ) -> Result<Response> {
-        let addr = Lun::new(target, lun)
-            .ok_or_else(|| Error::BadConfig(format!("LUN {lun} > {MAX_LUN}")))?;
-        self.send_to_with(addr.encode(), &command, opts).await
+        self.send_to_with(lun_field(target, lun)?, &command, opts)
+            .await
     }
 
     /// [`Driver::send_to`] with per-command options.
@@ -894,9 +899,7 @@ impl Driver {
         block_size: u32,
         f: impl FnOnce(&[u8]) -> T,
     ) -> Result<std::result::Result<T, CommandError>> {
-        let lun_field = Lun::new(target, lun)
-            .ok_or_else(|| Error::BadConfig(format!("LUN {lun} > {MAX_LUN}")))?
-            .encode();
+        let lun_field = lun_field(target, lun)?;
         let len = blocks as usize * block_size as usize;
         let cdb = rw_cdb(false, lba, blocks);
         let timeout = self.lun_timeout(target, lun);
@@ -988,9 +991,7 @@ impl Driver {
         block_size: u32,
         f: impl FnOnce(&mut [u8]) -> T,
     ) -> Result<std::result::Result<T, CommandError>> {
-        let lun_field = Lun::new(target, lun)
-            .ok_or_else(|| Error::BadConfig(format!("LUN {lun} > {MAX_LUN}")))?
-            .encode();
+        let lun_field = lun_field(target, lun)?;
         let len = blocks as usize * block_size as usize;
         let cdb = rw_cdb(true, lba, blocks);
         let timeout = self.lun_timeout(target, lun);
@@ -1107,9 +1108,7 @@ impl Driver {
     /// # Ok(()) }
     /// ```
     pub async fn task_management(&self, target: u8, lun: u16, tmf: Tmf) -> Result<TmfResponse> {
-        let addr = Lun::new(target, lun)
-            .ok_or_else(|| Error::BadConfig(format!("LUN {lun} > {MAX_LUN}")))?;
-        self.task_management_to(addr.encode(), tmf).await
+        self.task_management_to(lun_field(target, lun)?, tmf).await
     }
 
     /// [`Driver::task_management`] with a raw 8-byte LUN field.

@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn};
 use vscsi_protocol::data::{decode_report_luns, ReadCapacity10, ReadCapacity16, StandardInquiry};
-use vscsi_protocol::lun::{Lun, MAX_LUN};
+use vscsi_protocol::lun::Lun;
 use vscsi_protocol::virtio_scsi::Response as VirtioResponse;
 
 use crate::command::ScsiCommand;
@@ -200,9 +200,7 @@ pub(crate) struct Prober {
 
 impl Prober {
     async fn send(&self, target: u8, lun: u16, command: ScsiCommand) -> Result<Response> {
-        let addr = Lun::new(target, lun)
-            .ok_or_else(|| Error::BadConfig(format!("LUN {lun} > {MAX_LUN}")))?
-            .encode();
+        let addr = crate::driver::lun_field(target, lun)?;
         let (cdb, data_out, data_in_len) = command.encode();
         let mut attempt = 0;
         loop {

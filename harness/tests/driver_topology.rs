@@ -2,69 +2,13 @@
 //! in-process service: a LUN added, resized and removed at run time shows
 //! up in `driver.topology()` without calling `scan` again.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
+use common::{image, RunningService};
 use serde_json::json;
-use vscsi_backend::config;
-use vscsi_backend::control::Service;
-use vscsi_backend::daemon;
 use vscsi_driver::{Driver, QueueConfig, Topology};
-
-fn image(dir: &Path, name: &str, size: u64) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::File::create(&p).unwrap().set_len(size).unwrap();
-    p
-}
-
-struct Running {
-    service: Arc<Service>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Running {
-    fn start(dir: &Path, toml: &str) -> Running {
-        let f = dir.join("c.toml");
-        std::fs::write(&f, toml).unwrap();
-        let cfg = config::load_file(&f).unwrap();
-        let service = Arc::new(Service::build(&cfg).unwrap());
-        let mut threads = Vec::new();
-        for (c, cc) in service.controllers().iter().zip(&cfg.controllers) {
-            let l = daemon::bind_with(&cc.socket, &cc.access).unwrap();
-            let c = c.clone();
-            threads.push(std::thread::spawn(move || {
-                daemon::serve_controller(
-                    l,
-                    &c.bus,
-                    c.opts.clone(),
-                    c.shutdown.clone(),
-                    &c.name,
-                    &c.connections,
-                )
-                .unwrap();
-            }));
-        }
-        Running { service, threads }
-    }
-
-    async fn call(&self, method: &'static str, params: serde_json::Value) -> serde_json::Value {
-        let service = self.service.clone();
-        tokio::task::spawn_blocking(move || service.call(method, &params))
-            .await
-            .unwrap()
-            .unwrap()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.service.shutdown();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
 
 /// Waits up to 5 s for the topology to satisfy `ok`.
 async fn wait_for(driver: &Driver, what: &str, ok: impl Fn(&Topology) -> bool) -> Topology {
@@ -90,7 +34,7 @@ async fn topology_follows_add_resize_remove() {
     let dir = d.path();
     image(dir, "a.img", 4 << 20);
     let c = image(dir, "c.img", 4 << 20);
-    let run = Running::start(
+    let run = RunningService::start(
         dir,
         "[[controller]]\nname = \"vm1\"\nsocket = \"vm1.sock\"\n[[controller.lun]]\ntarget = 0\nlun = 0\nimage = \"a.img\"\n",
     );

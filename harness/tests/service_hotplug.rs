@@ -4,70 +4,13 @@
 //! LUN removed while writes run (every completed write is in the image,
 //! later commands get LOGICAL UNIT NOT SUPPORTED).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod common;
+
+use common::{host_read, image, RunningService};
 use serde_json::json;
-use vscsi_backend::config;
-use vscsi_backend::control::Service;
-use vscsi_backend::daemon;
 use vscsi_driver::{Driver, QueueConfig, ScsiCommand};
-
-fn image(dir: &Path, name: &str, size: u64) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::File::create(&p).unwrap().set_len(size).unwrap();
-    p
-}
-
-fn host_read(path: &Path, offset: u64, len: usize) -> Vec<u8> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; len];
-    std::fs::File::open(path)
-        .unwrap()
-        .read_exact_at(&mut buf, offset)
-        .unwrap();
-    buf
-}
-
-struct Running {
-    service: Arc<Service>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Running {
-    fn start(dir: &Path, toml: &str) -> Running {
-        let f = dir.join("c.toml");
-        std::fs::write(&f, toml).unwrap();
-        let cfg = config::load_file(&f).unwrap();
-        let service = Arc::new(Service::build(&cfg).unwrap());
-        let mut threads = Vec::new();
-        for (c, cc) in service.controllers().iter().zip(&cfg.controllers) {
-            let l = daemon::bind_with(&cc.socket, &cc.access).unwrap();
-            let c = c.clone();
-            threads.push(std::thread::spawn(move || {
-                daemon::serve_controller(
-                    l,
-                    &c.bus,
-                    c.opts.clone(),
-                    c.shutdown.clone(),
-                    &c.name,
-                    &c.connections,
-                )
-                .unwrap();
-            }));
-        }
-        Running { service, threads }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.service.shutdown();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
 
 fn pattern(lba: u64, blocks: u32, seed: u8) -> Vec<u8> {
     (0..blocks as usize * 512)
@@ -82,7 +25,7 @@ async fn two_controllers_hotplug_and_unplug_under_io() {
     image(dir, "a.img", 4 << 20);
     let b = image(dir, "b.img", 4 << 20);
     let c = image(dir, "c.img", 4 << 20);
-    let run = Running::start(
+    let run = RunningService::start(
         dir,
         "[[controller]]\nname = \"vm1\"\nsocket = \"vm1.sock\"\n[[controller.lun]]\ntarget = 0\nlun = 0\nimage = \"a.img\"\n\
          [[controller]]\nname = \"vm2\"\nsocket = \"vm2.sock\"\n[[controller.lun]]\ntarget = 0\nlun = 0\nimage = \"b.img\"\n",

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use vscsi_backend::config::{build_bus, LunSpec};
+use vscsi_backend::control::Service;
 use vscsi_backend::daemon::{self, Shutdown};
 use vscsi_backend::vhost::DeviceOptions;
 
@@ -119,5 +120,58 @@ impl TestDaemon {
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The daemon as a service, in-process: a TOML configuration, its
+/// controllers each on their own socket and accept thread, and the control
+/// methods callable directly (`service.call`), as the control socket does.
+pub struct RunningService {
+    pub service: Arc<Service>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl RunningService {
+    /// Writes `toml` to `dir/c.toml` and serves it.
+    pub fn start(dir: &Path, toml: &str) -> RunningService {
+        let f = dir.join("c.toml");
+        std::fs::write(&f, toml).unwrap();
+        let cfg = vscsi_backend::config::load_file(&f).unwrap();
+        let service = Arc::new(Service::build(&cfg).unwrap());
+        let mut threads = Vec::new();
+        for (c, cc) in service.controllers().iter().zip(&cfg.controllers) {
+            let l = daemon::bind_with(&cc.socket, &cc.access).unwrap();
+            let c = c.clone();
+            threads.push(std::thread::spawn(move || {
+                daemon::serve_controller(
+                    l,
+                    &c.bus,
+                    c.opts.clone(),
+                    c.shutdown.clone(),
+                    &c.name,
+                    &c.connections,
+                )
+                .unwrap();
+            }));
+        }
+        RunningService { service, threads }
+    }
+
+    /// A control method, from async code (the service blocks).
+    pub async fn call(&self, method: &'static str, params: serde_json::Value) -> serde_json::Value {
+        let service = self.service.clone();
+        tokio::task::spawn_blocking(move || service.call(method, &params))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
+
+impl Drop for RunningService {
+    fn drop(&mut self) {
+        self.service.shutdown();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 }
