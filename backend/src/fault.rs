@@ -70,6 +70,11 @@ pub struct FaultSpec {
     /// A held command also survives LOGICAL UNIT RESET (only I_T NEXUS
     /// RESET, a ring stop or a disconnect completes it).
     pub ignore_lun_reset: bool,
+    /// A held command also survives I_T NEXUS RESET: only a ring stop
+    /// (GET_VRING_BASE, the driver's queue reset), a device reset or a
+    /// disconnect completes it — I/O stuck below the device, which no TMF
+    /// can cancel.
+    pub ignore_target_reset: bool,
     /// Medium-access commands touching these ranges fail.
     pub error_ranges: Vec<ErrorRange>,
     /// Medium-access commands fail at this seeded rate.
@@ -197,14 +202,17 @@ impl FaultTable {
         self.released_total.fetch_add(n as u64, Ordering::SeqCst);
     }
 
-    /// Whether held commands of `target:lun` survive an abort / a LUN reset.
-    pub(crate) fn survives(&self, target: u8, lun: u16) -> (bool, bool) {
+    /// Whether held commands of `target:lun` survive a TMF of `level`
+    /// (0: abort, 1: LOGICAL UNIT RESET, 2: I_T NEXUS RESET).
+    pub(crate) fn survives(&self, target: u8, lun: u16, level: u8) -> bool {
         if !self.active() {
-            return (false, false);
+            return false;
         }
         let luns = self.luns.read().unwrap_or_else(|p| p.into_inner());
-        luns.get(&(target, lun)).map_or((false, false), |f| {
-            (f.spec.ignore_abort, f.spec.ignore_lun_reset)
+        luns.get(&(target, lun)).is_some_and(|f| match level {
+            0 => f.spec.ignore_abort,
+            1 => f.spec.ignore_lun_reset,
+            _ => f.spec.ignore_target_reset,
         })
     }
 
@@ -317,7 +325,8 @@ fn parse_sense(s: &str) -> Option<Sense> {
 impl FromStr for FaultSpec {
     type Err = FaultParseError;
 
-    /// Parses `stall`, `ignore-abort`, `ignore-lun-reset`, `latency=DUR`
+    /// Parses `stall`, `ignore-abort`, `ignore-lun-reset`,
+    /// `ignore-target-reset`, `latency=DUR`
     /// (`us`/`ms`/`s`), `error=LBA+BLOCKS[:K/ASC/ASCQ]` (hex sense, default
     /// 3/11/00 MEDIUM ERROR), `fail=RATE[@SEED][:K/ASC/ASCQ]` (RATE a
     /// fraction, default sense 4/44/00), `short=BYTES`; comma separated.
@@ -333,6 +342,7 @@ impl FromStr for FaultSpec {
                 "stall" => spec.stall = true,
                 "ignore-abort" => spec.ignore_abort = true,
                 "ignore-lun-reset" => spec.ignore_lun_reset = true,
+                "ignore-target-reset" => spec.ignore_target_reset = true,
                 "latency" => {
                     spec.latency = Some(parse_duration(v).ok_or_else(|| err("bad latency"))?)
                 }

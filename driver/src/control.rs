@@ -162,12 +162,15 @@ pub(crate) struct AuxQueue {
     inner: Mutex<AuxInner>,
     slots_free: Semaphore,
     kick: EventFd,
+    /// A clone of the call eventfd, to hand to the device again after a reset.
+    call: EventFd,
     kicks: AtomicU64,
     calls: AtomicU64,
     closed: AtomicBool,
 }
 
 impl AuxQueue {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         name: &'static str,
         index: u16,
@@ -176,6 +179,7 @@ impl AuxQueue {
         slots_off: usize,
         slots: u16,
         kick: EventFd,
+        call: EventFd,
     ) -> Self {
         let size = ring.size() as usize;
         Self {
@@ -191,6 +195,7 @@ impl AuxQueue {
             }),
             slots_free: Semaphore::new(slots as usize),
             kick,
+            call,
             kicks: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             closed: AtomicBool::new(false),
@@ -315,6 +320,33 @@ impl AuxQueue {
                 return !self.closed.load(Ordering::Relaxed);
             }
         }
+    }
+
+    /// Re-creates the ring after the device stopped it (see
+    /// `RequestQueue::reset`): requests the device did not return fail with
+    /// [`Error::QueueReset`] (event buffers are then posted again by their
+    /// tasks), and `restart` hands the zeroed ring to the device.
+    pub(crate) fn reset(
+        &self,
+        restart: impl FnOnce(&SplitRing, &EventFd, &EventFd) -> Result<()>,
+    ) -> Result<()> {
+        self.reap();
+        let mut inner = self.lock();
+        let waiters: Vec<AuxWaiter> = inner
+            .in_flight
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+        for (slot, _, tx) in waiters {
+            inner.free.push(slot);
+            self.slots_free.add_permits(1);
+            let _ = tx.send(Err(Error::QueueReset { queue: self.index }));
+        }
+        inner.ring.reset()?;
+        inner.broken = false;
+        restart(&inner.ring, &self.kick, &self.call)?;
+        debug!(queue = self.name, "queue reset");
+        Ok(())
     }
 
     /// The completion task.

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::eventfd::EventFd;
 use vscsi_protocol::data::StandardInquiry;
@@ -23,7 +23,7 @@ use crate::error::{Error, RecoveryStep, Result};
 use crate::events::DeviceEvent;
 use crate::memory::{Carver, SharedMemory};
 use crate::queue::{
-    Completed, InFlightCommand, Pending, QueuePlacement, RequestQueue, HEADER_AREA,
+    Completed, InFlightCommand, Outcome, Pending, QueuePlacement, RequestQueue, HEADER_AREA,
 };
 use crate::retry::RetryPolicy;
 use crate::ring::split::{RingOptions, SplitRing};
@@ -230,8 +230,9 @@ impl LunInfo {
 /// # Ok(()) }
 /// ```
 pub struct Driver {
-    /// Keeps the vhost-user connection (and so the device) alive.
-    _transport: Mutex<VhostUserTransport>,
+    /// The vhost-user connection (it keeps the device alive); used again
+    /// by queue and device resets.
+    transport: Arc<Mutex<VhostUserTransport>>,
     _mem: Arc<SharedMemory>,
     queues: Vec<Arc<RequestQueue>>,
     tasks: Vec<JoinHandle<()>>,
@@ -301,6 +302,7 @@ impl Driver {
         else {
             return Err(Error::BadConfig("control and event queues missing".into()));
         };
+        tasks.push(tokio::spawn(watchdog(queues.clone())));
         tasks.push(tokio::spawn(control.clone().run(control_call)));
         tasks.push(tokio::spawn(event_queue.clone().run(event_call)));
         let (events_tx, _) = broadcast::channel(256);
@@ -322,11 +324,17 @@ impl Driver {
         for _ in 0..EVENT_BUFFERS {
             let (q, tx, seen) = (event_queue.clone(), events_tx.clone(), events_seen.clone());
             tasks.push(tokio::spawn(async move {
-                // One posted buffer: wait for the device to fill it, publish, re-post.
-                while let Ok(raw) = q
-                    .call(&[], size_of::<vscsi_protocol::virtio_scsi::Event>())
-                    .await
-                {
+                // One posted buffer: wait for the device to fill it, publish,
+                // re-post (also after a device reset took it off the ring).
+                loop {
+                    let raw = match q
+                        .call(&[], size_of::<vscsi_protocol::virtio_scsi::Event>())
+                        .await
+                    {
+                        Ok(raw) => raw,
+                        Err(Error::QueueReset { .. }) => continue,
+                        Err(_) => break,
+                    };
                     for ev in DeviceEvent::decode(&raw) {
                         seen.fetch_add(1, Ordering::Relaxed);
                         info!(?ev, "device event");
@@ -337,7 +345,7 @@ impl Driver {
         }
         info!(?features, "virtio-scsi driver ready");
         Ok(Self {
-            _transport: Mutex::new(transport),
+            transport: Arc::new(Mutex::new(transport)),
             _mem: mem,
             queues,
             tasks,
@@ -457,7 +465,16 @@ impl Driver {
             );
             transport.start_vring(i, &ring, &kick, &call)?;
             let name = if i == 0 { "control" } else { "event" };
-            let q = AuxQueue::new(name, i as u16, mem.clone(), ring, bufs, slots, kick);
+            let q = AuxQueue::new(
+                name,
+                i as u16,
+                mem.clone(),
+                ring,
+                bufs,
+                slots,
+                kick,
+                call.try_clone()?,
+            );
             aux.push((Arc::new(q), call));
         }
         let mut queues = Vec::new();
@@ -475,6 +492,7 @@ impl Driver {
                 place,
                 ring,
                 kick,
+                call.try_clone()?,
             )));
             calls.push(call);
         }
@@ -600,9 +618,18 @@ impl Driver {
         loop {
             let n = self.next_queue.fetch_add(1, Ordering::Relaxed) % self.queues.len();
             let queue = &self.queues[n];
-            let r = self
+            let r = match self
                 .execute_once(queue, lun_field, target, lun, command, timeout)
-                .await?;
+                .await
+            {
+                // Taken off a ring that was reset under it: like a RESET answer.
+                Err(Error::QueueReset { queue }) if attempt < policy.max_retries => {
+                    attempt += 1;
+                    debug!(target, lun, queue, attempt, "retrying after a queue reset");
+                    continue;
+                }
+                r => r?,
+            };
             match policy.should_retry(&r, attempt) {
                 Some(delay) => {
                     attempt += 1;
@@ -735,52 +762,26 @@ impl Driver {
     ) -> Result<Response> {
         let (cdb, data_out, data_in_len) = command.encode();
         let start = Instant::now();
-        let deadline = tokio::time::Instant::now() + timeout;
-        let Pending { tag, mut rx } = match tokio::time::timeout_at(
-            deadline,
-            queue.start(lun_field, &cdb, data_out, data_in_len),
-        )
-        .await
-        {
-            Ok(p) => p?,
-            Err(_) => {
-                queue.record(target, lun, |s| s.timeouts += 1);
-                return Err(Error::Timeout {
-                    after: timeout,
-                    recovered_by: RecoveryStep::NotSubmitted,
-                });
+        let mut pending = self
+            .submit(
+                queue,
+                (target, lun),
+                lun_field,
+                &cdb,
+                data_out,
+                data_in_len,
+                start + timeout,
+                timeout,
+            )
+            .await?;
+        let done = match self.wait_done(queue, &mut pending).await? {
+            Outcome::Done(done) => done,
+            Outcome::Expired => {
+                self.timed_out(queue, (target, lun), &pending, timeout);
+                return self.recover(lun_field, pending, timeout, data_in_len).await;
             }
         };
-        let mut early = None;
-        if !self.opts.poll.is_zero() {
-            let until = Instant::now() + self.opts.poll;
-            while early.is_none() && Instant::now() < until {
-                queue.reap_now();
-                match rx.try_recv() {
-                    Ok(r) => early = Some(r),
-                    Err(oneshot::error::TryRecvError::Empty) => std::hint::spin_loop(),
-                    Err(oneshot::error::TryRecvError::Closed) => return Err(Error::Closed),
-                }
-            }
-        }
-        let waited = match early {
-            Some(r) => Ok(Ok(r)),
-            None => tokio::time::timeout_at(deadline, &mut rx).await,
-        };
-        let done = match waited {
-            Ok(r) => r.map_err(|_| Error::Closed)??,
-            Err(_) => {
-                queue.record(target, lun, |s| s.timeouts += 1);
-                warn!(
-                    target,
-                    lun,
-                    tag,
-                    ?timeout,
-                    "command timed out: running the error handler"
-                );
-                return self.recover(lun_field, tag, rx, timeout, data_in_len).await;
-            }
-        };
+        drop(pending);
         let r = to_response(&done, data_in_len)?;
         drop(done);
         let class = if !data_out.is_empty() {
@@ -802,17 +803,104 @@ impl Driver {
         Ok(r)
     }
 
-    /// The error handler for the command `tag` that timed out: ABORT TASK,
-    /// then LOGICAL UNIT RESET, then I_T NEXUS RESET, each only if the
-    /// previous step did not get the command completed.
+    /// Puts a command on `queue`: at once when a slot is free, else after
+    /// waiting for one until `deadline` ([`RecoveryStep::NotSubmitted`]).
+    #[allow(clippy::too_many_arguments)]
+    async fn submit(
+        &self,
+        queue: &Arc<RequestQueue>,
+        (target, lun): (u8, u16),
+        lun_field: [u8; 8],
+        cdb: &vscsi_protocol::cdb::Cdb,
+        data_out: &[u8],
+        data_in_len: usize,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Pending> {
+        if let Some(p) = queue.try_start(lun_field, cdb, data_out, data_in_len, Some(deadline))? {
+            return Ok(p);
+        }
+        match tokio::time::timeout_at(
+            deadline.into(),
+            queue.start(lun_field, cdb, data_out, data_in_len, Some(deadline)),
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(_) => Err(self.not_submitted(queue, target, lun, timeout)),
+        }
+    }
+
+    /// Waits for a submitted command: busy-polls the used ring for
+    /// [`DriverOptions::poll`] first when set, then sleeps until the
+    /// completion task wakes it or the watchdog says its deadline passed.
+    async fn wait_done(&self, queue: &RequestQueue, pending: &mut Pending) -> Result<Outcome> {
+        if !self.opts.poll.is_zero() {
+            let until = Instant::now() + self.opts.poll;
+            loop {
+                queue.reap_now();
+                if let Some(r) = pending.try_now() {
+                    return r.map(Outcome::Done);
+                }
+                if Instant::now() >= until {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        pending.wait(true).await
+    }
+
+    fn timed_out(
+        &self,
+        queue: &RequestQueue,
+        (target, lun): (u8, u16),
+        pending: &Pending,
+        timeout: Duration,
+    ) {
+        queue.record(target, lun, |s| s.timeouts += 1);
+        warn!(
+            target,
+            lun,
+            tag = pending.tag(),
+            ?timeout,
+            "command timed out: running the error handler"
+        );
+    }
+
+    /// The error handler for a command that timed out, as Linux's
+    /// scsi_error.c escalates: ABORT TASK, then LOGICAL UNIT RESET, then
+    /// I_T NEXUS RESET, then a reset of the command's request queue, then a
+    /// device reset, each only if the previous step did not get the command
+    /// back. Returns the device's answer if the command finished on its own
+    /// meanwhile, else [`Error::Timeout`] naming the step that cleared it.
     async fn recover(
         &self,
         lun_field: [u8; 8],
-        tag: u64,
-        mut rx: tokio::sync::oneshot::Receiver<Result<crate::queue::Completed>>,
+        mut pending: Pending,
         timeout: Duration,
         data_in_len: usize,
     ) -> Result<Response> {
+        let tag = pending.tag();
+        let queue = pending.queue().index();
+        let released = |r: Result<Completed>, step: RecoveryStep| -> Result<Response> {
+            let timed_out = Error::Timeout {
+                after: timeout,
+                recovered_by: step,
+            };
+            let done = match r {
+                Ok(done) => done,
+                Err(Error::QueueReset { .. }) => return Err(timed_out),
+                Err(e) => return Err(e),
+            };
+            let r = to_response(&done, data_in_len)?;
+            info!(tag, step = %step, response = r.response, "timed-out command released");
+            match r.virtio() {
+                Some(VirtioResponse::Aborted | VirtioResponse::Reset) => Err(timed_out),
+                // It finished on its own while we were recovering it.
+                _ => Ok(r),
+            }
+        };
         let steps = [
             (Tmf::AbortTask { tag }, RecoveryStep::AbortTask),
             (Tmf::LogicalUnitReset, RecoveryStep::LogicalUnitReset),
@@ -837,36 +925,111 @@ impl Driver {
             } else {
                 Duration::from_millis(10)
             };
-            match tokio::time::timeout(wait, &mut rx).await {
-                Ok(Ok(Ok(done))) => {
-                    let r = to_response(&done, data_in_len)?;
-                    info!(
-                        tag,
-                        tmf = tmf.name(),
-                        response = r.response,
-                        "timed-out command released"
-                    );
-                    return match r.virtio() {
-                        Some(VirtioResponse::Aborted | VirtioResponse::Reset) => {
-                            Err(Error::Timeout {
-                                after: timeout,
-                                recovered_by: step,
-                            })
-                        }
-                        // It finished on its own while we were aborting it.
-                        _ => Ok(r),
-                    };
-                }
-                Ok(Ok(Err(e))) => return Err(e),
-                Ok(Err(_)) => return Err(Error::Closed),
-                Err(_) => continue,
+            match tokio::time::timeout(wait, pending.wait(false)).await {
+                Ok(Ok(Outcome::Done(done))) => return released(Ok(done), step),
+                Ok(Err(e)) => return released(Err(e), step),
+                Ok(Ok(Outcome::Expired)) | Err(_) => continue,
             }
+        }
+        warn!(
+            tag,
+            queue, "timed-out command survived I_T NEXUS RESET: resetting its request queue"
+        );
+        match self.reset_queue(queue).await {
+            Ok(_) => {
+                if let Some(r) = pending.try_now() {
+                    return released(r, RecoveryStep::QueueReset);
+                }
+            }
+            Err(e) => warn!(queue, error = %e, "queue reset failed: resetting the device"),
+        }
+        match self.reset_device().await {
+            Ok(()) => {
+                if let Some(r) = pending.try_now() {
+                    return released(r, RecoveryStep::DeviceReset);
+                }
+            }
+            Err(e) => error!(error = %e, "device reset failed"),
         }
         warn!(tag, "timed-out command survived every error handler step");
         Err(Error::Timeout {
             after: timeout,
             recovered_by: RecoveryStep::NotRecovered,
         })
+    }
+
+    /// Resets request queue `queue` (the error handler's step after I_T
+    /// NEXUS RESET): GET_VRING_BASE stops the ring (a device completes or
+    /// drops what it holds), then the ring is zeroed and handed to the
+    /// device again (SET_VRING_NUM/ADDR/BASE/CALL/KICK/ENABLE). Commands the
+    /// device did not return fail with [`Error::QueueReset`] (the copying
+    /// API retries them). Also revives a queue the device broke
+    /// ([`Error::DeviceBroken`]). Returns how many commands failed.
+    ///
+    /// ```no_run
+    /// # async fn demo(driver: &vscsi_driver::Driver) -> vscsi_driver::Result<()> {
+    /// let failed = driver.reset_queue(0).await?;
+    /// tracing::info!("queue 0 reset, {failed} commands failed");
+    /// # Ok(()) }
+    /// ```
+    pub async fn reset_queue(&self, queue: u16) -> Result<usize> {
+        let q = self
+            .queues
+            .get(usize::from(queue))
+            .ok_or_else(|| {
+                Error::BadConfig(format!(
+                    "request queue {queue} does not exist ({} queues)",
+                    self.queues.len()
+                ))
+            })?
+            .clone();
+        let transport = self.transport.clone();
+        let failed = blocking(move || {
+            let mut t = transport.lock().unwrap_or_else(|p| p.into_inner());
+            let vq = 2 + usize::from(queue);
+            t.stop_vring(vq)?;
+            q.reset(|ring, kick, call| t.start_vring(vq, ring, kick, call))
+        })
+        .await?;
+        info!(queue, failed, "request queue reset");
+        Ok(failed)
+    }
+
+    /// Resets the whole device (the error handler's last step; Linux's host
+    /// reset): every ring is stopped (GET_VRING_BASE), the device is reset
+    /// (VHOST_USER_RESET_DEVICE when the device offers it; its LUs then
+    /// report a reset unit attention), the features are set again and every
+    /// ring is re-created. Commands the device did not return fail with
+    /// [`Error::QueueReset`]; event buffers are posted again.
+    ///
+    /// ```no_run
+    /// # async fn demo(driver: &vscsi_driver::Driver) -> vscsi_driver::Result<()> {
+    /// driver.reset_device().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn reset_device(&self) -> Result<()> {
+        let transport = self.transport.clone();
+        let (control, event_queue, queues) = (
+            self.control.clone(),
+            self.event_queue.clone(),
+            self.queues.clone(),
+        );
+        blocking(move || {
+            let mut t = transport.lock().unwrap_or_else(|p| p.into_inner());
+            for vq in 0..2 + queues.len() {
+                t.stop_vring(vq)?;
+            }
+            t.reset_device()?;
+            control.reset(|ring, kick, call| t.start_vring(0, ring, kick, call))?;
+            event_queue.reset(|ring, kick, call| t.start_vring(1, ring, kick, call))?;
+            for (n, q) in queues.iter().enumerate() {
+                q.reset(|ring, kick, call| t.start_vring(2 + n, ring, kick, call))?;
+            }
+            Ok(())
+        })
+        .await?;
+        info!("device reset");
+        Ok(())
     }
 
     /// Zero-copy READ: reads `blocks` blocks of `block_size` bytes at `lba`
@@ -880,7 +1043,7 @@ impl Driver {
     /// not GOOD is `Ok(Err(CommandError))`. Timeouts and the error handler
     /// are those of [`Driver::send_command`]; a retried command (UNIT
     /// ATTENTION, BUSY...) is re-sent through the copying path, so `f` still
-    /// runs once. The `DriverOptions::poll` busy-poll is not used here.
+    /// runs once.
     ///
     /// ```no_run
     /// # async fn demo(driver: &vscsi_driver::Driver) -> Result<(), Box<dyn std::error::Error>> {
@@ -903,24 +1066,22 @@ impl Driver {
         let len = blocks as usize * block_size as usize;
         let cdb = rw_cdb(false, lba, blocks);
         let timeout = self.lun_timeout(target, lun);
-        let deadline = tokio::time::Instant::now() + timeout;
         let queue = self.pick_queue();
         let start = Instant::now();
-        let pending =
-            match tokio::time::timeout_at(deadline, queue.start(lun_field, &cdb, &[], len)).await {
-                Ok(p) => p?,
-                Err(_) => return Err(self.not_submitted(queue, target, lun, timeout)),
-            };
-        let r = match self
-            .wait_slot(
+        let pending = self
+            .submit(
                 queue,
                 (target, lun),
                 lun_field,
-                pending,
-                timeout,
-                deadline,
+                &cdb,
+                &[],
                 len,
+                start + timeout,
+                timeout,
             )
+            .await?;
+        let r = match self
+            .wait_slot(queue, (target, lun), lun_field, pending, timeout, len)
             .await?
         {
             Ok(done) => {
@@ -995,26 +1156,20 @@ impl Driver {
         let len = blocks as usize * block_size as usize;
         let cdb = rw_cdb(true, lba, blocks);
         let timeout = self.lun_timeout(target, lun);
-        let deadline = tokio::time::Instant::now() + timeout;
         let queue = self.pick_queue();
         let start = Instant::now();
-        let (pending, out) =
-            match tokio::time::timeout_at(deadline, queue.start_filled(lun_field, &cdb, len, f))
-                .await
-            {
-                Ok(p) => p?,
-                Err(_) => return Err(self.not_submitted(queue, target, lun, timeout)),
-            };
+        let deadline = start + timeout;
+        let (pending, out) = match tokio::time::timeout_at(
+            deadline.into(),
+            queue.start_filled(lun_field, &cdb, len, Some(deadline), f),
+        )
+        .await
+        {
+            Ok(p) => p?,
+            Err(_) => return Err(self.not_submitted(queue, target, lun, timeout)),
+        };
         let r = match self
-            .wait_slot(
-                queue,
-                (target, lun),
-                lun_field,
-                pending,
-                timeout,
-                deadline,
-                0,
-            )
+            .wait_slot(queue, (target, lun), lun_field, pending, timeout, 0)
             .await?
         {
             Ok(done) => {
@@ -1066,31 +1221,21 @@ impl Driver {
     /// Waits for a submitted command: `Ok(slot)` when it completed in time,
     /// `Err(response)` when it timed out and the error handler released it
     /// (the answer then is a copy).
-    #[allow(clippy::too_many_arguments)]
     async fn wait_slot(
         &self,
         queue: &RequestQueue,
         (target, lun): (u8, u16),
         lun_field: [u8; 8],
-        pending: Pending,
+        mut pending: Pending,
         timeout: Duration,
-        deadline: tokio::time::Instant,
         data_in_len: usize,
     ) -> Result<std::result::Result<Completed, Response>> {
-        let Pending { tag, mut rx } = pending;
-        match tokio::time::timeout_at(deadline, &mut rx).await {
-            Ok(r) => Ok(Ok(r.map_err(|_| Error::Closed)??)),
-            Err(_) => {
-                queue.record(target, lun, |s| s.timeouts += 1);
-                warn!(
-                    target,
-                    lun,
-                    tag,
-                    ?timeout,
-                    "command timed out: running the error handler"
-                );
+        match self.wait_done(queue, &mut pending).await? {
+            Outcome::Done(done) => Ok(Ok(done)),
+            Outcome::Expired => {
+                self.timed_out(queue, (target, lun), &pending, timeout);
                 Ok(Err(self
-                    .recover(lun_field, tag, rx, timeout, data_in_len)
+                    .recover(lun_field, pending, timeout, data_in_len)
                     .await?))
             }
         }
@@ -1252,6 +1397,33 @@ impl Driver {
     pub fn close(self) {
         drop(self);
     }
+}
+
+/// How often the watchdog looks for commands past their deadline: the
+/// resolution of command timeouts.
+const WATCHDOG_TICK: Duration = Duration::from_millis(10);
+
+/// One timer for every command of the driver: each tick marks the commands
+/// whose deadline passed and wakes their waiters, which run the error
+/// handler. (A tokio timer per command would cost a timer-wheel entry and
+/// its lock on every command.)
+async fn watchdog(queues: Vec<Arc<RequestQueue>>) {
+    let mut tick = tokio::time::interval(WATCHDOG_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        for q in &queues {
+            q.expire(now);
+        }
+    }
+}
+
+/// Runs vhost-user exchanges (blocking socket I/O) off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?
 }
 
 /// The response of `raw` without data (a zero-copy read keeps it in the slot).

@@ -55,8 +55,9 @@ pub enum Error {
     #[error("CDB must be 1 to 32 bytes, got {0}")]
     BadCdb(usize),
     /// The command did not complete in time. The driver then ran the
-    /// error handler (ABORT TASK, LOGICAL UNIT RESET, I_T NEXUS RESET, each
-    /// only if the previous step did not clear the command);
+    /// error handler (ABORT TASK, LOGICAL UNIT RESET, I_T NEXUS RESET, a
+    /// reset of the command's queue, a device reset: each only if the
+    /// previous step did not clear the command);
     /// `recovered_by` says which step cleared it.
     #[error("command timed out after {after:?}; {recovered_by}")]
     Timeout {
@@ -76,6 +77,15 @@ pub enum Error {
     /// The device completed a request with a used length too short for a response.
     #[error("the device completed a request without a response header (used length {0})")]
     ShortResponse(u32),
+    /// The request queue was reset (by the error handler or a device reset)
+    /// while the command was on it, and the device never answered it: it
+    /// may or may not have run. The copying API retries it like a
+    /// `VIRTIO_SCSI_S_RESET` answer when the retry policy allows.
+    #[error("request queue {queue} was reset while the command was in flight")]
+    QueueReset {
+        /// Request queue index.
+        queue: u16,
+    },
     /// The driver is shut down or its completion task stopped.
     #[error("the driver is shut down")]
     Closed,
@@ -86,11 +96,11 @@ pub enum Error {
 
 /// How far the error handler went for a timed-out command ([`Error::Timeout`]).
 ///
-/// The Linux SCSI error handler's later steps (a queue reset: stop,
-/// re-create and re-enable the ring; a device reset) are not implemented:
-/// a command that survives I_T NEXUS RESET is reported as
-/// [`RecoveryStep::NotRecovered`] and keeps its request slot (the device may
-/// still write into it), so the queue has one slot fewer.
+/// The steps are those of the Linux SCSI error handler (scsi_error.c:
+/// abort, device reset, target reset, host reset), with the host reset
+/// split in two as virtio allows: first the command's own queue (stop it
+/// with GET_VRING_BASE, re-create the ring, enable it again), then the whole
+/// device (VHOST_USER_RESET_DEVICE and every queue re-created).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecoveryStep {
     /// The command never reached the device (no free request slot in time).
@@ -101,6 +111,11 @@ pub enum RecoveryStep {
     LogicalUnitReset,
     /// I_T NEXUS RESET (target reset) cleared it.
     TargetReset,
+    /// Resetting the command's request queue cleared it (the device
+    /// returned it while stopping the ring, or it was taken off the ring).
+    QueueReset,
+    /// A device reset cleared it.
+    DeviceReset,
     /// Nothing cleared it.
     NotRecovered,
 }
@@ -112,8 +127,10 @@ impl std::fmt::Display for RecoveryStep {
             RecoveryStep::AbortTask => "recovered by ABORT TASK",
             RecoveryStep::LogicalUnitReset => "recovered by LOGICAL UNIT RESET",
             RecoveryStep::TargetReset => "recovered by I_T NEXUS RESET (target reset)",
+            RecoveryStep::QueueReset => "recovered by resetting its request queue",
+            RecoveryStep::DeviceReset => "recovered by a device reset",
             RecoveryStep::NotRecovered => {
-                "not recovered by ABORT TASK, LOGICAL UNIT RESET or I_T NEXUS RESET"
+                "not recovered by ABORT TASK, LOGICAL UNIT RESET, I_T NEXUS RESET, a queue reset or a device reset"
             }
         })
     }

@@ -7,16 +7,25 @@
 //! nothing: each has its own lock, kick and call eventfds and task.
 //!
 //! Slot lifetime: a slot is taken when a command is submitted and comes back
-//! when the [`Completed`] value carrying it is dropped, whoever drops it (the
-//! caller after reading the answer, or the completion task when the caller
-//! gave up waiting). A slot is therefore never reused while the device may
-//! still write into it.
+//! exactly once: when the [`Completed`] value carrying it is dropped, when
+//! its waiter sees it failed, or, if the waiter gave up (dropped its
+//! [`Pending`]), when the device finally returns it. A slot is therefore
+//! never reused while the device may still write into it.
+//!
+//! Per command there is no heap allocation and no timer: the waiter and the
+//! completion task meet in the slot's [`SlotCell`] (atomics and an
+//! `AtomicWaker`), and one watchdog tick for the whole driver marks the
+//! commands whose deadline passed ([`RequestQueue::expire`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{oneshot, Semaphore};
+use atomic_waker::AtomicWaker;
+use tokio::sync::Semaphore;
 use tracing::{debug, error, warn};
 use vmm_sys_util::eventfd::EventFd;
 use vscsi_protocol::cdb::Cdb;
@@ -54,21 +63,69 @@ pub(crate) struct QueuePlacement {
     pub max_transfer: usize,
 }
 
-struct Inner {
-    ring: SplitRing,
-    free: Vec<u16>,
-    /// Indexed by ring head id.
-    in_flight: Vec<Option<InFlight>>,
-    next_tag: u64,
-    broken: Option<RingError>,
+// Slot states (`SlotCell::state`).
+/// Free, or taken by a submitter and not on the ring yet.
+const IDLE: u8 = 0;
+/// On the ring; a waiter ([`Pending`]) watches it.
+const IN_FLIGHT: u8 = 1;
+/// The device returned it; the waiter takes it as a [`Completed`].
+const DONE: u8 = 2;
+/// Taken off the ring without an answer (reset, broken queue, shutdown).
+const FAILED: u8 = 3;
+/// On the ring, and its waiter is gone: whoever completes it frees it.
+const ABANDONED: u8 = 4;
+
+/// Why a command ended without an answer from the device (`SlotCell::failure`).
+const FAIL_CLOSED: u8 = 1;
+const FAIL_BROKEN: u8 = 2;
+const FAIL_RESET: u8 = 3;
+
+/// The completion state of one request slot, shared lock-free between the
+/// submitter waiting on it and whoever completes it (the completion task,
+/// a queue reset, shutdown). No allocation per command: the cells live as
+/// long as the queue.
+///
+/// Ownership of the slot: a waiter that sees DONE gets a [`Completed`]
+/// (which frees the slot on drop) and one that sees FAILED frees it at
+/// once; a completer that finds the waiter gone (ABANDONED) frees it.
+struct SlotCell {
+    state: AtomicU8,
+    failure: AtomicU8,
+    used_len: AtomicU32,
+    /// When the command times out, in ns since the queue's epoch (`u64::MAX`: never).
+    deadline: AtomicU64,
+    /// Set once by the watchdog when the deadline passed.
+    expired: AtomicBool,
+    waker: AtomicWaker,
 }
 
-struct InFlight {
+impl SlotCell {
+    fn new() -> Self {
+        Self {
+            state: AtomicU8::new(IDLE),
+            failure: AtomicU8::new(0),
+            used_len: AtomicU32::new(0),
+            deadline: AtomicU64::new(u64::MAX),
+            expired: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        }
+    }
+}
+
+/// What the ring lock keeps per head on the ring.
+#[derive(Clone, Copy)]
+struct Head {
     slot: u16,
     tag: u64,
     lun: [u8; 8],
     started: Instant,
-    done: oneshot::Sender<Result<Completed>>,
+}
+
+struct Inner {
+    ring: SplitRing,
+    /// Indexed by ring head id.
+    heads: Box<[Option<Head>]>,
+    broken: Option<RingError>,
 }
 
 /// A command the device has not completed yet (see [`crate::Driver::in_flight`]).
@@ -84,24 +141,30 @@ pub struct InFlightCommand {
     pub age: Duration,
 }
 
-/// A submitted command: its tag and the completion to wait for.
-pub(crate) struct Pending {
-    pub tag: u64,
-    pub rx: oneshot::Receiver<Result<Completed>>,
-}
-
 /// State shared by submitters and the completion task of one queue.
+///
+/// Two small locks, both per queue: `inner` (the ring, taken to offer and
+/// to reap) and `free` (the slot free list). Completion and waiting go
+/// through the lock-free [`SlotCell`]s.
 pub(crate) struct RequestQueue {
     index: u16,
     mem: Arc<SharedMemory>,
     place: QueuePlacement,
     inner: Mutex<Inner>,
+    free: Mutex<Vec<u16>>,
+    cells: Box<[SlotCell]>,
     slots_free: Semaphore,
+    next_tag: AtomicU64,
     kick: EventFd,
+    /// A clone of the call eventfd, to hand to the device again after a reset.
+    call: EventFd,
     kicks: AtomicU64,
     calls: AtomicU64,
     completions: AtomicU64,
+    in_flight: AtomicU32,
+    broken: AtomicBool,
     closed: AtomicBool,
+    epoch: Instant,
     /// Per-LUN metrics of the commands this queue carried.
     stats: Mutex<LunTable>,
 }
@@ -131,8 +194,7 @@ impl SlotGuard<'_> {
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.queue.lock().free.push(self.slot);
-            self.queue.slots_free.add_permits(1);
+            self.queue.release(self.slot);
         }
     }
 }
@@ -144,6 +206,122 @@ pub(crate) struct RawResponse {
     pub data: Vec<u8>,
 }
 
+/// How waiting on a [`Pending`] command ended.
+pub(crate) enum Outcome {
+    /// The device returned it.
+    Done(Completed),
+    /// Its deadline passed and it is still in flight.
+    Expired,
+}
+
+/// A command on the ring. Dropping it before it completed abandons the
+/// command: its slot comes back when the device returns it.
+pub(crate) struct Pending {
+    queue: Arc<RequestQueue>,
+    slot: u16,
+    tag: u64,
+    /// Still watching the slot (no terminal state taken yet).
+    live: bool,
+}
+
+impl Pending {
+    /// The command's tag (what ABORT TASK names).
+    pub(crate) fn tag(&self) -> u64 {
+        self.tag
+    }
+
+    /// The queue the command is on.
+    pub(crate) fn queue(&self) -> &Arc<RequestQueue> {
+        &self.queue
+    }
+
+    fn poll_state(&mut self, cx: Option<&Context<'_>>, expiry: bool) -> Poll<Result<Outcome>> {
+        if !self.live {
+            return Poll::Ready(Err(Error::Closed));
+        }
+        let cell = &self.queue.cells[usize::from(self.slot)];
+        if let Some(cx) = cx {
+            cell.waker.register(cx.waker());
+        }
+        match cell.state.load(Ordering::Acquire) {
+            DONE => {
+                self.live = false;
+                Poll::Ready(Ok(Outcome::Done(Completed {
+                    queue: self.queue.clone(),
+                    slot: self.slot,
+                    used_len: cell.used_len.load(Ordering::Relaxed),
+                })))
+            }
+            FAILED => {
+                self.live = false;
+                let why = cell.failure.load(Ordering::Relaxed);
+                self.queue.release(self.slot);
+                Poll::Ready(Err(self.queue.failure_error(why)))
+            }
+            _ if expiry && cell.expired.load(Ordering::Relaxed) => {
+                Poll::Ready(Ok(Outcome::Expired))
+            }
+            _ => Poll::Pending,
+        }
+    }
+
+    /// Waits until the device returns the command, or (with `expiry`)
+    /// until its deadline passed.
+    pub(crate) fn wait(&mut self, expiry: bool) -> Wait<'_> {
+        Wait {
+            pending: self,
+            expiry,
+        }
+    }
+
+    /// The outcome if the command is finished now (the polling path).
+    pub(crate) fn try_now(&mut self) -> Option<Result<Completed>> {
+        match self.poll_state(None, false) {
+            Poll::Ready(Ok(Outcome::Done(c))) => Some(Ok(c)),
+            Poll::Ready(Err(e)) => Some(Err(e)),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.live {
+            return;
+        }
+        let cell = &self.queue.cells[usize::from(self.slot)];
+        match cell
+            .state
+            .compare_exchange(IN_FLIGHT, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {}
+            // Finished meanwhile: the slot is ours to give back.
+            Err(DONE | FAILED) => self.queue.release(self.slot),
+            Err(s) => error!(
+                queue = self.queue.index,
+                slot = self.slot,
+                state = s,
+                "pending command in an unexpected state"
+            ),
+        }
+    }
+}
+
+/// The future of [`Pending::wait`].
+pub(crate) struct Wait<'a> {
+    pending: &'a mut Pending,
+    expiry: bool,
+}
+
+impl Future for Wait<'_> {
+    type Output = Result<Outcome>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        this.pending.poll_state(Some(cx), this.expiry)
+    }
+}
+
 impl RequestQueue {
     pub(crate) fn new(
         index: u16,
@@ -151,6 +329,7 @@ impl RequestQueue {
         place: QueuePlacement,
         ring: SplitRing,
         kick: EventFd,
+        call: EventFd,
     ) -> Self {
         let size = ring.size() as usize;
         Self {
@@ -159,19 +338,29 @@ impl RequestQueue {
             place,
             inner: Mutex::new(Inner {
                 ring,
-                free: (0..place.slots).rev().collect(),
-                in_flight: (0..size).map(|_| None).collect(),
-                next_tag: 1,
+                heads: vec![None; size].into_boxed_slice(),
                 broken: None,
             }),
+            free: Mutex::new((0..place.slots).rev().collect()),
+            cells: (0..place.slots).map(|_| SlotCell::new()).collect(),
             slots_free: Semaphore::new(place.slots as usize),
+            next_tag: AtomicU64::new(1),
             kick,
+            call,
             kicks: Default::default(),
             calls: Default::default(),
             completions: Default::default(),
+            in_flight: AtomicU32::new(0),
+            broken: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            epoch: Instant::now(),
             stats: Mutex::default(),
         }
+    }
+
+    /// This queue's index among the request queues.
+    pub(crate) fn index(&self) -> u16 {
+        self.index
     }
 
     /// Updates the metrics of `target:lun` (this queue's share).
@@ -190,12 +379,9 @@ impl RequestQueue {
 
     /// Counters of this queue.
     pub(crate) fn queue_stats(&self) -> QueueStats {
-        let inner = self.lock();
-        let in_flight = inner.in_flight.iter().filter(|f| f.is_some()).count() as u32;
-        drop(inner);
         QueueStats {
             index: self.index,
-            in_flight,
+            in_flight: self.in_flight.load(Ordering::Relaxed),
             slots: u32::from(self.place.slots),
             kicks: self.kicks(),
             calls: self.calls.load(Ordering::Relaxed),
@@ -208,14 +394,14 @@ impl RequestQueue {
         let inner = self.lock();
         let now = Instant::now();
         inner
-            .in_flight
+            .heads
             .iter()
             .flatten()
-            .map(|f| InFlightCommand {
+            .map(|h| InFlightCommand {
                 queue: self.index,
-                tag: f.tag,
-                lun: f.lun,
-                age: now.duration_since(f.started),
+                tag: h.tag,
+                lun: h.lun,
+                age: now.duration_since(h.started),
             })
             .collect()
     }
@@ -242,34 +428,102 @@ impl RequestQueue {
         self.place.data + slot as usize * self.place.max_transfer
     }
 
-    /// Sends one command and waits for the device to complete it.
-    #[allow(dead_code)]
-    pub(crate) async fn submit(
-        self: &Arc<Self>,
-        lun: [u8; 8],
-        cdb: &Cdb,
-        data_out: &[u8],
-        data_in_len: usize,
-    ) -> Result<Completed> {
-        let p = self.start(lun, cdb, data_out, data_in_len).await?;
-        p.rx.await.map_err(|_| Error::Closed)?
+    /// Gives `slot` back to the free list.
+    fn release(&self, slot: u16) {
+        let cell = &self.cells[usize::from(slot)];
+        cell.expired.store(false, Ordering::Relaxed);
+        cell.deadline.store(u64::MAX, Ordering::Relaxed);
+        cell.state.store(IDLE, Ordering::Release);
+        self.free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(slot);
+        self.slots_free.add_permits(1);
     }
 
-    /// Offers one command to the device (waiting for a free slot); the
-    /// returned [`Pending`] resolves when the device completes it.
+    /// Ends the command in `slot` (`DONE` with the device's used length, or
+    /// `FAILED` with a reason) and wakes its waiter, or frees the slot if
+    /// the waiter is gone.
+    fn finish(&self, slot: u16, state: u8, used_len: u32, failure: u8) {
+        let cell = &self.cells[usize::from(slot)];
+        cell.used_len.store(used_len, Ordering::Relaxed);
+        cell.failure.store(failure, Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        match cell
+            .state
+            .compare_exchange(IN_FLIGHT, state, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => cell.waker.wake(),
+            Err(ABANDONED) => self.release(slot),
+            Err(s) => error!(
+                queue = self.index,
+                slot,
+                state = s,
+                "completion of a slot not in flight"
+            ),
+        }
+    }
+
+    fn failure_error(&self, why: u8) -> Error {
+        match why {
+            FAIL_RESET => Error::QueueReset { queue: self.index },
+            FAIL_BROKEN => match &self.lock().broken {
+                Some(e) => Error::DeviceBroken {
+                    queue: self.index,
+                    source: e.clone(),
+                },
+                None => Error::QueueReset { queue: self.index },
+            },
+            _ => Error::Closed,
+        }
+    }
+
+    /// Offers one command to the device, waiting for a free slot; the
+    /// returned [`Pending`] resolves when the device completes it or
+    /// `deadline` passes (see [`RequestQueue::expire`]).
     pub(crate) async fn start(
         self: &Arc<Self>,
         lun: [u8; 8],
         cdb: &Cdb,
         data_out: &[u8],
         data_in_len: usize,
+        deadline: Option<Instant>,
     ) -> Result<Pending> {
         self.check_len(data_out.len(), data_in_len)?;
         let slot = self.take_slot().await?;
+        self.fill_and_offer(slot, lun, cdb, data_out, data_in_len, deadline)
+    }
+
+    /// [`RequestQueue::start`] if a slot is free now; `None` otherwise.
+    pub(crate) fn try_start(
+        self: &Arc<Self>,
+        lun: [u8; 8],
+        cdb: &Cdb,
+        data_out: &[u8],
+        data_in_len: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Pending>> {
+        self.check_len(data_out.len(), data_in_len)?;
+        let Some(slot) = self.try_take_slot()? else {
+            return Ok(None);
+        };
+        self.fill_and_offer(slot, lun, cdb, data_out, data_in_len, deadline)
+            .map(Some)
+    }
+
+    fn fill_and_offer(
+        self: &Arc<Self>,
+        slot: SlotGuard<'_>,
+        lun: [u8; 8],
+        cdb: &Cdb,
+        data_out: &[u8],
+        data_in_len: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Pending> {
         if !data_out.is_empty() {
             self.mem.write(self.data_off(slot.slot), data_out)?;
         }
-        self.offer(slot, lun, cdb, data_out.len(), data_in_len)
+        self.offer(slot, lun, cdb, data_out.len(), data_in_len, deadline)
     }
 
     /// [`RequestQueue::start`] with the data-out bytes written in place by
@@ -280,6 +534,7 @@ impl RequestQueue {
         lun: [u8; 8],
         cdb: &Cdb,
         data_out_len: usize,
+        deadline: Option<Instant>,
         fill: impl FnOnce(&mut [u8]) -> T,
     ) -> Result<(Pending, T)> {
         self.check_len(data_out_len, 0)?;
@@ -294,7 +549,7 @@ impl RequestQueue {
         // mapped by `self.mem`, and nothing else writes it meanwhile (above).
         let buf = unsafe { std::slice::from_raw_parts_mut(ptr, data_out_len) };
         let out = fill(buf);
-        let pending = self.offer(slot, lun, cdb, data_out_len, 0)?;
+        let pending = self.offer(slot, lun, cdb, data_out_len, 0, deadline)?;
         Ok((pending, out))
     }
 
@@ -316,18 +571,26 @@ impl RequestQueue {
             .await
             .map_err(|_| Error::Closed)?
             .forget();
-        let mut inner = self.lock();
-        if let Some(e) = &inner.broken {
-            let e = Error::DeviceBroken {
-                queue: self.index,
-                source: e.clone(),
-            };
-            drop(inner);
-            self.slots_free.add_permits(1);
-            return Err(e);
+        self.pop_free()
+    }
+
+    /// Takes a free request slot if there is one now.
+    fn try_take_slot(&self) -> Result<Option<SlotGuard<'_>>> {
+        match self.slots_free.try_acquire() {
+            Ok(p) => p.forget(),
+            Err(tokio::sync::TryAcquireError::NoPermits) => return Ok(None),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::Closed),
         }
-        let Some(slot) = inner.free.pop() else {
-            drop(inner);
+        self.pop_free().map(Some)
+    }
+
+    /// The free-list half of taking a slot, once a permit is held.
+    fn pop_free(&self) -> Result<SlotGuard<'_>> {
+        if self.broken.load(Ordering::Relaxed) {
+            self.slots_free.add_permits(1);
+            return Err(self.failure_error(FAIL_BROKEN));
+        }
+        let Some(slot) = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
             self.slots_free.add_permits(1);
             return Err(Error::Closed);
         };
@@ -346,16 +609,10 @@ impl RequestQueue {
         cdb: &Cdb,
         data_out_len: usize,
         data_in_len: usize,
+        deadline: Option<Instant>,
     ) -> Result<Pending> {
-        let mut inner = self.lock();
-        if let Some(e) = &inner.broken {
-            return Err(Error::DeviceBroken {
-                queue: self.index,
-                source: e.clone(),
-            });
-        }
-        let tag = inner.next_tag | (self.index as u64) << 48;
-        inner.next_tag = inner.next_tag.wrapping_add(1) & ((1 << 48) - 1);
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed) & ((1 << 48) - 1)
+            | u64::from(self.index) << 48;
         let mut req = CmdReq::new_zeroed();
         req.lun = lun;
         req.tag = U64::new(tag);
@@ -364,6 +621,7 @@ impl RequestQueue {
         req.cdb[..bytes.len().min(CDB_SIZE)].copy_from_slice(&bytes[..bytes.len().min(CDB_SIZE)]);
         let hdr = self.header_off(slot.slot);
         let data = self.data_off(slot.slot);
+        // The slot is ours and off the ring: its header area is written before it is offered.
         self.mem.write(hdr, req.as_bytes())?;
         let mut segs = [Segment {
             gpa: 0,
@@ -387,6 +645,20 @@ impl RequestQueue {
         if data_in_len > 0 {
             push(self.mem.gpa(data), data_in_len, true);
         }
+        let cell = &self.cells[usize::from(slot.slot)];
+        let at = deadline.map_or(u64::MAX, |d| {
+            d.saturating_duration_since(self.epoch).as_nanos() as u64
+        });
+        cell.deadline.store(at, Ordering::Relaxed);
+        cell.expired.store(false, Ordering::Relaxed);
+
+        let mut inner = self.lock();
+        if let Some(e) = &inner.broken {
+            return Err(Error::DeviceBroken {
+                queue: self.index,
+                source: e.clone(),
+            });
+        }
         let head = match inner.ring.add(&segs[..n]) {
             Ok(head) => head,
             Err(e) => {
@@ -396,13 +668,14 @@ impl RequestQueue {
                 });
             }
         };
-        let (tx, rx) = oneshot::channel();
-        inner.in_flight[head as usize] = Some(InFlight {
-            slot: slot.disarm(),
+        let slot = slot.disarm();
+        cell.state.store(IN_FLIGHT, Ordering::Release);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        inner.heads[head as usize] = Some(Head {
+            slot,
             tag,
             lun,
             started: Instant::now(),
-            done: tx,
         });
         if inner.ring.publish() {
             self.kicks.fetch_add(1, Ordering::Relaxed);
@@ -410,26 +683,32 @@ impl RequestQueue {
                 warn!(queue = self.index, error = %e, "kick failed");
             }
         }
-        Ok(Pending { tag, rx })
+        drop(inner);
+        Ok(Pending {
+            queue: self.clone(),
+            slot,
+            tag,
+            live: true,
+        })
     }
 
-    /// Drains the used ring, waking the submitters. Returns false once the
-    /// queue is broken or closed.
     /// Reaps whatever the device has completed, now (the polling path).
-    pub(crate) fn reap_now(self: &Arc<Self>) {
+    pub(crate) fn reap_now(&self) {
         self.reap();
     }
 
-    fn reap(self: &Arc<Self>) -> bool {
+    /// Drains the used ring, waking the submitters. Returns false once the
+    /// queue is closed.
+    fn reap(&self) -> bool {
         let mut inner = self.lock();
         loop {
+            if inner.broken.is_some() {
+                return !self.closed.load(Ordering::Relaxed);
+            }
             loop {
                 match inner.ring.pop_used() {
                     Ok(Some((head, len))) => {
-                        let Some(f) = inner
-                            .in_flight
-                            .get_mut(head as usize)
-                            .and_then(Option::take)
+                        let Some(h) = inner.heads.get_mut(head as usize).and_then(Option::take)
                         else {
                             // The ring validated the id; a missing entry is our bug, not the device's.
                             error!(
@@ -438,26 +717,18 @@ impl RequestQueue {
                             );
                             continue;
                         };
-                        let done = Completed {
-                            queue: self.clone(),
-                            slot: f.slot,
-                            used_len: len,
-                        };
                         self.completions.fetch_add(1, Ordering::Relaxed);
-                        // If the caller gave up, dropping `done` here frees the slot.
-                        let _ = f.done.send(Ok(done));
+                        self.finish(h.slot, DONE, len, 0);
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        error!(queue = self.index, error = %e, "device broke the ring contract; queue disabled");
-                        inner.broken = Some(e.clone());
-                        for f in inner.in_flight.iter_mut().filter_map(Option::take) {
-                            let _ = f.done.send(Err(Error::DeviceBroken {
-                                queue: self.index,
-                                source: e.clone(),
-                            }));
+                        error!(queue = self.index, error = %e, "device broke the ring contract; queue disabled until it is reset");
+                        inner.broken = Some(e);
+                        self.broken.store(true, Ordering::Relaxed);
+                        for h in inner.heads.iter_mut().filter_map(Option::take) {
+                            self.finish(h.slot, FAILED, 0, FAIL_BROKEN);
                         }
-                        return false;
+                        return !self.closed.load(Ordering::Relaxed);
                     }
                 }
             }
@@ -465,6 +736,49 @@ impl RequestQueue {
                 return !self.closed.load(Ordering::Relaxed);
             }
         }
+    }
+
+    /// Marks the commands whose deadline passed by `now` as expired and
+    /// wakes their waiters (the watchdog's tick; one timer for the whole
+    /// driver instead of one per command).
+    pub(crate) fn expire(&self, now: Instant) {
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let now = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        for cell in self.cells.iter() {
+            if cell.state.load(Ordering::Acquire) == IN_FLIGHT
+                && cell.deadline.load(Ordering::Relaxed) <= now
+                && !cell.expired.swap(true, Ordering::Relaxed)
+            {
+                cell.waker.wake();
+            }
+        }
+    }
+
+    /// Re-creates the ring after the device stopped it (GET_VRING_BASE):
+    /// what the device completed while stopping is delivered, every other
+    /// command still on the ring fails with [`Error::QueueReset`], the ring
+    /// is zeroed and `restart` hands it to the device again (with this
+    /// queue's kick and call eventfds). Clears a broken state. Returns how
+    /// many commands failed.
+    pub(crate) fn reset(
+        &self,
+        restart: impl FnOnce(&SplitRing, &EventFd, &EventFd) -> Result<()>,
+    ) -> Result<usize> {
+        self.reap();
+        let mut inner = self.lock();
+        let mut failed = 0;
+        for h in inner.heads.iter_mut().filter_map(Option::take) {
+            self.finish(h.slot, FAILED, 0, FAIL_RESET);
+            failed += 1;
+        }
+        inner.ring.reset()?;
+        inner.broken = None;
+        self.broken.store(false, Ordering::Relaxed);
+        restart(&inner.ring, &self.kick, &self.call)?;
+        debug!(queue = self.index, failed, "queue reset");
+        Ok(failed)
     }
 
     /// The completion task: waits on the call eventfd and reaps.
@@ -478,8 +792,8 @@ impl RequestQueue {
         self.closed.store(true, Ordering::Relaxed);
         self.slots_free.close();
         let mut inner = self.lock();
-        for f in inner.in_flight.iter_mut().filter_map(Option::take) {
-            let _ = f.done.send(Err(Error::Closed));
+        for h in inner.heads.iter_mut().filter_map(Option::take) {
+            self.finish(h.slot, FAILED, 0, FAIL_CLOSED);
         }
         debug!(queue = self.index, "closed");
     }
@@ -565,7 +879,6 @@ impl Completed {
 
 impl Drop for Completed {
     fn drop(&mut self) {
-        self.queue.lock().free.push(self.slot);
-        self.queue.slots_free.add_permits(1);
+        self.queue.release(self.slot);
     }
 }

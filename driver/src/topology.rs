@@ -34,7 +34,7 @@ use crate::command::ScsiCommand;
 use crate::driver::{to_response, LunInfo, Response};
 use crate::error::{Error, RecoveryStep, Result};
 use crate::events::{DeviceEvent, ResetReason};
-use crate::queue::RequestQueue;
+use crate::queue::{Outcome, RequestQueue};
 use crate::retry::RetryPolicy;
 
 /// The driver's current view of the device's targets and logical units.
@@ -206,18 +206,22 @@ impl Prober {
         loop {
             let n = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len().max(1);
             let queue = self.queues.get(n).ok_or(Error::Closed)?;
-            let pending = queue.start(addr, &cdb, data_out, data_in_len).await?;
-            // On timeout the receiver is dropped; the completion task frees
-            // the slot when the device eventually answers.
-            let done = match tokio::time::timeout(self.timeout, pending.rx).await {
-                Ok(r) => r.map_err(|_| Error::Closed)??,
-                Err(_) => {
+            let deadline = std::time::Instant::now() + self.timeout;
+            let mut pending = queue
+                .start(addr, &cdb, data_out, data_in_len, Some(deadline))
+                .await?;
+            // On timeout the pending command is dropped; its slot comes back
+            // when the device eventually answers.
+            let done = match pending.wait(true).await? {
+                Outcome::Done(done) => done,
+                Outcome::Expired => {
                     return Err(Error::Timeout {
                         after: self.timeout,
                         recovered_by: RecoveryStep::NotRecovered,
                     })
                 }
             };
+            drop(pending);
             let r = to_response(&done, data_in_len)?;
             drop(done);
             match self.retry.should_retry(&r, attempt) {

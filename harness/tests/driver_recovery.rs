@@ -169,6 +169,196 @@ async fn a_device_ignoring_aborts_gets_a_lun_reset_then_a_target_reset() {
 }
 
 #[tokio::test]
+async fn a_command_surviving_every_tmf_is_recovered_by_a_queue_reset() {
+    let (d, faults) = daemon(2);
+    let drv = connect(
+        &d,
+        Duration::from_millis(200),
+        Duration::from_millis(300),
+        2,
+    )
+    .await;
+    // I/O stuck below the device: no TMF releases it, only a ring stop.
+    faults.set(
+        0,
+        0,
+        "stall,ignore-abort,ignore-lun-reset,ignore-target-reset"
+            .parse()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    let e = drv
+        .send_command(0, 0, ScsiCommand::TestUnitReady)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Timeout {
+                recovered_by: RecoveryStep::QueueReset,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // ABORT TASK, LUN RESET and I_T NEXUS RESET were each waited for
+    // (the device answered them, so each wait is the full eh_timeout).
+    assert!(started.elapsed() >= Duration::from_millis(200 + 3 * 300));
+    assert_eq!(faults.held_now(), 0, "the ring stop released the command");
+    assert_eq!(
+        drv.stats().queues.iter().map(|q| q.in_flight).sum::<u32>(),
+        0
+    );
+    faults.clear(0, 0);
+    // Both queues carry commands again (round robin), the reset one included.
+    for _ in 0..8 {
+        let r = drv
+            .send_command(0, 0, ScsiCommand::TestUnitReady)
+            .await
+            .unwrap();
+        assert!(r.is_good(), "{r:?}");
+    }
+    let data = vec![0x5Au8; 4096];
+    let w = drv
+        .send_command(
+            0,
+            1,
+            ScsiCommand::Write {
+                lba: 8,
+                blocks: 8,
+                data: data.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(w.is_good(), "{w:?}");
+    let r = drv
+        .send_command(
+            0,
+            1,
+            ScsiCommand::Read {
+                lba: 8,
+                blocks: 8,
+                block_size: 512,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.data, data);
+}
+
+#[tokio::test]
+async fn a_device_reset_returns_every_command_and_the_device_works_after() {
+    let (d, faults) = daemon(2);
+    let drv = Arc::new(connect(&d, Duration::from_secs(30), Duration::from_secs(2), 2).await);
+    faults.set(0, 0, stall());
+    let no_retry = CommandOptions {
+        retry: Some(RetryPolicy::NONE),
+        ..Default::default()
+    };
+    // One stalled command on each request queue.
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        let drv = drv.clone();
+        waiting.push(tokio::spawn(async move {
+            drv.send_command_with(0, 0, ScsiCommand::TestUnitReady, no_retry)
+                .await
+        }));
+    }
+    wait_for("both commands held", || faults.held_now() == 2).await;
+    let queues: Vec<u16> = drv.in_flight().iter().map(|c| c.queue).collect();
+    assert_eq!(queues.len(), 2);
+    assert_ne!(queues[0], queues[1], "one command per queue");
+    drv.reset_device().await.unwrap();
+    for w in waiting {
+        // The device gave them back while its rings stopped: RESET (§5.6.6.1).
+        let r = w.await.unwrap().unwrap();
+        assert_eq!(r.virtio(), Some(VirtioResponse::Reset), "{r:?}");
+    }
+    assert_eq!(faults.held_now(), 0);
+    faults.clear(0, 0);
+    // VHOST_USER_RESET_DEVICE reset the LUs: the next command of each LUN
+    // reports it (6/29/xx POWER ON, RESET, OR BUS DEVICE RESET OCCURRED).
+    for lun in [0, 1] {
+        let r = drv
+            .send_command_with(0, lun, ScsiCommand::TestUnitReady, no_retry)
+            .await
+            .unwrap();
+        let (key, asc, _) = sense_kcq(&r.sense);
+        assert_eq!((key, asc), (6, 0x29), "{r:?}");
+    }
+    // Every queue works again, and so does the control queue.
+    for _ in 0..4 {
+        let r = drv
+            .send_command(0, 1, ScsiCommand::TestUnitReady)
+            .await
+            .unwrap();
+        assert!(r.is_good(), "{r:?}");
+    }
+    let t = drv
+        .task_management(0, 0, Tmf::LogicalUnitReset)
+        .await
+        .unwrap();
+    assert_eq!(t, TmfResponse::FunctionComplete);
+}
+
+#[tokio::test]
+async fn a_caller_that_gives_up_loses_no_slot_and_blocks_no_queue() {
+    let (d, faults) = daemon(1);
+    let drv = connect(&d, Duration::from_secs(30), Duration::from_secs(2), 1).await;
+    faults.set(0, 0, "latency=200ms".parse().unwrap());
+    // The caller drops its command while the device still holds it.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(30),
+        drv.send_command(0, 0, ScsiCommand::TestUnitReady),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    faults.clear(0, 0);
+    // The completion arrives with no one waiting: the slot comes back and
+    // the queue keeps serving.
+    let r = drv
+        .send_command(0, 1, ScsiCommand::TestUnitReady)
+        .await
+        .unwrap();
+    assert!(r.is_good(), "{r:?}");
+    wait_for("the abandoned slot back", || {
+        drv.stats().queues[0].in_flight == 0
+    })
+    .await;
+    // Every slot is usable: as many commands in flight as the queue has slots.
+    let slots = drv.stats().queues[0].slots as usize;
+    let all = (0..slots).map(|_| drv.send_command(0, 1, ScsiCommand::TestUnitReady));
+    for r in futures_join_all(all).await {
+        assert!(r.unwrap().is_good());
+    }
+}
+
+/// Runs the futures concurrently on this task (no extra crate for join_all).
+async fn futures_join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut fs: Vec<_> = fs.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = fs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in fs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+#[tokio::test]
 async fn task_management_functions_get_the_right_answers() {
     let (d, faults) = daemon(2);
     let drv = Arc::new(connect(&d, Duration::from_secs(30), Duration::from_secs(2), 2).await);

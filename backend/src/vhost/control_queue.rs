@@ -215,10 +215,7 @@ pub fn run_tmf(tasks: &TaskSet<'_>, subtype: u32, target: u8, lun: u16, tag: u64
         tag,
     };
     let complete = |covers: Covers, response: Response, level: u8| -> usize {
-        let keep = |t: u8, l: u16| {
-            let (ignore_abort, ignore_reset) = tasks.faults.survives(t, l);
-            (level == 0 && ignore_abort) || (level == 1 && ignore_reset)
-        };
+        let keep = |t: u8, l: u16| tasks.faults.survives(t, l, level);
         tasks
             .queues
             .iter()

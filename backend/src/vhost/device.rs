@@ -248,7 +248,23 @@ impl VhostUserBackend for ScsiDevice {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::RESET_DEVICE
+    }
+
+    /// VHOST_USER_RESET_DEVICE (the frontend's device reset, VIRTIO 1.2
+    /// §2.4): every command fault injection holds is completed with
+    /// `VIRTIO_SCSI_S_RESET` (the frontend stopped the rings first, so it
+    /// gets them back), and every target is reset as by I_T NEXUS RESET, so
+    /// its LUs report the reset as a unit attention (SPC-5 29/00).
+    fn reset_device(&self) {
+        let released = self.release_held();
+        let bus = self.bus.load();
+        for t in bus.targets() {
+            t.reset();
+        }
+        info!(released, "device reset");
     }
 
     fn set_event_idx(&self, enabled: bool) {

@@ -251,6 +251,19 @@ impl SplitRing {
         })
     }
 
+    /// Zeroes the ring and forgets everything in flight, as [`SplitRing::new`]
+    /// left it: the state after a queue reset (the device stopped the ring
+    /// with GET_VRING_BASE, and is given it again from index 0).
+    pub fn reset(&mut self) -> Result<(), RingError> {
+        let opts = RingOptions {
+            event_idx: self.event_idx,
+            indirect: self.max_indirect > 0,
+            max_indirect: self.max_indirect,
+        };
+        *self = Self::new(self.mem.clone(), self.base, self.size, opts)?;
+        Ok(())
+    }
+
     /// Queue size (number of descriptors and ring entries).
     pub fn size(&self) -> u16 {
         self.size

@@ -5,7 +5,8 @@
 //! SET_FEATURES, GET_CONFIG, SET_MEM_TABLE, then per ring SET_VRING_NUM,
 //! SET_VRING_ADDR (frontend virtual addresses; the used ring is already
 //! zeroed), SET_VRING_BASE, SET_VRING_CALL, SET_VRING_KICK and
-//! SET_VRING_ENABLE. Messages a rust-vmm backend does not know
+//! SET_VRING_ENABLE. A queue reset is GET_VRING_BASE and the per-ring
+//! sequence again; a device reset adds RESET_DEVICE and SET_FEATURES. Messages a rust-vmm backend does not know
 //! (SET_STATUS, VRING_KICK) are never sent: it drops the connection on them.
 //! With REPLY_ACK every message asks for an acknowledgement, so a refused
 //! request is an error here instead of a silent device that never answers.
@@ -63,7 +64,8 @@ impl VhostUserTransport {
             protocol = theirs
                 & (VhostUserProtocolFeatures::MQ
                     | VhostUserProtocolFeatures::CONFIG
-                    | VhostUserProtocolFeatures::REPLY_ACK);
+                    | VhostUserProtocolFeatures::REPLY_ACK
+                    | VhostUserProtocolFeatures::RESET_DEVICE);
             fe.set_protocol_features(protocol)
                 .map_err(Error::vhost("SET_PROTOCOL_FEATURES"))?;
         }
@@ -174,6 +176,25 @@ impl VhostUserTransport {
                 .map_err(Error::vhost("SET_VRING_ENABLE"))?;
         }
         Ok(())
+    }
+
+    /// Resets the device (VHOST_USER_RESET_DEVICE, when the device offers
+    /// it; otherwise stopping and re-creating every ring is the whole reset,
+    /// as QEMU does for such devices) and sets the negotiated features
+    /// again, which the reset cleared. The rings must be stopped first and
+    /// started again after.
+    pub fn reset_device(&mut self) -> Result<()> {
+        if self
+            .protocol
+            .contains(VhostUserProtocolFeatures::RESET_DEVICE)
+        {
+            self.fe
+                .reset_device()
+                .map_err(Error::vhost("RESET_DEVICE"))?;
+        }
+        self.fe
+            .set_features(self.features)
+            .map_err(Error::vhost("SET_FEATURES"))
     }
 
     /// Stops virtqueue `index` (GET_VRING_BASE); returns the device's next avail index.

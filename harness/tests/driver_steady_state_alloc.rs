@@ -1,0 +1,115 @@
+//! The driver's command path allocates nothing per command in steady state
+//! (issue "The userspace virtio-scsi driver, complete": buffers from the
+//! pool, no heap allocation per command).
+//!
+//! A counting global allocator counts the allocations of this test's thread
+//! only. The driver runs on a current-thread tokio runtime on that thread
+//! (its completion tasks and watchdog included); the daemon runs in its own
+//! threads and does not count. After a warm-up, zero-copy WRITE and READ
+//! commands, one at a time and four in flight, must not allocate at all.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use common::TestDaemon;
+use vscsi_driver::{Driver, QueueConfig};
+
+struct Counting;
+
+thread_local! {
+    /// Allocations made by this thread (other threads do not count).
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count() {
+    // try_with: the slot may be gone while the thread is being torn down.
+    let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+}
+
+fn allocations() -> u64 {
+    ALLOCS.with(Cell::get)
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; it only
+// counts allocations on the side.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: same contract as ours, passed through.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours, passed through.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: same contract as ours, passed through.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const MIB: u64 = 1 << 20;
+
+async fn round(drv: &Driver, i: u64) {
+    let lba = (i * 8) % 4096;
+    let w = drv
+        .write_with(0, 0, lba, 8, 512, |b| b.fill(i as u8))
+        .await
+        .unwrap();
+    assert!(w.is_ok());
+    let ok = drv
+        .read_with(0, 0, lba, 8, 512, |d| d.iter().all(|&b| b == i as u8))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ok, "read back what was written at LBA {lba}");
+}
+
+async fn four_in_flight(drv: &Driver, i: u64) {
+    let r = |k: u64| drv.read_with(0, 0, (i * 32 + k * 8) % 4096, 8, 512, |d| d[0]);
+    let (a, b, c, d) = tokio::join!(r(0), r(1), r(2), r(3));
+    for x in [a, b, c, d] {
+        assert!(x.unwrap().is_ok());
+    }
+}
+
+#[test]
+fn zero_copy_commands_allocate_nothing_in_steady_state() {
+    let d = TestDaemon::start(&[(0, 0, 4 * MIB, false)]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cfg = QueueConfig {
+            queue_count: 1,
+            queue_size: 64,
+            ..Default::default()
+        };
+        let drv = Driver::connect(&d.socket, cfg).await.unwrap();
+        // Warm-up: metrics entries, histogram buckets, the runtime's queues.
+        for i in 0..2000 {
+            round(&drv, i).await;
+            four_in_flight(&drv, i).await;
+        }
+        let before = allocations();
+        let n = 4000;
+        for i in 0..n {
+            round(&drv, i).await;
+            four_in_flight(&drv, i).await;
+        }
+        let allocs = allocations() - before;
+        assert_eq!(
+            allocs,
+            0,
+            "{allocs} allocations over {} commands in steady state",
+            n * 6
+        );
+    });
+}
