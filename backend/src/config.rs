@@ -22,7 +22,7 @@ use toml::Spanned;
 use vscsi_protocol::lun::MAX_LUN;
 
 use crate::scsi::{DeviceType, LogicalUnit, LunOptions, ScsiBus};
-use crate::storage::ImageFormat;
+use crate::storage::{AioMode, CacheMode, ImageFormat};
 use crate::vhost::device::{FEATURE_NAMES, OPTIONAL_FEATURES};
 
 /// Where one image is served and how.
@@ -121,7 +121,8 @@ pub enum ConfigError {
 /// The options after `PATH` in `--lun TARGET:LUN=PATH[,OPTION...]`.
 pub const LUN_OPTIONS_HELP: &str =
     "ro, rw, bs=512|1024|2048|4096, cdrom, removable, serial=S, wwn=0xNAA, \
-vendor=S, product=S, revision=S, rotation=N, pbs=N, wce=0|1, nodiscard, format=raw|qcow2|auto, no-power-on-ua";
+vendor=S, product=S, revision=S, rotation=N, pbs=N, wce=0|1, nodiscard, format=raw|qcow2|auto, no-power-on-ua, \
+cache=writeback|none, aio=inline|io_uring";
 
 impl FromStr for LunSpec {
     type Err = ConfigError;
@@ -207,6 +208,17 @@ impl FromStr for LunSpec {
                     o.format = value
                         .and_then(ImageFormat::parse)
                         .ok_or_else(|| bad("format must be raw, qcow2 or auto"))?
+                }
+                "cache" => {
+                    o.cache = value
+                        .and_then(CacheMode::parse)
+                        .ok_or_else(|| bad("cache must be writeback or none"))?
+                }
+                "aio" => {
+                    o.aio = value
+                        .and_then(AioMode::parse)
+                        .filter(|a| *a != AioMode::Auto)
+                        .ok_or_else(|| bad("aio must be inline or io_uring"))?
                 }
                 "power-on-ua" => o.power_on_ua = true,
                 "no-power-on-ua" => o.power_on_ua = false,
@@ -480,6 +492,14 @@ pub struct LunFields {
     /// qcow2 magic, else raw), `"raw"` or `"qcow2"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+    /// Host caching: `"writeback"` (default, page cache) or `"none"`
+    /// (`O_DIRECT`; raw images only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
+    /// READ/WRITE submission: `"inline"` or `"io_uring"` (default:
+    /// io_uring with `cache = "none"`, inline with `"writeback"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aio: Option<String>,
     /// `"disk"` (default) or `"cdrom"`.
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub device_type: Option<String>,
@@ -565,6 +585,8 @@ impl LunFields {
             lun: c.spec.lun,
             image: c.spec.path.clone(),
             format: Some(o.format.as_str().into()),
+            cache: Some(o.cache.as_str().into()),
+            aio: Some(o.aio.resolve(o.cache).as_str().into()),
             device_type: Some(
                 match o.device_type {
                     DeviceType::Disk => "disk",
@@ -607,6 +629,24 @@ impl LunFields {
                     format!("format {f:?} is not supported: use \"raw\", \"qcow2\" or \"auto\""),
                 )
             })?;
+        }
+        if let Some(c) = self.cache.as_deref() {
+            o.cache = CacheMode::parse(c).ok_or_else(|| {
+                (
+                    "cache",
+                    format!("cache {c:?} is not supported: use \"writeback\" or \"none\""),
+                )
+            })?;
+        }
+        if let Some(a) = self.aio.as_deref() {
+            o.aio = AioMode::parse(a)
+                .filter(|a| *a != AioMode::Auto)
+                .ok_or_else(|| {
+                    (
+                        "aio",
+                        format!("aio {a:?} is not supported: use \"inline\" or \"io_uring\""),
+                    )
+                })?;
         }
         match self.device_type.as_deref() {
             None | Some("disk") => {}
@@ -1160,6 +1200,68 @@ mod tests {
             collect_specs(&[], &[], false),
             Err(ConfigError::Empty)
         ));
+    }
+
+    #[test]
+    fn cache_and_aio_options() {
+        let s: LunSpec = "0:0=a.img".parse().unwrap();
+        assert_eq!(s.options.cache, CacheMode::Writeback);
+        assert_eq!(s.options.aio, AioMode::Auto);
+        assert_eq!(s.options.aio.resolve(s.options.cache), AioMode::Inline);
+        let s: LunSpec = "0:0=a.img,cache=none".parse().unwrap();
+        assert_eq!(s.options.cache, CacheMode::None);
+        assert_eq!(s.options.aio.resolve(s.options.cache), AioMode::IoUring);
+        let s: LunSpec = "0:0=a.img,cache=none,aio=inline".parse().unwrap();
+        assert_eq!(s.options.aio.resolve(s.options.cache), AioMode::Inline);
+        let s: LunSpec = "0:0=a.img,cache=writeback,aio=io_uring".parse().unwrap();
+        assert_eq!(s.options.aio.resolve(s.options.cache), AioMode::IoUring);
+        for (bad, why) in [
+            ("0:0=a.img,cache=unsafe", "cache must be writeback or none"),
+            ("0:0=a.img,cache", "cache must be writeback or none"),
+            ("0:0=a.img,aio=threads", "aio must be inline or io_uring"),
+            ("0:0=a.img,aio=auto", "aio must be inline or io_uring"),
+        ] {
+            let err = bad.parse::<LunSpec>().unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("d.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let file = dir.path().join("vscsi.toml");
+        let text = |lun: &str| {
+            format!(
+                "[[controller]]\nsocket = \"{}\"\n[[controller.lun]]\ntarget = 0\nlun = 0\nimage = \"{}\"\n{lun}\n",
+                dir.path().join("s.sock").display(),
+                img.display()
+            )
+        };
+        let c = parse_file(&file, &text("cache = \"none\"")).unwrap();
+        let printed = c.to_toml();
+        assert!(
+            printed.contains("cache = \"none\"") && printed.contains("aio = \"io_uring\""),
+            "{printed}"
+        );
+        let c = parse_file(&file, &text("")).unwrap();
+        let printed = c.to_toml();
+        assert!(
+            printed.contains("cache = \"writeback\"") && printed.contains("aio = \"inline\""),
+            "{printed}"
+        );
+        let err = parse_file(&file, &text("cache = \"directsync\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("vscsi.toml:") && err.contains(".cache") && err.contains("\"none\""),
+            "{err}"
+        );
+        let err = parse_file(&file, &text("aio = \"native\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(".aio") && err.contains("io_uring"), "{err}");
     }
 
     #[test]

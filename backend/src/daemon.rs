@@ -212,6 +212,8 @@ pub fn serve_controller(
             GuestMemoryAtomic::new(GuestMemoryMmap::new()),
         )
         .map_err(|e| DaemonError::VhostUser(format!("{e:?}")))?;
+        // io_uring completions wake the request queue workers (aio=io_uring).
+        device.register_completion_listeners(&daemon.get_epoll_handlers());
         if let Err(e) = daemon.start(&mut listener) {
             if shutdown.requested() {
                 break;

@@ -36,7 +36,9 @@ struct Args {
     images: Vec<PathBuf>,
     /// Place an image anywhere: TARGET:LUN=PATH[,OPTION...] (repeatable). Options: ro, rw,
     /// bs=512|1024|2048|4096, cdrom, removable, serial=S, wwn=0xNAA, vendor=S, product=S,
-    /// revision=S, rotation=N, pbs=N, wce=0|1, nodiscard, format=raw|qcow2|auto, no-power-on-ua.
+    /// revision=S, rotation=N, pbs=N, wce=0|1, nodiscard, format=raw|qcow2|auto, no-power-on-ua,
+    /// cache=writeback|none (none: O_DIRECT, raw images), aio=inline|io_uring (default:
+    /// io_uring with cache=none, inline with writeback).
     #[arg(long = "lun", value_name = "SPEC")]
     luns: Vec<LunSpec>,
     /// Serve every image read-only.

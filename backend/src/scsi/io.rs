@@ -7,10 +7,36 @@
 //! guest memory. READ and WRITE move data straight between the image file
 //! and the buffer with [`DataIn::read_from_file`] / [`DataOut::write_to_file`]
 //! (preadv/pwritev in the transport), so there is no bounce buffer.
+//!
+//! A transport that can run data transfers itself, later (the virtio
+//! transport's io_uring engine), says so with [`DataIn::can_defer`] /
+//! [`DataOut::can_defer`]. READ and WRITE on a logical unit configured for
+//! it (`aio=io_uring`) then do every check and return a
+//! [`MediumTransfer`] in their [`super::CommandResult`] instead of moving
+//! the data; the transport executes it and turns the outcome into the final
+//! result with [`super::rw::complete_transfer`].
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+
+/// A READ or WRITE data transfer, checked by the SCSI layer and left to the
+/// transport to execute (SBC-4 READ/WRITE: `len` bytes between the
+/// medium at byte `disk_offset` and the command's data buffer at offset 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediumTransfer {
+    /// WRITE (Data-Out to medium) or READ (medium to Data-In).
+    pub write: bool,
+    /// Byte offset on the medium (LBA × block size).
+    pub disk_offset: u64,
+    /// Bytes to move (TRANSFER LENGTH × block size), never 0.
+    pub len: usize,
+    /// The command's first LBA (INFORMATION of an error's sense data).
+    pub lba: u64,
+    /// A WRITE with FUA, or WCE=0: make it durable (`fdatasync`) before
+    /// completing it.
+    pub sync: bool,
+}
 
 /// The Data-In buffer of a command: where the device writes data for the initiator.
 pub trait DataIn {
@@ -28,6 +54,17 @@ pub trait DataIn {
         file: &File,
         file_offset: u64,
     ) -> io::Result<()>;
+    /// Whether every segment of `[offset, offset + len)` starts at an
+    /// address and has a length that are multiples of `align` (for
+    /// `O_DIRECT`). Defaults to false: buffered I/O is always correct.
+    fn is_aligned(&self, _offset: usize, _len: usize, _align: usize) -> bool {
+        false
+    }
+    /// Whether the transport executes a [`MediumTransfer`] into this
+    /// buffer itself, after the command returns.
+    fn can_defer(&self) -> bool {
+        false
+    }
 }
 
 /// The Data-Out buffer of a command: data the initiator sends to the device.
@@ -49,6 +86,14 @@ pub trait DataOut {
         file: &File,
         file_offset: u64,
     ) -> io::Result<()>;
+    /// As [`DataIn::is_aligned`].
+    fn is_aligned(&self, _offset: usize, _len: usize, _align: usize) -> bool {
+        false
+    }
+    /// As [`DataIn::can_defer`].
+    fn can_defer(&self) -> bool {
+        false
+    }
 }
 
 fn out_of_range() -> io::Error {

@@ -21,7 +21,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use vscsi_protocol::data::{StandardInquiry, TYPE_CDROM, TYPE_DISK};
 use vscsi_protocol::sense::Sense;
 
-use crate::storage::{Image, ImageFormat, OpenError};
+use crate::storage::{AioMode, CacheMode, Image, ImageFormat, OpenError};
 
 /// What a logical unit is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -83,6 +83,11 @@ pub struct LunOptions {
     pub power_on_ua: bool,
     /// Image format: detected from the content (default), or forced.
     pub format: ImageFormat,
+    /// Host caching: page cache (`writeback`, default) or `O_DIRECT` (`none`).
+    pub cache: CacheMode,
+    /// How READ/WRITE data transfers are submitted (default: io_uring for
+    /// `cache=none`, inline for `writeback`; see [`AioMode::resolve`]).
+    pub aio: AioMode,
 }
 
 impl Default for LunOptions {
@@ -104,6 +109,8 @@ impl Default for LunOptions {
             discard: true,
             power_on_ua: false,
             format: ImageFormat::Auto,
+            cache: CacheMode::Writeback,
+            aio: AioMode::Auto,
         }
     }
 }
@@ -197,6 +204,24 @@ impl RangeLocks {
         }
         self.fast_writers.fetch_sub(1, Ordering::SeqCst);
         self.locked(lba, blocks)
+    }
+
+    /// A plain write whose data transfer the transport runs later: counted
+    /// as a fast writer until [`RangeLocks::end_deferred_write`], so a
+    /// COMPARE AND WRITE waits for it. Refused (false, nothing taken) while
+    /// a COMPARE AND WRITE is active.
+    pub fn begin_deferred_write(&self) -> bool {
+        self.fast_writers.fetch_add(1, Ordering::SeqCst);
+        if self.caw_active.load(Ordering::SeqCst) == 0 {
+            return true;
+        }
+        self.fast_writers.fetch_sub(1, Ordering::SeqCst);
+        false
+    }
+
+    /// The deferred write of [`RangeLocks::begin_deferred_write`] is done.
+    pub fn end_deferred_write(&self) {
+        self.fast_writers.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// A write that always registers its range (UNMAP, WRITE SAME, WRITE
@@ -361,7 +386,16 @@ impl LogicalUnit {
                 reason: "must be a power of two, at least the logical block size",
             });
         }
-        let image = Image::open(path, opts.read_only, opts.format)?;
+        let image = Image::open_with(path, opts.read_only, opts.format, opts.cache)?;
+        if opts.aio == AioMode::IoUring && image.as_raw().is_none() {
+            return Err(OpenError::InvalidOption {
+                path: path.to_path_buf(),
+                field: "aio",
+                value: "io_uring".into(),
+                reason:
+                    "io_uring serves raw images only (qcow2 goes through imago): use aio=inline",
+            });
+        }
         let block_shift = opts.block_size.trailing_zeros();
         let blocks = image.size() >> block_shift;
         if blocks == 0 {
@@ -480,6 +514,18 @@ impl LogicalUnit {
 
     pub(crate) fn image(&self) -> &Image {
         &self.image
+    }
+
+    /// Whether READ/WRITE may leave their data transfer to a transport
+    /// that can defer it (`aio=io_uring`, resolved, on a raw image).
+    pub fn defers_io(&self) -> bool {
+        self.opts.aio.resolve(self.opts.cache) == AioMode::IoUring && self.image.as_raw().is_some()
+    }
+
+    /// The image's descriptor for a transfer (see
+    /// [`crate::storage::RawImage::file_for`]); `None` for qcow2.
+    pub fn raw_image(&self) -> Option<&crate::storage::RawImage> {
+        self.image.as_raw()
     }
 
     pub(crate) fn block_shift(&self) -> u32 {

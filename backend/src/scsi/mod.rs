@@ -38,7 +38,7 @@ use vscsi_protocol::sense::{Sense, DESCRIPTOR_MAX_LEN};
 use vscsi_protocol::status;
 
 pub use crate::storage::OpenError;
-pub use io::{DataIn, DataOut, SliceDataOut, VecDataIn, NO_DATA_OUT};
+pub use io::{DataIn, DataOut, MediumTransfer, SliceDataOut, VecDataIn, NO_DATA_OUT};
 pub use lu::{DeviceType, LogicalUnit, LunOptions};
 pub use target::{ConfigError, ScsiBus, Target};
 
@@ -73,6 +73,10 @@ pub struct CommandResult {
     pub data_in_len: usize,
     /// Bytes of the Data-Out buffer consumed.
     pub data_out_len: usize,
+    /// A READ/WRITE data transfer left to the transport (only when its
+    /// buffers said [`DataIn::can_defer`]): the status is final only once
+    /// the transport ran it and called [`rw::complete_transfer`].
+    transfer: Option<MediumTransfer>,
 }
 
 impl CommandResult {
@@ -85,7 +89,19 @@ impl CommandResult {
             decoded: None,
             data_in_len,
             data_out_len: 0,
+            transfer: None,
         }
+    }
+
+    /// The same result with `transfer` left to the transport.
+    pub(crate) const fn with_transfer(mut self, transfer: MediumTransfer) -> Self {
+        self.transfer = Some(transfer);
+        self
+    }
+
+    /// The data transfer the transport still has to execute, if any.
+    pub fn transfer(&self) -> Option<&MediumTransfer> {
+        self.transfer.as_ref()
     }
 
     /// A status without sense data (e.g. BUSY, TASK SET FULL).

@@ -28,11 +28,26 @@
 //! cache, i.e. a volatile write cache). A write waits only while a COMPARE
 //! AND WRITE is active (see [`super::lu::RangeLocks`]). FUA on READ needs nothing: the page cache is coherent with the
 //! image. DPO and the group number are hints and are ignored.
+//!
+//! Deferred transfers (`aio=io_uring`): when the transport's buffers say
+//! [`DataIn::can_defer`] and the logical unit [`LogicalUnit::defers_io`],
+//! every check above still runs here, and the data transfer is returned as
+//! a [`MediumTransfer`] for the transport to execute (many in flight);
+//! [`complete_transfer`] turns its outcome into the command's final result
+//! (GOOD, or the same sense an inline failure gets). A deferred WRITE counts
+//! as a fast writer until it completes, so COMPARE AND WRITE still waits
+//! for it; while a COMPARE AND WRITE is active on the unit such a WRITE
+//! gets BUSY (SAM-5: "temporarily unable to accept a command"; initiators
+//! retry) rather than blocking a queue thread that has transfers in flight.
+
+use std::io;
 
 use vscsi_protocol::cdb::ReadWrite;
+use vscsi_protocol::opcode as op;
 use vscsi_protocol::sense::Sense;
+use vscsi_protocol::status;
 
-use super::io::{DataIn, DataOut};
+use super::io::{DataIn, DataOut, MediumTransfer};
 use super::lu::LogicalUnit;
 use super::{invalid_field, io_error_sense, write_through, CommandResult};
 
@@ -79,6 +94,15 @@ pub(crate) fn read(
         Ok(len) if len <= data_in.capacity() => len,
         _ => return CommandResult::check_condition(Sense::INVALID_FIELD_IN_COMMAND_IU),
     };
+    if data_in.can_defer() && lu.defers_io() {
+        return CommandResult::good(len).with_transfer(MediumTransfer {
+            write: false,
+            disk_offset: offset,
+            len,
+            lba: rw.lba,
+            sync: false,
+        });
+    }
     match lu.image().read_into(data_in, 0, len, offset) {
         Ok(()) => CommandResult::good(len),
         Err(e) => {
@@ -106,6 +130,21 @@ pub(crate) fn write(
         Ok(len) if len <= data_out.len() => len,
         _ => return CommandResult::check_condition(Sense::INVALID_FIELD_IN_COMMAND_IU),
     };
+    if data_out.can_defer() && lu.defers_io() {
+        if !lu.locks().begin_deferred_write() {
+            tracing::debug!(lba = rw.lba, "WRITE during a COMPARE AND WRITE: BUSY");
+            return CommandResult::with_status(status::BUSY);
+        }
+        return CommandResult::good(0)
+            .with_data_out(len)
+            .with_transfer(MediumTransfer {
+                write: true,
+                disk_offset: offset,
+                len,
+                lba: rw.lba,
+                sync: rw.fua || !lu.write_cache(),
+            });
+    }
     let guard = lu.locks().write(rw.lba, u64::from(rw.blocks));
     let mut res = lu.image().write_from(data_out, 0, len, offset);
     drop(guard);
@@ -119,6 +158,57 @@ pub(crate) fn write(
             CommandResult::check_condition(io_error_sense(&e, true).with_information(rw.lba))
         }
     }
+}
+
+/// The final result of a command whose data `transfer` the transport ran
+/// (READ/WRITE returned it, see the module doc) with outcome `res`: GOOD
+/// with the data length, or CHECK CONDITION with the sense an inline
+/// failure gets (INFORMATION = first LBA; descriptor format with D_SENSE).
+/// Releases what a deferred WRITE held; call it exactly once per transfer.
+pub fn complete_transfer(
+    lu: &LogicalUnit,
+    transfer: &MediumTransfer,
+    res: io::Result<()>,
+) -> CommandResult {
+    if transfer.write {
+        lu.locks().end_deferred_write();
+    }
+    let r = match res {
+        Ok(()) if transfer.write => CommandResult::good(0).with_data_out(transfer.len),
+        Ok(()) => CommandResult::good(transfer.len),
+        Err(e) => {
+            tracing::warn!(image = %lu.path().display(), lba = transfer.lba, bytes = transfer.len,
+                write = transfer.write, error = %e, "deferred transfer failed");
+            CommandResult::check_condition(
+                io_error_sense(&e, transfer.write).with_information(transfer.lba),
+            )
+        }
+    };
+    if !r.is_good() && lu.descriptor_sense() {
+        r.in_descriptor_format()
+    } else {
+        r
+    }
+}
+
+/// Whether `cdb` is a READ or WRITE, the only commands whose data transfer
+/// may be deferred: a transport with transfers in flight runs any other
+/// command only after they completed (so SYNCHRONIZE CACHE covers them and
+/// COMPARE AND WRITE never waits on its own queue).
+pub fn may_defer(cdb: &[u8]) -> bool {
+    matches!(
+        cdb.first(),
+        Some(
+            &(op::READ_6
+                | op::READ_10
+                | op::READ_12
+                | op::READ_16
+                | op::WRITE_6
+                | op::WRITE_10
+                | op::WRITE_12
+                | op::WRITE_16)
+        )
+    )
 }
 
 #[cfg(test)]

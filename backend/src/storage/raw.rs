@@ -9,14 +9,29 @@
 //!
 //! Data moves with positioned I/O (`pread`/`pwrite` family) on `&File`, so
 //! one `RawImage` serves any number of threads without a lock.
+//!
+//! `cache=none` ([`CacheMode::None`]): the image is opened a second time
+//! with `O_DIRECT` (that descriptor is not locked: the lock of the first
+//! one covers the file). A transfer whose file offset, length and every
+//! guest buffer segment are aligned to the file's direct-I/O alignment
+//! (`statx` `STATX_DIOALIGN`; 4096 when the kernel does not say) uses it;
+//! any other goes through the buffered descriptor and is counted in
+//! [`RawImage::misaligned`]. The kernel keeps the two coherent (a direct
+//! write invalidates the cached pages, a direct read writes dirty ones back
+//! first), so mixing them is safe.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::CacheMode;
 use crate::scsi::io::{DataIn, DataOut};
+
+/// Direct-I/O alignment assumed when `statx` does not report one.
+const DEFAULT_DIO_ALIGN: usize = 4096;
 
 /// Why an image could not be opened. Every message names the image.
 #[derive(Debug, thiserror::Error)]
@@ -102,9 +117,49 @@ pub enum OpenError {
 #[derive(Debug)]
 pub struct RawImage {
     file: File,
+    /// The `O_DIRECT` descriptor of `cache=none`.
+    direct: Option<File>,
+    /// Alignment of offsets, lengths and buffers for `direct`.
+    dio_align: usize,
+    /// Transfers of a `cache=none` image that went through `file` because
+    /// they were not aligned for `direct`.
+    misaligned: AtomicU64,
     path: PathBuf,
     size: u64,
     read_only: bool,
+}
+
+/// The direct-I/O alignment of `file`: the larger of the memory and offset
+/// alignments `statx(STATX_DIOALIGN)` reports (Linux ≥ 6.1), else 4096.
+fn dio_alignment(file: &File) -> usize {
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: statx writes at most one `struct statx` into the buffer we
+    // pass (zero-initialised, correctly sized and aligned); the path is an
+    // empty C string and AT_EMPTY_PATH makes it act on the fd we own.
+    let rc = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            stx.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return DEFAULT_DIO_ALIGN;
+    }
+    // SAFETY: statx succeeded, so it filled the structure (and it was
+    // zero-initialised anyway: every bit pattern is a valid statx).
+    let stx = unsafe { stx.assume_init() };
+    if stx.stx_mask & libc::STATX_DIOALIGN == 0 || stx.stx_dio_offset_align == 0 {
+        return DEFAULT_DIO_ALIGN;
+    }
+    let align = stx.stx_dio_mem_align.max(stx.stx_dio_offset_align) as usize;
+    if align.is_power_of_two() {
+        align
+    } else {
+        DEFAULT_DIO_ALIGN
+    }
 }
 
 fn flock_nb(file: &File, exclusive: bool) -> io::Result<()> {
@@ -132,6 +187,17 @@ impl RawImage {
     /// `O_RDWR` + exclusive lock otherwise. Refuses missing, empty and
     /// directory paths and images locked by someone else.
     pub fn open(path: &Path, read_only: bool) -> Result<RawImage, OpenError> {
+        Self::open_with(path, read_only, CacheMode::Writeback)
+    }
+
+    /// [`RawImage::open`], plus an `O_DIRECT` descriptor for
+    /// [`CacheMode::None`]; a file system that refuses `O_DIRECT` (tmpfs)
+    /// is an [`OpenError::InvalidOption`] naming `cache`.
+    pub fn open_with(
+        path: &Path,
+        read_only: bool,
+        cache: CacheMode,
+    ) -> Result<RawImage, OpenError> {
         let owned = || path.to_path_buf();
         let mode = if read_only { "read-only" } else { "read-write" };
         let mut file = OpenOptions::new()
@@ -176,8 +242,34 @@ impl RawImage {
         if size == 0 {
             return Err(OpenError::Empty { path: owned() });
         }
+        let (direct, dio_align) = match cache {
+            CacheMode::Writeback => (None, DEFAULT_DIO_ALIGN),
+            CacheMode::None => {
+                let direct = OpenOptions::new()
+                    .read(true)
+                    .write(!read_only)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(path)
+                    .map_err(|e| {
+                        tracing::warn!(image = %path.display(), error = %e, "O_DIRECT open failed");
+                        OpenError::InvalidOption {
+                            path: owned(),
+                            field: "cache",
+                            value: "none".into(),
+                            reason:
+                                "the file system refuses O_DIRECT (tmpfs?): use cache=writeback",
+                        }
+                    })?;
+                let align = dio_alignment(&direct);
+                tracing::debug!(image = %path.display(), dio_align = align, "cache=none: O_DIRECT");
+                (Some(direct), align)
+            }
+        };
         Ok(RawImage {
             file,
+            direct,
+            dio_align,
+            misaligned: AtomicU64::new(0),
             path: owned(),
             size,
             read_only,
@@ -204,6 +296,49 @@ impl RawImage {
         &self.file
     }
 
+    /// The cache mode the image was opened with.
+    pub fn cache(&self) -> CacheMode {
+        if self.direct.is_some() {
+            CacheMode::None
+        } else {
+            CacheMode::Writeback
+        }
+    }
+
+    /// The `O_DIRECT` alignment (offsets, lengths and buffer segments), if
+    /// the image has an `O_DIRECT` descriptor.
+    pub fn dio_align(&self) -> Option<usize> {
+        self.direct.as_ref().map(|_| self.dio_align)
+    }
+
+    /// Requests that went through the buffered descriptor of a
+    /// `cache=none` image because they were not aligned.
+    pub fn misaligned(&self) -> u64 {
+        self.misaligned.load(Ordering::Relaxed)
+    }
+
+    /// The descriptor a transfer of `len` bytes at `file_offset` uses:
+    /// the `O_DIRECT` one when there is one and `buffers_aligned(align)`
+    /// says the memory side is aligned too, else the buffered one (counted
+    /// as misaligned on a `cache=none` image).
+    pub fn file_for(
+        &self,
+        file_offset: u64,
+        len: usize,
+        buffers_aligned: impl FnOnce(usize) -> bool,
+    ) -> &File {
+        let Some(direct) = &self.direct else {
+            return &self.file;
+        };
+        let a = self.dio_align;
+        if file_offset.is_multiple_of(a as u64) && len.is_multiple_of(a) && buffers_aligned(a) {
+            direct
+        } else {
+            self.misaligned.fetch_add(1, Ordering::Relaxed);
+            &self.file
+        }
+    }
+
     /// Reads `len` bytes at `file_offset` into `data_in` at `offset`.
     pub fn read_into(
         &self,
@@ -212,7 +347,8 @@ impl RawImage {
         len: usize,
         file_offset: u64,
     ) -> io::Result<()> {
-        data_in.read_from_file(offset, len, &self.file, file_offset)
+        let file = self.file_for(file_offset, len, |a| data_in.is_aligned(offset, len, a));
+        data_in.read_from_file(offset, len, file, file_offset)
     }
 
     /// Writes `len` bytes of `data_out` from `offset` at `file_offset`.
@@ -230,7 +366,8 @@ impl RawImage {
                 "image is read-only",
             ));
         }
-        data_out.write_to_file(offset, len, &self.file, file_offset)
+        let file = self.file_for(file_offset, len, |a| data_out.is_aligned(offset, len, a));
+        data_out.write_to_file(offset, len, file, file_offset)
     }
 
     /// `fdatasync`: makes written data durable.
@@ -448,6 +585,99 @@ mod tests {
         assert_eq!(img.current_size().unwrap(), 64 * 1024);
         let ro = image(512);
         assert!(!RawImage::open(ro.path(), true).unwrap().probe_punch_hole());
+    }
+
+    /// An aligned buffer of `n` bytes (for O_DIRECT tests).
+    struct Aligned {
+        ptr: *mut u8,
+        layout: std::alloc::Layout,
+    }
+
+    impl Aligned {
+        fn new(n: usize) -> Self {
+            let layout = std::alloc::Layout::from_size_align(n, 4096).unwrap();
+            // SAFETY: the layout has a non-zero size.
+            let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+            assert!(!ptr.is_null());
+            Self { ptr, layout }
+        }
+        fn slice(&mut self) -> &mut [u8] {
+            // SAFETY: `ptr` is a live allocation of `layout.size()` bytes we own.
+            unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+        }
+    }
+
+    impl Drop for Aligned {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `new` with this layout.
+            unsafe { std::alloc::dealloc(self.ptr, self.layout) };
+        }
+    }
+
+    /// A DataIn/DataOut over an aligned buffer that says whether it is aligned.
+    struct AlignedData<'a>(&'a mut [u8]);
+
+    impl DataIn for AlignedData<'_> {
+        fn capacity(&self) -> usize {
+            self.0.len()
+        }
+        fn write_at(&mut self, offset: usize, data: &[u8]) -> usize {
+            self.0[offset..offset + data.len()].copy_from_slice(data);
+            data.len()
+        }
+        fn read_from_file(
+            &mut self,
+            offset: usize,
+            len: usize,
+            file: &File,
+            at: u64,
+        ) -> io::Result<()> {
+            file.read_exact_at(&mut self.0[offset..offset + len], at)
+        }
+        fn is_aligned(&self, offset: usize, len: usize, align: usize) -> bool {
+            (self.0.as_ptr() as usize + offset).is_multiple_of(align) && len.is_multiple_of(align)
+        }
+    }
+
+    #[test]
+    fn cache_none_uses_o_direct_when_aligned_and_counts_the_rest() {
+        // /tmp is ext4 on the CI machine; a tmpfs would refuse O_DIRECT.
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        let path = dir.path().join("d.img");
+        std::fs::write(&path, vec![0x5Au8; 64 * 1024]).unwrap();
+        let img = match RawImage::open_with(&path, false, CacheMode::None) {
+            Ok(i) => i,
+            Err(OpenError::InvalidOption { field: "cache", .. }) => return, // tmpfs
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(img.cache(), CacheMode::None);
+        let align = img.dio_align().unwrap();
+        assert!(align.is_power_of_two() && align >= 512, "{align}");
+        let mut buf = Aligned::new(8192);
+        let mut d = AlignedData(buf.slice());
+        img.read_into(&mut d, 0, 8192, 4096).unwrap();
+        assert_eq!(img.misaligned(), 0, "an aligned read uses O_DIRECT");
+        assert!(d.0.iter().all(|&b| b == 0x5A));
+        // Misaligned buffer offset: served through the buffered fd, counted.
+        img.read_into(&mut d, 1, 100, 0).unwrap();
+        assert_eq!(img.misaligned(), 1);
+        // A misaligned file offset too.
+        let src = crate::scsi::io::SliceDataOut(&[7u8; 512]);
+        img.write_from(&src, 0, 512, 3).unwrap();
+        assert_eq!(img.misaligned(), 2);
+        let disk = std::fs::read(&path).unwrap();
+        assert_eq!(&disk[3..515], &[7u8; 512][..]);
+        // The direct descriptor is open O_DIRECT.
+        let direct = img.direct.as_ref().unwrap();
+        // SAFETY: F_GETFL on an fd we own; no memory involved.
+        let fl = unsafe { libc::fcntl(direct.as_raw_fd(), libc::F_GETFL) };
+        assert_ne!(fl & libc::O_DIRECT, 0);
+        assert_eq!(
+            RawImage::open_with(&path, false, CacheMode::None)
+                .err()
+                .map(|e| matches!(e, OpenError::Locked { .. })),
+            Some(true)
+        );
     }
 
     #[test]

@@ -6,13 +6,21 @@
 //! its own uncontended lock: no lock is shared by all queues on the I/O path
 //! (`VhostUserBackend` with `&self`, not the `RwLock<VhostUserBackendMut>`
 //! wrapper that serialises every event).
+//!
+//! Each request queue also has a completion eventfd for its io_uring
+//! engine (`aio=io_uring`), registered in that queue's worker epoll by
+//! [`ScsiDevice::register_completion_listeners`] with the event id
+//! `num_queues() + 1`; the worker reaps completions when it fires. Every
+//! transfer in flight is waited for and completed before a ring stops
+//! (`stop_vring`, GET_VRING_BASE), on device reset and on disconnect.
 
 use std::io;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use std::os::fd::AsRawFd;
 use tracing::{debug, info, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::{VhostUserBackend, VringRwLock};
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
@@ -20,6 +28,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vscsi_protocol::lun::MAX_LUN;
 use vscsi_protocol::virtio_scsi::{feature, Config, CDB_SIZE, CONFIG_SIZE, SENSE_SIZE};
 use zerocopy::little_endian::{U16, U32};
@@ -115,6 +124,8 @@ pub struct ScsiDevice {
     shared: Vec<Arc<QueueShared>>,
     events: Arc<EventQueue>,
     exit: Vec<(EventConsumer, EventNotifier)>,
+    /// Per request queue: the io_uring engine's completion eventfd.
+    completions: Vec<EventFd>,
 }
 
 impl ScsiDevice {
@@ -133,6 +144,9 @@ impl ScsiDevice {
             .collect();
         let events = Arc::new(EventQueue::default());
         opts.events.register(&events);
+        let completions = (0..opts.request_queues)
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<io::Result<Vec<_>>>()?;
         Ok(Self {
             bus,
             requests: shared
@@ -152,7 +166,44 @@ impl ScsiDevice {
             mem: OnceLock::new(),
             control: Mutex::default(),
             exit,
+            completions,
         })
+    }
+
+    /// The event id of the io_uring completion eventfd in a request queue
+    /// worker's epoll (past the queues and the exit event, which the
+    /// vhost-user-backend event loop reserves).
+    fn completion_event(&self) -> u16 {
+        (2 + self.opts.request_queues) + 1
+    }
+
+    /// Registers each request queue's io_uring completion eventfd in its
+    /// worker's epoll (`handlers` from `VhostUserDaemon::get_epoll_handlers`,
+    /// one per thread of [`VhostUserBackend::queues_per_thread`]). A queue
+    /// whose eventfd is not registered never starts an io_uring engine
+    /// (it would not hear its completions): its LUs are served inline.
+    pub fn register_completion_listeners<T: VhostUserBackend>(
+        &self,
+        handlers: &[Arc<VringEpollHandler<T>>],
+    ) {
+        let event = u64::from(self.completion_event());
+        for (n, (fd, q)) in self.completions.iter().zip(&self.requests).enumerate() {
+            let Some(h) = handlers.get(1 + n) else {
+                continue;
+            };
+            match h.register_listener(fd.as_raw_fd(), EventSet::IN, event) {
+                Ok(()) => lock(q).set_completion_eventfd(fd.as_raw_fd()),
+                Err(e) => {
+                    warn!(queue = n, error = %e, "cannot register the io_uring completion eventfd: queue stays inline")
+                }
+            }
+        }
+    }
+
+    /// Waits for every io_uring transfer in flight on every request queue
+    /// and completes it; returns how many.
+    pub fn drain_in_flight(&self) -> usize {
+        self.requests.iter().map(|q| lock(q).drain()).sum()
     }
 
     /// The device configuration space (§5.6.4), little-endian.
@@ -178,6 +229,10 @@ impl ScsiDevice {
     /// `VIRTIO_SCSI_S_RESET`): nothing taken off a ring is left behind.
     pub fn stop_workers(&self) {
         self.events.disconnect();
+        let n = self.drain_in_flight();
+        if n > 0 {
+            info!(n, "disconnect: transfers in flight completed");
+        }
         self.release_held();
         for (_, notifier) in &self.exit {
             let _ = notifier.notify();
@@ -216,6 +271,7 @@ impl ScsiDevice {
 impl Drop for ScsiDevice {
     fn drop(&mut self) {
         self.events.disconnect();
+        self.drain_in_flight();
         let n = self.release_held();
         if n > 0 {
             warn!(n, "device dropped with held commands: completed with RESET");
@@ -259,6 +315,10 @@ impl VhostUserBackend for ScsiDevice {
     /// gets them back), and every target is reset as by I_T NEXUS RESET, so
     /// its LUs report the reset as a unit attention (SPC-5 29/00).
     fn reset_device(&self) {
+        let drained = self.drain_in_flight();
+        if drained > 0 {
+            info!(drained, "device reset: transfers in flight completed");
+        }
         let released = self.release_held();
         let bus = self.bus.load();
         for t in bus.targets() {
@@ -319,6 +379,20 @@ impl VhostUserBackend for ScsiDevice {
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         // GET_VRING_BASE: the ring is already stopped; complete what a stall
         // holds so the driver gets every buffer back.
+        if let Some(rq) = (queue_index as usize)
+            .checked_sub(2)
+            .and_then(|n| self.requests.get(n))
+        {
+            // Nothing may write into guest memory once the driver has its
+            // ring back: wait for (and complete) every transfer in flight.
+            let n = lock(rq).drain();
+            if n > 0 {
+                info!(
+                    queue_index,
+                    n, "ring stopped: transfers in flight completed"
+                );
+            }
+        }
         if let Some(q) = (queue_index as usize)
             .checked_sub(2)
             .and_then(|n| self.shared.get(n))
@@ -353,6 +427,20 @@ impl VhostUserBackend for ScsiDevice {
             warn!("queue event before SET_MEM_TABLE: ignored");
             return Ok(());
         };
+        if device_event == self.completion_event() {
+            // A request queue's io_uring completions (thread 1 + n).
+            let Some(n) = thread_id.checked_sub(1) else {
+                return Ok(());
+            };
+            if let Some(fd) = self.completions.get(n) {
+                // Level-triggered: empty the counter before reaping.
+                let _ = fd.read();
+            }
+            return match (self.requests.get(n), vrings.get(2 + n)) {
+                (Some(q), Some(vring)) => lock(q).complete_io(vring),
+                _ => Ok(()),
+            };
+        }
         let Some(vring) = vrings.get(device_event as usize) else {
             return Ok(());
         };

@@ -80,6 +80,43 @@ impl IoVecs {
         }
     }
 
+    /// Whether every piece of `[offset, offset + len)` starts at an address
+    /// and has a length that are multiples of `align` (`O_DIRECT`), and the
+    /// range is inside the stream.
+    pub fn is_aligned(&self, offset: usize, len: usize, align: usize) -> bool {
+        if align == 0 || offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return false;
+        }
+        let mut ok = true;
+        self.pieces(offset, len, |ptr, n| {
+            ok &= (ptr as usize).is_multiple_of(align) && n.is_multiple_of(align);
+        });
+        ok
+    }
+
+    /// Replaces `out` with the pieces of `[offset, offset + len)` (the
+    /// data part of a chain, for an io_uring READV/WRITEV); keeps `out`'s
+    /// allocation. Returns false (and leaves `out` empty) when the range
+    /// is not inside the stream.
+    pub fn segments(&self, offset: usize, len: usize, out: &mut Vec<libc::iovec>) -> bool {
+        out.clear();
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return false;
+        }
+        self.pieces(offset, len, |ptr, n| {
+            out.push(libc::iovec {
+                iov_base: ptr.cast(),
+                iov_len: n,
+            })
+        });
+        true
+    }
+
+    /// Segments in the list (for sizing reused buffers).
+    pub fn segment_count(&self) -> usize {
+        self.iov.len()
+    }
+
     /// Copies `data` into the stream at `offset`, truncated at the end; returns bytes copied.
     pub fn copy_in(&self, offset: usize, data: &[u8]) -> usize {
         let n = data.len().min(self.len.saturating_sub(offset));
@@ -188,6 +225,9 @@ pub struct GuestDataIn<'a> {
     pub iov: &'a IoVecs,
     /// Where data-in starts in it (after `virtio_scsi_cmd_resp`).
     pub base: usize,
+    /// The queue has an io_uring engine with room: READ may leave its
+    /// transfer to it ([`DataIn::can_defer`]).
+    pub defer: bool,
 }
 
 impl DataIn for GuestDataIn<'_> {
@@ -211,6 +251,14 @@ impl DataIn for GuestDataIn<'_> {
                 preadv(file, iov, off)
             })
     }
+
+    fn is_aligned(&self, offset: usize, len: usize, align: usize) -> bool {
+        self.iov.is_aligned(self.base + offset, len, align)
+    }
+
+    fn can_defer(&self) -> bool {
+        self.defer
+    }
 }
 
 /// The data-out part of a request: device-readable bytes after the request header.
@@ -219,6 +267,8 @@ pub struct GuestDataOut<'a> {
     pub iov: &'a IoVecs,
     /// Where data-out starts in it (after `virtio_scsi_cmd_req`).
     pub base: usize,
+    /// As [`GuestDataIn::defer`], for WRITE.
+    pub defer: bool,
 }
 
 impl DataOut for GuestDataOut<'_> {
@@ -241,6 +291,14 @@ impl DataOut for GuestDataOut<'_> {
             .transfer(self.base + offset, len, file_offset, |iov, off| {
                 pwritev(file, iov, off)
             })
+    }
+
+    fn is_aligned(&self, offset: usize, len: usize, align: usize) -> bool {
+        self.iov.is_aligned(self.base + offset, len, align)
+    }
+
+    fn can_defer(&self) -> bool {
+        self.defer
     }
 }
 
@@ -268,6 +326,19 @@ mod tests {
         );
         // Truncated at the end of the stream.
         assert_eq!(iov.copy_in(14, &[9, 9, 9, 9]), 2);
+        let mut segs = Vec::new();
+        assert!(iov.segments(4, 6, &mut segs));
+        assert_eq!(
+            segs.iter().map(|v| v.iov_len).collect::<Vec<_>>(),
+            vec![1, 3, 2]
+        );
+        assert_eq!(segs[1].iov_base as usize, b.as_ptr() as usize);
+        assert!(!iov.segments(10, 7, &mut segs) && segs.is_empty());
+        // Alignment: 1-byte alignment always holds inside the stream; a
+        // segment of 3 bytes is not 2-aligned; past the end is never aligned.
+        assert!(iov.is_aligned(0, 16, 1));
+        assert!(!iov.is_aligned(5, 3, 2));
+        assert!(!iov.is_aligned(0, 17, 1));
         iov.clear();
         assert!(iov.is_empty());
         let _ = (&mut a, &mut b, &mut c);
@@ -288,6 +359,7 @@ mod tests {
         let mut din = GuestDataIn {
             iov: &iov,
             base: 10,
+            defer: false,
         };
         assert_eq!(din.capacity(), 290);
         din.read_from_file(0, 290, &file, 1000).unwrap();
@@ -298,6 +370,7 @@ mod tests {
         let dout = GuestDataOut {
             iov: &iov,
             base: 10,
+            defer: false,
         };
         dout.write_to_file(0, 290, &file, 4096).unwrap();
         let mut back = vec![0u8; 290];
@@ -308,6 +381,7 @@ mod tests {
         let mut din = GuestDataIn {
             iov: &iov,
             base: 10,
+            defer: false,
         };
         assert_eq!(
             din.read_from_file(0, 100, &file, 8150).unwrap_err().kind(),

@@ -10,6 +10,7 @@
 //!   [`EventHub`](event_queue::EventHub) hook that sends them.
 //! - [`chain`]: descriptor chain → iovecs, with every address checked.
 //! - [`guest_io`]: iovecs in guest memory as the SCSI layer's data buffers.
+//! - [`uring`]: the io_uring engine of a request queue (`aio=io_uring`).
 
 pub mod chain;
 pub mod control_queue;
@@ -18,6 +19,7 @@ pub mod event_queue;
 pub mod guest_io;
 pub mod queue_metrics;
 pub mod request_queue;
+pub mod uring;
 
 pub use device::{DeviceOptions, ScsiDevice};
 pub use event_queue::{Delivery, EventHub, ResetReason};

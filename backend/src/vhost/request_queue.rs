@@ -13,13 +13,27 @@
 //! queue worker for a TMF (ABORTED or RESET), `stop_vring` on
 //! GET_VRING_BASE and the device on disconnect (RESET). Nothing taken off
 //! the ring is ever dropped without a used entry.
+//!
+//! `aio=io_uring` (issue 8): a READ/WRITE on such a logical unit comes back
+//! from the SCSI layer as a [`crate::scsi::MediumTransfer`] and goes to the
+//! queue's [`Uring`] engine (created on first use, when the device has
+//! registered its completion eventfd in this worker's epoll); the chain is
+//! completed when the engine reaps its CQE, in the same kind of batch
+//! (add_used, one notification when `needs_notification()` says so). A
+//! command that is not a READ/WRITE runs only after this queue's transfers
+//! in flight completed (so SYNCHRONIZE CACHE covers them). [`RequestQueue::drain`]
+//! completes everything in flight before a ring stops, on reset and on
+//! disconnect. Where io_uring cannot be set up the queue warns once and
+//! stays inline.
 
+use std::os::fd::RawFd;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use std::sync::atomic::Ordering;
 use tracing::{debug, info, warn};
-use vhost_user_backend::{VringRwLock, VringT};
+use vhost_user_backend::{VringRwLock, VringState, VringT};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
@@ -33,13 +47,18 @@ use zerocopy::{FromBytes, FromZeros, IntoBytes};
 use super::chain::split_chain;
 use super::guest_io::{GuestDataIn, GuestDataOut, IoVecs};
 use super::queue_metrics::{QueueCounters, QueueMetrics};
+use super::uring::{Completed, StartError, Uring};
 use crate::fault::FaultTable;
-use crate::scsi::{DataIn, DataOut, Request, ScsiBus};
+use crate::scsi::rw::{complete_transfer, may_defer};
+use crate::scsi::{CommandResult, LogicalUnit, Request, ScsiBus};
 
 const REQ_SIZE: usize = size_of::<CmdReq>();
 const RESP_SIZE: usize = size_of::<CmdResp>();
 /// Bytes of `CmdResp` before `sense`.
 const RESP_FIXED: usize = RESP_SIZE - vscsi_protocol::virtio_scsi::SENSE_SIZE;
+/// Offset of the CDB in `virtio_scsi_cmd_req` (lun 8, tag 8, task_attr,
+/// prio, crn: 19 bytes).
+const CDB_OFFSET: usize = 19;
 /// Longest a TMF waits for a worker to give up a delayed command it covers.
 const ABORT_WAIT: Duration = Duration::from_secs(5);
 
@@ -285,12 +304,74 @@ fn write_bare(writable: &IoVecs, response: Response) -> u32 {
 enum Outcome {
     Used(u32),
     Held,
+    /// Handed to the io_uring engine; completed when its CQE is reaped.
+    InFlight,
+}
+
+/// Writes the `virtio_scsi_cmd_resp` for `result` into `writable` (the
+/// chain's device-writable stream; `readable_len` is the length of its
+/// device-readable one); returns the used length (§5.6.6.1: response
+/// header plus the Data-In bytes written). `short` caps Data-In (fault).
+fn write_response(
+    writable: &IoVecs,
+    readable_len: usize,
+    result: &CommandResult,
+    short: Option<u32>,
+) -> u32 {
+    let data_in_capacity = writable.len().saturating_sub(RESP_SIZE);
+    let data_out_len = readable_len.saturating_sub(REQ_SIZE);
+    let mut data_in_len = result.data_in_len.min(data_in_capacity);
+    if let Some(cap) = short {
+        data_in_len = data_in_len.min(cap as usize);
+    }
+    let resid = if data_out_len > 0 {
+        data_out_len.saturating_sub(result.data_out_len)
+    } else {
+        data_in_capacity - data_in_len
+    };
+    let sense = result.sense();
+    let mut resp = CmdResp::new_zeroed();
+    resp.sense_len = U32::new(sense.len() as u32);
+    resp.resid = U32::new(u32::try_from(resid).unwrap_or(u32::MAX));
+    resp.status = result.status;
+    resp.response = Response::Ok as u8;
+    resp.sense[..sense.len()].copy_from_slice(sense);
+    // Only the fixed part and the valid sense bytes need writing.
+    writable.copy_in(0, &resp.as_bytes()[..RESP_FIXED + sense.len()]);
+    (RESP_SIZE + data_in_len) as u32
+}
+
+/// Adds the used entry of a request the engine finished.
+fn complete_used(state: &mut VringState, c: Completed<'_>) {
+    let used = write_response(c.writable, c.readable_len, &c.result, c.short);
+    if let Err(e) = state.add_used(c.head, used) {
+        warn!(head = c.head, error = %e, "request queue: add_used failed");
+    }
+}
+
+/// Whether the "io_uring unavailable" warning was logged (once per process).
+static URING_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// The io_uring engine of a queue, created on first use.
+enum Engine {
+    /// No completion eventfd registered (no epoll to wake on): inline.
+    NoListener,
+    /// Not needed yet.
+    Idle(RawFd),
+    /// Running.
+    Ready(Box<Uring>),
+    /// io_uring setup failed: inline, warned once.
+    Unavailable,
 }
 
 /// Per-queue worker state: the scratch iovec lists reused by every request.
 pub struct RequestQueue {
     readable: IoVecs,
     writable: IoVecs,
+    engine: Engine,
+    /// The queue's vring, recorded at the first batch (to complete what
+    /// is in flight when the ring stops).
+    vring: Option<VringRwLock>,
     shared: Arc<QueueShared>,
     faults: Arc<FaultTable>,
     poll: Duration,
@@ -309,11 +390,99 @@ impl RequestQueue {
         Self {
             readable: IoVecs::default(),
             writable: IoVecs::default(),
+            engine: Engine::NoListener,
+            vring: None,
             shared,
             faults,
             poll,
             metrics,
         }
+    }
+
+    /// The eventfd the device registered in this queue worker's epoll: the
+    /// io_uring engine (created on first use) signals its completions
+    /// there, and the worker calls [`RequestQueue::complete_io`].
+    pub fn set_completion_eventfd(&mut self, fd: RawFd) {
+        if matches!(self.engine, Engine::NoListener) {
+            self.engine = Engine::Idle(fd);
+        }
+    }
+
+    /// Requests in flight in the io_uring engine.
+    pub fn in_flight(&self) -> usize {
+        match &self.engine {
+            Engine::Ready(u) => u.in_flight(),
+            _ => 0,
+        }
+    }
+
+    /// The engine, created now if it was not yet; `None` when there is no
+    /// completion listener or io_uring is unavailable (warned once).
+    fn engine(&mut self) -> Option<&mut Uring> {
+        if let Engine::Idle(fd) = self.engine {
+            self.engine = match Uring::new(Some(fd)) {
+                Ok(u) => {
+                    info!(queue = self.shared.index, "io_uring engine started");
+                    Engine::Ready(Box::new(u))
+                }
+                Err(e) => {
+                    if !URING_WARNED.swap(true, Ordering::Relaxed) {
+                        warn!(error = %e, "io_uring is unavailable: aio=io_uring LUNs are served inline");
+                    }
+                    Engine::Unavailable
+                }
+            };
+        }
+        match &mut self.engine {
+            Engine::Ready(u) => Some(u),
+            _ => None,
+        }
+    }
+
+    /// Handles the engine's completions (the completion eventfd fired):
+    /// completes every finished request and notifies the driver once if
+    /// it asked.
+    pub fn complete_io(&mut self, vring: &VringRwLock) -> std::io::Result<()> {
+        let Engine::Ready(u) = &mut self.engine else {
+            return Ok(());
+        };
+        let mut state = vring.get_mut();
+        let n = u.reap(&mut |c| complete_used(&mut state, c));
+        if let Err(e) = u.submit() {
+            warn!(error = %e, "io_uring submit failed");
+        }
+        if n > 0 && state.needs_notification().unwrap_or(true) {
+            state.signal_used_queue()?;
+            if let Some(c) = self.metrics.queue(self.shared.index) {
+                QueueCounters::add(&c.notifications, 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for every request in flight in the engine and completes each
+    /// (ring stop, device reset, disconnect): afterwards nothing of this
+    /// queue is in the kernel's hands. Returns how many were completed.
+    pub fn drain(&mut self) -> usize {
+        let Engine::Ready(u) = &mut self.engine else {
+            return 0;
+        };
+        if u.in_flight() == 0 {
+            return 0;
+        }
+        let Some(vring) = self.vring.clone() else {
+            // Cannot happen (a request was started from a batch on a
+            // ring), but the I/O must still be waited for.
+            return u.drain(&mut |c| warn!(head = c.head, "in-flight request without a ring"));
+        };
+        let mut state = vring.get_mut();
+        let n = u.drain(&mut |c| complete_used(&mut state, c));
+        if n > 0 && state.needs_notification().unwrap_or(true) {
+            if let Err(e) = state.signal_used_queue() {
+                warn!(error = %e, "signalling drained completions failed");
+            }
+        }
+        n
     }
 
     /// Serves everything available on `vring`, then notifies the driver if it asked.
@@ -327,6 +496,9 @@ impl RequestQueue {
         mem: &GuestMemoryAtomic<GuestMemoryMmap>,
         bus: &ScsiBus,
     ) -> std::io::Result<()> {
+        if self.vring.is_none() {
+            self.vring = Some(vring.clone());
+        }
         let guard = mem.memory();
         let mut state = vring.get_mut();
         let mut completed = false;
@@ -339,6 +511,23 @@ impl RequestQueue {
                 let head = chain.head_index();
                 requests += 1;
                 let fault = split_chain(chain, &guard, &mut self.readable, &mut self.writable);
+                if let Engine::Ready(u) = &mut self.engine {
+                    // Room for one more, and nothing but READ/WRITE overtakes
+                    // the transfers in flight.
+                    let mut op = [0u8; 1];
+                    self.readable.copy_out(CDB_OFFSET, &mut op);
+                    if u.is_full() || (u.in_flight() > 0 && !may_defer(&op)) {
+                        let n = if u.is_full() {
+                            if let Err(e) = u.wait() {
+                                warn!(error = %e, "io_uring wait failed");
+                            }
+                            u.reap(&mut |c| complete_used(&mut state, c))
+                        } else {
+                            u.drain(&mut |c| complete_used(&mut state, c))
+                        };
+                        completed |= n > 0;
+                    }
+                }
                 let outcome = match fault {
                     Ok(()) => self.execute(bus, head, vring, &guard),
                     Err(fault) => {
@@ -358,6 +547,14 @@ impl RequestQueue {
                     }
                     completed = true;
                 }
+            }
+            if let Engine::Ready(u) = &mut self.engine {
+                // One io_uring_enter for the whole batch, then whatever has
+                // already completed joins this batch's used entries.
+                if let Err(e) = u.submit() {
+                    warn!(error = %e, "io_uring submit failed");
+                }
+                completed |= u.reap(&mut |c| complete_used(&mut state, c)) > 0;
             }
             if !self.poll.is_zero() {
                 // Hand back what is done before spinning, then watch the
@@ -499,13 +696,26 @@ impl RequestQueue {
             tag,
             task_attr: req.task_attr,
         };
+        // An aio=io_uring LU: the transfer may go to the engine (created
+        // now if this is the first one).
+        let defer_lu: Option<Arc<LogicalUnit>> = match lun {
+            Some(l) if may_defer(&req.cdb) => target
+                .lun(l)
+                .filter(|lu| lu.defers_io())
+                .cloned()
+                .filter(|_| self.engine().is_some_and(|u| !u.is_full())),
+            _ => None,
+        };
+        let defer = defer_lu.is_some();
         let mut data_in = GuestDataIn {
             iov: &self.writable,
             base: RESP_SIZE,
+            defer,
         };
         let data_out = GuestDataOut {
             iov: &self.readable,
             base: REQ_SIZE,
+            defer,
         };
         let result = match lun {
             Some(lun) => target.execute(lun, &request, &mut data_in, &data_out),
@@ -518,26 +728,44 @@ impl RequestQueue {
             debug!("data buffer smaller than the transfer: VIRTIO_SCSI_S_OVERRUN");
             return Outcome::Used(self.fail(Response::Overrun));
         }
-        let mut data_in_len = result.data_in_len.min(data_in.capacity());
-        if let Some(cap) = short {
-            data_in_len = data_in_len.min(cap as usize);
+        let mut result = result;
+        if let Some(&transfer) = result.transfer() {
+            let started = match (&defer_lu, &mut self.engine) {
+                (Some(lu), Engine::Ready(u)) => u.start(
+                    head,
+                    lu,
+                    transfer,
+                    result,
+                    short,
+                    (&mut self.readable, REQ_SIZE),
+                    (&mut self.writable, RESP_SIZE),
+                    Some(guard.clone()),
+                ),
+                _ => Err(StartError::Invalid),
+            };
+            match (started, &defer_lu) {
+                (Ok(()), _) => return Outcome::InFlight,
+                (Err(e), Some(lu)) => {
+                    warn!(head, error = %e, "io_uring transfer not started: failing the command");
+                    result = complete_transfer(
+                        lu,
+                        &transfer,
+                        Err(std::io::Error::other("transfer not started")),
+                    );
+                }
+                (Err(e), None) => {
+                    // Not reachable: the SCSI layer defers only when asked.
+                    warn!(head, error = %e, "deferred transfer without an engine");
+                    return Outcome::Used(self.fail(Response::Failure));
+                }
+            }
         }
-        let resid = if data_out.len() > 0 {
-            data_out.len().saturating_sub(result.data_out_len)
-        } else {
-            data_in.capacity() - data_in_len
-        };
-        let sense = result.sense();
-        let mut resp = CmdResp::new_zeroed();
-        resp.sense_len = U32::new(sense.len() as u32);
-        resp.resid = U32::new(u32::try_from(resid).unwrap_or(u32::MAX));
-        resp.status = result.status;
-        resp.response = Response::Ok as u8;
-        resp.sense[..sense.len()].copy_from_slice(sense);
-        // Only the fixed part and the valid sense bytes need writing.
-        self.writable
-            .copy_in(0, &resp.as_bytes()[..RESP_FIXED + sense.len()]);
-        Outcome::Used((RESP_SIZE + data_in_len) as u32)
+        Outcome::Used(write_response(
+            &self.writable,
+            self.readable.len(),
+            &result,
+            short,
+        ))
     }
 
     /// Completes the current chain with CHECK CONDITION and `sense` (fixed format).
