@@ -80,6 +80,12 @@ pub struct Args {
     /// No progress line.
     #[arg(long)]
     pub no_progress: bool,
+    /// Use the driver's copying API (`send_command`: data copied into and
+    /// out of the shared buffers, a `Vec` per read) instead of the
+    /// zero-copy one (`read_with` / `write_with`: the data stays in the
+    /// request slot's buffer in shared memory, as fio's buffers do).
+    #[arg(long)]
+    pub copy: bool,
     /// tokio worker threads running the submitters and the driver's
     /// completion tasks (1 avoids cross-thread wake-ups).
     #[arg(long, default_value_t = 1)]
@@ -298,6 +304,7 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
         );
         let mut rng = XorShift::new(args.seed ^ (w as u64) << 32);
         let payload = vec![0xA5u8; bs as usize];
+        let copy = args.copy;
         tasks.spawn(async move {
             let mut r = WorkerResult {
                 hist: Histogram::new_with_bounds(1, 60_000_000_000, 3)
@@ -316,27 +323,38 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
                     Rw::Randrw => rng.next() % 100 >= mix,
                 };
                 let lba = slot * blocks as u64;
-                let cmd = if write {
-                    ScsiCommand::Write {
-                        lba,
-                        blocks,
-                        data: payload.clone(),
-                    }
-                } else {
-                    ScsiCommand::Read {
-                        lba,
-                        blocks,
-                        block_size,
-                    }
-                };
                 let t0 = Instant::now();
-                let resp = driver.send_command(target, lun, cmd).await?;
+                let outcome = if copy {
+                    let cmd = if write {
+                        ScsiCommand::Write {
+                            lba,
+                            blocks,
+                            data: payload.clone(),
+                        }
+                    } else {
+                        ScsiCommand::Read {
+                            lba,
+                            blocks,
+                            block_size,
+                        }
+                    };
+                    driver.send_command(target, lun, cmd).await?.ok().map(drop)
+                } else if write {
+                    // The buffer keeps what the last command left in it, as
+                    // fio's buffers do without refill_buffers.
+                    driver
+                        .write_with(target, lun, lba, blocks, block_size, |_| ())
+                        .await?
+                } else {
+                    driver
+                        .read_with(target, lun, lba, blocks, block_size, |_| ())
+                        .await?
+                };
                 let ns = t0.elapsed().as_nanos() as u64;
-                if !resp.is_good() {
+                if let Err(e) = outcome {
                     bail!(
-                        "{} at LBA {lba} failed: {}",
+                        "{} at LBA {lba} failed: {e}",
                         if write { "WRITE" } else { "READ" },
-                        vscsi_driver::CommandError(resp)
                     );
                 }
                 r.hist.saturating_record(ns.max(1));
