@@ -80,6 +80,13 @@ pub struct DriverOptions {
     /// eventfd wake-up per command at QD1 at the price of a spinning core;
     /// the spin runs on the submitting task's tokio worker.
     pub poll: Duration,
+    /// What to do when the device lacks what [`QueueConfig`] asks for
+    /// (indirect descriptors, event index, as many request queues):
+    /// `false` (the default) falls back (without the feature, with the
+    /// queues the device has; [`Driver::features`] says what was agreed),
+    /// `true` fails [`Driver::connect_with`] with [`Error::MissingFeature`]
+    /// or [`Error::BadConfig`].
+    pub strict_features: bool,
 }
 
 impl Default for DriverOptions {
@@ -90,6 +97,7 @@ impl Default for DriverOptions {
             eh_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             poll: Duration::ZERO,
+            strict_features: false,
         }
     }
 }
@@ -402,6 +410,20 @@ impl Driver {
         }
         let indirect = acked & (1 << VIRTIO_RING_F_INDIRECT_DESC) != 0;
         let event_index = acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        if opts.strict_features {
+            if cfg.use_indirect && !indirect {
+                return Err(Error::MissingFeature("VIRTIO_RING_F_INDIRECT_DESC"));
+            }
+            if cfg.event_index && !event_index {
+                return Err(Error::MissingFeature("VIRTIO_RING_F_EVENT_IDX"));
+            }
+            if queue_count < cfg.queue_count {
+                return Err(Error::BadConfig(format!(
+                    "{} request queues asked, the device has {queue_count}",
+                    cfg.queue_count
+                )));
+            }
+        }
         let features = Features {
             bits: acked,
             indirect,

@@ -582,3 +582,84 @@ async fn a_new_frontend_first_gets_power_on_reset_then_good() {
         assert!(drv.send_command(0, 0, tur()).await.unwrap().is_good());
     }
 }
+
+#[tokio::test]
+async fn what_the_device_lacks_falls_back_or_fails_as_the_user_chooses() {
+    use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+    use vscsi_backend::vhost::device::OPTIONAL_FEATURES;
+    let opts = vscsi_backend::vhost::DeviceOptions {
+        request_queues: 2,
+        features: OPTIONAL_FEATURES
+            & !(1 << VIRTIO_RING_F_EVENT_IDX | 1 << VIRTIO_RING_F_INDIRECT_DESC),
+        ..Default::default()
+    };
+    let d = TestDaemon::start_with(&[(0, 0, MIB, false)], opts);
+    let ask = QueueConfig {
+        queue_count: 4,
+        queue_size: 64,
+        use_indirect: true,
+        event_index: true,
+    };
+    // Default: fall back, and say what was agreed.
+    let drv = Driver::connect(&d.socket, ask).await.unwrap();
+    let f = drv.features();
+    assert!(!f.indirect && !f.event_index);
+    assert_eq!(f.queue_count, 2);
+    assert!(drv
+        .send_command(0, 0, ScsiCommand::TestUnitReady)
+        .await
+        .unwrap()
+        .is_good());
+    drop(drv);
+    // Strict: a clear error naming what is missing.
+    let strict = vscsi_driver::DriverOptions {
+        strict_features: true,
+        ..Default::default()
+    };
+    let e = Driver::connect_with(&d.socket, ask, strict)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            e,
+            vscsi_driver::Error::MissingFeature("VIRTIO_RING_F_INDIRECT_DESC")
+        ),
+        "{e}"
+    );
+    let e = Driver::connect_with(
+        &d.socket,
+        QueueConfig {
+            use_indirect: false,
+            ..ask
+        },
+        strict,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        matches!(
+            e,
+            vscsi_driver::Error::MissingFeature("VIRTIO_RING_F_EVENT_IDX")
+        ),
+        "{e}"
+    );
+    let e = Driver::connect_with(
+        &d.socket,
+        QueueConfig {
+            use_indirect: false,
+            event_index: false,
+            ..ask
+        },
+        strict,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        e.to_string()
+            .contains("4 request queues asked, the device has 2"),
+        "{e}"
+    );
+}
