@@ -23,7 +23,8 @@ use crate::error::{Error, RecoveryStep, Result};
 use crate::events::DeviceEvent;
 use crate::memory::{Carver, SharedMemory};
 use crate::queue::{
-    Completed, InFlightCommand, Outcome, Pending, QueuePlacement, RequestQueue, HEADER_AREA,
+    Completed, Deadline, InFlightCommand, Outcome, Pending, QueuePlacement, RequestQueue,
+    HEADER_AREA,
 };
 use crate::retry::RetryPolicy;
 use crate::ring::split::{RingOptions, SplitRing};
@@ -792,7 +793,7 @@ impl Driver {
                 &cdb,
                 data_out,
                 data_in_len,
-                start + timeout,
+                Deadline::after(start, timeout),
                 timeout,
             )
             .await?;
@@ -836,15 +837,15 @@ impl Driver {
         cdb: &vscsi_protocol::cdb::Cdb,
         data_out: &[u8],
         data_in_len: usize,
-        deadline: Instant,
+        deadline: Deadline,
         timeout: Duration,
     ) -> Result<Pending> {
-        if let Some(p) = queue.try_start(lun_field, cdb, data_out, data_in_len, Some(deadline))? {
+        if let Some(p) = queue.try_start(lun_field, cdb, data_out, data_in_len, deadline)? {
             return Ok(p);
         }
         match tokio::time::timeout_at(
-            deadline.into(),
-            queue.start(lun_field, cdb, data_out, data_in_len, Some(deadline)),
+            deadline.at.unwrap_or(deadline.started + timeout).into(),
+            queue.start(lun_field, cdb, data_out, data_in_len, deadline),
         )
         .await
         {
@@ -1098,7 +1099,7 @@ impl Driver {
                 &cdb,
                 &[],
                 len,
-                start + timeout,
+                Deadline::after(start, timeout),
                 timeout,
             )
             .await?;
@@ -1180,10 +1181,10 @@ impl Driver {
         let timeout = self.lun_timeout(target, lun);
         let queue = self.pick_queue();
         let start = Instant::now();
-        let deadline = start + timeout;
+        let deadline = Deadline::after(start, timeout);
         let (pending, out) = match tokio::time::timeout_at(
-            deadline.into(),
-            queue.start_filled(lun_field, &cdb, len, Some(deadline), f),
+            (start + timeout).into(),
+            queue.start_filled(lun_field, &cdb, len, deadline, f),
         )
         .await
         {

@@ -112,6 +112,23 @@ impl SlotCell {
     }
 }
 
+/// When a command was submitted and when it times out (`None`: never).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline {
+    pub started: Instant,
+    pub at: Option<Instant>,
+}
+
+impl Deadline {
+    /// Started now, timing out after `timeout`.
+    pub(crate) fn after(started: Instant, timeout: Duration) -> Self {
+        Self {
+            started,
+            at: Some(started + timeout),
+        }
+    }
+}
+
 /// What the ring lock keeps per head on the ring.
 #[derive(Clone, Copy)]
 struct Head {
@@ -487,7 +504,7 @@ impl RequestQueue {
         cdb: &Cdb,
         data_out: &[u8],
         data_in_len: usize,
-        deadline: Option<Instant>,
+        deadline: Deadline,
     ) -> Result<Pending> {
         self.check_len(data_out.len(), data_in_len)?;
         let slot = self.take_slot().await?;
@@ -501,7 +518,7 @@ impl RequestQueue {
         cdb: &Cdb,
         data_out: &[u8],
         data_in_len: usize,
-        deadline: Option<Instant>,
+        deadline: Deadline,
     ) -> Result<Option<Pending>> {
         self.check_len(data_out.len(), data_in_len)?;
         let Some(slot) = self.try_take_slot()? else {
@@ -518,7 +535,7 @@ impl RequestQueue {
         cdb: &Cdb,
         data_out: &[u8],
         data_in_len: usize,
-        deadline: Option<Instant>,
+        deadline: Deadline,
     ) -> Result<Pending> {
         if !data_out.is_empty() {
             self.mem.write(self.data_off(slot.slot), data_out)?;
@@ -534,7 +551,7 @@ impl RequestQueue {
         lun: [u8; 8],
         cdb: &Cdb,
         data_out_len: usize,
-        deadline: Option<Instant>,
+        deadline: Deadline,
         fill: impl FnOnce(&mut [u8]) -> T,
     ) -> Result<(Pending, T)> {
         self.check_len(data_out_len, 0)?;
@@ -609,7 +626,7 @@ impl RequestQueue {
         cdb: &Cdb,
         data_out_len: usize,
         data_in_len: usize,
-        deadline: Option<Instant>,
+        deadline: Deadline,
     ) -> Result<Pending> {
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed) & ((1 << 48) - 1)
             | u64::from(self.index) << 48;
@@ -646,7 +663,7 @@ impl RequestQueue {
             push(self.mem.gpa(data), data_in_len, true);
         }
         let cell = &self.cells[usize::from(slot.slot)];
-        let at = deadline.map_or(u64::MAX, |d| {
+        let at = deadline.at.map_or(u64::MAX, |d| {
             d.saturating_duration_since(self.epoch).as_nanos() as u64
         });
         cell.deadline.store(at, Ordering::Relaxed);
@@ -675,7 +692,7 @@ impl RequestQueue {
             slot,
             tag,
             lun,
-            started: Instant::now(),
+            started: deadline.started,
         });
         if inner.ring.publish() {
             self.kicks.fetch_add(1, Ordering::Relaxed);

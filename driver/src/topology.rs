@@ -34,7 +34,7 @@ use crate::command::ScsiCommand;
 use crate::driver::{to_response, LunInfo, Response};
 use crate::error::{Error, RecoveryStep, Result};
 use crate::events::{DeviceEvent, ResetReason};
-use crate::queue::{Outcome, RequestQueue};
+use crate::queue::{Deadline, Outcome, RequestQueue};
 use crate::retry::RetryPolicy;
 
 /// The driver's current view of the device's targets and logical units.
@@ -206,9 +206,9 @@ impl Prober {
         loop {
             let n = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len().max(1);
             let queue = self.queues.get(n).ok_or(Error::Closed)?;
-            let deadline = std::time::Instant::now() + self.timeout;
+            let deadline = Deadline::after(std::time::Instant::now(), self.timeout);
             let mut pending = queue
-                .start(addr, &cdb, data_out, data_in_len, Some(deadline))
+                .start(addr, &cdb, data_out, data_in_len, deadline)
                 .await?;
             // On timeout the pending command is dropped; its slot comes back
             // when the device eventually answers.
