@@ -436,7 +436,8 @@ impl VhostUserBackend for ScsiDevice {
                 // Level-triggered: empty the counter before reaping.
                 let _ = fd.read();
             }
-            return match (self.requests.get(n), vrings.get(2 + n)) {
+            // A worker's `vrings` are its own: request queue n's is the only one.
+            return match (self.requests.get(n), vrings.first()) {
                 (Some(q), Some(vring)) => lock(q).complete_io(vring),
                 _ => Ok(()),
             };
