@@ -27,7 +27,7 @@
 //! stays inline.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -114,6 +114,9 @@ pub struct QueueShared {
     index: u16,
     state: Mutex<SharedState>,
     cv: Condvar,
+    /// Transfers in flight in the queue's io_uring engine (written by the
+    /// queue worker only): a TMF waits for them before it is answered.
+    in_flight: AtomicUsize,
 }
 
 fn lock(m: &Mutex<SharedState>) -> MutexGuard<'_, SharedState> {
@@ -127,6 +130,24 @@ impl QueueShared {
             index,
             state: Mutex::default(),
             cv: Condvar::new(),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Waits (up to [`ABORT_WAIT`]) until the queue's io_uring engine has
+    /// nothing in flight: a TMF is answered after the commands it covers,
+    /// and the engine does not track them by tag, so it waits for all.
+    fn wait_transfers(&self) {
+        let deadline = Instant::now() + ABORT_WAIT;
+        while self.in_flight.load(Ordering::Acquire) != 0 {
+            if Instant::now() >= deadline {
+                warn!(
+                    queue = self.index,
+                    "TMF answered with io_uring transfers still in flight"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(200));
         }
     }
 
@@ -200,6 +221,7 @@ impl QueueShared {
                 s.current.as_ref().is_some_and(|c| c.abort.is_some())
             });
         }
+        self.wait_transfers();
         n + usize::from(delayed)
     }
 
@@ -408,6 +430,13 @@ impl RequestQueue {
         }
     }
 
+    /// Tells other threads (TMFs) how many transfers are in flight.
+    fn publish_in_flight(&self) {
+        self.shared
+            .in_flight
+            .store(self.in_flight(), Ordering::Release);
+    }
+
     /// Requests in flight in the io_uring engine.
     pub fn in_flight(&self) -> usize {
         match &self.engine {
@@ -451,8 +480,13 @@ impl RequestQueue {
         if let Err(e) = u.submit() {
             warn!(error = %e, "io_uring submit failed");
         }
-        if n > 0 && state.needs_notification().unwrap_or(true) {
+        let notify = n > 0 && state.needs_notification().unwrap_or(true);
+        if notify {
             state.signal_used_queue()?;
+        }
+        drop(state);
+        self.publish_in_flight();
+        if notify {
             if let Some(c) = self.metrics.queue(self.shared.index) {
                 QueueCounters::add(&c.notifications, 1);
             }
@@ -473,7 +507,9 @@ impl RequestQueue {
         let Some(vring) = self.vring.clone() else {
             // Cannot happen (a request was started from a batch on a
             // ring), but the I/O must still be waited for.
-            return u.drain(&mut |c| warn!(head = c.head, "in-flight request without a ring"));
+            let n = u.drain(&mut |c| warn!(head = c.head, "in-flight request without a ring"));
+            self.publish_in_flight();
+            return n;
         };
         let mut state = vring.get_mut();
         let n = u.drain(&mut |c| complete_used(&mut state, c));
@@ -482,6 +518,8 @@ impl RequestQueue {
                 warn!(error = %e, "signalling drained completions failed");
             }
         }
+        drop(state);
+        self.publish_in_flight();
         n
     }
 
@@ -582,6 +620,7 @@ impl RequestQueue {
             state.signal_used_queue()?;
             notifications += 1;
         }
+        self.publish_in_flight();
         if let Some(c) = self.metrics.queue(self.shared.index) {
             if requests > 0 {
                 QueueCounters::add(&c.batches, 1);
@@ -744,7 +783,10 @@ impl RequestQueue {
                 _ => Err(StartError::Invalid),
             };
             match (started, &defer_lu) {
-                (Ok(()), _) => return Outcome::InFlight,
+                (Ok(()), _) => {
+                    self.publish_in_flight();
+                    return Outcome::InFlight;
+                }
                 (Err(e), Some(lu)) => {
                     warn!(head, error = %e, "io_uring transfer not started: failing the command");
                     result = complete_transfer(
@@ -788,5 +830,43 @@ impl RequestQueue {
     /// Completes the current chain with a bare `response` code; returns the used length.
     fn fail(&mut self, response: Response) -> u32 {
         write_bare(&self.writable, response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tmf_waits_for_io_uring_transfers_in_flight() {
+        let q = Arc::new(QueueShared::new(0));
+        let faults = FaultTable::default();
+        let covers = Covers {
+            target: 0,
+            lun: None,
+            tag: None,
+        };
+        // Nothing in flight: answered at once.
+        let t = Instant::now();
+        assert_eq!(
+            q.complete(&covers, |_, _| false, Response::Reset, &faults),
+            0
+        );
+        assert!(t.elapsed() < Duration::from_millis(50));
+        // Two transfers in flight, done 100 ms later: the TMF waits for them.
+        q.in_flight.store(2, Ordering::Release);
+        let q2 = q.clone();
+        let worker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            q2.in_flight.store(0, Ordering::Release);
+        });
+        let t = Instant::now();
+        q.complete(&covers, |_, _| false, Response::Reset, &faults);
+        assert!(
+            t.elapsed() >= Duration::from_millis(90),
+            "{:?}",
+            t.elapsed()
+        );
+        worker.join().unwrap();
     }
 }
