@@ -364,3 +364,52 @@ impl Image {
         }
     }
 }
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    #[test]
+    fn qcow2_refuses_cache_none_naming_the_field() {
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        let path = dir.path().join("q.img");
+        let mut bytes = QCOW2_MAGIC.to_vec();
+        bytes.resize(64 * 1024, 0);
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Image::open_with(&path, false, ImageFormat::Auto, CacheMode::None).unwrap_err();
+        match &err {
+            // A tmpfs refuses O_DIRECT first; both name the cache field.
+            OpenError::InvalidOption { field, .. } => assert_eq!(*field, "cache"),
+            other => panic!("{other}"),
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&path.display().to_string()) && msg.contains("cache"),
+            "{msg}"
+        );
+        // The same bytes served raw with cache=none are fine.
+        let raw = Image::open_with(&path, false, ImageFormat::Raw, CacheMode::None);
+        if let Ok(img) = raw {
+            assert_eq!(img.format(), ImageFormat::Raw);
+            assert_eq!(img.misaligned(), 0);
+        }
+    }
+
+    #[test]
+    fn aio_defaults_follow_the_cache_mode() {
+        assert_eq!(AioMode::Auto.resolve(CacheMode::None), AioMode::IoUring);
+        assert_eq!(AioMode::Auto.resolve(CacheMode::Writeback), AioMode::Inline);
+        assert_eq!(AioMode::Inline.resolve(CacheMode::None), AioMode::Inline);
+        assert_eq!(
+            AioMode::IoUring.resolve(CacheMode::Writeback),
+            AioMode::IoUring
+        );
+        for m in [AioMode::Auto, AioMode::Inline, AioMode::IoUring] {
+            assert_eq!(AioMode::parse(m.as_str()), Some(m));
+        }
+        for c in [CacheMode::Writeback, CacheMode::None] {
+            assert_eq!(CacheMode::parse(c.as_str()), Some(c));
+        }
+        assert_eq!(CacheMode::parse("unsafe"), None);
+    }
+}
