@@ -409,3 +409,35 @@ fn ring_reset_and_disconnect_with_transfers_in_flight() {
         assert_eq!(uring_fds(), before + 2);
     });
 }
+
+#[test]
+fn io_uring_with_busy_polling() {
+    // --poll-us: the worker spins on the avail ring; io_uring completions
+    // end the spin and are reaped at once.
+    let _g = serial();
+    let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+    let mut spec = LunSpec::new(0, 0, image(dir.path(), "t0l0.img", 16 * MIB));
+    spec.options.cache = CacheMode::None;
+    let d = TestDaemon::serve(
+        dir,
+        &[spec],
+        DeviceOptions {
+            request_queues: 2,
+            poll: Duration::from_micros(200),
+            ..Default::default()
+        },
+    );
+    let img = d.image_path(0, 0);
+    block_on(async {
+        let drv = connect(&d, 2).await;
+        let t = Instant::now();
+        let written = random_write_read(&drv, 256, 0x9011).await;
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+        for (lba, data) in written.iter().step_by(5) {
+            assert!(
+                host_read(&img, lba * 512, data.len()) == *data,
+                "host view of LBA {lba}"
+            );
+        }
+    });
+}

@@ -334,7 +334,10 @@ impl RawImage {
         if file_offset.is_multiple_of(a as u64) && len.is_multiple_of(a) && buffers_aligned(a) {
             direct
         } else {
-            self.misaligned.fetch_add(1, Ordering::Relaxed);
+            if self.misaligned.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::info!(image = %self.path.display(), dio_align = a,
+                    "cache=none: a request not aligned for O_DIRECT is served through the page cache (counted, logged once)");
+            }
             &self.file
         }
     }

@@ -603,7 +603,14 @@ impl RequestQueue {
                     notifications += 1;
                 }
                 completed = false;
-                if Self::poll_avail(state.get_queue(), &guard, self.poll) {
+                // Completions of the engine end the spin too: they are
+                // reaped at the top of the loop, not after the poll time.
+                let engine = &mut self.engine;
+                let mut reapable = || match engine {
+                    Engine::Ready(u) => u.has_completions(),
+                    _ => false,
+                };
+                if Self::poll_avail(state.get_queue(), &guard, self.poll, &mut reapable) {
                     continue;
                 }
             }
@@ -631,10 +638,19 @@ impl RequestQueue {
         Ok(())
     }
 
-    /// Spins up to `limit` for the driver to publish a new request.
-    fn poll_avail(queue: &Queue, mem: &GuestMemoryMmap, limit: Duration) -> bool {
+    /// Spins up to `limit` for the driver to publish a new request (or for
+    /// `other_work` to say there is something else to do).
+    fn poll_avail(
+        queue: &Queue,
+        mem: &GuestMemoryMmap,
+        limit: Duration,
+        other_work: &mut dyn FnMut() -> bool,
+    ) -> bool {
         let deadline = Instant::now() + limit;
         loop {
+            if other_work() {
+                return true;
+            }
             match queue.avail_idx(mem, Ordering::Acquire) {
                 Ok(idx) if idx.0 != queue.next_avail() => return true,
                 Ok(_) => {}

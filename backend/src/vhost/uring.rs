@@ -162,6 +162,11 @@ impl Uring {
         self.in_flight
     }
 
+    /// Whether completions are waiting to be reaped (no syscall).
+    pub fn has_completions(&mut self) -> bool {
+        !self.ring.completion().is_empty()
+    }
+
     /// Whether every slot is in flight.
     pub fn is_full(&self) -> bool {
         self.free.is_empty()
