@@ -134,6 +134,7 @@ fn io_uring_path_allocates_nothing_in_steady_state() {
     let mut bus = ScsiBus::new();
     bus.add_lun(0, 0, lu.clone()).unwrap();
     let target = bus.target(0).unwrap();
+    let entry = target.entry(0).unwrap().clone();
     let mut engine = match Uring::new(None) {
         Ok(e) => e,
         Err(e) => {
@@ -178,12 +179,15 @@ fn io_uring_path_allocates_nothing_in_steady_state() {
                     defer: true,
                 };
                 assert!(din.can_defer() && dout.can_defer());
+                // Counted in flight on the LUN from before the command runs
+                // until the engine completes it, as the request queue does.
+                entry.begin_transfer();
                 let r = target.execute(0, &req, &mut din, &dout);
                 let t = *r.transfer().expect("READ/WRITE deferred");
                 if engine
                     .start(
                         i as u16,
-                        &lu,
+                        &entry,
                         t,
                         r,
                         None,
@@ -217,6 +221,7 @@ fn io_uring_path_allocates_nothing_in_steady_state() {
         "io_uring path allocated {allocations} times"
     );
     assert_eq!(statuses, 11 * 128);
+    assert_eq!(entry.in_flight(), 0, "every transfer left the LUN");
     assert!(in_buf.iter().all(|&b| b == 0x3C), "reads see the writes");
     let disk = std::fs::read(&path).unwrap();
     assert!(disk[..64 * 8 * 512].iter().all(|&b| b == 0x3C));

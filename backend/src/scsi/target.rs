@@ -540,6 +540,20 @@ impl LunEntry {
         Entered::Gone
     }
 
+    /// A command's data transfer left to the transport (`aio=io_uring`)
+    /// counts as in flight from before the command runs until
+    /// [`LunEntry::end_transfer`], so [`LunEntry::fence`] (remove, switch,
+    /// eject) waits for it too.
+    pub fn begin_transfer(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The transfer of [`LunEntry::begin_transfer`] completed (or none was
+    /// left to the transport after all).
+    pub fn end_transfer(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
     /// Waits until no command runs on the entry, at most `timeout`;
     /// returns whether it drained.
     fn drain(&self, timeout: Duration) -> bool {

@@ -50,7 +50,8 @@ use super::queue_metrics::{QueueCounters, QueueMetrics};
 use super::uring::{Completed, StartError, Uring};
 use crate::fault::FaultTable;
 use crate::scsi::rw::{complete_transfer, may_defer};
-use crate::scsi::{CommandResult, LogicalUnit, Request, ScsiBus};
+use crate::scsi::target::LunEntry;
+use crate::scsi::{CommandResult, Request, ScsiBus};
 
 const REQ_SIZE: usize = size_of::<CmdReq>();
 const RESP_SIZE: usize = size_of::<CmdResp>();
@@ -753,14 +754,20 @@ impl RequestQueue {
         };
         // An aio=io_uring LU: the transfer may go to the engine (created
         // now if this is the first one).
-        let defer_lu: Option<Arc<LogicalUnit>> = match lun {
+        // The LUN's entry counts the transfer in flight from before the
+        // command runs until the engine completes it, so a fence (remove,
+        // read-only switch, eject) waits for it.
+        let defer_lu: Option<Arc<LunEntry>> = match lun {
             Some(l) if may_defer(&req.cdb) => target
-                .lun(l)
-                .filter(|lu| lu.defers_io())
+                .entry(l)
+                .filter(|e| e.lu().defers_io())
                 .cloned()
                 .filter(|_| self.engine().is_some_and(|u| !u.is_full())),
             _ => None,
         };
+        if let Some(e) = &defer_lu {
+            e.begin_transfer();
+        }
         let defer = defer_lu.is_some();
         let mut data_in = GuestDataIn {
             iov: &self.writable,
@@ -776,6 +783,10 @@ impl RequestQueue {
             Some(lun) => target.execute(lun, &request, &mut data_in, &data_out),
             None => target.execute_well_known(&request, &mut data_in, &data_out),
         };
+        if let (Some(e), None) = (&defer_lu, result.transfer()) {
+            // Answered without a transfer (an error, BUSY, zero length).
+            e.end_transfer();
+        }
         // The SCSI layer reports a buffer smaller than the command's
         // transfer as 5/0E/03; on virtio that is the transport's
         // VIRTIO_SCSI_S_OVERRUN (§5.6.6.1), as QEMU answers too.
@@ -803,13 +814,14 @@ impl RequestQueue {
                     self.publish_in_flight();
                     return Outcome::InFlight;
                 }
-                (Err(e), Some(lu)) => {
+                (Err(e), Some(entry)) => {
                     warn!(head, error = %e, "io_uring transfer not started: failing the command");
                     result = complete_transfer(
-                        lu,
+                        entry.lu(),
                         &transfer,
                         Err(std::io::Error::other("transfer not started")),
                     );
+                    entry.end_transfer();
                 }
                 (Err(e), None) => {
                     // Not reachable: the SCSI layer defers only when asked.

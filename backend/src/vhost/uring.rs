@@ -36,7 +36,8 @@ use vm_memory::{GuestMemoryLoadGuard, GuestMemoryMmap};
 
 use super::guest_io::IoVecs;
 use crate::scsi::rw::complete_transfer;
-use crate::scsi::{CommandResult, LogicalUnit, MediumTransfer};
+use crate::scsi::target::LunEntry;
+use crate::scsi::{CommandResult, MediumTransfer};
 
 /// Requests in flight per queue at most (slots in the slab; also the
 /// submission queue size, so a submission never finds the ring full).
@@ -67,7 +68,10 @@ struct Slot {
     transfer: Option<MediumTransfer>,
     result: CommandResult,
     short: Option<u32>,
-    lu: Option<Arc<LogicalUnit>>,
+    /// The LUN's run-time entry: keeps the logical unit (and its file)
+    /// alive, and its in-flight count (taken by the caller with
+    /// [`LunEntry::begin_transfer`]) is released when the request finishes.
+    lu: Option<Arc<LunEntry>>,
     /// Keeps the mapping the iovecs point into alive until the CQE.
     mem: Option<GuestMemoryLoadGuard<GuestMemoryMmap>>,
 }
@@ -175,13 +179,15 @@ impl Uring {
     /// Starts `transfer` of the chain `head` (whose command gave
     /// `result`): takes over `readable` / `writable` (they come back empty,
     /// allocation kept) and `mem`, and queues the SQE (sent by the next
-    /// [`Uring::submit`]). `lu` must be the raw logical unit the command
-    /// ran on.
+    /// [`Uring::submit`]). `lu` is the entry of the raw logical unit the
+    /// command ran on, on which the caller called
+    /// [`LunEntry::begin_transfer`]: the engine calls `end_transfer` when
+    /// the request finishes (not when `start` fails).
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         &mut self,
         head: u16,
-        lu: &Arc<LogicalUnit>,
+        lu: &Arc<LunEntry>,
         transfer: MediumTransfer,
         result: CommandResult,
         short: Option<u32>,
@@ -189,7 +195,7 @@ impl Uring {
         (writable, resp_size): (&mut IoVecs, usize),
         mem: Option<GuestMemoryLoadGuard<GuestMemoryMmap>>,
     ) -> Result<(), StartError> {
-        let Some(raw) = lu.raw_image() else {
+        let Some(raw) = lu.lu().raw_image() else {
             return Err(StartError::Invalid);
         };
         let Some(&idx) = self.free.last() else {
@@ -364,7 +370,11 @@ impl Uring {
             };
             let slot = &mut self.slots[usize::from(idx)];
             let result = match &slot.lu {
-                Some(lu) => complete_transfer(lu, &t, outcome),
+                Some(entry) => {
+                    let r = complete_transfer(entry.lu(), &t, outcome);
+                    entry.end_transfer();
+                    r
+                }
                 None => slot.result,
             };
             done(Completed {
@@ -410,7 +420,7 @@ impl Uring {
                 n = 0;
             }
         }
-        if let Some(raw) = slot.lu.as_ref().and_then(|lu| lu.raw_image()) {
+        if let Some(raw) = slot.lu.as_ref().and_then(|e| e.lu().raw_image()) {
             let rest = &slot.data[slot.first..];
             let file = raw.file_for(t.disk_offset + slot.done as u64, t.len - slot.done, |a| {
                 rest.iter()
@@ -455,10 +465,11 @@ impl Drop for Uring {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scsi::{LunOptions, Request, ScsiBus};
+    use crate::scsi::{LogicalUnit, LunOptions, Request, ScsiBus};
     use crate::storage::{AioMode, CacheMode};
     use crate::vhost::guest_io::{GuestDataIn, GuestDataOut};
     use std::os::unix::fs::FileExt;
+    use std::time::Duration;
     use vscsi_protocol::cdb::Cdb;
 
     struct Setup {
@@ -466,6 +477,15 @@ mod tests {
         path: std::path::PathBuf,
         lu: Arc<LogicalUnit>,
         bus: ScsiBus,
+    }
+
+    impl Setup {
+        /// The LUN's entry, with a transfer begun on it (as the queue does).
+        fn entry(&self) -> Arc<LunEntry> {
+            let e = self.bus.target(0).unwrap().entry(0).unwrap().clone();
+            e.begin_transfer();
+            e
+        }
     }
 
     fn setup(cache: CacheMode, size: u64) -> Option<Setup> {
@@ -524,8 +544,17 @@ mod tests {
         let Some(&tr) = r.transfer() else {
             return r;
         };
-        u.start(9, &s.lu, tr, r, None, (readable, 0), (writable, 0), None)
-            .unwrap();
+        u.start(
+            9,
+            &s.entry(),
+            tr,
+            r,
+            None,
+            (readable, 0),
+            (writable, 0),
+            None,
+        )
+        .unwrap();
         assert_eq!(u.in_flight(), 1);
         let mut out = None;
         u.drain(&mut |c| {
@@ -605,7 +634,7 @@ mod tests {
             let tr = *r.transfer().unwrap();
             u.start(
                 i as u16,
-                &s.lu,
+                &s.entry(),
                 tr,
                 r,
                 None,
@@ -616,6 +645,13 @@ mod tests {
             .unwrap();
         }
         assert_eq!(u.in_flight(), 64);
+        // Each counts on the LUN (a fence waits for it) until it is reaped.
+        let entry = s.bus.target(0).unwrap().entry(0).unwrap().clone();
+        assert_eq!(entry.in_flight(), 64);
+        assert!(
+            !entry.fence(Duration::from_millis(5)),
+            "fence waits for the transfers"
+        );
         let mut seen = [0u8; 64];
         let n = u.drain(&mut |c| {
             assert!(c.result.is_good());
@@ -626,6 +662,12 @@ mod tests {
             seen.iter().all(|&x| x == 1),
             "each completed once: {seen:?}"
         );
+        assert_eq!(
+            entry.in_flight(),
+            0,
+            "every transfer left the LUN's in-flight count"
+        );
+        assert!(entry.fence(Duration::from_millis(5)));
         for (i, buf) in bufs.iter().enumerate() {
             let want = if (10..12).contains(&i) {
                 0xC3
