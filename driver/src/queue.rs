@@ -700,6 +700,9 @@ impl RequestQueue {
                 warn!(queue = self.index, error = %e, "kick failed");
             }
         }
+        // While submitters are busy, completions the device already
+        // published are taken here, without waiting for its notification.
+        self.pop_completed(&mut inner);
         drop(inner);
         Ok(Pending {
             queue: self.clone(),
@@ -714,42 +717,50 @@ impl RequestQueue {
         self.reap();
     }
 
-    /// Drains the used ring, waking the submitters. Returns false once the
-    /// queue is closed.
+    /// Takes every completion the device has published and wakes its
+    /// waiter; marks the queue broken if the device broke the ring
+    /// contract. Does not re-arm the device's notification (`used_event`):
+    /// the completion task does that before it sleeps, so a completion this
+    /// takes first only makes its wake-up spurious.
+    fn pop_completed(&self, inner: &mut Inner) {
+        if inner.broken.is_some() {
+            return;
+        }
+        loop {
+            match inner.ring.pop_used() {
+                Ok(Some((head, len))) => {
+                    let Some(h) = inner.heads.get_mut(head as usize).and_then(Option::take) else {
+                        // The ring validated the id; a missing entry is our bug, not the device's.
+                        error!(
+                            queue = self.index,
+                            head, "completion for a head with no waiter"
+                        );
+                        continue;
+                    };
+                    self.completions.fetch_add(1, Ordering::Relaxed);
+                    self.finish(h.slot, DONE, len, 0);
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    error!(queue = self.index, error = %e, "device broke the ring contract; queue disabled until it is reset");
+                    inner.broken = Some(e);
+                    self.broken.store(true, Ordering::Relaxed);
+                    for h in inner.heads.iter_mut().filter_map(Option::take) {
+                        self.finish(h.slot, FAILED, 0, FAIL_BROKEN);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Drains the used ring, waking the submitters, and re-arms the
+    /// device's notification. Returns false once the queue is closed.
     fn reap(&self) -> bool {
         let mut inner = self.lock();
         loop {
-            if inner.broken.is_some() {
-                return !self.closed.load(Ordering::Relaxed);
-            }
-            loop {
-                match inner.ring.pop_used() {
-                    Ok(Some((head, len))) => {
-                        let Some(h) = inner.heads.get_mut(head as usize).and_then(Option::take)
-                        else {
-                            // The ring validated the id; a missing entry is our bug, not the device's.
-                            error!(
-                                queue = self.index,
-                                head, "completion for a head with no waiter"
-                            );
-                            continue;
-                        };
-                        self.completions.fetch_add(1, Ordering::Relaxed);
-                        self.finish(h.slot, DONE, len, 0);
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        error!(queue = self.index, error = %e, "device broke the ring contract; queue disabled until it is reset");
-                        inner.broken = Some(e);
-                        self.broken.store(true, Ordering::Relaxed);
-                        for h in inner.heads.iter_mut().filter_map(Option::take) {
-                            self.finish(h.slot, FAILED, 0, FAIL_BROKEN);
-                        }
-                        return !self.closed.load(Ordering::Relaxed);
-                    }
-                }
-            }
-            if !inner.ring.enable_interrupts() {
+            self.pop_completed(&mut inner);
+            if inner.broken.is_some() || !inner.ring.enable_interrupts() {
                 return !self.closed.load(Ordering::Relaxed);
             }
         }
