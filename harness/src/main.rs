@@ -22,6 +22,7 @@ mod pattern;
 mod raw;
 mod read;
 mod readcap;
+mod reset;
 mod scan;
 mod stats;
 mod tmf;
@@ -83,6 +84,8 @@ enum Command {
     Bench(bench::Args),
     /// Send a task management function: abort, lun-reset, target-reset...
     Tmf(tmf::Args),
+    /// Reset a request queue or the whole device (the error handler's last steps).
+    Reset(reset::Args),
     /// Follow the device's events (hot-plug, parameter changes) until Ctrl-C.
     Events(events::Args),
     /// Write a seeded pattern with many commands in flight, read back, report bad LBAs.
@@ -108,6 +111,7 @@ impl Command {
             Command::Demo(_) => false,
             Command::Bench(a) => a.device.json,
             Command::Tmf(a) => a.device.conn.json,
+            Command::Reset(a) => a.device.conn.json,
             Command::Events(a) => a.conn.json,
             Command::Verify(a) => a.device.conn.json,
             Command::Stats(a) => a.device.conn.json,
@@ -128,6 +132,7 @@ impl Command {
             Command::Demo(a) => demo::run(a).await,
             Command::Bench(a) => bench::run(a).await,
             Command::Tmf(a) => tmf::run(a).await,
+            Command::Reset(a) => reset::run(a).await,
             Command::Events(a) => events::run(a).await,
             Command::Verify(a) => verify::run(a).await,
             Command::Stats(a) => stats::run(a).await,

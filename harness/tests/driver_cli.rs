@@ -97,6 +97,20 @@ fn verify_tmf_and_stats_verbs() {
     assert_ne!(code, 0);
     assert!(err.contains("--tag"), "{err}");
 
+    let (code, out, err) = vscsi(&d, &["reset", "device"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("device reset"), "{out}");
+    assert!(
+        out.contains("TEST UNIT READY after the reset: GOOD"),
+        "{out}"
+    );
+    let (code, out, err) = vscsi(&d, &["reset", "queue", "--queue", "1", "--queues", "2"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("request queue 1 reset"), "{out}");
+    let (code, _, err) = vscsi(&d, &["reset", "queue", "--queue", "7"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("request queue 7 does not exist"), "{err}");
+
     let (code, out, err) = vscsi(&d, &["stats", "--reads", "16", "--json"]);
     assert_eq!(code, 0, "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
