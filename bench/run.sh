@@ -3,7 +3,9 @@
 # Usage: bench/run.sh [IMAGE] [RUNS] [SECONDS]
 #   IMAGE defaults to a 1 GiB file of random data in /tmp (page cache).
 #   Set VHOST_DEVICE_SCSI=/path/to/vhost-device-scsi for the comparison
-#   (cargo install vhost-device-scsi --root /tmp/vds; nothing of it is kept here).
+#   (cargo install vhost-device-scsi --root /tmp/vds; nothing of it is kept here),
+#   and COLD=1 as well for a second one with the page cache dropped before
+#   each run (root): ours with cache=none (O_DIRECT, io_uring), theirs buffered.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 img=${1:-/tmp/vscsi-bench-1g.img}
@@ -37,6 +39,8 @@ case_ "randread 4k qd128 2 queues, daemon poll" --rw randread --bs 4k --iodepth 
 case_ "randread 4k qd1"                     --rw randread --bs 4k --iodepth 1
 case_ "randread 4k qd1, poll both sides"    --rw randread --bs 4k --iodepth 1 --poll-us 50 --daemon-poll-us 50
 case_ "read 128k qd8 (sequential)"          --rw read --bs 128k --iodepth 8
+case_ "read 128k qd16 2 queues (sequential)" --rw read --bs 128k --iodepth 16 --queues 2
+case_ "randread 4k qd1, daemon poll only"    --rw randread --bs 4k --iodepth 1 --daemon-poll-us 50
 case_ "randwrite 4k qd32 1 queue"           --rw randwrite --bs 4k --iodepth 32
 
 if [ -n "${VHOST_DEVICE_SCSI:-}" ]; then
@@ -52,6 +56,31 @@ if [ -n "${VHOST_DEVICE_SCSI:-}" ]; then
         kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -f "$sock"
     done
     printf '%-44s ' "  vscsi-backend"; printf '%s\n' "${ours[@]}" | stats
+    printf '%-44s ' "  vhost-device-scsi 0.1.0"; printf '%s\n' "${theirs[@]}" | stats
+    paste -d' ' <(printf '%s\n' "${ours[@]}") <(printf '%s\n' "${theirs[@]}") |
+        awk '{ printf "  run %d: ratio %.1fx\n", NR, $1 / $4 }'
+fi
+
+if [ -n "${VHOST_DEVICE_SCSI:-}" ] && [ -n "${COLD:-}" ]; then
+    echo "comparison, page cache dropped before each run, queue size 128, randread 4k qd32:"
+    ours=(); theirs=()
+    for _ in $(seq "$runs"); do
+        sock=$(mktemp -u /tmp/vscsi-XXXXXX.sock)
+        "$B/vscsi-backend" --socket "$sock" --lun "0:0=$img,cache=none" >/dev/null 2>&1 &
+        pid=$!
+        for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+        sync; echo 3 > /proc/sys/vm/drop_caches
+        ours+=("$(one --socket "$sock" --daemon-pid "$pid" --rw randread --bs 4k --iodepth 32 --queue-size 128)")
+        kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -f "$sock"
+        sock=$(mktemp -u /tmp/vds-XXXXXX.sock)
+        "$VHOST_DEVICE_SCSI" --socket-path "$sock" "$img" >/dev/null 2>&1 &
+        pid=$!
+        for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+        sync; echo 3 > /proc/sys/vm/drop_caches
+        theirs+=("$(one --socket "$sock" --daemon-pid "$pid" --rw randread --bs 4k --iodepth 32 --queue-size 128)")
+        kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -f "$sock"
+    done
+    printf '%-44s ' "  vscsi-backend cache=none (io_uring)"; printf '%s\n' "${ours[@]}" | stats
     printf '%-44s ' "  vhost-device-scsi 0.1.0"; printf '%s\n' "${theirs[@]}" | stats
     paste -d' ' <(printf '%s\n' "${ours[@]}") <(printf '%s\n' "${theirs[@]}") |
         awk '{ printf "  run %d: ratio %.1fx\n", NR, $1 / $4 }'
