@@ -263,11 +263,12 @@ impl Uring {
         }
         .user_data(u64::from(idx));
         loop {
-            // SAFETY: the SQE points at `slot.data` (iovecs into guest
-            // memory kept mapped by `slot.mem`) and at `slot.fd` (kept open
-            // by `slot.lu`); the slot is neither reused nor its `data`
-            // touched until this request's CQE is reaped in `reap`, and
-            // `Drop` waits for every request in flight.
+            // The SQE points at `slot.data` (iovecs into guest memory kept
+            // mapped by `slot.mem`) and at `slot.fd` (kept open by
+            // `slot.lu`); the slot is neither reused nor its `data` touched
+            // until this request's CQE is reaped in `reap`, and `Drop` waits
+            // for every request in flight.
+            // SAFETY: what the SQE names outlives the request (above).
             let pushed = unsafe { self.ring.submission().push(&sqe) };
             if pushed.is_ok() {
                 self.unsubmitted += 1;
