@@ -124,3 +124,37 @@ async fn hotplug_and_param_change_events_reach_the_driver_with_event_index() {
 async fn hotplug_and_param_change_events_reach_the_driver_without_event_index() {
     events_reach_the_stream(false).await;
 }
+
+#[tokio::test]
+async fn events_still_arrive_after_a_device_reset() {
+    let hub = Arc::new(EventHub::default());
+    let opts = DeviceOptions {
+        events: hub.clone(),
+        ..Default::default()
+    };
+    let d = TestDaemon::start_with(&[(0, 0, 8 * MIB, false)], opts);
+    let drv = Driver::connect(&d.socket, QueueConfig::default())
+        .await
+        .unwrap();
+    let mut rx = drv.events();
+    drv.task_management(0, 0, Tmf::QueryTaskSet).await.unwrap();
+    deliver(|| hub.param_change(0, 0, 0x2A, 0x09)).await;
+    assert!(matches!(
+        next_event(&mut rx).await,
+        DeviceEvent::ParamChange { .. }
+    ));
+    // The reset takes the posted event buffers off the ring; the driver
+    // posts them again on the new one.
+    drv.reset_device().await.unwrap();
+    drv.task_management(0, 0, Tmf::QueryTaskSet).await.unwrap();
+    for lun in 1..4u16 {
+        deliver(|| hub.transport_reset(0, lun, BackendReason::Rescan)).await;
+        assert_eq!(
+            next_event(&mut rx).await,
+            DeviceEvent::TransportReset {
+                lun: Lun { target: 0, lun },
+                reason: ResetReason::Rescan
+            }
+        );
+    }
+}
