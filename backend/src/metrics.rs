@@ -48,6 +48,7 @@ pub fn stats_json(service: &Service, only: Option<&str>) -> Value {
                         "errors": get(&s.errors),
                         "in_flight": e.in_flight(),
                         "capacity_bytes": e.lu().capacity_blocks() * u64::from(e.lu().block_size()),
+                        "cache_none_misaligned": misaligned(e.lu()),
                         "latency_us": {
                             "p50": s.latency_quantile_us(0.5),
                             "p90": s.latency_quantile_us(0.9),
@@ -93,6 +94,13 @@ fn escape(v: &str) -> String {
 }
 
 /// The Prometheus text exposition (format 0.0.4).
+/// Transfers of a `cache=none` image that were not aligned for `O_DIRECT`
+/// (served through the page cache); 0 for other images.
+fn misaligned(lu: &crate::scsi::LogicalUnit) -> u64 {
+    lu.raw_image()
+        .map_or(0, crate::storage::RawImage::misaligned)
+}
+
 pub fn render(service: &Service) -> String {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, rows: &[(String, String)]| {
@@ -154,6 +162,12 @@ pub fn render(service: &Service) -> String {
             "Capacity served.",
             vec![],
         ),
+        (
+            "vscsi_lun_cache_none_misaligned_total",
+            "counter",
+            "Transfers of a cache=none image served through the page cache because they were not aligned for O_DIRECT.",
+            vec![],
+        ),
     ];
     let mut per_queue: [(&str, &str, &str, Vec<Row>); 3] = [
         (
@@ -204,6 +218,7 @@ pub fn render(service: &Service) -> String {
                 s.errors.load(Ordering::Relaxed),
                 e.in_flight(),
                 e.lu().capacity_blocks() * u64::from(e.lu().block_size()),
+                misaligned(e.lu()),
             ];
             for (f, v) in per_lun.iter_mut().zip(values) {
                 f.3.push((format!("{{{labels}}}"), v.to_string()));

@@ -254,4 +254,30 @@ async fn two_controllers_hotplug_and_unplug_under_io() {
     );
     let batches = q["batches"].as_u64().unwrap();
     assert!(batches >= 1 && batches <= requests, "{stats}");
+    let lun = &stats["controllers"][0]["luns"][0];
+    assert_eq!(
+        lun["cache_none_misaligned"], 0,
+        "a writeback image: {stats}"
+    );
+    let commands = lun["commands"].as_u64().unwrap();
+    // The Prometheus text of the same counters (the --metrics endpoint);
+    // the driver's topology task may have sent a probe since the snapshot.
+    let text = vscsi_backend::metrics::render(&run.service);
+    let value = |series: &str| -> u64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(series))
+            .unwrap_or_else(|| panic!("no series {series} in:\n{text}"));
+        line[series.len()..].trim().parse().unwrap()
+    };
+    assert!(text.contains("# TYPE vscsi_lun_commands_total counter\n"));
+    let lun_labels = "{controller=\"vm1\",target=\"0\",lun=\"0\"}";
+    assert!(value(&format!("vscsi_lun_commands_total{lun_labels}")) >= commands);
+    assert_eq!(
+        value(&format!(
+            "vscsi_lun_cache_none_misaligned_total{lun_labels}"
+        )),
+        0
+    );
+    assert!(value("vscsi_queue_requests_total{controller=\"vm1\",queue=\"0\"}") >= requests);
 }
