@@ -104,7 +104,7 @@ impl ControlQueue {
             if let Err(e) = state.add_used(head, used) {
                 warn!(head, error = %e, "control queue: add_used failed");
             }
-            if state.needs_notification().unwrap_or(true) {
+            if super::notify::wants_call(&mut state, &guard) {
                 state.signal_used_queue()?;
             }
         }

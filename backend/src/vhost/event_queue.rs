@@ -192,7 +192,7 @@ impl EventQueue {
         if let Err(e) = state.enable_notification() {
             warn!(error = %e, "event queue: cannot enable notifications");
         }
-        if state.needs_notification().unwrap_or(true) {
+        if super::notify::wants_call(&mut state, &guard) {
             if let Err(e) = state.signal_used_queue() {
                 warn!(error = %e, "event queue: signal failed");
             }

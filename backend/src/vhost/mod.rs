@@ -10,6 +10,7 @@
 //!   [`EventHub`](event_queue::EventHub) hook that sends them.
 //! - [`chain`]: descriptor chain → iovecs, with every address checked.
 //! - [`guest_io`]: iovecs in guest memory as the SCSI layer's data buffers.
+//! - [`notify`]: whether the driver wants a used buffer notification.
 //! - [`uring`]: the io_uring engine of a request queue (`aio=io_uring`).
 
 pub mod chain;
@@ -17,6 +18,7 @@ pub mod control_queue;
 pub mod device;
 pub mod event_queue;
 pub mod guest_io;
+pub mod notify;
 pub mod queue_metrics;
 pub mod request_queue;
 pub mod uring;

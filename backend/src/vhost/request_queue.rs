@@ -22,7 +22,7 @@
 //! queue's [`Uring`] engine (created on first use, when the device has
 //! registered its completion eventfd in this worker's epoll); the chain is
 //! completed when the engine reaps its CQE, in the same kind of batch
-//! (add_used, one notification when `needs_notification()` says so). A
+//! (add_used, one notification when the driver asked: `notify::wants_call`). A
 //! command that is not a READ/WRITE runs only after this queue's transfers
 //! in flight completed (so SYNCHRONIZE CACHE covers them). [`RequestQueue::drain`]
 //! completes everything in flight before a ring stops, on reset and on
@@ -38,12 +38,8 @@ use std::sync::atomic::Ordering;
 use tracing::{debug, info, warn};
 use vhost_user_backend::{VringRwLock, VringState, VringT};
 
-use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{
-    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard,
-    GuestMemoryMmap,
-};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vscsi_protocol::lun::{LunAddress, LunError};
 use vscsi_protocol::sense::Sense;
 use vscsi_protocol::status;
@@ -53,6 +49,7 @@ use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use super::chain::split_chain;
 use super::guest_io::{GuestDataIn, GuestDataOut, IoVecs};
+use super::notify::wants_call;
 use super::queue_metrics::{QueueCounters, QueueMetrics};
 use super::uring::{Completed, StartError, Uring};
 use crate::fault::FaultTable;
@@ -97,7 +94,7 @@ pub struct HeldRequest {
     tag: u64,
     writable: IoVecs,
     /// Keeps the mapping `writable` points into alive.
-    _mem: GuestMemoryLoadGuard<GuestMemoryMmap>,
+    mem: GuestMemoryLoadGuard<GuestMemoryMmap>,
 }
 
 /// A command the worker is delaying (latency fault) right now.
@@ -301,6 +298,9 @@ impl QueueShared {
 
 /// Writes a bare `response` into each held command and completes it.
 fn complete_held(vring: &VringRwLock, reqs: Vec<HeldRequest>, response: Response) {
+    let Some(mem) = reqs.first().map(|r| r.mem.clone()) else {
+        return;
+    };
     let mut state = vring.get_mut();
     for r in reqs {
         let used = write_bare(&r.writable, response);
@@ -308,7 +308,7 @@ fn complete_held(vring: &VringRwLock, reqs: Vec<HeldRequest>, response: Response
             warn!(head = r.head, error = %e, "completing a held command failed");
         }
     }
-    if state.needs_notification().unwrap_or(true) {
+    if wants_call(&mut state, &mem) {
         if let Err(e) = state.signal_used_queue() {
             warn!(error = %e, "signalling held completions failed");
         }
@@ -372,22 +372,6 @@ fn write_response(
 }
 
 /// Adds the used entry of a request the engine finished.
-/// Whether the driver wants a used buffer notification now. With
-/// EVENT_IDX (VIRTIO 1.2 §2.7.10): `used_event` was crossed since the last
-/// check. Without it (§2.7.7.2): unless the driver set
-/// VRING_AVAIL_F_NO_INTERRUPT, when the device SHOULD NOT notify (virtio-queue
-/// does not read that flag, so it is read here).
-fn wants_call(state: &mut VringState, mem: &GuestMemoryMmap) -> bool {
-    let q = state.get_queue();
-    if q.event_idx_enabled() {
-        return state.needs_notification().unwrap_or(true);
-    }
-    // Our used entries are visible before the driver's flags are read.
-    std::sync::atomic::fence(Ordering::SeqCst);
-    let flags = mem.load::<u16>(GuestAddress(q.avail_ring()), Ordering::Relaxed);
-    !matches!(flags, Ok(f) if f & VRING_AVAIL_F_NO_INTERRUPT as u16 != 0)
-}
-
 fn complete_used(state: &mut VringState, c: Completed<'_>) {
     let used = write_response(c.writable, c.readable_len, &c.result, c.short);
     if let Err(e) = state.add_used(c.head, used) {
@@ -418,6 +402,9 @@ pub struct RequestQueue {
     /// The queue's vring, recorded at the first batch (to complete what
     /// is in flight when the ring stops).
     vring: Option<VringRwLock>,
+    /// The guest memory, recorded with `vring` (to read the driver's flags
+    /// when completing outside a batch).
+    mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
     shared: Arc<QueueShared>,
     faults: Arc<FaultTable>,
     poll: Duration,
@@ -438,6 +425,7 @@ impl RequestQueue {
             writable: IoVecs::default(),
             engine: Engine::NoListener,
             vring: None,
+            mem: None,
             shared,
             faults,
             poll,
@@ -504,7 +492,7 @@ impl RequestQueue {
         if let Err(e) = u.submit() {
             warn!(error = %e, "io_uring submit failed");
         }
-        let notify = n > 0 && state.needs_notification().unwrap_or(true);
+        let notify = n > 0 && self.wants_call(&mut state);
         if notify {
             state.signal_used_queue()?;
         }
@@ -537,7 +525,7 @@ impl RequestQueue {
         };
         let mut state = vring.get_mut();
         let n = u.drain(&mut |c| complete_used(&mut state, c));
-        if n > 0 && state.needs_notification().unwrap_or(true) {
+        if n > 0 && self.wants_call(&mut state) {
             if let Err(e) = state.signal_used_queue() {
                 warn!(error = %e, "signalling drained completions failed");
             }
@@ -545,6 +533,14 @@ impl RequestQueue {
         drop(state);
         self.publish_in_flight();
         n
+    }
+
+    /// [`wants_call`] with the memory recorded at the first batch.
+    fn wants_call(&self, state: &mut VringState) -> bool {
+        match &self.mem {
+            Some(m) => wants_call(state, &m.memory()),
+            None => state.needs_notification().unwrap_or(true),
+        }
     }
 
     /// Serves everything available on `vring`, then notifies the driver if it asked.
@@ -560,6 +556,9 @@ impl RequestQueue {
     ) -> std::io::Result<()> {
         if self.vring.is_none() {
             self.vring = Some(vring.clone());
+        }
+        if self.mem.is_none() {
+            self.mem = Some(mem.clone());
         }
         let guard = mem.memory();
         let mut state = vring.get_mut();
@@ -751,7 +750,7 @@ impl RequestQueue {
                             lun: l,
                             tag,
                             writable: std::mem::take(&mut self.writable),
-                            _mem: guard.clone(),
+                            mem: guard.clone(),
                         },
                     );
                     return Outcome::Held;
