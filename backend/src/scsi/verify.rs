@@ -51,6 +51,17 @@ fn miscompare(offset: u64) -> CommandResult {
     CommandResult::check_condition(Sense::MISCOMPARE_DURING_VERIFY.with_information(offset))
 }
 
+/// The answer of a compare ([`compare_medium`]'s result) that took
+/// `data_out` bytes: its error, MISCOMPARE at the first differing offset,
+/// or GOOD.
+fn verdict(compared: Result<Option<u64>, CommandResult>, data_out: usize) -> CommandResult {
+    match compared {
+        Err(r) => r,
+        Ok(Some(at)) => miscompare(at).with_data_out(data_out),
+        Ok(None) => CommandResult::good(0).with_data_out(data_out),
+    }
+}
+
 /// Compares `len` bytes of the medium at `offset` with `expected(pos, buf)`
 /// which fills `buf` with the expected bytes at byte `pos` of the range.
 /// Returns the first differing byte's position.
@@ -149,11 +160,7 @@ pub(crate) fn verify(
         }
     };
     let consumed = usize::try_from(consumed).unwrap_or(usize::MAX);
-    match result {
-        Err(r) => r,
-        Ok(Some(at)) => miscompare(at).with_data_out(consumed),
-        Ok(None) => CommandResult::good(0).with_data_out(consumed),
-    }
+    verdict(result, consumed)
 }
 
 /// WRITE AND VERIFY(10) and (16).
@@ -203,11 +210,7 @@ pub(crate) fn write_and_verify(
         Ok(None)
     };
     drop(guard);
-    match r {
-        Err(r) => r,
-        Ok(Some(at)) => miscompare(at).with_data_out(n),
-        Ok(None) => CommandResult::good(0).with_data_out(n),
-    }
+    verdict(r, n)
 }
 
 /// COMPARE AND WRITE.
