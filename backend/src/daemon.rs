@@ -229,6 +229,9 @@ pub fn serve_controller(
             break;
         }
         connection += 1;
+        // Ring-contract logs name the connection.
+        let trust = &opts.queue_metrics.trust;
+        trust.connection.store(connection, Ordering::Relaxed);
         stats.total.fetch_add(1, Ordering::Relaxed);
         stats.connected.fetch_add(1, Ordering::Relaxed);
         info!(target: "vscsi::audit", controller = name, socket = %socket, connection, action = "connect", result = "ok", "frontend connected");
@@ -252,6 +255,7 @@ pub fn serve_controller(
                 info!(target: "vscsi::audit", controller = name, socket = %socket, connection, action = "disconnect", result = "ok", "frontend disconnected")
             }
             Err(e) => {
+                trust.dropped_connections.fetch_add(1, Ordering::Relaxed);
                 warn!(target: "vscsi::audit", controller = name, socket = %socket, connection, action = "disconnect", result = "error", error = ?e, "frontend connection ended with an error")
             }
         }

@@ -5,6 +5,9 @@
 //! SCSI target, see [`crate::scsi::target::LunStats`]): commands, read and
 //! write commands and bytes, errors, commands in flight, capacity, and a
 //! latency histogram (powers of two of microseconds) with p50/p90/p99.
+//! Per controller, what its frontends did wrong ([`TrustCounters`]): rings
+//! broken, malformed chains, log lines rate-limited away, connections
+//! dropped on a protocol error; and the SCSI layer's suppressed log lines.
 //! Metric names follow Prometheus conventions (`vscsi_` prefix, `_total`
 //! counters, `_bytes`, `_seconds`).
 
@@ -21,6 +24,7 @@ use tracing::{info, warn};
 
 use crate::control::Service;
 use crate::scsi::target::LATENCY_BUCKETS;
+use crate::vhost::queue_metrics::TrustCounters;
 
 /// The `stats` result: every controller, or only `only`.
 pub fn stats_json(service: &Service, only: Option<&str>) -> Value {
@@ -77,14 +81,65 @@ pub fn stats_json(service: &Service, only: Option<&str>) -> Value {
                 "connected": c.connections.connected.load(Ordering::Relaxed),
                 "connections_total": c.connections.total.load(Ordering::Relaxed),
                 "queues": queues,
+                "trust": trust_json(&c.opts.queue_metrics.trust),
                 "luns": luns,
             })
         })
         .collect();
     json!({
         "uptime_seconds": service.uptime().as_secs(),
+        "scsi_log_suppressed": crate::ratelimit::SCSI_SUPPRESSED.load(Ordering::Relaxed),
         "controllers": ctrls,
     })
+}
+
+fn trust_json(t: &TrustCounters) -> Value {
+    let (broken_rings, malformed_chains, log_suppressed, dropped_connections) = t.snapshot();
+    json!({
+        "broken_rings": broken_rings,
+        "malformed_chains": malformed_chains,
+        "log_suppressed": log_suppressed,
+        "dropped_connections": dropped_connections,
+    })
+}
+
+/// The Prometheus families of [`TrustCounters`], one row per
+/// `(controller, counters)`, and the SCSI layer's `scsi_suppressed`.
+pub fn render_trust(
+    out: &mut String,
+    controllers: &[(&str, &TrustCounters)],
+    scsi_suppressed: u64,
+) {
+    const FAMILIES: [(&str, &str); 4] = [
+        (
+            "vscsi_controller_broken_rings_total",
+            "Queues stopped because the frontend broke the split-ring contract.",
+        ),
+        (
+            "vscsi_controller_malformed_chains_total",
+            "Descriptor chains completed with an error because they were malformed.",
+        ),
+        (
+            "vscsi_controller_log_suppressed_total",
+            "Log lines a frontend triggered that the rate limit suppressed.",
+        ),
+        (
+            "vscsi_controller_dropped_connections_total",
+            "Frontend connections that ended with a protocol error.",
+        ),
+    ];
+    for (i, (name, help)) in FAMILIES.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (c, t) in controllers {
+            let s = t.snapshot();
+            let v = [s.0, s.1, s.2, s.3][i];
+            let _ = writeln!(out, "{name}{{controller=\"{}\"}} {v}", escape(c));
+        }
+    }
+    let _ = writeln!(out, "# HELP vscsi_scsi_log_suppressed_total Log lines of the SCSI layer (I/O errors) that the rate limit suppressed.");
+    let _ = writeln!(out, "# TYPE vscsi_scsi_log_suppressed_total counter");
+    let _ = writeln!(out, "vscsi_scsi_log_suppressed_total {scsi_suppressed}");
 }
 
 fn escape(v: &str) -> String {
@@ -258,6 +313,16 @@ pub fn render(service: &Service) -> String {
     for (name, kind, help, rows) in per_queue.iter().chain(&per_lun) {
         family(name, kind, help, rows);
     }
+    let trust: Vec<(&str, &TrustCounters)> = service
+        .controllers()
+        .iter()
+        .map(|c| (c.name.as_str(), &c.opts.queue_metrics.trust))
+        .collect();
+    render_trust(
+        &mut out,
+        &trust,
+        crate::ratelimit::SCSI_SUPPRESSED.load(Ordering::Relaxed),
+    );
     let _ = writeln!(out, "# HELP vscsi_lun_command_duration_seconds Time from the target receiving a command to its status.");
     let _ = writeln!(out, "# TYPE vscsi_lun_command_duration_seconds histogram");
     for h in hist {
@@ -340,5 +405,47 @@ pub fn serve(service: Arc<Service>, listener: MetricsListener) {
                 Err(e) => warn!(error = %e, "metrics accept failed"),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trust_counters_render_as_prometheus_text() {
+        let a = TrustCounters::default();
+        let b = TrustCounters::default();
+        TrustCounters::add(&a.broken_rings);
+        TrustCounters::add(&a.broken_rings);
+        TrustCounters::add(&a.malformed_chains);
+        for _ in 0..7 {
+            TrustCounters::add(&b.log_suppressed);
+        }
+        TrustCounters::add(&b.dropped_connections);
+        let mut out = String::new();
+        render_trust(&mut out, &[("vm1", &a), ("v\"2", &b)], 3);
+        let expected = "\
+# HELP vscsi_controller_broken_rings_total Queues stopped because the frontend broke the split-ring contract.
+# TYPE vscsi_controller_broken_rings_total counter
+vscsi_controller_broken_rings_total{controller=\"vm1\"} 2
+vscsi_controller_broken_rings_total{controller=\"v\\\"2\"} 0
+# HELP vscsi_controller_malformed_chains_total Descriptor chains completed with an error because they were malformed.
+# TYPE vscsi_controller_malformed_chains_total counter
+vscsi_controller_malformed_chains_total{controller=\"vm1\"} 1
+vscsi_controller_malformed_chains_total{controller=\"v\\\"2\"} 0
+# HELP vscsi_controller_log_suppressed_total Log lines a frontend triggered that the rate limit suppressed.
+# TYPE vscsi_controller_log_suppressed_total counter
+vscsi_controller_log_suppressed_total{controller=\"vm1\"} 0
+vscsi_controller_log_suppressed_total{controller=\"v\\\"2\"} 7
+# HELP vscsi_controller_dropped_connections_total Frontend connections that ended with a protocol error.
+# TYPE vscsi_controller_dropped_connections_total counter
+vscsi_controller_dropped_connections_total{controller=\"vm1\"} 0
+vscsi_controller_dropped_connections_total{controller=\"v\\\"2\"} 1
+# HELP vscsi_scsi_log_suppressed_total Log lines of the SCSI layer (I/O errors) that the rate limit suppressed.
+# TYPE vscsi_scsi_log_suppressed_total counter
+vscsi_scsi_log_suppressed_total 3
+";
+        assert_eq!(out, expected);
     }
 }

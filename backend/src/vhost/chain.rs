@@ -6,10 +6,10 @@
 //! work. Anything a driver can get wrong is checked here and reported as a
 //! [`ChainFault`], never trusted: addresses outside guest memory, a readable
 //! descriptor after a writable one, zero-length descriptors are skipped.
+//! The ring's own contract (indices, loops, indirect tables) was checked by
+//! [`super::ring_guard`], which walked the chain into a list of descriptors.
 
-use std::ops::Deref;
-
-use virtio_queue::{desc::split::Descriptor, DescriptorChain};
+use virtio_queue::desc::split::Descriptor;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::guest_io::IoVecs;
@@ -29,25 +29,21 @@ pub enum ChainFault {
     ReadableAfterWritable,
 }
 
-/// Splits `chain` into its readable stream `r` and writable stream `w`.
+/// Splits the chain `descs` into its readable stream `r` and writable stream `w`.
 ///
 /// On a fault the readable stream keeps what came before the bad descriptor
 /// and the writable stream what came before a bad writable descriptor, so a
 /// FAILURE response can still be written if the writable stream got far enough.
-pub fn split_chain<M>(
-    chain: DescriptorChain<M>,
+pub fn split_chain(
+    descs: &[Descriptor],
     mem: &GuestMemoryMmap,
     r: &mut IoVecs,
     w: &mut IoVecs,
-) -> Result<(), ChainFault>
-where
-    M: Deref,
-    M::Target: vm_memory::GuestMemory,
-{
+) -> Result<(), ChainFault> {
     r.clear();
     w.clear();
     let mut fault = None;
-    for desc in chain {
+    for desc in descs {
         // After a bad readable descriptor, skip the rest of the readable
         // part but keep collecting the writable part, so the FAILURE
         // response can still be written. After a bad writable descriptor
@@ -55,7 +51,7 @@ where
         if fault.is_some() && !desc.is_write_only() {
             continue;
         }
-        if let Err(e) = add_descriptor(&desc, mem, r, w) {
+        if let Err(e) = add_descriptor(desc, mem, r, w) {
             fault.get_or_insert(e);
             if desc.is_write_only() {
                 break;

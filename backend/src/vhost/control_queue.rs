@@ -23,9 +23,8 @@
 
 use std::sync::Arc;
 
-use tracing::{debug, info, warn};
+use tracing::debug;
 use vhost_user_backend::{VringRwLock, VringT};
-use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vscsi_protocol::lun::LunAddress;
 use vscsi_protocol::virtio_scsi::{ctrl_type, tmf, CtrlAnReq, CtrlAnResp, CtrlTmfReq, Response};
@@ -34,15 +33,24 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::chain::split_chain;
 use super::guest_io::IoVecs;
+use super::queue_metrics::QueueMetrics;
 use super::request_queue::{Covers, QueueShared};
+use super::ring_guard::RingGuard;
 use crate::fault::FaultTable;
+use crate::limited;
 use crate::scsi::ScsiBus;
 
 /// Control queue worker state.
-#[derive(Default)]
 pub struct ControlQueue {
     readable: IoVecs,
     writable: IoVecs,
+    guard: RingGuard,
+}
+
+impl Default for ControlQueue {
+    fn default() -> Self {
+        Self::new(Arc::default())
+    }
 }
 
 /// What a TMF needs beyond its own request: the bus and every request queue.
@@ -56,6 +64,15 @@ pub struct TaskSet<'a> {
 }
 
 impl ControlQueue {
+    /// The control queue of a device of a controller counting in `metrics`.
+    pub fn new(metrics: Arc<QueueMetrics>) -> Self {
+        Self {
+            readable: IoVecs::default(),
+            writable: IoVecs::default(),
+            guard: RingGuard::new(0, metrics),
+        }
+    }
+
     /// Serves every available control request and notifies the driver.
     pub fn process(
         &mut self,
@@ -69,32 +86,52 @@ impl ControlQueue {
             // queues to complete the commands it covers.
             let next = {
                 let mut state = vring.get_mut();
-                if let Err(e) = state.disable_notification() {
-                    warn!(error = %e, "control queue: cannot disable notifications");
+                if !self.guard.serving(&state) {
+                    return Ok(());
                 }
-                state.get_queue_mut().pop_descriptor_chain(guard.clone())
+                if let Err(e) = state.disable_notification() {
+                    let s = limited!(self.guard.logs.ring_ops, warn, error = %e, "control queue: cannot disable notifications");
+                    self.guard.note_suppressed(s);
+                }
+                match self.guard.pop(state.get_queue_mut(), &guard) {
+                    Ok(next) => next,
+                    Err(v) => {
+                        // Every request taken before was completed already.
+                        self.guard.break_ring(&mut state, v);
+                        return Ok(());
+                    }
+                }
             };
-            let Some(chain) = next else {
+            let Some(head) = next else {
                 // Re-enabling writes avail_event (EVENT_IDX), so the driver
                 // kicks for its next request; re-check what came meanwhile.
                 match vring.get_mut().enable_notification() {
                     Ok(true) => continue,
                     Ok(false) => break,
                     Err(e) => {
-                        warn!(error = %e, "control queue: cannot enable notifications");
+                        let s = limited!(self.guard.logs.ring_ops, warn, error = %e, "control queue: cannot enable notifications");
+                        self.guard.note_suppressed(s);
                         break;
                     }
                 }
             };
-            let head = chain.head_index();
-            let used = match split_chain(chain, &guard, &mut self.readable, &mut self.writable) {
+            let used = match split_chain(
+                self.guard.descriptors(),
+                &guard,
+                &mut self.readable,
+                &mut self.writable,
+            ) {
                 Ok(()) => self.execute(tasks),
                 Err(fault) => {
-                    warn!(
+                    self.guard.note_malformed();
+                    let s = limited!(
+                        self.guard.logs.malformed,
+                        warn,
                         head,
                         ?fault,
                         "malformed control request: completed with used length 0"
                     );
+                    self.guard.note_suppressed(s);
                     0
                 }
             };
@@ -102,7 +139,8 @@ impl ControlQueue {
             self.writable.clear();
             let mut state = vring.get_mut();
             if let Err(e) = state.add_used(head, used) {
-                warn!(head, error = %e, "control queue: add_used failed");
+                let s = limited!(self.guard.logs.ring_ops, warn, head, error = %e, "control queue: add_used failed");
+                self.guard.note_suppressed(s);
             }
             if super::notify::wants_call(&mut state, &guard) {
                 state.signal_used_queue()?;
@@ -114,17 +152,26 @@ impl ControlQueue {
     fn execute(&mut self, tasks: &TaskSet<'_>) -> u32 {
         let mut ty = [0u8; 4];
         if self.readable.copy_out(0, &mut ty) < 4 {
-            warn!("control request shorter than its type field: completed with used length 0");
+            self.guard.note_malformed();
+            let s = limited!(
+                self.guard.logs.malformed,
+                warn,
+                "control request shorter than its type field: completed with used length 0"
+            );
+            self.guard.note_suppressed(s);
             return 0;
         }
         match u32::from_le_bytes(ty) {
             ctrl_type::TMF => self.tmf(tasks),
             t @ (ctrl_type::AN_QUERY | ctrl_type::AN_SUBSCRIBE) => self.an(t),
             other => {
-                warn!(
+                let s = limited!(
+                    self.guard.logs.request,
+                    warn,
                     ty = other,
                     "unknown control request type: completed with used length 0"
                 );
+                self.guard.note_suppressed(s);
                 0
             }
         }
@@ -133,7 +180,13 @@ impl ControlQueue {
     fn tmf(&mut self, tasks: &TaskSet<'_>) -> u32 {
         let mut raw = [0u8; size_of::<CtrlTmfReq>()];
         if self.readable.copy_out(0, &mut raw) < raw.len() || self.writable.is_empty() {
-            warn!("TMF request or response too short: completed with used length 0");
+            self.guard.note_malformed();
+            let s = limited!(
+                self.guard.logs.malformed,
+                warn,
+                "TMF request or response too short: completed with used length 0"
+            );
+            self.guard.note_suppressed(s);
             return 0;
         }
         let Ok(req) = CtrlTmfReq::read_from_bytes(&raw) else {
@@ -153,13 +206,16 @@ impl ControlQueue {
                 Some(_) => Response::IncorrectLun,
             },
         };
-        info!(
+        let s = limited!(
+            self.guard.logs.request,
+            info,
             subtype = tmf_name(subtype),
             tag,
             lun = ?req.lun,
             response = response.name(),
             "task management function"
         );
+        self.guard.note_suppressed(s);
         self.writable.copy_in(0, &[response as u8]);
         1
     }
@@ -168,7 +224,13 @@ impl ControlQueue {
         let mut raw = [0u8; size_of::<CtrlAnReq>()];
         let resp_len = size_of::<CtrlAnResp>();
         if self.readable.copy_out(0, &mut raw) < raw.len() || self.writable.len() < resp_len {
-            warn!("AN request or response too short: completed with used length 0");
+            self.guard.note_malformed();
+            let s = limited!(
+                self.guard.logs.malformed,
+                warn,
+                "AN request or response too short: completed with used length 0"
+            );
+            self.guard.note_suppressed(s);
             return 0;
         }
         // No asynchronous notification classes are supported (event_actual = 0).

@@ -142,7 +142,8 @@ impl ScsiDevice {
         let shared: Vec<Arc<QueueShared>> = (0..opts.request_queues)
             .map(|n| Arc::new(QueueShared::new(n)))
             .collect();
-        let events = Arc::new(EventQueue::default());
+        let events = Arc::new(EventQueue::new(opts.queue_metrics.clone()));
+        let control = ControlQueue::new(opts.queue_metrics.clone());
         opts.events.register(&events);
         let completions = (0..opts.request_queues)
             .map(|_| EventFd::new(EFD_NONBLOCK))
@@ -164,7 +165,7 @@ impl ScsiDevice {
             events,
             opts,
             mem: OnceLock::new(),
-            control: Mutex::default(),
+            control: Mutex::new(control),
             exit,
             completions,
         })

@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use tracing::{debug, info, warn};
 use vhost_user_backend::{VringRwLock, VringT};
-use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vscsi_protocol::lun::Lun;
 use vscsi_protocol::virtio_scsi::{event, feature, Event};
@@ -34,6 +33,9 @@ use zerocopy::IntoBytes;
 
 use super::chain::split_chain;
 use super::guest_io::IoVecs;
+use super::queue_metrics::QueueMetrics;
+use super::ring_guard::RingGuard;
+use crate::limited;
 
 /// Why a TRANSPORT_RESET event is sent (§5.6.6.3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,17 +72,39 @@ pub enum Delivery {
 }
 
 /// The event queue of one device.
-#[derive(Default)]
 pub struct EventQueue {
     mem: OnceLock<GuestMemoryAtomic<GuestMemoryMmap>>,
     vring: Mutex<Option<VringRwLock>>,
     acked: AtomicU64,
     missed: AtomicBool,
     gone: AtomicBool,
-    writable: Mutex<(IoVecs, IoVecs)>,
+    /// Scratch buffers and the ring contract of the queue.
+    writable: Mutex<(IoVecs, IoVecs, RingGuard)>,
+}
+
+impl Default for EventQueue {
+    fn default() -> Self {
+        Self::new(Arc::default())
+    }
 }
 
 impl EventQueue {
+    /// The event queue of a device of a controller counting in `metrics`.
+    pub fn new(metrics: Arc<QueueMetrics>) -> Self {
+        Self {
+            mem: OnceLock::new(),
+            vring: Mutex::new(None),
+            acked: AtomicU64::new(0),
+            missed: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
+            writable: Mutex::new((
+                IoVecs::default(),
+                IoVecs::default(),
+                RingGuard::new(1, metrics),
+            )),
+        }
+    }
+
     /// Records guest memory (from `update_memory`).
     pub fn set_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
         let _ = self.mem.set(mem);
@@ -154,12 +178,19 @@ impl EventQueue {
         };
         let guard = mem.memory();
         let mut state = vring.get_mut();
-        let Some(chain) = state.get_queue_mut().pop_descriptor_chain(guard.clone()) else {
-            return missed();
-        };
-        let head = chain.head_index();
         let mut bufs = self.writable.lock().unwrap_or_else(|p| p.into_inner());
-        let (r, w) = &mut *bufs;
+        let (r, w, ring) = &mut *bufs;
+        if !ring.serving(&state) {
+            return missed();
+        }
+        let head = match ring.pop(state.get_queue_mut(), &guard) {
+            Ok(Some(head)) => head,
+            Ok(None) => return missed(),
+            Err(v) => {
+                ring.break_ring(&mut state, v);
+                return missed();
+            }
+        };
         let mut used = 0u32;
         let flags = if self.missed.swap(false, Ordering::SeqCst) {
             event::EVENTS_MISSED
@@ -171,17 +202,29 @@ impl EventQueue {
             lun,
             reason: U32::new(reason),
         };
-        match split_chain(chain, &guard, r, w) {
+        let bad = match split_chain(ring.descriptors(), &guard, r, w) {
             Ok(()) if w.len() >= size_of::<Event>() => {
                 w.copy_in(0, msg.as_bytes());
                 used = size_of::<Event>() as u32;
+                false
             }
-            Ok(()) => warn!(
+            Ok(()) => limited!(
+                ring.logs.malformed,
+                warn,
                 len = w.len(),
                 "event buffer smaller than 16 bytes: completed empty"
             ),
-            Err(fault) => warn!(?fault, "malformed event buffer: completed empty"),
+            Err(fault) => limited!(
+                ring.logs.malformed,
+                warn,
+                ?fault,
+                "malformed event buffer: completed empty"
+            ),
+        };
+        if used == 0 {
+            ring.note_malformed();
         }
+        ring.note_suppressed(bad);
         r.clear();
         w.clear();
         if let Err(e) = state.add_used(head, used) {

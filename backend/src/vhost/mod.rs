@@ -9,6 +9,8 @@
 //! - [`event_queue`]: hot-plug and parameter change events, and the
 //!   [`EventHub`](event_queue::EventHub) hook that sends them.
 //! - [`chain`]: descriptor chain → iovecs, with every address checked.
+//! - [`ring_guard`]: the split-ring contract checked on every pop; a queue
+//!   whose frontend breaks it stops until the frontend resets it.
 //! - [`guest_io`]: iovecs in guest memory as the SCSI layer's data buffers.
 //! - [`notify`]: whether the driver wants a used buffer notification.
 //! - [`uring`]: the io_uring engine of a request queue (`aio=io_uring`).
@@ -21,6 +23,7 @@ pub mod guest_io;
 pub mod notify;
 pub mod queue_metrics;
 pub mod request_queue;
+pub mod ring_guard;
 pub mod uring;
 
 pub use device::{DeviceOptions, ScsiDevice};

@@ -23,10 +23,47 @@ impl QueueCounters {
     }
 }
 
+/// What a misbehaving frontend did to a controller, so an operator sees it.
+/// Written only when something goes wrong, never on the good path.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct TrustCounters {
+    /// Queues stopped because the frontend broke the ring contract.
+    pub broken_rings: AtomicU64,
+    /// Chains completed with an error because they were malformed.
+    pub malformed_chains: AtomicU64,
+    /// Log lines the frontend triggered that were rate-limited away.
+    pub log_suppressed: AtomicU64,
+    /// Connections that ended with a protocol error.
+    pub dropped_connections: AtomicU64,
+    /// The number of the connection being served (1 for the first), for logs.
+    pub connection: AtomicU64,
+}
+
+impl TrustCounters {
+    /// Counts one event.
+    pub fn add(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(broken_rings, malformed_chains, log_suppressed, dropped_connections)`.
+    pub fn snapshot(&self) -> (u64, u64, u64, u64) {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        (
+            g(&self.broken_rings),
+            g(&self.malformed_chains),
+            g(&self.log_suppressed),
+            g(&self.dropped_connections),
+        )
+    }
+}
+
 /// The counters of every request queue of a controller.
 #[derive(Debug, Default)]
 pub struct QueueMetrics {
     queues: Vec<QueueCounters>,
+    /// Per controller: what frontends did wrong.
+    pub trust: TrustCounters,
 }
 
 impl QueueMetrics {
@@ -34,6 +71,7 @@ impl QueueMetrics {
     pub fn new(n: u16) -> Self {
         Self {
             queues: (0..n).map(|_| QueueCounters::default()).collect(),
+            trust: TrustCounters::default(),
         }
     }
 

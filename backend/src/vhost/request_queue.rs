@@ -38,6 +38,7 @@ use std::sync::atomic::Ordering;
 use tracing::{debug, info, warn};
 use vhost_user_backend::{VringRwLock, VringState, VringT};
 
+use crate::limited;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vscsi_protocol::lun::{LunAddress, LunError};
@@ -51,6 +52,7 @@ use super::chain::split_chain;
 use super::guest_io::{GuestDataIn, GuestDataOut, IoVecs};
 use super::notify::wants_call;
 use super::queue_metrics::{QueueCounters, QueueMetrics};
+use super::ring_guard::RingGuard;
 use super::uring::{Completed, StartError, Uring};
 use crate::fault::FaultTable;
 use crate::scsi::rw::{complete_transfer, may_defer};
@@ -318,10 +320,7 @@ fn complete_held(vring: &VringRwLock, reqs: Vec<HeldRequest>, response: Response
 /// Writes a response with only `response` set; returns the used length.
 fn write_bare(writable: &IoVecs, response: Response) -> u32 {
     if writable.len() < RESP_SIZE {
-        warn!(
-            writable = writable.len(),
-            "request has no room for virtio_scsi_cmd_resp: completing with used length 0"
-        );
+        // No room for virtio_scsi_cmd_resp: completed with used length 0.
         return 0;
     }
     let mut resp = CmdResp::new_zeroed();
@@ -409,6 +408,8 @@ pub struct RequestQueue {
     faults: Arc<FaultTable>,
     poll: Duration,
     metrics: Arc<QueueMetrics>,
+    /// The ring contract, the broken state and the log limits of this queue.
+    guard: RingGuard,
 }
 
 impl RequestQueue {
@@ -426,10 +427,11 @@ impl RequestQueue {
             engine: Engine::NoListener,
             vring: None,
             mem: None,
-            shared,
             faults,
             poll,
+            guard: RingGuard::new(2 + shared.index, metrics.clone()),
             metrics,
+            shared,
         }
     }
 
@@ -562,16 +564,35 @@ impl RequestQueue {
         }
         let guard = mem.memory();
         let mut state = vring.get_mut();
+        if !self.guard.serving(&state) {
+            // Broken (or stopped): kicks are ignored until the frontend
+            // re-initializes the ring.
+            return Ok(());
+        }
         let mut completed = false;
         let (mut requests, mut notifications) = (0u64, 0u64);
         loop {
             if let Err(e) = state.disable_notification() {
-                warn!(error = %e, "request queue: cannot disable notifications");
+                let s = limited!(self.guard.logs.ring_ops, warn, error = %e, "request queue: cannot disable notifications");
+                self.guard.note_suppressed(s);
             }
-            while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(guard.clone()) {
-                let head = chain.head_index();
+            loop {
+                let head = match self.guard.pop(state.get_queue_mut(), &guard) {
+                    Ok(Some(head)) => head,
+                    Ok(None) => break,
+                    Err(v) => {
+                        // What was taken before is completed below, as usual.
+                        self.guard.break_ring(&mut state, v);
+                        break;
+                    }
+                };
                 requests += 1;
-                let fault = split_chain(chain, &guard, &mut self.readable, &mut self.writable);
+                let fault = split_chain(
+                    self.guard.descriptors(),
+                    &guard,
+                    &mut self.readable,
+                    &mut self.writable,
+                );
                 if let Engine::Ready(u) = &mut self.engine {
                     // Room for one more, and nothing but READ/WRITE overtakes
                     // the transfers in flight.
@@ -592,11 +613,16 @@ impl RequestQueue {
                 let outcome = match fault {
                     Ok(()) => self.execute(bus, head, vring, &guard),
                     Err(fault) => {
-                        warn!(
+                        self.guard.note_malformed();
+                        let s = limited!(
+                            self.guard.logs.malformed,
+                            warn,
+                            queue = self.shared.index,
                             head,
                             ?fault,
                             "malformed request chain: answering VIRTIO_SCSI_S_FAILURE"
                         );
+                        self.guard.note_suppressed(s);
                         Outcome::Used(self.fail(Response::Failure))
                     }
                 };
@@ -604,7 +630,8 @@ impl RequestQueue {
                 self.writable.clear();
                 if let Outcome::Used(used) = outcome {
                     if let Err(e) = state.add_used(head, used) {
-                        warn!(head, error = %e, "request queue: add_used failed");
+                        let s = limited!(self.guard.logs.ring_ops, warn, head, error = %e, "request queue: add_used failed");
+                        self.guard.note_suppressed(s);
                     }
                     completed = true;
                 }
@@ -616,6 +643,11 @@ impl RequestQueue {
                     warn!(error = %e, "io_uring submit failed");
                 }
                 completed |= u.reap(&mut |c| complete_used(&mut state, c)) > 0;
+            }
+            if self.guard.is_broken() {
+                // Nothing more is taken off this ring: no polling, and
+                // notifications stay as they are.
+                break;
             }
             if !self.poll.is_zero() {
                 // Hand back what is done before spinning, then watch the
@@ -641,7 +673,8 @@ impl RequestQueue {
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(e) => {
-                    warn!(error = %e, "request queue: cannot enable notifications");
+                    let s = limited!(self.guard.logs.ring_ops, warn, error = %e, "request queue: cannot enable notifications");
+                    self.guard.note_suppressed(s);
                     break;
                 }
             }
@@ -695,14 +728,30 @@ impl RequestQueue {
         guard: &GuestMemoryLoadGuard<GuestMemoryMmap>,
     ) -> Outcome {
         if self.writable.len() < RESP_SIZE {
+            self.guard.note_malformed();
+            let s = limited!(
+                self.guard.logs.malformed,
+                warn,
+                queue = self.shared.index,
+                head,
+                writable = self.writable.len(),
+                "request has no room for virtio_scsi_cmd_resp: completing with used length 0"
+            );
+            self.guard.note_suppressed(s);
             return Outcome::Used(self.fail(Response::Failure));
         }
         let mut hdr = [0u8; REQ_SIZE];
         if self.readable.copy_out(0, &mut hdr) < REQ_SIZE {
-            warn!(
+            self.guard.note_malformed();
+            let s = limited!(
+                self.guard.logs.malformed,
+                warn,
+                queue = self.shared.index,
+                head,
                 len = self.readable.len(),
                 "request header shorter than 51 bytes: VIRTIO_SCSI_S_FAILURE"
             );
+            self.guard.note_suppressed(s);
             return Outcome::Used(self.fail(Response::Failure));
         }
         let Ok(req) = CmdReq::read_from_bytes(&hdr) else {
