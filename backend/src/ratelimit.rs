@@ -96,6 +96,19 @@ impl LogLimit {
 /// Evaluates to `true` when the line was suppressed (for the caller's counter).
 #[macro_export]
 macro_rules! limited {
+    ($limit:expr, $level:ident, target: $target:expr, $($arg:tt)+) => {
+        match $limit.check($crate::ratelimit::now_ms()) {
+            $crate::ratelimit::Verdict::Log => {
+                tracing::$level!(target: $target, $($arg)+);
+                false
+            }
+            $crate::ratelimit::Verdict::Summary(suppressed) => {
+                tracing::$level!(target: $target, suppressed, $($arg)+);
+                false
+            }
+            $crate::ratelimit::Verdict::Suppress => true,
+        }
+    };
     ($limit:expr, $level:ident, $($arg:tt)+) => {
         match $limit.check($crate::ratelimit::now_ms()) {
             $crate::ratelimit::Verdict::Log => {
@@ -177,5 +190,8 @@ mod tests {
         let l = LogLimit::new(1, u64::MAX);
         assert!(!limited!(l, warn, n = 1, "first"));
         assert!(limited!(l, warn, n = 2, "second"));
+        let l = LogLimit::new(1, u64::MAX);
+        assert!(!limited!(l, info, target: "vscsi::audit", n = 1, "first"));
+        assert!(limited!(l, info, target: "vscsi::audit", n = 2, "second"));
     }
 }

@@ -308,7 +308,7 @@ fn check_and_apply(lu: &LogicalUnit, list: &[u8], ten: bool) -> Result<(), Comma
     }
     if lu.write_cache() && !wce {
         lu.flush().map_err(|e| {
-            tracing::warn!(image = %lu.path().display(), error = %e, "flush on WCE=0 failed");
+            crate::limited_site!(warn, image = %lu.path().display(), error = %e, "flush on WCE=0 failed");
             CommandResult::check_condition(io_error_sense(&e, true))
         })?;
     }

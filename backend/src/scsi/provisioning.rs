@@ -48,7 +48,7 @@ pub fn max_unmap_blocks(lu: &LogicalUnit) -> u32 {
 const WRITE_CHUNK: usize = 256 * 1024;
 
 fn write_failed(lu: &LogicalUnit, lba: u64, e: &std::io::Error) -> CommandResult {
-    tracing::warn!(image = %lu.path().display(), lba, error = %e, "deallocation or write same failed");
+    crate::limited_site!(warn, image = %lu.path().display(), lba, error = %e, "deallocation or write same failed");
     CommandResult::check_condition(io_error_sense(e, true).with_information(lba))
 }
 
@@ -284,7 +284,7 @@ pub(crate) fn get_lba_status(
     let extents = match lba_extents(lu, lba, limit) {
         Ok(e) => e,
         Err(e) => {
-            tracing::warn!(image = %lu.path().display(), error = %e, "SEEK_DATA/SEEK_HOLE failed");
+            crate::limited_site!(warn, image = %lu.path().display(), error = %e, "SEEK_DATA/SEEK_HOLE failed");
             return CommandResult::check_condition(io_error_sense(&e, false).with_information(lba));
         }
     };

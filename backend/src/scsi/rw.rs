@@ -106,7 +106,7 @@ pub(crate) fn read(
     match lu.image().read_into(data_in, 0, len, offset) {
         Ok(()) => CommandResult::good(len),
         Err(e) => {
-            tracing::warn!(image = %lu.path().display(), lba = rw.lba, blocks = rw.blocks, error = %e, "read failed");
+            crate::limited_site!(warn, image = %lu.path().display(), lba = rw.lba, blocks = rw.blocks, error = %e, "read failed");
             CommandResult::check_condition(io_error_sense(&e, false).with_information(rw.lba))
         }
     }
@@ -154,7 +154,7 @@ pub(crate) fn write(
     match res {
         Ok(()) => CommandResult::good(0).with_data_out(len),
         Err(e) => {
-            tracing::warn!(image = %lu.path().display(), lba = rw.lba, blocks = rw.blocks, error = %e, "write failed");
+            crate::limited_site!(warn, image = %lu.path().display(), lba = rw.lba, blocks = rw.blocks, error = %e, "write failed");
             CommandResult::check_condition(io_error_sense(&e, true).with_information(rw.lba))
         }
     }
@@ -177,7 +177,7 @@ pub fn complete_transfer(
         Ok(()) if transfer.write => CommandResult::good(0).with_data_out(transfer.len),
         Ok(()) => CommandResult::good(transfer.len),
         Err(e) => {
-            tracing::warn!(image = %lu.path().display(), lba = transfer.lba, bytes = transfer.len,
+            crate::limited_site!(warn, image = %lu.path().display(), lba = transfer.lba, bytes = transfer.len,
                 write = transfer.write, error = %e, "deferred transfer failed");
             CommandResult::check_condition(
                 io_error_sense(&e, transfer.write).with_information(transfer.lba),

@@ -31,7 +31,7 @@ pub(crate) fn synchronize_cache(
     match lu.flush() {
         Ok(()) => CommandResult::good(0),
         Err(e) => {
-            tracing::warn!(image = %lu.path().display(), error = %e, "fdatasync failed");
+            crate::limited_site!(warn, image = %lu.path().display(), error = %e, "fdatasync failed");
             CommandResult::check_condition(io_error_sense(&e, true))
         }
     }

@@ -119,7 +119,7 @@ impl Target {
                 let r = self.execute_on(lun, Some(&entry.lu), req, data_in, data_out);
                 entry.stats.record(req.cdb, &r, start.elapsed());
                 if r.decoded_sense().map(|s| s.key) == Some(SenseKey::DataProtect) {
-                    tracing::info!(
+                    crate::limited_site!(info,
                         target: "vscsi::audit",
                         target_id = self.id,
                         lun,

@@ -73,7 +73,7 @@ pub(crate) fn start_stop_unit(
     }
     if !no_flush {
         if let Err(e) = lu.flush() {
-            tracing::warn!(image = %lu.path().display(), error = %e, "flush before stop failed");
+            crate::limited_site!(warn, image = %lu.path().display(), error = %e, "flush before stop failed");
             return CommandResult::check_condition(io_error_sense(&e, true));
         }
     }

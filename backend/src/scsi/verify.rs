@@ -43,7 +43,7 @@ fn lba_and_length(cdb: &[u8]) -> (u64, u64) {
 }
 
 fn read_error(lu: &LogicalUnit, lba: u64, e: &std::io::Error) -> CommandResult {
-    tracing::warn!(image = %lu.path().display(), lba, error = %e, "verify read failed");
+    crate::limited_site!(warn, image = %lu.path().display(), lba, error = %e, "verify read failed");
     CommandResult::check_condition(io_error_sense(e, false).with_information(lba))
 }
 
@@ -199,7 +199,7 @@ pub(crate) fn write_and_verify(
         res = lu.flush();
     }
     if let Err(e) = res {
-        tracing::warn!(image = %lu.path().display(), lba, error = %e, "write and verify failed");
+        crate::limited_site!(warn, image = %lu.path().display(), lba, error = %e, "write and verify failed");
         return CommandResult::check_condition(io_error_sense(&e, true).with_information(lba));
     }
     let r = if bytchk == 1 {
@@ -269,7 +269,7 @@ pub(crate) fn compare_and_write(
     match res {
         Ok(()) => CommandResult::good(0).with_data_out(2 * len),
         Err(e) => {
-            tracing::warn!(image = %lu.path().display(), lba, error = %e, "compare and write failed");
+            crate::limited_site!(warn, image = %lu.path().display(), lba, error = %e, "compare and write failed");
             CommandResult::check_condition(io_error_sense(&e, true).with_information(lba))
         }
     }

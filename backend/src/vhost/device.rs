@@ -425,7 +425,7 @@ impl VhostUserBackend for ScsiDevice {
             return Ok(());
         }
         let Some(mem) = self.mem.get() else {
-            warn!("queue event before SET_MEM_TABLE: ignored");
+            crate::limited_site!(warn, "queue event before SET_MEM_TABLE: ignored");
             return Ok(());
         };
         if device_event == self.completion_event() {

@@ -23,7 +23,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 use vhost_user_backend::{VringRwLock, VringT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vscsi_protocol::lun::Lun;
@@ -228,16 +228,16 @@ impl EventQueue {
         r.clear();
         w.clear();
         if let Err(e) = state.add_used(head, used) {
-            warn!(error = %e, "event queue: add_used failed");
+            crate::limited_site!(warn, error = %e, "event queue: add_used failed");
         }
         // avail_event (EVENT_IDX): have the driver kick when it re-posts,
         // so missed events get reported.
         if let Err(e) = state.enable_notification() {
-            warn!(error = %e, "event queue: cannot enable notifications");
+            crate::limited_site!(warn, error = %e, "event queue: cannot enable notifications");
         }
         if super::notify::wants_call(&mut state, &guard) {
             if let Err(e) = state.signal_used_queue() {
-                warn!(error = %e, "event queue: signal failed");
+                crate::limited_site!(warn, error = %e, "event queue: signal failed");
             }
         }
         if used == 0 {

@@ -307,12 +307,12 @@ fn complete_held(vring: &VringRwLock, reqs: Vec<HeldRequest>, response: Response
     for r in reqs {
         let used = write_bare(&r.writable, response);
         if let Err(e) = state.add_used(r.head, used) {
-            warn!(head = r.head, error = %e, "completing a held command failed");
+            crate::limited_site!(warn, head = r.head, error = %e, "completing a held command failed");
         }
     }
     if wants_call(&mut state, &mem) {
         if let Err(e) = state.signal_used_queue() {
-            warn!(error = %e, "signalling held completions failed");
+            crate::limited_site!(warn, error = %e, "signalling held completions failed");
         }
     }
 }
@@ -374,7 +374,7 @@ fn write_response(
 fn complete_used(state: &mut VringState, c: Completed<'_>) {
     let used = write_response(c.writable, c.readable_len, &c.result, c.short);
     if let Err(e) = state.add_used(c.head, used) {
-        warn!(head = c.head, error = %e, "request queue: add_used failed");
+        crate::limited_site!(warn, head = c.head, error = %e, "request queue: add_used failed");
     }
 }
 
@@ -492,7 +492,7 @@ impl RequestQueue {
         let mut state = vring.get_mut();
         let n = u.reap(&mut |c| complete_used(&mut state, c));
         if let Err(e) = u.submit() {
-            warn!(error = %e, "io_uring submit failed");
+            crate::limited_site!(warn, error = %e, "io_uring submit failed");
         }
         let notify = n > 0 && self.wants_call(&mut state);
         if notify {
@@ -529,7 +529,7 @@ impl RequestQueue {
         let n = u.drain(&mut |c| complete_used(&mut state, c));
         if n > 0 && self.wants_call(&mut state) {
             if let Err(e) = state.signal_used_queue() {
-                warn!(error = %e, "signalling drained completions failed");
+                crate::limited_site!(warn, error = %e, "signalling drained completions failed");
             }
         }
         drop(state);
@@ -601,7 +601,7 @@ impl RequestQueue {
                     if u.is_full() || (u.in_flight() > 0 && !may_defer(&op)) {
                         let n = if u.is_full() {
                             if let Err(e) = u.wait() {
-                                warn!(error = %e, "io_uring wait failed");
+                                crate::limited_site!(warn, error = %e, "io_uring wait failed");
                             }
                             u.reap(&mut |c| complete_used(&mut state, c))
                         } else {
@@ -640,7 +640,7 @@ impl RequestQueue {
                 // One io_uring_enter for the whole batch, then whatever has
                 // already completed joins this batch's used entries.
                 if let Err(e) = u.submit() {
-                    warn!(error = %e, "io_uring submit failed");
+                    crate::limited_site!(warn, error = %e, "io_uring submit failed");
                 }
                 completed |= u.reap(&mut |c| complete_used(&mut state, c)) > 0;
             }
@@ -886,7 +886,7 @@ impl RequestQueue {
                     return Outcome::InFlight;
                 }
                 (Err(e), Some(entry)) => {
-                    warn!(head, error = %e, "io_uring transfer not started: failing the command");
+                    crate::limited_site!(warn, head, error = %e, "io_uring transfer not started: failing the command");
                     result = complete_transfer(
                         entry.lu(),
                         &transfer,

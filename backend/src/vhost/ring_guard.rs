@@ -169,7 +169,7 @@ pub fn walk_chain(
             }
             let len = desc.len();
             if len == 0
-                || len % VRING_DESC_ALIGN_SIZE != 0
+                || !len.is_multiple_of(VRING_DESC_ALIGN_SIZE)
                 || len / VRING_DESC_ALIGN_SIZE > MAX_INDIRECT
             {
                 return Err(RingViolation::IndirectBadLength { len });
