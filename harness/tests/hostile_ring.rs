@@ -353,3 +353,45 @@ fn every_ring_violation_stops_only_that_queue_until_the_frontend_resets_it() {
     let (_, _, suppressed, _) = metrics.trust.snapshot();
     assert!(suppressed >= ROUNDS - 50, "suppressed {suppressed}");
 }
+
+/// A frontend that sends a message no vhost-user master may send is
+/// dropped, counted, and the next connection is served.
+#[test]
+fn a_connection_dropped_for_a_bad_message_is_counted_and_the_next_is_served() {
+    use std::io::Write;
+    let metrics = Arc::new(QueueMetrics::new(1));
+    let d = TestDaemon::start_with(
+        &[(0, 0, 1 << 20, false)],
+        DeviceOptions {
+            queue_metrics: metrics.clone(),
+            ..DeviceOptions::default()
+        },
+    );
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    // Request 0x7fff_0000 (no such request), flags version 1, size 0.
+    let mut hdr = [0u8; 12];
+    hdr[..4].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
+    hdr[4..8].copy_from_slice(&1u32.to_le_bytes());
+    s.write_all(&hdr).unwrap();
+    let start = Instant::now();
+    while metrics.trust.snapshot().3 == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "connection not dropped"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(s);
+    assert_eq!(metrics.trust.snapshot().3, 1);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let drv = Driver::connect(&d.socket, QueueConfig::default())
+            .await
+            .unwrap();
+        assert!(drv
+            .send_command(0, 0, ScsiCommand::TestUnitReady)
+            .await
+            .unwrap()
+            .is_good());
+    });
+}

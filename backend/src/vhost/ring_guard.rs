@@ -483,3 +483,65 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod pop_tests {
+    use super::*;
+    use virtio_queue::QueueT;
+
+    const DESC: u64 = 0x1000;
+    const AVAIL: u64 = 0x2000;
+    const USED: u64 = 0x3000;
+
+    fn queue(m: &GuestMemoryMmap) -> Queue {
+        let mut q = Queue::new(16).unwrap();
+        q.set_desc_table_address(Some(DESC as u32), Some(0));
+        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
+        q.set_used_ring_address(Some(USED as u32), Some(0));
+        q.set_ready(true);
+        assert!(q.is_valid(m));
+        q
+    }
+
+    fn avail(m: &GuestMemoryMmap, slot: u16, head: u16, idx: u16) {
+        m.write_obj(head, GuestAddress(AVAIL + 4 + 2 * u64::from(slot)))
+            .unwrap();
+        m.write_obj(idx, GuestAddress(AVAIL + 2)).unwrap();
+    }
+
+    #[test]
+    fn pop_takes_good_chains_and_leaves_a_violation_on_the_ring() {
+        let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mut q = queue(&m);
+        let mut g = RingGuard::new(2, Arc::default());
+        assert_eq!(g.pop(&mut q, &m), Ok(None), "empty ring");
+        m.write_obj(Descriptor::new(0x8000, 51, 0, 0), GuestAddress(DESC))
+            .unwrap();
+        avail(&m, 0, 0, 1);
+        assert_eq!(g.pop(&mut q, &m), Ok(Some(0)));
+        assert_eq!((q.next_avail(), g.descriptors().len()), (1, 1));
+        // A head out of range: nothing taken.
+        avail(&m, 1, 16, 2);
+        assert_eq!(
+            g.pop(&mut q, &m),
+            Err(RingViolation::HeadOutOfRange { head: 16, size: 16 })
+        );
+        assert_eq!(q.next_avail(), 1);
+        // An avail index size + 1 ahead: nothing taken.
+        avail(&m, 1, 0, 18);
+        assert_eq!(
+            g.pop(&mut q, &m),
+            Err(RingViolation::AvailIndexJump {
+                next_avail: 1,
+                avail_idx: 18,
+                size: 16
+            })
+        );
+        assert_eq!(q.next_avail(), 1);
+        // Exactly size ahead is allowed, also across the u16 wrap.
+        q.set_next_avail(65530);
+        avail(&m, 65530 % 16, 0, 65530u16.wrapping_add(16));
+        assert_eq!(g.pop(&mut q, &m), Ok(Some(0)));
+        assert_eq!(q.next_avail(), 65531);
+    }
+}
