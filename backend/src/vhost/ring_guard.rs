@@ -213,6 +213,9 @@ pub struct QueueLogs {
     pub request: LogLimit,
     /// Failures of the device's own ring operations (add_used, signal).
     pub ring_ops: LogLimit,
+    /// The ring contract broken (logged once per break, and limited when
+    /// the frontend breaks and resets the ring in a loop).
+    pub broken: LogLimit,
     /// The ring served again after a reset.
     pub recovered: LogLimit,
 }
@@ -341,10 +344,8 @@ impl RingGuard {
         self.broken = Some(v);
         TrustCounters::add(&self.metrics.trust.broken_rings);
         // A frontend that breaks and resets its ring in a loop is limited too.
-        static LIMIT: LogLimit =
-            LogLimit::new(crate::ratelimit::BURST, crate::ratelimit::WINDOW_MS);
         let s = crate::limited!(
-            LIMIT,
+            self.logs.broken,
             warn,
             vring = self.vring,
             connection = self.connection(),
