@@ -10,6 +10,12 @@
 //! (§2.7.7.2). (Checking after every completion, to wake the driver
 //! earlier in a long batch, measured slower here: more notifications.)
 //!
+//! Chains come off the ring through [`RingGuard`], which checks the
+//! split-ring contract; a violation stops this queue alone (the chains taken
+//! before it are completed in the same batch) until the frontend resets the
+//! ring. Log lines a frontend can cause go through the guard's per-kind
+//! limiters ([`crate::ratelimit`]).
+//!
 //! Fault injection ([`crate::fault`]): a stalled command is *held* in its
 //! queue's [`QueueShared`] (a per-queue mutex, touched only when faults
 //! are configured) and completed later by whoever covers it: the control
