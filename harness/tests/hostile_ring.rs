@@ -397,3 +397,69 @@ fn a_connection_dropped_for_a_bad_message_is_counted_and_the_next_is_served() {
             .is_good());
     });
 }
+
+/// The control queue is guarded the same way: an avail index jump stops it
+/// (the request queues go on), and after a reset it answers TMFs again.
+#[test]
+fn a_broken_control_queue_stops_alone_and_answers_after_a_reset() {
+    use vscsi_protocol::virtio_scsi::{ctrl_type, CtrlTmfReq};
+    let metrics = Arc::new(QueueMetrics::new(2));
+    let d = TestDaemon::start_with(
+        &[(0, 0, 1 << 20, false)],
+        DeviceOptions {
+            request_queues: 2,
+            queue_metrics: metrics.clone(),
+            ..DeviceOptions::default()
+        },
+    );
+    let mut fe = Frontend::connect(&d.socket);
+    let tmf = |fe: &mut Frontend| -> Result<u8, String> {
+        let mut req = CtrlTmfReq::new_zeroed();
+        req.type_ = ctrl_type::TMF.into();
+        req.lun = Lun::new(0, 0).unwrap().encode();
+        req.tag = 77.into();
+        fe.mem.write(REQ + 0x800, req.as_bytes()).unwrap();
+        fe.mem.fill(RESP + 0x800, 1, 0xEE).unwrap();
+        let (r, w) = (fe.mem.gpa(REQ + 0x800), fe.mem.gpa(RESP + 0x800));
+        let q = &mut fe.q[0];
+        q.ring
+            .add(&[Segment::readable(r, 24), Segment::writable(w, 1)])
+            .unwrap();
+        q.ring.publish();
+        q.kick.write(1).unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some((_, len)) = q.ring.pop_used().unwrap() {
+                assert_eq!(len, 1);
+                let mut b = [0u8; 1];
+                fe.mem.read(RESP + 0x800, &mut b).unwrap();
+                return Ok(b[0]);
+            }
+            if start.elapsed() > Duration::from_secs(1) {
+                return Err("no TMF answer within a second".into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    assert_eq!(tmf(&mut fe), Ok(0), "ABORT TASK: FUNCTION COMPLETE");
+    // An avail index 17 ahead on the control queue.
+    let avail = fe.q[0].ring.offsets().avail;
+    fe.mem
+        .write(avail + 2, &(1u16 + SIZE + 1).to_le_bytes())
+        .unwrap();
+    fe.q[0].kick.write(1).unwrap();
+    let start = Instant::now();
+    while metrics.trust.snapshot().0 == 0 {
+        assert!(start.elapsed() < Duration::from_secs(1), "not detected");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    fe.tur(2).unwrap();
+    fe.tur(3).unwrap();
+    // Reset the control queue: answered again.
+    fe.t.stop_vring(0).unwrap();
+    let q = &mut fe.q[0];
+    q.ring.reset().unwrap();
+    fe.t.start_vring(0, &q.ring, &q.kick, &q.call).unwrap();
+    assert_eq!(tmf(&mut fe), Ok(0));
+    assert_eq!(metrics.trust.snapshot().0, 1);
+}
