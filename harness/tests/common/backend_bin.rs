@@ -1,0 +1,75 @@
+//! The `vscsi-backend` binary, for tests that need the daemon as a process
+//! of its own (to kill it, or to give it to QEMU).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// The workspace root (the parent of this crate's manifest directory).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The cargo profile directory this test binary was built into
+/// (`<target-dir>/<profile>/deps/<test>-<hash>` → `<target-dir>/<profile>`).
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("test binary has a parent dir");
+    deps.parent().expect("deps has a parent dir").to_path_buf()
+}
+
+/// The `vscsi-backend` binary to test. `cargo test` does not build the
+/// binaries of a dev-dependency (only `CARGO_BIN_EXE_*` of this package
+/// exist), so we run `cargo build -p vscsi-backend` with the cargo that runs
+/// us, for the same profile and target dir as this test binary: a no-op of a
+/// fraction of a second when it is up to date, and a stale binary from an
+/// older checkout can never be tested by accident. Cargo has released its
+/// build lock by the time test binaries run, so this does not deadlock.
+/// `VSCSI_BACKEND=/path` skips the build.
+pub fn backend_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("VSCSI_BACKEND") {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "VSCSI_BACKEND={} is not a file", p.display());
+        return p;
+    }
+    let profile_dir = profile_dir();
+    let target_dir = profile_dir.parent().unwrap();
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev".to_string(),
+        Some(other) => other.to_string(),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let t = Instant::now();
+    let status = Command::new(&cargo)
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "vscsi-backend",
+            "--bin",
+            "vscsi-backend",
+            "--profile",
+            &profile,
+        ])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .status()
+        .expect("cannot run cargo to build vscsi-backend");
+    assert!(
+        status.success(),
+        "cargo build -p vscsi-backend --profile {profile} failed: {status}"
+    );
+    let bin = profile_dir.join("vscsi-backend");
+    assert!(bin.is_file(), "{} missing after cargo build", bin.display());
+    eprintln!(
+        "vscsi-backend: {} (cargo build {:.1} s)",
+        bin.display(),
+        t.elapsed().as_secs_f64()
+    );
+    bin
+}
