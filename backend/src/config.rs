@@ -23,7 +23,10 @@ use vscsi_protocol::lun::MAX_LUN;
 
 use crate::scsi::{DeviceType, LogicalUnit, LunOptions, ScsiBus};
 use crate::storage::{AioMode, CacheMode, ImageFormat};
-use crate::vhost::device::{FEATURE_NAMES, OPTIONAL_FEATURES};
+use crate::vhost::device::{
+    check_max_queue_size, DEFAULT_MAX_QUEUE_SIZE, DEFAULT_REQUEST_QUEUES, FEATURE_NAMES,
+    MAX_REQUEST_QUEUES, OPTIONAL_FEATURES,
+};
 
 /// Where one image is served and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -974,29 +977,24 @@ pub fn parse_file(file: &Path, src: &str) -> Result<DaemonConfig, ConfigError> {
             );
         }
         let queues = match &c.queues {
-            Some(q) if !(1..=62).contains(q.get_ref()) => {
+            Some(q) if !(1..=MAX_REQUEST_QUEUES).contains(q.get_ref()) => {
                 return Err(at(
                     q.span(),
                     "queues",
-                    format!("{} request queues: use 1..=62", q.get_ref()),
+                    format!(
+                        "{} request queues: use 1..={MAX_REQUEST_QUEUES}",
+                        q.get_ref()
+                    ),
                 ))
             }
             Some(q) => *q.get_ref(),
-            None => 1,
+            None => DEFAULT_REQUEST_QUEUES,
         };
         let queue_size = match &c.queue_size {
             Some(q) => {
-                let v = *q.get_ref();
-                if !(1..=32768).contains(&v) || !v.is_power_of_two() {
-                    return Err(at(
-                        q.span(),
-                        "queue_size",
-                        format!("queue size {v}: use a power of two in 1..=32768"),
-                    ));
-                }
-                v as u16
+                check_max_queue_size(*q.get_ref()).map_err(|msg| at(q.span(), "queue_size", msg))?
             }
-            None => 1024,
+            None => DEFAULT_MAX_QUEUE_SIZE,
         };
         let max_sectors = match &c.max_sectors {
             Some(m) if *m.get_ref() == 0 => {

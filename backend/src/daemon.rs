@@ -256,7 +256,10 @@ pub fn serve_controller(
             }
             Err(e) => {
                 trust.dropped_connections.fetch_add(1, Ordering::Relaxed);
-                warn!(target: "vscsi::audit", controller = name, socket = %socket, connection, action = "disconnect", result = "error", error = ?e, "frontend connection ended with an error")
+                warn!(target: "vscsi::audit", controller = name, socket = %socket, connection, action = "disconnect", result = "error", error = ?e, "frontend connection ended with an error");
+                if let Some(why) = device.explain_refusal(&e) {
+                    warn!(controller = name, connection, "{why}");
+                }
             }
         }
         stats.connected.fetch_sub(1, Ordering::Relaxed);

@@ -9,7 +9,7 @@ use clap::Parser;
 use tracing::{error, info};
 use vscsi_backend::config::{self, DaemonConfig, LunSpec, SocketAccess};
 use vscsi_backend::control::Service;
-use vscsi_backend::{daemon, metrics};
+use vscsi_backend::{daemon, metrics, vhost};
 
 /// Serve disk image files as SCSI LUNs to a vhost-user frontend
 /// (QEMU `-device vhost-user-scsi-pci`, or the `vscsi` driver).
@@ -44,11 +44,16 @@ struct Args {
     /// Serve every image read-only.
     #[arg(long)]
     read_only: bool,
-    /// Number of request queues offered to the driver.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=62))]
+    /// Request queues offered to the driver (at most 62). The default, 16,
+    /// covers QEMU's vhost-user-scsi-pci default of one queue per vCPU up
+    /// to 16 vCPUs; the frontend uses as many of them as it sets up.
+    #[arg(long, default_value_t = vhost::DEFAULT_REQUEST_QUEUES,
+          value_parser = clap::value_parser!(u16).range(1..=vhost::MAX_REQUEST_QUEUES as i64))]
     queues: u16,
-    /// Largest virtqueue size the driver may use.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u16).range(1..=32768))]
+    /// Largest virtqueue size the driver may use: a power of two up to
+    /// 32768 (QEMU's vhost-user-scsi-pci virtqueue_size must not exceed it).
+    #[arg(long, default_value_t = vhost::DEFAULT_MAX_QUEUE_SIZE,
+          value_parser = |s: &str| s.parse::<u32>().map_err(|e| e.to_string()).and_then(vhost::check_max_queue_size))]
     max_queue_size: u16,
     /// Busy-poll each request queue this many microseconds after it runs
     /// dry before sleeping (lower latency for a spinning core; 0 = off).

@@ -343,7 +343,10 @@ fn sigkill_while_frontends_write_loses_no_durable_write() {
     // SAFETY: kill(2) on the pid of our own child, which we have not reaped.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     let status = daemon.wait().unwrap();
-    assert!(status.success(), "the daemon stops cleanly on SIGTERM: {status:?}");
+    assert!(
+        status.success(),
+        "the daemon stops cleanly on SIGTERM: {status:?}"
+    );
     eprintln!("crash test: {rounds} SIGKILLs, {checked} durable writes read back intact");
     assert!(
         checked > 0,

@@ -5,10 +5,10 @@
 //! Builds the guest boot image with `images/build-guest.sh` (cached and
 //! idempotent), starts the `vscsi-backend` binary with disks 0:0, 0:1
 //! (read-only), 0:2 (thin, sparse image), 1:0 (4096-byte blocks), 1:1, a
-//! CD-ROM at 2:0 (an ISO made with genisoimage), `--queues 2` and a control
-//! socket, boots the
-//! Debian kernel in QEMU (TCG) with `-device vhost-user-scsi-pci,num_queues=2`
-//! and QEMU's default device properties, runs `tests/guest/battery.sh` inside
+//! CD-ROM at 2:0 (an ISO made with genisoimage) and a control socket, and
+//! otherwise the daemon's default options, boots the Debian kernel in QEMU
+//! (TCG) on `-smp 2` with `-device vhost-user-scsi-pci` and QEMU's default
+//! device properties (so `num_queues` is the vCPU count, 2), runs `tests/guest/battery.sh` inside
 //! the guest (given through fw_cfg), and parses its `VSCSI-RESULT` lines: each
 //! is one check. After poweroff the host checks that the image files hold the
 //! patterns the guest wrote, and that the thin image lost the blocks the
@@ -28,6 +28,9 @@
 //! `VSCSI_GUEST_CACHE=DIR` (image cache), `VSCSI_GUEST_ACCEL=kvm` (default
 //! `tcg,thread=multi`), `VSCSI_GUEST_TIMEOUT=SECS` (default 240).
 
+#[path = "common/backend_bin.rs"]
+mod backend_bin;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
@@ -37,12 +40,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use backend_bin::{backend_binary, profile_dir, workspace_root};
+
 const MIB: u64 = 1 << 20;
 /// What a machine needs for this test (Debian package names).
 const PACKAGES: &str =
     "qemu-system-x86 linux-image-amd64 busybox-static sg3-utils fio e2fsprogs cpio genisoimage eject";
 const VENDOR: &str = "VSCSI";
 const PRODUCT: &str = "VIRTUAL-DISK";
+/// vCPUs of the guest, and so its request queues: QEMU's vhost-user-scsi-pci
+/// defaults `num_queues` to the vCPU count, and the daemon's default offers more.
 const QUEUES: u32 = 2;
 const BATTERY: &str = include_str!("guest/battery.sh");
 
@@ -59,21 +66,6 @@ impl Lun {
     fn tl(&self) -> String {
         format!("{}:{}", self.target, self.lun)
     }
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The cargo profile directory this test binary was built into
-/// (`<target-dir>/<profile>/deps/qemu_guest-<hash>` → `<target-dir>/<profile>`).
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let deps = exe.parent().expect("test binary has a parent dir");
-    deps.parent().expect("deps has a parent dir").to_path_buf()
 }
 
 fn in_path(prog: &str) -> Option<PathBuf> {
@@ -153,59 +145,6 @@ fn missing_prerequisites() -> Vec<String> {
         missing.push("a kernel in /boot with its modules (package linux-image-amd64)".into());
     }
     missing
-}
-
-/// The `vscsi-backend` binary to test. `cargo test` does not build the
-/// binaries of a dev-dependency (only `CARGO_BIN_EXE_*` of this package
-/// exist), so we run `cargo build -p vscsi-backend` with the cargo that runs
-/// us, for the same profile and target dir as this test binary: a no-op of a
-/// fraction of a second when it is up to date, and a stale binary from an
-/// older checkout can never be tested by accident. Cargo has released its
-/// build lock by the time test binaries run, so this does not deadlock.
-/// `VSCSI_BACKEND=/path` skips the build.
-fn backend_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("VSCSI_BACKEND") {
-        let p = PathBuf::from(p);
-        assert!(p.is_file(), "VSCSI_BACKEND={} is not a file", p.display());
-        return p;
-    }
-    let profile_dir = profile_dir();
-    let target_dir = profile_dir.parent().unwrap();
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev".to_string(),
-        Some(other) => other.to_string(),
-        None => "dev".to_string(),
-    };
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    let t = Instant::now();
-    let status = Command::new(&cargo)
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "vscsi-backend",
-            "--bin",
-            "vscsi-backend",
-            "--profile",
-            &profile,
-        ])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .status()
-        .expect("cannot run cargo to build vscsi-backend");
-    assert!(
-        status.success(),
-        "cargo build -p vscsi-backend --profile {profile} failed: {status}"
-    );
-    let bin = profile_dir.join("vscsi-backend");
-    assert!(bin.is_file(), "{} missing after cargo build", bin.display());
-    eprintln!(
-        "vscsi-backend: {} (cargo build {:.1} s)",
-        bin.display(),
-        t.elapsed().as_secs_f64()
-    );
-    bin
 }
 
 fn guest_cache() -> PathBuf {
@@ -570,8 +509,6 @@ fn linux_guest_uses_our_disks() {
     }
     args.push("--lun".into());
     args.push(format!("{cd_tl}={},cdrom", iso.display()));
-    args.push("--queues".into());
-    args.push(QUEUES.to_string());
     let dlog = File::create(&daemon_log).unwrap();
     let daemon = Command::new(&backend)
         .args(&args)
@@ -635,7 +572,7 @@ fn linux_guest_uses_our_disks() {
         "-cpu",
         "max",
         "-smp",
-        "2",
+        &QUEUES.to_string(),
         "-m",
         "512M",
         "-object",
@@ -645,7 +582,7 @@ fn linux_guest_uses_our_disks() {
         "-chardev",
         &format!("socket,id=vus,path={}", socket.display()),
         "-device",
-        &format!("vhost-user-scsi-pci,num_queues={QUEUES},chardev=vus"),
+        "vhost-user-scsi-pci,chardev=vus",
         "-kernel",
         &kernel.display().to_string(),
         "-initrd",

@@ -46,6 +46,33 @@ use crate::scsi::ScsiBus;
 /// `VHOST_USER_F_PROTOCOL_FEATURES` (vhost-user.rst): bit 30 of the virtio features.
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 
+/// The most request queues a controller can offer: worker `1 + n` serves
+/// queue `2 + n`, and vhost-user-backend's thread masks are 64-bit.
+pub const MAX_REQUEST_QUEUES: u16 = 62;
+
+/// Request queues a controller offers unless told otherwise. QEMU's
+/// `vhost-user-scsi-pci` asks for one per vCPU by default (`num_queues`,
+/// since QEMU 5.2) and fails to start when the device has fewer, so the
+/// default covers VMs of up to 16 vCPUs. Queues the frontend never sets up
+/// cost an idle worker thread each (blocked in epoll, no CPU) and two
+/// eventfds, all released with the connection.
+pub const DEFAULT_REQUEST_QUEUES: u16 = 16;
+
+/// Largest ring a controller accepts unless told otherwise (SET_VRING_NUM).
+pub const DEFAULT_MAX_QUEUE_SIZE: u16 = 1024;
+
+/// Checks a largest-ring size (VIRTIO 1.2 §2.7: a split queue's size is a
+/// power of two, at most 32768), with a message for the user.
+pub fn check_max_queue_size(size: u32) -> Result<u16, String> {
+    if (1..=32768).contains(&size) && size.is_power_of_two() {
+        Ok(size as u16)
+    } else {
+        Err(format!(
+            "queue size {size}: use a power of two in 1..=32768 (virtio split rings)"
+        ))
+    }
+}
+
 /// Tunables of the device as the driver sees it.
 #[derive(Debug, Clone)]
 pub struct DeviceOptions {
@@ -132,7 +159,7 @@ impl ScsiDevice {
     /// A device serving `bus` with `opts`.
     pub fn new(bus: BusHandle, opts: DeviceOptions) -> io::Result<Self> {
         let opts = DeviceOptions {
-            request_queues: opts.request_queues.clamp(1, 62),
+            request_queues: opts.request_queues.clamp(1, MAX_REQUEST_QUEUES),
             ..opts
         };
         let threads = 1 + opts.request_queues as usize;
@@ -168,6 +195,30 @@ impl ScsiDevice {
             control: Mutex::new(control),
             exit,
             completions,
+        })
+    }
+
+    /// What a user can do when `error` (what ended the connection) is
+    /// vhost-user-backend refusing a message as InvalidParam. It refuses a
+    /// ring index past the queues offered (QEMU sends SET_VRING_CALL for
+    /// every queue it will use while it realizes the device) and a ring
+    /// size past [`DeviceOptions::max_queue_size`] before the device sees
+    /// the message, so the line names both limits and what changes them.
+    pub fn explain_refusal(&self, error: &vhost_user_backend::Error) -> Option<String> {
+        matches!(
+            error,
+            vhost_user_backend::Error::HandleRequest(vhost::vhost_user::Error::InvalidParam)
+        )
+        .then(|| {
+            format!(
+                "the frontend asked for something this controller does not offer; it offers {} \
+                 request queues of at most {} descriptors. QEMU's vhost-user-scsi-pci asks for \
+                 one request queue per vCPU (num_queues) and 128-descriptor rings \
+                 (virtqueue_size): raise --queues (`queues` in the file, up to \
+                 {MAX_REQUEST_QUEUES}) or set num_queues= lower; raise --max-queue-size \
+                 (`queue_size`) or set virtqueue_size= lower",
+                self.opts.request_queues, self.opts.max_queue_size
+            )
         })
     }
 

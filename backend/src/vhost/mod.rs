@@ -26,6 +26,9 @@ pub mod request_queue;
 pub mod ring_guard;
 pub mod uring;
 
-pub use device::{DeviceOptions, ScsiDevice};
+pub use device::{
+    check_max_queue_size, DeviceOptions, ScsiDevice, DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_REQUEST_QUEUES, MAX_REQUEST_QUEUES,
+};
 pub use event_queue::{Delivery, EventHub, ResetReason};
 pub use queue_metrics::QueueMetrics;
