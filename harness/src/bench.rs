@@ -256,6 +256,7 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
         max_transfer: Some(args.bs.max(512)),
         poll_us: d.poll_us,
         json: d.json,
+        verbose: false,
     };
     let dev = Device::open(&DeviceArgs {
         conn: conn.clone(),

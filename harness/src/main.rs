@@ -7,6 +7,7 @@
 //! and pipelined transfers), `output.rs` (formatting, JSON, failures),
 //! `parse.rs` (hex, sizes), `pattern.rs` and `daemon.rs` (for the demo).
 
+mod attention;
 mod bench;
 mod blockio;
 mod ctl;
