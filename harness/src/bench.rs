@@ -253,7 +253,9 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
         no_indirect: d.no_indirect,
         no_event_idx: d.no_event_idx,
         timeout: Duration::from_secs(30),
-        max_transfer: Some(args.bs.max(512)),
+        // Room for one --bs per command; a --bs the LUN's blocks do not
+        // divide is refused below, naming --bs.
+        max_transfer: Some(args.bs.max(512).next_multiple_of(512)),
         poll_us: d.poll_us,
         json: d.json,
         verbose: false,
@@ -267,12 +269,20 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
     let cap = blockio::read_capacity(&dev).await?;
     let bs = args.bs;
     if bs == 0 || !bs.is_multiple_of(cap.block_size as u64) {
-        bail!(
+        crate::output::usage!(
             "--bs {bs} is not a multiple of the LUN's {}-byte blocks",
             cap.block_size
         );
     }
     let region = args.size.unwrap_or(cap.bytes()).min(cap.bytes());
+    if args.size.is_some_and(|s| s > cap.bytes()) {
+        eprintln!(
+            "vscsi: --size is larger than {}:{} ({} bytes); clamped to {region} bytes",
+            d.target,
+            d.lun,
+            cap.bytes()
+        );
+    }
     let slots = region / bs;
     if slots == 0 {
         bail!("--size {region} is smaller than one block of --bs {bs}");
@@ -360,10 +370,15 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
                 };
                 let ns = t0.elapsed().as_nanos() as u64;
                 if let Err(e) = outcome {
-                    bail!(
-                        "{} at LBA {lba} failed: {e}",
-                        if write { "WRITE" } else { "READ" },
-                    );
+                    // A CHECK CONDITION (or other non-GOOD answer): exit 1,
+                    // with the decoded sense, as from every other verb.
+                    return Err(crate::output::ScsiFailure {
+                        command: format!("{} at LBA {lba}", if write { "WRITE" } else { "READ" }),
+                        target,
+                        lun,
+                        response: e.0,
+                    }
+                    .into());
                 }
                 hist.lock()
                     .unwrap_or_else(|p| p.into_inner())

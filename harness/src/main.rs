@@ -35,7 +35,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::output::{CheckFailed, ScsiFailure};
+use crate::output::{CheckFailed, ScsiFailure, UsageError};
 
 const AFTER_HELP: &str = "\
 Exit status:
@@ -148,6 +148,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -163,6 +164,8 @@ fn report(e: &anyhow::Error, json: bool) -> ExitCode {
     }
     let code = if e.downcast_ref::<CheckFailed>().is_some() {
         1
+    } else if e.downcast_ref::<UsageError>().is_some() {
+        2
     } else {
         3
     };

@@ -70,10 +70,14 @@ pub async fn run(args: Args) -> Result<()> {
         args.lba,
         cap.blocks
     );
-    let size = args
-        .size
-        .unwrap_or(64 << 20)
-        .min((cap.blocks - args.lba) * u64::from(bs));
+    let room = (cap.blocks - args.lba) * u64::from(bs);
+    let size = args.size.unwrap_or(64 << 20).min(room);
+    if args.size.is_some_and(|s| s > room) {
+        eprintln!(
+            "vscsi: --size is larger than {}:{} from LBA {} ({room} bytes); clamped to {size} bytes",
+            dev.target, dev.lun, args.lba
+        );
+    }
     let blocks = size / u64::from(bs);
     anyhow::ensure!(blocks > 0, "--size is smaller than one block ({bs} bytes)");
     let per = match args.blocks_per_command {

@@ -1,0 +1,120 @@
+//! What a new user of the `vscsi` binary runs into after the first
+//! commands: exit codes as `vscsi --help` documents them (2 for a usage
+//! mistake, 1 for a CHECK CONDITION or a LUN that does not exist),
+//! ranges checked against the capacity up front, sizes that say they
+//! clamp, and logs without colour codes when not on a terminal.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use common::TestDaemon;
+use vscsi_backend::vhost::DeviceOptions;
+
+const MIB: u64 = 1 << 20;
+
+fn vscsi(d: &TestDaemon, args: &[&str]) -> (i32, String, String) {
+    vscsi_env(d, args, &[])
+}
+
+fn vscsi_env(d: &TestDaemon, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vscsi"))
+        .args(args)
+        .arg("--socket")
+        .arg(&d.socket)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn usage_mistakes_exit_2() {
+    let d = TestDaemon::start(&[(0, 0, 8 * MIB, false)]);
+    let (code, _, err) = vscsi(&d, &["read", "--blocks", "0", "--out", "/dev/null"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--blocks must be at least 1"), "{err}");
+
+    let (code, _, err) = vscsi(&d, &["tmf", "abort"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("needs --tag"), "{err}");
+
+    // A --bs the LUN's 512-byte blocks do not divide names --bs, not a
+    // flag bench does not have.
+    let (code, _, err) = vscsi(&d, &["bench", "--bs", "1000", "--runtime", "1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--bs 1000"), "{err}");
+    assert!(!err.contains("--max-transfer"), "{err}");
+}
+
+#[test]
+fn read_past_the_end_is_refused_up_front_naming_the_last_lba() {
+    let d = TestDaemon::start(&[(0, 0, 8 * MIB, false)]);
+    let (code, out, err) = vscsi(&d, &["read", "--lba", "16000", "--blocks", "1000"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty(), "nothing read before the refusal");
+    assert!(err.contains("last LBA is 16383"), "{err}");
+    // The last block itself is fine.
+    let (code, out, err) = vscsi(&d, &["read", "--lba", "16383", "--blocks", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.len(), 512);
+}
+
+#[test]
+fn sizes_larger_than_the_lun_say_they_clamp() {
+    let d = TestDaemon::start(&[(0, 0, 4 * MIB, false)]);
+    let (code, out, err) = vscsi(&d, &["verify", "--size", "64M", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("clamped to 4194304 bytes"), "{err}");
+    let (code, out, err) = vscsi(
+        &d,
+        &[
+            "bench",
+            "--size",
+            "64M",
+            "--runtime",
+            "0.2",
+            "--no-progress",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("clamped to 4194304 bytes"), "{err}");
+}
+
+#[test]
+fn inquiry_of_a_missing_lun_exits_1() {
+    let d = TestDaemon::start(&[(0, 0, 4 * MIB, false)]);
+    let (code, out, err) = vscsi(&d, &["inquiry", "--lun", "5"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("0:5 does not exist"), "{err}");
+    let (code, _, _) = vscsi(&d, &["inquiry", "--lun", "0"]);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn bench_exits_1_on_a_check_condition() {
+    let faults = Arc::new(vscsi_backend::fault::FaultTable::default());
+    let opts = DeviceOptions {
+        faults: faults.clone(),
+        ..Default::default()
+    };
+    let d = TestDaemon::start_with(&[(0, 0, 4 * MIB, false)], opts);
+    faults.set(0, 0, "fail=1".parse().unwrap());
+    let (code, out, err) = vscsi(&d, &["bench", "--runtime", "1", "--no-progress"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("HARDWARE ERROR"), "{err}");
+}
+
+#[test]
+fn logs_have_no_colour_codes_when_not_on_a_terminal() {
+    let d = TestDaemon::start(&[(0, 0, 4 * MIB, false)]);
+    let (code, _, err) = vscsi_env(&d, &["tur"], &[("RUST_LOG", "debug")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.is_empty(), "debug logs expected");
+    assert!(!err.contains('\x1b'), "{err:?}");
+}
