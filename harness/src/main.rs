@@ -170,9 +170,9 @@ fn report(e: &anyhow::Error, json: bool) -> ExitCode {
         3
     };
     if json {
-        output::print_json(&serde_json::json!({ "ok": false, "error": format!("{e:#}") }));
+        output::print_json(&serde_json::json!({ "ok": false, "error": output::error_text(e) }));
     }
-    eprintln!("vscsi: {e:#}");
+    eprintln!("vscsi: {}", output::error_text(e));
     ExitCode::from(code)
 }
 

@@ -177,6 +177,23 @@ pub fn print_json(v: &Value) {
     );
 }
 
+/// An error and its causes on one line, `outer: cause: cause`, leaving out
+/// a cause the text already says (an error that prints its source, such as
+/// an OS error, and also returns it as its source).
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.is_empty() {
+            text = part;
+        } else if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+    }
+    text
+}
+
 /// A mistake on the command line found after parsing (a flag another
 /// one requires, a size the LUN's block size does not divide): `main`
 /// prints it and exits with code 2, as for the mistakes clap finds.
