@@ -302,11 +302,9 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
     // them, 200 KiB each at this precision) made each record a cache miss,
     // 16 % of the bench's time at QD128. The lock is uncontended with the
     // default single tokio thread.
-    let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
-        1,
-        60_000_000_000,
-        3,
-    )?));
+    // Reads in [0], writes in [1], as fio reports them apart.
+    let new_hist = || Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3);
+    let hist = Arc::new(std::sync::Mutex::new([new_hist()?, new_hist()?]));
     for w in 0..args.iodepth {
         let (driver, stop, done_ops, cursor) = (
             driver.clone(),
@@ -380,8 +378,7 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
                     }
                     .into());
                 }
-                hist.lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                hist.lock().unwrap_or_else(|p| p.into_inner())[usize::from(write)]
                     .saturating_record(ns.max(1));
                 if write {
                     r.writes += 1;
@@ -434,10 +431,13 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
         reads += r.reads;
         writes += r.writes;
     }
-    let hist = std::mem::replace(
+    let [read_hist, write_hist] = std::mem::replace(
         &mut *hist.lock().unwrap_or_else(|p| p.into_inner()),
-        Histogram::new(1)?,
+        [Histogram::new(1)?, Histogram::new(1)?],
     );
+    let mut hist = read_hist.clone();
+    hist.add(&write_hist)
+        .context("merging the read and write histograms")?;
     let elapsed = start.elapsed().as_secs_f64();
     if let Some(pb) = progress {
         pb.finish_and_clear();
@@ -452,6 +452,14 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
     let mib_s = iops * bs as f64 / (1 << 20) as f64;
     let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let f = driver.features();
+    let sections = [("read", &read_hist), ("write", &write_hist)].map(|(name, clat)| {
+        crate::fio_report::Direction {
+            name,
+            clat,
+            bs,
+            elapsed,
+        }
+    });
     if d.json {
         crate::output::print_json(&json!({
             "rw": format!("{:?}", args.rw).to_lowercase(),
@@ -464,6 +472,11 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
                         "max": hist.max() as f64 / 1000.0 },
             "cpu_s": { "bench": cpu, "daemon": dcpu },
             "kicks": driver.kicks(),
+            "jobs": [{
+                "jobname": format!("{:?}", args.rw).to_lowercase(),
+                "read": sections[0].to_json(),
+                "write": sections[1].to_json(),
+            }],
         }));
     } else {
         println!(
@@ -474,6 +487,12 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
             "  IOPS={:.0}  BW={:.1} MiB/s  ({reads} reads, {writes} writes)",
             iops, mib_s
         );
+        if args.rw == Rw::Randrw {
+            for s in &sections {
+                s.print();
+            }
+            println!("  all:");
+        }
         println!(
             "  clat (us): min={:.1} mean={:.1} p50={:.1} p90={:.1} p99={:.1} p99.9={:.1} max={:.1}",
             hist.min() as f64 / 1000.0,

@@ -15,6 +15,7 @@ mod daemon;
 mod demo;
 mod device;
 mod events;
+mod fio_report;
 mod inquiry;
 mod luns;
 mod output;

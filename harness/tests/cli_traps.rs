@@ -118,3 +118,45 @@ fn logs_have_no_colour_codes_when_not_on_a_terminal() {
     assert!(!err.is_empty(), "debug logs expected");
     assert!(!err.contains('\x1b'), "{err:?}");
 }
+
+#[test]
+fn bench_randrw_reports_read_and_write_like_fio() {
+    let d = TestDaemon::start(&[(0, 0, 4 * MIB, false)]);
+    let (code, out, err) = vscsi(
+        &d,
+        &["bench", "--rw", "randrw", "--runtime", "0.3", "--json"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let job = &v["jobs"][0];
+    for (dir, count) in [("read", "reads"), ("write", "writes")] {
+        let s = &job[dir];
+        assert!(s["iops"].as_f64().unwrap() > 0.0, "{dir}: {s}");
+        assert_eq!(s["total_ios"], v[count], "{dir}");
+        assert_eq!(s["clat_ns"]["N"], v[count], "{dir}");
+        let p99 = s["clat_ns"]["percentile"]["99.000000"].as_u64().unwrap();
+        let p50 = s["clat_ns"]["percentile"]["50.000000"].as_u64().unwrap();
+        assert!(p99 >= p50 && p50 > 0, "{dir}: {s}");
+        assert!(s["clat_ns"]["stddev"].as_f64().is_some());
+        assert_eq!(s["io_bytes"], s["total_ios"].as_u64().unwrap() * 4096);
+    }
+    // The keys from before stay.
+    assert!(v["iops"].as_f64().unwrap() > 0.0 && v["lat_us"]["p99"].is_number());
+
+    let (code, out, err) = vscsi(
+        &d,
+        &[
+            "bench",
+            "--rw",
+            "randrw",
+            "--runtime",
+            "0.3",
+            "--no-progress",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("  read: IOPS="), "{out}");
+    assert!(out.contains("  write: IOPS="), "{out}");
+    assert_eq!(out.matches("stdev=").count(), 2, "{out}");
+    assert!(out.contains("99.00th=["), "{out}");
+}
