@@ -21,6 +21,7 @@ mod luns;
 mod output;
 mod parse;
 mod pattern;
+mod progress;
 mod raw;
 mod read;
 mod readcap;

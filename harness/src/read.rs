@@ -73,11 +73,15 @@ pub async fn run(args: Args) -> Result<()> {
         None => "stdout".to_string(),
     };
 
+    let pb = crate::progress::bytes(bytes, "read", json);
     let result = blockio::pipeline(
         blockio::split(args.lba, args.blocks, per),
         dev.window(),
         |lba, n| Ok(read_chunk(dev.clone(), lba, n, bs)),
         |_, _, data: Vec<u8>| {
+            if let Some(pb) = &pb {
+                pb.inc(data.len() as u64);
+            }
             match &mut sink {
                 Sink::File(f) => f.write_all(&data),
                 Sink::Stdout(s) => s.write_all(&data),
@@ -90,6 +94,9 @@ pub async fn run(args: Args) -> Result<()> {
         },
     )
     .await;
+    if let Some(pb) = &pb {
+        pb.finish_and_clear();
+    }
     let commands = match result {
         Ok(n) => n,
         Err(e) if is_broken_pipe(&e) => return Ok(()), // `vscsi read ... | head` is fine

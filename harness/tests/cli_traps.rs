@@ -160,3 +160,74 @@ fn bench_randrw_reports_read_and_write_like_fio() {
     assert_eq!(out.matches("stdev=").count(), 2, "{out}");
     assert!(out.contains("99.00th=["), "{out}");
 }
+
+/// Runs `vscsi` with stderr on a new pseudo-terminal and returns the exit
+/// code and what it drew there.
+fn vscsi_on_a_terminal(d: &TestDaemon, args: &[&str]) -> (i32, String) {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two new descriptors into the two ints; the
+    // name, termios and window size pointers may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened and are owned by nobody else.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut child = {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vscsi"));
+        cmd.args(args)
+            .arg("--socket")
+            .arg(&d.socket)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(slave));
+        cmd.spawn().unwrap()
+        // `cmd`, and with it this side's copy of the terminal, closes here.
+    };
+    let reader = std::thread::spawn(move || {
+        let mut f = std::fs::File::from(master);
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Reads end with EIO once the child's side is closed.
+        while let Ok(n) = f.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    let code = child.wait().unwrap().code().unwrap_or(-1);
+    (code, reader.join().unwrap())
+}
+
+#[test]
+fn read_and_verify_show_progress_only_on_a_terminal() {
+    let d = TestDaemon::start(&[(0, 0, 64 * MIB, false)]);
+    let out = d.dir.path().join("out.bin");
+    let out = out.to_str().unwrap();
+    let read = ["read", "--blocks", "131072", "--out", out];
+    let (code, tty) = vscsi_on_a_terminal(&d, &read);
+    assert_eq!(code, 0, "{tty}");
+    assert!(tty.contains("read ["), "a bar labelled read: {tty:?}");
+    assert!(tty.contains("MiB"), "{tty:?}");
+    let (code, tty) = vscsi_on_a_terminal(&d, &["verify", "--size", "64M"]);
+    assert_eq!(code, 0, "{tty}");
+    assert!(tty.contains("write ["), "{tty:?}");
+    assert!(tty.contains("read back ["), "{tty:?}");
+    // With --json, even on a terminal: nothing.
+    let (code, tty) = vscsi_on_a_terminal(&d, &["verify", "--size", "64M", "--json"]);
+    assert_eq!(code, 0, "{tty}");
+    assert!(tty.is_empty(), "{tty:?}");
+    // Piped: nothing either.
+    let (code, _, err) = vscsi(&d, &read);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.is_empty(), "{err:?}");
+}
