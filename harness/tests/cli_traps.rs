@@ -231,3 +231,30 @@ fn read_and_verify_show_progress_only_on_a_terminal() {
     assert_eq!(code, 0, "{err}");
     assert!(err.is_empty(), "{err:?}");
 }
+
+#[test]
+fn a_check_condition_exits_1_from_every_verb() {
+    let faults = Arc::new(vscsi_backend::fault::FaultTable::default());
+    let opts = DeviceOptions {
+        faults: faults.clone(),
+        ..Default::default()
+    };
+    let d = TestDaemon::start_with(&[(0, 0, 4 * MIB, false)], opts);
+    let block = d.dir.path().join("block.bin");
+    std::fs::write(&block, vec![0u8; 512]).unwrap();
+    let block = block.to_str().unwrap();
+    // MEDIUM ERROR on LBAs 0..8.
+    faults.set(0, 0, "error=0+8".parse().unwrap());
+    for verb in [
+        &["read", "--lba", "0", "--blocks", "1", "--out", "/dev/null"][..],
+        &["write", "--lba", "0", "--in", block],
+        &["verify", "--size", "8K"],
+    ] {
+        let (code, out, err) = vscsi(&d, verb);
+        assert_eq!(code, 1, "{verb:?}: {out}{err}");
+        assert!(err.contains("MEDIUM ERROR"), "{verb:?}: {err}");
+    }
+    // TEST UNIT READY to a LUN that does not exist: CHECK CONDITION.
+    let (code, out, err) = vscsi(&d, &["tur", "--lun", "9"]);
+    assert_eq!(code, 1, "{out}{err}");
+}
