@@ -3,9 +3,12 @@
 //!
 //! One file per verb: `inquiry.rs`, `readcap.rs`, `tur.rs`, `luns.rs`,
 //! `read.rs`, `write.rs`, `raw.rs`, `scan.rs`, `demo.rs`. Shared pieces:
-//! `device.rs` (common flags, connecting), `blockio.rs` (capacity, split
-//! and pipelined transfers), `output.rs` (formatting, JSON, failures),
-//! `parse.rs` (hex, sizes), `pattern.rs` and `daemon.rs` (for the demo).
+//! `device.rs` (common flags, connecting), `attention.rs` (clearing the
+//! unit attentions owed to a new frontend), `blockio.rs` (capacity, split
+//! and pipelined transfers), `output.rs` (formatting, JSON, failures, exit
+//! codes), `progress.rs` (progress bars on a terminal), `fio_report.rs`
+//! (bench results in fio's shapes), `parse.rs` (hex, sizes), `pattern.rs`
+//! and `daemon.rs` (for the demo).
 
 mod attention;
 mod bench;
