@@ -46,8 +46,10 @@ const AFTER_HELP: &str = "\
 Exit status:
   0  success (raw: the command completed, whatever its SCSI status)
   1  the command ended with a status other than GOOD (CHECK CONDITION...),
-     or the demo's verification failed
-  2  bad command line
+     from every verb but raw (bench included), the LUN does not exist
+     (inquiry), or a verification failed (demo, verify)
+  2  bad command line (also what is only found wrong after connecting:
+     a --bs the block size does not divide, --blocks past the last LBA)
   3  any other error: no socket, connection or transport failure, I/O error
 
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to see more than warnings.
