@@ -90,6 +90,20 @@ pub enum ConfigError {
         /// Second image.
         second: String,
     },
+    /// One image file at two addresses (each LUN locks its image).
+    #[error("image {path} is given twice (target {first_target} LUN {first_lun} and target {target} LUN {lun}): serve each image once, or use --config with shared = true and read_only = true")]
+    ImageTwice {
+        /// The image, as the second mention spelled it.
+        path: String,
+        /// Address of the first mention.
+        first_target: u8,
+        /// LUN of the first mention.
+        first_lun: u16,
+        /// Address of the second mention.
+        target: u8,
+        /// LUN of the second mention.
+        lun: u16,
+    },
     /// Nothing to serve.
     #[error("no image given: pass image paths or --lun TARGET:LUN=PATH")]
     Empty,
@@ -264,6 +278,21 @@ pub fn collect_specs(
                 lun: a.lun,
                 first: b.path.display().to_string(),
                 second: a.path.display().to_string(),
+            });
+        }
+    }
+    let canon: Vec<PathBuf> = specs
+        .iter()
+        .map(|s| std::fs::canonicalize(&s.path).unwrap_or_else(|_| s.path.clone()))
+        .collect();
+    for (i, a) in specs.iter().enumerate() {
+        if let Some(j) = canon[..i].iter().position(|c| *c == canon[i]) {
+            return Err(ConfigError::ImageTwice {
+                path: a.path.display().to_string(),
+                first_target: specs[j].target,
+                first_lun: specs[j].lun,
+                target: a.target,
+                lun: a.lun,
             });
         }
     }
@@ -719,6 +748,18 @@ impl LunFields {
             f.parse::<crate::fault::FaultSpec>()
                 .map_err(|e| ("fault", e.to_string()))?;
         }
+        if o.device_type == DeviceType::Cdrom {
+            if let Some(bs) = self.block_size.filter(|&bs| bs != CDROM_BLOCK_SIZE) {
+                return Err((
+                    "block_size",
+                    format!(
+                        "a CD-ROM has {CDROM_BLOCK_SIZE}-byte blocks (MMC-6 §4.2), not {bs}: \
+                         remove block_size or set it to {CDROM_BLOCK_SIZE}"
+                    ),
+                ));
+            }
+            cdrom_served(&mut o);
+        }
         if self.shared && !o.read_only && o.device_type == DeviceType::Disk {
             return Err((
                 "shared",
@@ -740,6 +781,25 @@ impl LunFields {
             shared: self.shared,
             fault: self.fault.clone(),
         })
+    }
+}
+
+/// The block size of a CD-ROM LUN (MMC-6 §4.2: 2048-byte user data sectors).
+const CDROM_BLOCK_SIZE: u32 = 2048;
+
+/// What a CD-ROM LUN is served as, whatever the disk defaults said, so
+/// that `--check-config` prints it: read-only, 2048-byte blocks, removable,
+/// no UNMAP, product `VIRTUAL-CDROM` unless one was given. The logical
+/// unit applies the same when it opens the image.
+fn cdrom_served(o: &mut LunOptions) {
+    let disk_product = LunOptions::default().product;
+    o.block_size = CDROM_BLOCK_SIZE;
+    o.read_only = true;
+    o.removable = true;
+    o.discard = false;
+    o.physical_block_size = 0;
+    if o.product == disk_product {
+        o.product = "VIRTUAL-CDROM".into();
     }
 }
 

@@ -72,15 +72,37 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
+    let format = args.log_format;
+    init_logging(format);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
-            eprintln!("vscsi-backend: {e:#}");
+            // Once: a plain line for a person, or a log record for a log
+            // collector reading JSON lines.
+            match format {
+                LogFormat::Text => eprintln!("vscsi-backend: {}", error_text(&e)),
+                LogFormat::Json => error!("{}", error_text(&e)),
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, `outer: cause: cause`, leaving out
+/// a cause the text already says (an error that prints its source, such as
+/// an OS error, and also returns it as its source).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.is_empty() {
+            text = part;
+        } else if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 fn init_logging(format: LogFormat) {
@@ -88,7 +110,9 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -253,9 +253,12 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
         no_indirect: d.no_indirect,
         no_event_idx: d.no_event_idx,
         timeout: Duration::from_secs(30),
-        max_transfer: Some(args.bs.max(512)),
+        // Room for one --bs per command; a --bs the LUN's blocks do not
+        // divide is refused below, naming --bs.
+        max_transfer: Some(args.bs.max(512).next_multiple_of(512)),
         poll_us: d.poll_us,
         json: d.json,
+        verbose: false,
     };
     let dev = Device::open(&DeviceArgs {
         conn: conn.clone(),
@@ -266,12 +269,20 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
     let cap = blockio::read_capacity(&dev).await?;
     let bs = args.bs;
     if bs == 0 || !bs.is_multiple_of(cap.block_size as u64) {
-        bail!(
+        crate::output::usage!(
             "--bs {bs} is not a multiple of the LUN's {}-byte blocks",
             cap.block_size
         );
     }
     let region = args.size.unwrap_or(cap.bytes()).min(cap.bytes());
+    if args.size.is_some_and(|s| s > cap.bytes()) {
+        eprintln!(
+            "vscsi: --size is larger than {}:{} ({} bytes); clamped to {region} bytes",
+            d.target,
+            d.lun,
+            cap.bytes()
+        );
+    }
     let slots = region / bs;
     if slots == 0 {
         bail!("--size {region} is smaller than one block of --bs {bs}");
@@ -291,11 +302,9 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
     // them, 200 KiB each at this precision) made each record a cache miss,
     // 16 % of the bench's time at QD128. The lock is uncontended with the
     // default single tokio thread.
-    let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
-        1,
-        60_000_000_000,
-        3,
-    )?));
+    // Reads in [0], writes in [1], as fio reports them apart.
+    let new_hist = || Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3);
+    let hist = Arc::new(std::sync::Mutex::new([new_hist()?, new_hist()?]));
     for w in 0..args.iodepth {
         let (driver, stop, done_ops, cursor) = (
             driver.clone(),
@@ -359,13 +368,17 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
                 };
                 let ns = t0.elapsed().as_nanos() as u64;
                 if let Err(e) = outcome {
-                    bail!(
-                        "{} at LBA {lba} failed: {e}",
-                        if write { "WRITE" } else { "READ" },
-                    );
+                    // A CHECK CONDITION (or other non-GOOD answer): exit 1,
+                    // with the decoded sense, as from every other verb.
+                    return Err(crate::output::ScsiFailure {
+                        command: format!("{} at LBA {lba}", if write { "WRITE" } else { "READ" }),
+                        target,
+                        lun,
+                        response: e.0,
+                    }
+                    .into());
                 }
-                hist.lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                hist.lock().unwrap_or_else(|p| p.into_inner())[usize::from(write)]
                     .saturating_record(ns.max(1));
                 if write {
                     r.writes += 1;
@@ -418,10 +431,13 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
         reads += r.reads;
         writes += r.writes;
     }
-    let hist = std::mem::replace(
+    let [read_hist, write_hist] = std::mem::replace(
         &mut *hist.lock().unwrap_or_else(|p| p.into_inner()),
-        Histogram::new(1)?,
+        [Histogram::new(1)?, Histogram::new(1)?],
     );
+    let mut hist = read_hist.clone();
+    hist.add(&write_hist)
+        .context("merging the read and write histograms")?;
     let elapsed = start.elapsed().as_secs_f64();
     if let Some(pb) = progress {
         pb.finish_and_clear();
@@ -436,6 +452,14 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
     let mib_s = iops * bs as f64 / (1 << 20) as f64;
     let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let f = driver.features();
+    let sections = [("read", &read_hist), ("write", &write_hist)].map(|(name, clat)| {
+        crate::fio_report::Direction {
+            name,
+            clat,
+            bs,
+            elapsed,
+        }
+    });
     if d.json {
         crate::output::print_json(&json!({
             "rw": format!("{:?}", args.rw).to_lowercase(),
@@ -448,6 +472,11 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
                         "max": hist.max() as f64 / 1000.0 },
             "cpu_s": { "bench": cpu, "daemon": dcpu },
             "kicks": driver.kicks(),
+            "jobs": [{
+                "jobname": format!("{:?}", args.rw).to_lowercase(),
+                "read": sections[0].to_json(),
+                "write": sections[1].to_json(),
+            }],
         }));
     } else {
         println!(
@@ -458,6 +487,12 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
             "  IOPS={:.0}  BW={:.1} MiB/s  ({reads} reads, {writes} writes)",
             iops, mib_s
         );
+        if args.rw == Rw::Randrw {
+            for s in &sections {
+                s.print();
+            }
+            println!("  all:");
+        }
         println!(
             "  clat (us): min={:.1} mean={:.1} p50={:.1} p90={:.1} p99={:.1} p99.9={:.1} max={:.1}",
             hist.min() as f64 / 1000.0,

@@ -146,8 +146,67 @@ fn params(a: &Args) -> anyhow::Result<Value> {
     Ok(Value::Object(p))
 }
 
+/// The flags a method cannot do without (checked before anything is sent,
+/// so the message names the flags, not the request's params).
+fn required(m: Method) -> &'static [&'static str] {
+    match m {
+        Method::List | Method::Stats | Method::Shutdown => &[],
+        Method::AddLun => &["--target", "--lun", "--image"],
+        Method::ResizeLun => &["--target", "--lun", "--size"],
+        Method::SetReadOnly => &["--target", "--lun", "--read-only"],
+        Method::SetFault => &["--target", "--lun", "--fault"],
+        Method::RemoveLun | Method::InsertMedia | Method::EjectMedia | Method::ClearFault => {
+            &["--target", "--lun"]
+        }
+    }
+}
+
+fn given(a: &Args, flag: &str) -> bool {
+    match flag {
+        "--target" => a.target.is_some(),
+        "--lun" => a.lun.is_some(),
+        "--image" => a.image.is_some(),
+        "--size" => a.size.is_some(),
+        "--read-only" => a.read_only.is_some(),
+        "--fault" => a.fault.is_some(),
+        _ => true,
+    }
+}
+
+/// A daemon message in the words of this command line: the request's
+/// params (`read_only`, `force = true`...) become the flags that set them.
+fn in_cli_words(message: &str) -> String {
+    let mut m = message.to_string();
+    // serde's "missing field `target`" / "unknown field `x`".
+    while let Some(start) = m.find("field `") {
+        let rest = &m[start + 7..];
+        let Some(end) = rest.find('`') else { break };
+        let flag = format!("flag --{}", rest[..end].replace('_', "-"));
+        m.replace_range(start..start + 7 + end + 1, &flag);
+    }
+    for (param, flag) in [
+        ("force = true", "--force"),
+        ("read_only = true", "--read-only"),
+        ("shared = true", "--shared"),
+        ("block_size", "--block-size"),
+        ("read_only", "--read-only"),
+    ] {
+        m = m.replace(param, flag);
+    }
+    m
+}
+
 /// Sends one request and returns the `result`, or the JSON-RPC error as an error.
 pub fn call(control: &std::path::Path, method: &str, params: Value) -> anyhow::Result<Value> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(control) {
+        Err(e) => anyhow::bail!("cannot use the control socket {}: {e}", control.display()),
+        Ok(m) if !m.file_type().is_socket() => anyhow::bail!(
+            "{} is not a unix socket; pass the path vscsi-backend was started with (--control)",
+            control.display()
+        ),
+        Ok(_) => {}
+    }
     let mut s = UnixStream::connect(control)
         .with_context(|| format!("connecting to the control socket {}", control.display()))?;
     let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
@@ -158,7 +217,7 @@ pub fn call(control: &std::path::Path, method: &str, params: Value) -> anyhow::R
     if let Some(e) = resp.get("error") {
         anyhow::bail!(
             "{} (JSON-RPC error {})",
-            e.get("message").and_then(Value::as_str).unwrap_or("?"),
+            in_cli_words(e.get("message").and_then(Value::as_str).unwrap_or("?")),
             e.get("code").and_then(Value::as_i64).unwrap_or(0)
         );
     }
@@ -167,6 +226,18 @@ pub fn call(control: &std::path::Path, method: &str, params: Value) -> anyhow::R
 
 /// Runs `vscsi ctl`.
 pub async fn run(a: Args) -> anyhow::Result<()> {
+    let missing: Vec<&str> = required(a.method)
+        .iter()
+        .copied()
+        .filter(|f| !given(&a, f))
+        .collect();
+    if !missing.is_empty() {
+        crate::output::usage!(
+            "{} needs {}",
+            a.method.wire_name().replace('_', "-"),
+            missing.join(", ")
+        );
+    }
     let p = params(&a)?;
     let result = call(&a.control, a.method.wire_name(), p)?;
     if a.json {

@@ -12,6 +12,7 @@ use vscsi_driver::{
 };
 use vscsi_protocol::lun::MAX_LUN;
 
+use crate::attention;
 use crate::output::ScsiFailure;
 use crate::parse;
 
@@ -49,6 +50,10 @@ pub struct ConnectArgs {
     /// Print the answer as a JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Say on stderr what happened before the command itself (the unit
+    /// attentions cleared after connecting).
+    #[arg(short, long)]
+    pub verbose: bool,
 }
 
 /// The connection flags plus the LUN a command goes to.
@@ -151,9 +156,28 @@ pub struct Device {
 }
 
 impl Device {
-    /// Connects and addresses `--target`/`--lun`.
+    /// Connects, addresses `--target`/`--lun` and clears the unit
+    /// attentions it reports to a new frontend (see [`attention`]), as the
+    /// kernel does before a user's first command on Linux.
     pub async fn open(args: &DeviceArgs) -> Result<Device> {
+        Self::open_with(args, true).await
+    }
+
+    /// [`Device::open`], leaving pending unit attentions for the first
+    /// command to receive when `clear_ua` is false.
+    pub async fn open_with(args: &DeviceArgs, clear_ua: bool) -> Result<Device> {
         let driver = connect(&args.conn).await?;
+        if clear_ua {
+            let cleared = attention::clear(&driver, args.target, args.lun).await?;
+            if args.conn.verbose {
+                for s in &cleared {
+                    eprintln!(
+                        "vscsi: cleared unit attention on {}:{}: {s}",
+                        args.target, args.lun
+                    );
+                }
+            }
+        }
         Ok(Device {
             driver: Arc::new(driver),
             target: args.target,

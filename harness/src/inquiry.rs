@@ -45,6 +45,15 @@ async fn standard(dev: &Device, json: bool) -> Result<()> {
             r.data.len()
         )
     })?;
+    // SPC-5 §6.7.2: PERIPHERAL QUALIFIER 011b is how a target answers
+    // INQUIRY for a LUN it does not have.
+    if inq.peripheral_qualifier == 3 {
+        return Err(output::CheckFailed(format!(
+            "{}:{} does not exist (INQUIRY: peripheral qualifier 011b, no logical unit); `vscsi scan` lists the LUNs",
+            dev.target, dev.lun
+        ))
+        .into());
+    }
     if json {
         let mut m = output::response_json(&r);
         m.insert("target".into(), json!(dev.target));

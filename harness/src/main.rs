@@ -3,10 +3,14 @@
 //!
 //! One file per verb: `inquiry.rs`, `readcap.rs`, `tur.rs`, `luns.rs`,
 //! `read.rs`, `write.rs`, `raw.rs`, `scan.rs`, `demo.rs`. Shared pieces:
-//! `device.rs` (common flags, connecting), `blockio.rs` (capacity, split
-//! and pipelined transfers), `output.rs` (formatting, JSON, failures),
-//! `parse.rs` (hex, sizes), `pattern.rs` and `daemon.rs` (for the demo).
+//! `device.rs` (common flags, connecting), `attention.rs` (clearing the
+//! unit attentions owed to a new frontend), `blockio.rs` (capacity, split
+//! and pipelined transfers), `output.rs` (formatting, JSON, failures, exit
+//! codes), `progress.rs` (progress bars on a terminal), `fio_report.rs`
+//! (bench results in fio's shapes), `parse.rs` (hex, sizes), `pattern.rs`
+//! and `daemon.rs` (for the demo).
 
+mod attention;
 mod bench;
 mod blockio;
 mod ctl;
@@ -14,11 +18,13 @@ mod daemon;
 mod demo;
 mod device;
 mod events;
+mod fio_report;
 mod inquiry;
 mod luns;
 mod output;
 mod parse;
 mod pattern;
+mod progress;
 mod raw;
 mod read;
 mod readcap;
@@ -34,14 +40,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::output::{CheckFailed, ScsiFailure};
+use crate::output::{CheckFailed, ScsiFailure, UsageError};
 
 const AFTER_HELP: &str = "\
 Exit status:
   0  success (raw: the command completed, whatever its SCSI status)
   1  the command ended with a status other than GOOD (CHECK CONDITION...),
-     or the demo's verification failed
-  2  bad command line
+     from every verb but raw (bench included), the LUN does not exist
+     (inquiry), or a verification failed (demo, verify)
+  2  bad command line (also what is only found wrong after connecting:
+     a --bs the block size does not divide, --blocks past the last LBA)
   3  any other error: no socket, connection or transport failure, I/O error
 
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to see more than warnings.
@@ -147,6 +155,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -162,13 +171,15 @@ fn report(e: &anyhow::Error, json: bool) -> ExitCode {
     }
     let code = if e.downcast_ref::<CheckFailed>().is_some() {
         1
+    } else if e.downcast_ref::<UsageError>().is_some() {
+        2
     } else {
         3
     };
     if json {
-        output::print_json(&serde_json::json!({ "ok": false, "error": format!("{e:#}") }));
+        output::print_json(&serde_json::json!({ "ok": false, "error": output::error_text(e) }));
     }
-    eprintln!("vscsi: {e:#}");
+    eprintln!("vscsi: {}", output::error_text(e));
     ExitCode::from(code)
 }
 

@@ -177,6 +177,45 @@ pub fn print_json(v: &Value) {
     );
 }
 
+/// An error and its causes on one line, `outer: cause: cause`, leaving out
+/// a cause the text already says (an error that prints its source, such as
+/// an OS error, and also returns it as its source).
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.is_empty() {
+            text = part;
+        } else if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+    }
+    text
+}
+
+/// A mistake on the command line found after parsing (a flag another
+/// one requires, a size the LUN's block size does not divide): `main`
+/// prints it and exits with code 2, as for the mistakes clap finds.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Returns early with a [`UsageError`] (exit status 2).
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err($crate::output::UsageError(format!($($arg)*)).into())
+    };
+}
+pub(crate) use usage;
+
 /// A command completed, but not with GOOD status (or the device did not
 /// run it: BAD_TARGET and the like). Verbs return it as their error; `main`
 /// prints it (decoded sense and sense hex) and exits with code 1.

@@ -30,6 +30,10 @@ pub struct Args {
     /// Write the data-in bytes, raw, to FILE instead of a hex dump.
     #[arg(long, value_name = "FILE", requires = "data_in")]
     pub out: Option<PathBuf>,
+    /// Do not clear the unit attentions pending after connecting (POWER ON,
+    /// RESET for a new frontend): the CDB then receives the first of them.
+    #[arg(long)]
+    pub keep_ua: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -49,7 +53,7 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let data_in_len =
         usize::try_from(args.data_in.unwrap_or(0)).context("--data-in is too large")?;
-    let dev = Device::open(&args.device).await?;
+    let dev = Device::open_with(&args.device, !args.keep_ua).await?;
     let max = dev.driver.max_transfer();
     if data_in_len > max || data_out.len() > max {
         bail!(

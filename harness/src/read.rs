@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::blockio::{self, plural, read_chunk};
@@ -33,7 +33,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> Result<()> {
     if args.blocks == 0 {
-        bail!("--blocks must be at least 1");
+        output::usage!("--blocks must be at least 1");
     }
     let json = args.device.conn.json;
     let dev = Device::open(&args.device).await?;
@@ -44,6 +44,16 @@ pub async fn run(args: Args) -> Result<()> {
         .blocks
         .checked_mul(bs as u64)
         .context("--blocks times the block size overflows")?;
+    let last = cap.blocks.saturating_sub(1);
+    if args.lba > last || args.blocks > cap.blocks - args.lba {
+        output::usage!(
+            "--lba {} --blocks {} ends past the end of {}:{}: its last LBA is {last}",
+            args.lba,
+            args.blocks,
+            dev.target,
+            dev.lun
+        );
+    }
 
     // Where the data goes: a file, stdout, or (JSON without --out) memory.
     enum Sink {
@@ -63,11 +73,15 @@ pub async fn run(args: Args) -> Result<()> {
         None => "stdout".to_string(),
     };
 
+    let pb = crate::progress::bytes(bytes, "read", json);
     let result = blockio::pipeline(
         blockio::split(args.lba, args.blocks, per),
         dev.window(),
         |lba, n| Ok(read_chunk(dev.clone(), lba, n, bs)),
         |_, _, data: Vec<u8>| {
+            if let Some(pb) = &pb {
+                pb.inc(data.len() as u64);
+            }
             match &mut sink {
                 Sink::File(f) => f.write_all(&data),
                 Sink::Stdout(s) => s.write_all(&data),
@@ -80,6 +94,9 @@ pub async fn run(args: Args) -> Result<()> {
         },
     )
     .await;
+    if let Some(pb) = &pb {
+        pb.finish_and_clear();
+    }
     let commands = match result {
         Ok(n) => n,
         Err(e) if is_broken_pipe(&e) => return Ok(()), // `vscsi read ... | head` is fine

@@ -45,8 +45,9 @@ pub struct Args {
 impl Args {
     fn tmf(&self) -> Result<Tmf> {
         let tag = || {
-            self.tag
-                .ok_or_else(|| anyhow::anyhow!("{:?} needs --tag", self.function))
+            self.tag.ok_or_else(|| {
+                crate::output::UsageError(format!("{:?} needs --tag", self.function))
+            })
         };
         Ok(match self.function {
             Function::Abort => Tmf::AbortTask { tag: tag()? },

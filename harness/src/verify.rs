@@ -70,10 +70,14 @@ pub async fn run(args: Args) -> Result<()> {
         args.lba,
         cap.blocks
     );
-    let size = args
-        .size
-        .unwrap_or(64 << 20)
-        .min((cap.blocks - args.lba) * u64::from(bs));
+    let room = (cap.blocks - args.lba) * u64::from(bs);
+    let size = args.size.unwrap_or(64 << 20).min(room);
+    if args.size.is_some_and(|s| s > room) {
+        eprintln!(
+            "vscsi: --size is larger than {}:{} from LBA {} ({room} bytes); clamped to {size} bytes",
+            dev.target, dev.lun, args.lba
+        );
+    }
     let blocks = size / u64::from(bs);
     anyhow::ensure!(blocks > 0, "--size is smaller than one block ({bs} bytes)");
     let per = match args.blocks_per_command {
@@ -83,11 +87,17 @@ pub async fn run(args: Args) -> Result<()> {
     let chunks: Vec<(u64, u32)> = split(args.lba, blocks, per).collect();
     let seed = args.seed;
     let start = Instant::now();
+    let json = args.device.conn.json;
+    let pb = crate::progress::bytes(blocks * u64::from(bs), "write", json);
     let writes = chunks
         .iter()
         .map(|&(lba, n)| {
             let dev = dev.clone();
+            let pb = pb.clone();
             async move {
+                if let Some(pb) = &pb {
+                    pb.inc(u64::from(n) * u64::from(bs));
+                }
                 let data = pattern::blocks(lba, n, bs, seed);
                 dev.send_good(
                     "WRITE",
@@ -105,11 +115,19 @@ pub async fn run(args: Args) -> Result<()> {
     for r in run_all(args.iodepth, writes).await? {
         r?;
     }
+    if let Some(pb) = &pb {
+        pb.finish_and_clear();
+    }
+    let pb = crate::progress::bytes(blocks * u64::from(bs), "read back", json);
     let reads = chunks
         .iter()
         .map(|&(lba, n)| {
             let dev = dev.clone();
+            let pb = pb.clone();
             async move {
+                if let Some(pb) = &pb {
+                    pb.inc(u64::from(n) * u64::from(bs));
+                }
                 let r = dev
                     .send_good(
                         "READ",
@@ -140,6 +158,9 @@ pub async fn run(args: Args) -> Result<()> {
     let mut bad: Vec<u64> = Vec::new();
     for r in run_all(args.iodepth, reads).await? {
         bad.extend(r?);
+    }
+    if let Some(pb) = &pb {
+        pb.finish_and_clear();
     }
     bad.sort_unstable();
     let elapsed = start.elapsed();
