@@ -10,8 +10,9 @@
 //!
 //! Every connect and disconnect is an audit event (`target: "vscsi::audit"`).
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,15 @@ pub enum DaemonError {
     /// Something that is not a socket sits at the socket path.
     #[error("{0} exists and is not a socket: refusing to replace it (choose another --socket path or remove the file)")]
     NotASocket(PathBuf),
+    /// A live process answers on the socket path: replacing the socket would
+    /// leave it running but unreachable.
+    #[error("{path} is in use: {} is listening on it (stop it or choose another socket path)", match .pid { Some(p) => format!("process {p}"), None => "another process".to_string() })]
+    InUse {
+        /// Socket path.
+        path: PathBuf,
+        /// The listener's pid, from the probe connection's `SO_PEERCRED`.
+        pid: Option<i32>,
+    },
     /// Binding the socket failed.
     #[error("cannot listen on {path}: {source}")]
     Bind {
@@ -69,6 +79,10 @@ pub struct ConnectionStats {
 pub struct Shutdown {
     requested: AtomicBool,
     current: Mutex<Option<ShutdownHandle>>,
+    /// A duplicate of the listening socket, shut down to wake `accept()`:
+    /// the wake-up must not depend on the socket path, which may have been
+    /// removed or taken over.
+    listener: Mutex<Option<OwnedFd>>,
 }
 
 impl Shutdown {
@@ -84,12 +98,58 @@ impl Shutdown {
         {
             h.shutdown();
         }
+        wake_listener(&self.listener);
+    }
+
+    /// Registers the listener whose `accept()` [`Shutdown::request`] wakes.
+    fn watch_listener(&self, listener: &UnixListener) {
+        let fd = listener.try_clone().ok().map(OwnedFd::from);
+        *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = fd;
+        // A request that came before the listener was registered.
+        if self.requested() {
+            wake_listener(&self.listener);
+        }
     }
 
     /// Whether a stop was requested.
     pub fn requested(&self) -> bool {
         self.requested.load(Ordering::SeqCst)
     }
+}
+
+/// `shutdown(2)` of a listening unix socket makes a blocked (and every later)
+/// `accept()` on it fail at once (EINVAL), whatever happened to its path.
+fn wake_listener(listener: &Mutex<Option<OwnedFd>>) {
+    if let Some(fd) = listener.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        // SAFETY: `fd` is an open socket owned by `listener` for this call;
+        // shutdown(2) takes no pointers.
+        unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+}
+
+/// Whether a process listens on the socket at `path`: `Some(pid)` (the pid
+/// when `SO_PEERCRED` tells it) if a connection succeeds, `None` for a stale
+/// socket (nothing listening).
+fn live_listener(path: &Path) -> Option<Option<i32>> {
+    let stream = UnixStream::connect(path).ok()?;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes and `len` is the size of
+    // `cred`, as SO_PEERCRED requires; the fd is open for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    Some((rc == 0 && cred.pid > 0).then_some(cred.pid))
 }
 
 /// Creates the listening socket with the default access (mode 0660, the
@@ -108,6 +168,12 @@ pub fn bind_with(path: &Path, access: &SocketAccess) -> Result<UnixListener, Dae
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(DaemonError::NotASocket(path.to_owned()));
+        }
+        if let Some(pid) = live_listener(path) {
+            return Err(DaemonError::InUse {
+                path: path.to_owned(),
+                pid,
+            });
         }
     }
     let bind_err = |source| DaemonError::Bind {
@@ -145,8 +211,7 @@ pub fn bind_with(path: &Path, access: &SocketAccess) -> Result<UnixListener, Dae
         std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(access.mode))
             .map_err(access_err)?;
         // Replaces a stale socket left by a daemon that is gone (checked
-        // above to be a socket; a live one would keep its images locked,
-        // which the caller found out before getting here).
+        // above to be a socket nobody answers on).
         std::fs::rename(&staged, path).map_err(bind_err)?;
         Ok(listener)
     })();
@@ -199,6 +264,7 @@ pub fn serve_controller(
             .unwrap_or(socket.clone()),
         None => socket,
     };
+    shutdown.watch_listener(&listener);
     let mut listener = Listener::from(listener);
     let mut connection = 0u64;
     while !shutdown.requested() {
