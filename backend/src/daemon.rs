@@ -117,6 +117,98 @@ impl Shutdown {
     }
 }
 
+/// While a frontend is connected, accepts every other connection on the
+/// same socket and closes it at once: vhost-user has one frontend per
+/// socket, and a connection left in the listen backlog would wait forever
+/// without a word. The frontend sees the close before its first reply.
+/// Logged at most once a second, with the count since the last line.
+struct BusyRefuser {
+    stop: Option<UnixStream>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BusyRefuser {
+    fn start(listener: &mut Listener, name: &str, socket: &str) -> Self {
+        let idle = Self {
+            stop: None,
+            thread: None,
+        };
+        // SAFETY: the fd is the open listening socket `listener` owns; it
+        // is only borrowed here to be duplicated.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(listener.as_raw_fd()) };
+        let Ok(fd) = borrowed.try_clone_to_owned() else {
+            return idle;
+        };
+        let accept = UnixListener::from(fd);
+        let Ok((stop, stopped)) = UnixStream::pair() else {
+            return idle;
+        };
+        let (name, socket) = (name.to_string(), socket.to_string());
+        let thread = std::thread::Builder::new()
+            .name(format!("{name}-busy"))
+            .spawn(move || refuse_until(&accept, &stopped, &name, &socket))
+            .ok();
+        Self {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+impl Drop for BusyRefuser {
+    fn drop(&mut self) {
+        // Closing our end makes the refuser's poll() see a hang-up.
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn refuse_until(accept: &UnixListener, stopped: &UnixStream, name: &str, socket: &str) {
+    let mut refused = 0u64;
+    let mut last_log: Option<std::time::Instant> = None;
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: accept.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stopped.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd for the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        if fds[1].revents != 0 {
+            return;
+        }
+        if fds[0].revents & libc::POLLIN == 0 {
+            // The listener was shut down (stopping) or failed.
+            return;
+        }
+        match accept.accept() {
+            Ok((stream, _)) => drop(stream),
+            Err(_) => return,
+        }
+        refused += 1;
+        if last_log.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+            warn!(target: "vscsi::audit", controller = name, socket, action = "connect", result = "refused", refused, "closed a connection: another frontend is connected (one frontend per controller socket)");
+            refused = 0;
+            last_log = Some(std::time::Instant::now());
+        }
+    }
+}
+
 /// `shutdown(2)` of a listening unix socket makes a blocked (and every later)
 /// `accept()` on it fail at once (EINVAL), whatever happened to its path.
 fn wake_listener(listener: &Mutex<Option<OwnedFd>>) {
@@ -309,7 +401,10 @@ pub fn serve_controller(
         if shutdown.requested() {
             daemon.request_shutdown();
         }
-        match daemon.wait() {
+        let refuser = BusyRefuser::start(&mut listener, name, &socket);
+        let ended = daemon.wait();
+        drop(refuser);
+        match ended {
             // A frontend closing its socket (QEMU powering off) is the normal end.
             Ok(())
             | Err(vhost_user_backend::Error::HandleRequest(
