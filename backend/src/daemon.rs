@@ -10,8 +10,9 @@
 //!
 //! Every connect and disconnect is an audit event (`target: "vscsi::audit"`).
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,15 @@ pub enum DaemonError {
     /// Something that is not a socket sits at the socket path.
     #[error("{0} exists and is not a socket: refusing to replace it (choose another --socket path or remove the file)")]
     NotASocket(PathBuf),
+    /// A live process answers on the socket path: replacing the socket would
+    /// leave it running but unreachable.
+    #[error("{path} is in use: {} is listening on it (stop it or choose another socket path)", match .pid { Some(p) => format!("process {p}"), None => "another process".to_string() })]
+    InUse {
+        /// Socket path.
+        path: PathBuf,
+        /// The listener's pid, from the probe connection's `SO_PEERCRED`.
+        pid: Option<i32>,
+    },
     /// Binding the socket failed.
     #[error("cannot listen on {path}: {source}")]
     Bind {
@@ -69,6 +79,10 @@ pub struct ConnectionStats {
 pub struct Shutdown {
     requested: AtomicBool,
     current: Mutex<Option<ShutdownHandle>>,
+    /// A duplicate of the listening socket, shut down to wake `accept()`:
+    /// the wake-up must not depend on the socket path, which may have been
+    /// removed or taken over.
+    listener: Mutex<Option<OwnedFd>>,
 }
 
 impl Shutdown {
@@ -84,12 +98,150 @@ impl Shutdown {
         {
             h.shutdown();
         }
+        wake_listener(&self.listener);
+    }
+
+    /// Registers the listener whose `accept()` [`Shutdown::request`] wakes.
+    fn watch_listener(&self, listener: &UnixListener) {
+        let fd = listener.try_clone().ok().map(OwnedFd::from);
+        *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = fd;
+        // A request that came before the listener was registered.
+        if self.requested() {
+            wake_listener(&self.listener);
+        }
     }
 
     /// Whether a stop was requested.
     pub fn requested(&self) -> bool {
         self.requested.load(Ordering::SeqCst)
     }
+}
+
+/// While a frontend is connected, accepts every other connection on the
+/// same socket and closes it at once: vhost-user has one frontend per
+/// socket, and a connection left in the listen backlog would wait forever
+/// without a word. The frontend sees the close before its first reply.
+/// Logged at most once a second, with the count since the last line.
+struct BusyRefuser {
+    stop: Option<UnixStream>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BusyRefuser {
+    fn start(listener: &mut Listener, name: &str, socket: &str) -> Self {
+        let idle = Self {
+            stop: None,
+            thread: None,
+        };
+        // SAFETY: the fd is the open listening socket `listener` owns; it
+        // is only borrowed here to be duplicated.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(listener.as_raw_fd()) };
+        let Ok(fd) = borrowed.try_clone_to_owned() else {
+            return idle;
+        };
+        let accept = UnixListener::from(fd);
+        let Ok((stop, stopped)) = UnixStream::pair() else {
+            return idle;
+        };
+        let (name, socket) = (name.to_string(), socket.to_string());
+        let thread = std::thread::Builder::new()
+            .name(format!("{name}-busy"))
+            .spawn(move || refuse_until(&accept, &stopped, &name, &socket))
+            .ok();
+        Self {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+impl Drop for BusyRefuser {
+    fn drop(&mut self) {
+        // Closing our end makes the refuser's poll() see a hang-up.
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn refuse_until(accept: &UnixListener, stopped: &UnixStream, name: &str, socket: &str) {
+    let mut refused = 0u64;
+    let mut last_log: Option<std::time::Instant> = None;
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: accept.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stopped.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd for the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        if fds[1].revents != 0 {
+            return;
+        }
+        if fds[0].revents & libc::POLLIN == 0 {
+            // The listener was shut down (stopping) or failed.
+            return;
+        }
+        match accept.accept() {
+            Ok((stream, _)) => drop(stream),
+            Err(_) => return,
+        }
+        refused += 1;
+        if last_log.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+            warn!(target: "vscsi::audit", controller = name, socket, action = "connect", result = "refused", refused, "closed a connection: another frontend is connected (one frontend per controller socket)");
+            refused = 0;
+            last_log = Some(std::time::Instant::now());
+        }
+    }
+}
+
+/// `shutdown(2)` of a listening unix socket makes a blocked (and every later)
+/// `accept()` on it fail at once (EINVAL), whatever happened to its path.
+fn wake_listener(listener: &Mutex<Option<OwnedFd>>) {
+    if let Some(fd) = listener.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        // SAFETY: `fd` is an open socket owned by `listener` for this call;
+        // shutdown(2) takes no pointers.
+        unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+}
+
+/// Whether a process listens on the socket at `path`: `Some(pid)` (the pid
+/// when `SO_PEERCRED` tells it) if a connection succeeds, `None` for a stale
+/// socket (nothing listening).
+fn live_listener(path: &Path) -> Option<Option<i32>> {
+    let stream = UnixStream::connect(path).ok()?;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes and `len` is the size of
+    // `cred`, as SO_PEERCRED requires; the fd is open for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    Some((rc == 0 && cred.pid > 0).then_some(cred.pid))
 }
 
 /// Creates the listening socket with the default access (mode 0660, the
@@ -108,6 +260,12 @@ pub fn bind_with(path: &Path, access: &SocketAccess) -> Result<UnixListener, Dae
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(DaemonError::NotASocket(path.to_owned()));
+        }
+        if let Some(pid) = live_listener(path) {
+            return Err(DaemonError::InUse {
+                path: path.to_owned(),
+                pid,
+            });
         }
     }
     let bind_err = |source| DaemonError::Bind {
@@ -145,8 +303,7 @@ pub fn bind_with(path: &Path, access: &SocketAccess) -> Result<UnixListener, Dae
         std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(access.mode))
             .map_err(access_err)?;
         // Replaces a stale socket left by a daemon that is gone (checked
-        // above to be a socket; a live one would keep its images locked,
-        // which the caller found out before getting here).
+        // above to be a socket nobody answers on).
         std::fs::rename(&staged, path).map_err(bind_err)?;
         Ok(listener)
     })();
@@ -199,6 +356,7 @@ pub fn serve_controller(
             .unwrap_or(socket.clone()),
         None => socket,
     };
+    shutdown.watch_listener(&listener);
     let mut listener = Listener::from(listener);
     let mut connection = 0u64;
     while !shutdown.requested() {
@@ -246,7 +404,10 @@ pub fn serve_controller(
         if shutdown.requested() {
             daemon.request_shutdown();
         }
-        match daemon.wait() {
+        let refuser = BusyRefuser::start(&mut listener, name, &socket);
+        let ended = daemon.wait();
+        drop(refuser);
+        match ended {
             // A frontend closing its socket (QEMU powering off) is the normal end.
             Ok(())
             | Err(vhost_user_backend::Error::HandleRequest(

@@ -394,7 +394,7 @@ impl Driver {
         if cfg.event_index {
             wanted |= 1 << VIRTIO_RING_F_EVENT_IDX;
         }
-        let mut transport = VhostUserTransport::connect(path, wanted)?;
+        let mut transport = VhostUserTransport::connect_timeout(path, wanted, opts.timeout)?;
         let acked = transport.features();
         let config = *transport.config();
         let device_queues = config.num_queues.get().max(1);

@@ -15,6 +15,27 @@ pub enum Error {
         /// Cause.
         source: vhost::Error,
     },
+    /// The device closed the connection before its first reply: a
+    /// vhost-user socket serves one frontend at a time.
+    #[error("the vhost-user device at {path} closed the connection: another frontend is probably connected (one frontend per controller socket)")]
+    DeviceBusy {
+        /// Socket path.
+        path: PathBuf,
+    },
+    /// The socket answered nothing within the timeout.
+    #[error("no vhost-user reply from {path} within {timeout:?}: it is not a vhost-user device (the daemon's control socket?) or it is busy with another frontend")]
+    NoReply {
+        /// Socket path.
+        path: PathBuf,
+        /// How long the driver waited.
+        timeout: std::time::Duration,
+    },
+    /// The socket's reply is not a vhost-user message.
+    #[error("{path} is not a vhost-user device: its reply is not a vhost-user message (the daemon's control socket?)")]
+    NotVhostUser {
+        /// Socket path.
+        path: PathBuf,
+    },
     /// A vhost-user message failed during set-up.
     #[error("vhost-user {step} failed: {source}")]
     VhostUser {

@@ -8,7 +8,7 @@ use vscsi_driver::DeviceEvent;
 use crate::device::{connect, ConnectArgs};
 
 /// Follow the event queue (hot-plug, parameter changes, missed events) and
-/// print one line per event until Ctrl-C.
+/// print one line per event until Ctrl-C (SIGINT), which exits 0.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
@@ -46,15 +46,24 @@ fn describe(ev: &DeviceEvent) -> (String, serde_json::Value) {
     }
 }
 
+/// Ctrl-C is the normal way to stop following, so it exits 0, whenever it
+/// comes: while connecting or while waiting for an event.
 pub async fn run(args: Args) -> Result<()> {
-    let driver = connect(&args.conn).await?;
+    // One SIGINT stream for the whole run, installed before connecting: a
+    // `ctrl_c()` future made afresh in each loop turn misses a signal that
+    // arrives while an event is being printed.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let driver = tokio::select! {
+        _ = interrupt.recv() => return Ok(()),
+        d = connect(&args.conn) => d?,
+    };
     let mut rx = driver.events();
     if !args.conn.json {
         eprintln!("following events (Ctrl-C to stop)");
     }
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
             ev = rx.recv() => match ev {
                 Ok(ev) => {
                     let (text, v) = describe(&ev);

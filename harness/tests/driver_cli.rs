@@ -163,3 +163,45 @@ fn events_verb_prints_hotplug_events() {
     let _ = child.wait();
     assert!(found);
 }
+
+#[test]
+fn events_verb_exits_promptly_on_sigint() {
+    let hub = Arc::new(EventHub::default());
+    let opts = DeviceOptions {
+        events: hub.clone(),
+        ..Default::default()
+    };
+    let d = TestDaemon::start_with(&[(0, 0, 8 * MIB, false)], opts);
+    for round in 0..3 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vscsi"))
+            .args(["events", "--socket"])
+            .arg(&d.socket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        assert!(line.contains("following events"), "ready line: {line}");
+        // Events keep the loop busy printing while the signal arrives.
+        for _ in 0..round * 20 {
+            hub.transport_reset(0, 0, ResetReason::Rescan);
+        }
+        // SAFETY: plain kill(2) on this test's own child.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > Duration::from_secs(2) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("vscsi events ignored SIGINT (round {round})");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(status.code(), Some(0), "Ctrl-C is the normal end");
+    }
+}

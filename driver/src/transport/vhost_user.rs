@@ -11,7 +11,9 @@
 //! With REPLY_ACK every message asks for an acknowledgement, so a refused
 //! request is an error here instead of a silent device that never answers.
 
+use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::time::Duration;
 
 use tracing::debug;
 use vhost::vhost_user::message::{
@@ -34,6 +36,52 @@ pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 /// Most virtqueues the driver will address (control + event + 64 request queues).
 const MAX_VQS: u64 = 66;
 
+/// One GET_FEATURES exchange on the bare socket, under `timeout`, before
+/// the `vhost` crate's frontend (which retries a timed-out read forever)
+/// takes the socket over. GET_FEATURES is the first message QEMU sends too,
+/// and it may be sent again. A device that closes at once serves another
+/// frontend; one that does not answer, or answers something that is not a
+/// GET_FEATURES reply, is not a vhost-user device.
+fn probe(stream: &mut UnixStream, path: &Path, timeout: Duration) -> Result<()> {
+    use std::io::{ErrorKind, Read, Write};
+    const GET_FEATURES: u32 = 1;
+    const VERSION_1: u32 = 0x1;
+    const REPLY: u32 = 0x4;
+    let io = |e: std::io::Error| match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => Error::NoReply {
+            path: path.to_owned(),
+            timeout,
+        },
+        ErrorKind::UnexpectedEof
+        | ErrorKind::ConnectionReset
+        | ErrorKind::BrokenPipe
+        | ErrorKind::ConnectionAborted => Error::DeviceBusy {
+            path: path.to_owned(),
+        },
+        _ => Error::Io(e),
+    };
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(Error::Io)?;
+    let mut request = [0u8; 12];
+    request[0..4].copy_from_slice(&GET_FEATURES.to_le_bytes());
+    request[4..8].copy_from_slice(&VERSION_1.to_le_bytes());
+    stream.write_all(&request).map_err(io)?;
+    let mut reply = [0u8; 20];
+    stream.read_exact(&mut reply).map_err(io)?;
+    let word = |i: usize| u32::from_le_bytes([reply[i], reply[i + 1], reply[i + 2], reply[i + 3]]);
+    if word(0) != GET_FEATURES || word(4) & (REPLY | 0x3) != REPLY | VERSION_1 || word(8) != 8 {
+        return Err(Error::NotVhostUser {
+            path: path.to_owned(),
+        });
+    }
+    stream
+        .set_read_timeout(None)
+        .and_then(|()| stream.set_write_timeout(None))
+        .map_err(Error::Io)
+}
+
 /// A negotiated vhost-user connection.
 pub struct VhostUserTransport {
     fe: Frontend,
@@ -46,12 +94,26 @@ impl VhostUserTransport {
     /// Connects to `path` and negotiates `wanted` virtio features (only the
     /// ones the device offers are acked; VERSION_1 is required).
     pub fn connect(path: &Path, wanted: u64) -> Result<Self> {
-        let mut fe = Frontend::connect(path, MAX_VQS).map_err(|source| Error::Connect {
+        Self::connect_timeout(path, wanted, Duration::from_secs(30))
+    }
+
+    /// [`VhostUserTransport::connect`], failing with [`Error::NoReply`] when
+    /// the set-up gets no answer within `timeout`, and with
+    /// [`Error::DeviceBusy`] when the device closes the connection before its
+    /// first reply (a vhost-user device serves one frontend per socket).
+    pub fn connect_timeout(path: &Path, wanted: u64, timeout: Duration) -> Result<Self> {
+        let mut stream = UnixStream::connect(path).map_err(|e| Error::Connect {
             path: path.to_owned(),
-            source,
+            source: vhost::Error::VhostUserProtocol(vhost::vhost_user::Error::SocketConnect(e)),
         })?;
+        probe(&mut stream, path, timeout.max(Duration::from_millis(1)))?;
+        let fe = Frontend::from_stream(stream, MAX_VQS);
         fe.set_owner().map_err(Error::vhost("SET_OWNER"))?;
         let offered = fe.get_features().map_err(Error::vhost("GET_FEATURES"))?;
+        Self::negotiate(fe, offered, wanted)
+    }
+
+    fn negotiate(mut fe: Frontend, offered: u64, wanted: u64) -> Result<Self> {
         debug!(offered = format_args!("{offered:#x}"), "device features");
         if offered & (1 << VIRTIO_F_VERSION_1) == 0 {
             return Err(Error::MissingFeature("VIRTIO_F_VERSION_1"));
