@@ -151,6 +151,10 @@ pub struct ScsiDevice {
     shared: Vec<Arc<QueueShared>>,
     events: Arc<EventQueue>,
     exit: Vec<(EventConsumer, EventNotifier)>,
+    /// The exit-event consumers handed to vhost-user-backend's workers,
+    /// which it takes with `into_raw_fd` and never closes (0.24): closed
+    /// when the device is dropped, after the workers and their epoll sets.
+    handed_out: Mutex<Vec<std::os::fd::RawFd>>,
     /// Per request queue: the io_uring engine's completion eventfd.
     completions: Vec<EventFd>,
 }
@@ -194,6 +198,7 @@ impl ScsiDevice {
             mem: OnceLock::new(),
             control: Mutex::new(control),
             exit,
+            handed_out: Mutex::new(Vec::new()),
             completions,
         })
     }
@@ -327,6 +332,18 @@ impl Drop for ScsiDevice {
         let n = self.release_held();
         if n > 0 {
             warn!(n, "device dropped with held commands: completed with RESET");
+        }
+        // The last reference to the device is gone, so are the worker
+        // threads and the `VringEpollHandler`s that held it: nothing uses
+        // these descriptors any more, and nothing else closes them.
+        let fds = std::mem::take(self.handed_out.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for fd in fds {
+            // SAFETY: `fd` came from `try_clone` in `exit_event` and was
+            // handed over as an `EventConsumer`, which vhost-user-backend
+            // turns into a raw fd it never closes; it is owned by no one
+            // and unused now (see above), so taking ownership here closes
+            // it exactly once.
+            drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
         }
     }
 }
@@ -462,7 +479,12 @@ impl VhostUserBackend for ScsiDevice {
 
     fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         let (c, n) = self.exit.get(thread_index)?;
-        Some((c.try_clone().ok()?, n.try_clone().ok()?))
+        let (c, n) = (c.try_clone().ok()?, n.try_clone().ok()?);
+        self.handed_out
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(c.as_raw_fd());
+        Some((c, n))
     }
 
     fn handle_event(
