@@ -117,11 +117,16 @@ impl Shutdown {
     }
 }
 
+/// How long a connection arriving while a frontend is served waits for that
+/// frontend to end before it is refused as busy.
+const BUSY_GRACE_MS: i32 = 300;
+
 /// While a frontend is connected, accepts every other connection on the
-/// same socket and closes it at once: vhost-user has one frontend per
-/// socket, and a connection left in the listen backlog would wait forever
-/// without a word. The frontend sees the close before its first reply.
-/// Logged at most once a second, with the count since the last line.
+/// same socket and closes it (after [`BUSY_GRACE_MS`]): vhost-user has one
+/// frontend per socket, and a connection left in the listen backlog would
+/// wait forever without a word. The frontend sees the close before its
+/// first reply. Logged at most once a second, with the count since the
+/// last line.
 struct BusyRefuser {
     stop: Option<UnixStream>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -194,6 +199,19 @@ fn refuse_until(accept: &UnixListener, stopped: &UnixStream, name: &str, socket:
         }
         if fds[0].revents & libc::POLLIN == 0 {
             // The listener was shut down (stopping) or failed.
+            return;
+        }
+        // A frontend that closes and at once connects again (a `vscsi` verb
+        // after another, a VM rebooting) may arrive before this connection
+        // has noticed its end: give the current one a moment to end, and if
+        // it does, leave the new connection to the serving loop's accept.
+        let mut grace = [libc::pollfd {
+            fd: stopped.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: `grace` is a valid array of one pollfd for the call.
+        if unsafe { libc::poll(grace.as_mut_ptr(), 1, BUSY_GRACE_MS) } != 0 {
             return;
         }
         match accept.accept() {
