@@ -154,7 +154,7 @@ pub struct ScsiDevice {
     /// The exit-event consumers handed to vhost-user-backend's workers,
     /// which it takes with `into_raw_fd` and never closes (0.24): closed
     /// when the device is dropped, after the workers and their epoll sets.
-    handed_out: Mutex<Vec<std::os::fd::RawFd>>,
+    handed_out: Mutex<Vec<(std::os::fd::RawFd, usize)>>,
     /// Per request queue: the io_uring engine's completion eventfd.
     completions: Vec<EventFd>,
 }
@@ -325,6 +325,27 @@ impl ScsiDevice {
     }
 }
 
+/// Whether descriptors `a` and `b` of this process refer to the same open
+/// file description (kcmp(2) with KCMP_FILE); false when either is closed
+/// or the kernel cannot tell.
+fn same_open_file(a: std::os::fd::RawFd, b: std::os::fd::RawFd) -> bool {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: getpid(2) has no preconditions.
+    let pid = unsafe { libc::getpid() } as libc::c_long;
+    // SAFETY: kcmp(2) takes only integers and reads no memory of ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid,
+            pid,
+            KCMP_FILE,
+            a as libc::c_long,
+            b as libc::c_long,
+        )
+    };
+    r == 0
+}
+
 impl Drop for ScsiDevice {
     fn drop(&mut self) {
         self.events.disconnect();
@@ -335,13 +356,23 @@ impl Drop for ScsiDevice {
         }
         // The last reference to the device is gone, so are the worker
         // threads and the `VringEpollHandler`s that held it: nothing uses
-        // these descriptors any more, and nothing else closes them.
+        // these descriptors any more, and nothing else closes them. Each is
+        // closed only if it is still a duplicate of the device's own exit
+        // consumer (kcmp(2) KCMP_FILE: the same open file description), so
+        // one that someone did close, and whose number was reused, is left
+        // alone.
         let fds = std::mem::take(self.handed_out.get_mut().unwrap_or_else(|p| p.into_inner()));
-        for fd in fds {
-            // SAFETY: `fd` came from `try_clone` in `exit_event` and was
-            // handed over as an `EventConsumer`, which vhost-user-backend
-            // turns into a raw fd it never closes; it is owned by no one
-            // and unused now (see above), so taking ownership here closes
+        for (fd, thread) in fds {
+            let Some((ours, _)) = self.exit.get(thread) else {
+                continue;
+            };
+            if !same_open_file(fd, ours.as_raw_fd()) {
+                continue;
+            }
+            // SAFETY: `fd` is open and refers to our exit eventfd (checked
+            // just above), it was handed over as an `EventConsumer` that
+            // vhost-user-backend turned into a raw fd it never closes, and
+            // its users are gone (see above): taking ownership here closes
             // it exactly once.
             drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
         }
@@ -483,7 +514,7 @@ impl VhostUserBackend for ScsiDevice {
         self.handed_out
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(c.as_raw_fd());
+            .push((c.as_raw_fd(), thread_index));
         Some((c, n))
     }
 
