@@ -101,8 +101,10 @@ fn start(dir: &Path) -> (Child, PathBuf) {
 }
 
 async fn driver(socket: &Path) -> Driver {
+    // Generous: a disconnect flushes the images (fdatasync), which a
+    // loaded CI machine can make slow; a wedged daemon still fails it.
     let opts = DriverOptions {
-        timeout: Duration::from_secs(5),
+        timeout: Duration::from_secs(20),
         ..Default::default()
     };
     let cfg = QueueConfig {
