@@ -193,26 +193,9 @@ fn retake_lock(lu: &LogicalUnit) {
 
 /// The peer of a control connection, for the audit log.
 fn peer_of(stream: &UnixStream) -> String {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a live local of exactly that size; the descriptor is borrowed from `stream` for the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        format!("uid={} pid={}", cred.uid, cred.pid)
-    } else {
-        "unknown peer".into()
+    match crate::peer::credentials(stream) {
+        Some(cred) => format!("uid={} pid={}", cred.uid, cred.pid),
+        None => "unknown peer".into(),
     }
 }
 

@@ -242,24 +242,11 @@ fn wake_listener(listener: &Mutex<Option<OwnedFd>>) {
 /// socket (nothing listening).
 fn live_listener(path: &Path) -> Option<Option<i32>> {
     let stream = UnixStream::connect(path).ok()?;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid for writes and `len` is the size of
-    // `cred`, as SO_PEERCRED requires; the fd is open for the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    Some((rc == 0 && cred.pid > 0).then_some(cred.pid))
+    Some(
+        crate::peer::credentials(&stream)
+            .map(|c| c.pid)
+            .filter(|&pid| pid > 0),
+    )
 }
 
 /// Creates the listening socket with the default access (mode 0660, the

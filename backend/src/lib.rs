@@ -14,6 +14,7 @@ pub mod control;
 pub mod daemon;
 pub mod fault;
 pub mod metrics;
+pub mod peer;
 pub mod ratelimit;
 pub mod scsi;
 pub mod storage;
