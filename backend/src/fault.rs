@@ -105,7 +105,7 @@ pub struct Decision {
 
 struct LunFaults {
     spec: FaultSpec,
-    /// Commands seen (drives the seeded failure sequence).
+    /// Commands seen (drives the failure sequence of a seeded spec).
     counter: AtomicU64,
 }
 

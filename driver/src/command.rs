@@ -2,7 +2,7 @@
 
 use vscsi_protocol::cdb::Cdb;
 
-/// A SCSI command the driver can send (the seed API's `ScsiCommand`).
+/// A SCSI command the driver can send (READ/WRITE, INQUIRY, capacity, sense, sync and raw CDBs).
 ///
 /// READ and WRITE pick the 10- or 16-byte CDB from the LBA and length, as
 /// Linux sd does.

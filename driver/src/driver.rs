@@ -32,7 +32,7 @@ use crate::stats::{CommandClass, LunTable, StatsSnapshot};
 use crate::topology::{Prober, Topology};
 use crate::transport::vhost_user::VhostUserTransport;
 
-/// Virtqueue settings the driver asks for (the seed API's `QueueConfig`).
+/// Virtqueue settings the driver asks for (count, size, indirect descriptors, event index).
 ///
 /// The device decides: `queue_count` is capped at the device's `num_queues`,
 /// and `use_indirect` / `event_index` fall back to off when the device does

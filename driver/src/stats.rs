@@ -1,4 +1,4 @@
-//! Metrics (the seed's "Surveillance"): per queue and per LUN, with
+//! Metrics: per queue and per LUN, with
 //! latency histograms, and the snapshot [`crate::Driver::stats`] returns.
 //!
 //! Per-LUN counters live in the request queue that carried the command

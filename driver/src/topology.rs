@@ -1,4 +1,4 @@
-//! The targets-and-LUNs model (the seed's TargetManager / LunManager):
+//! The targets-and-LUNs model:
 //! what [`crate::Driver::scan`] found, kept current by the device's events.
 //!
 //! A background task (spawned by [`crate::Driver::connect`], ended when the

@@ -1,7 +1,7 @@
 //! The demo's test pattern: every block's bytes follow from its LBA and a
 //! seed, so a block written to, or read from, the wrong place is caught.
 //!
-//! Layout of one block: bytes 0-7 the LBA and 8-15 the seed (little
+//! Layout of one block: bytes 0-7 the LBA and 8-15 the pattern seed (little
 //! endian), so a wrong block can be identified; then a splitmix64 stream
 //! seeded from both.
 

@@ -17,7 +17,7 @@
 use std::io;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use tracing::{debug, info, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock};
@@ -369,12 +369,11 @@ impl Drop for ScsiDevice {
             if !same_open_file(fd, ours.as_raw_fd()) {
                 continue;
             }
-            // SAFETY: `fd` is open and refers to our exit eventfd (checked
-            // just above), it was handed over as an `EventConsumer` that
-            // vhost-user-backend turned into a raw fd it never closes, and
-            // its users are gone (see above): taking ownership here closes
-            // it exactly once.
-            drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+            // SAFETY: `fd` is open and is our exit eventfd (checked above),
+            // a raw fd vhost-user-backend never closes and whose users are
+            // gone (see above): owning it closes it exactly once.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            drop(owned);
         }
     }
 }

@@ -23,7 +23,7 @@
 //! GET_VRING_BASE and the device on disconnect (RESET). Nothing taken off
 //! the ring is ever dropped without a used entry.
 //!
-//! `aio=io_uring` (issue 8): a READ/WRITE on such a logical unit comes back
+//! `aio=io_uring`: a READ/WRITE on such a logical unit comes back
 //! from the SCSI layer as a [`crate::scsi::MediumTransfer`] and goes to the
 //! queue's [`Uring`] engine (created on first use, when the device has
 //! registered its completion eventfd in this worker's epoll); the chain is

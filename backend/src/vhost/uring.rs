@@ -1,4 +1,4 @@
-//! The io_uring engine of one request queue (`aio=io_uring`, issue 8).
+//! The io_uring engine of one request queue (`aio=io_uring`).
 //!
 //! READ and WRITE on a logical unit with `aio=io_uring` return a checked
 //! [`MediumTransfer`] instead of moving data (see [`crate::scsi::rw`]); the
