@@ -196,7 +196,7 @@ async fn writer(drv: Arc<Driver>, half: u64, seed: u64, durable: Arc<Mutex<Vec<E
         } else {
             acked.push(extent);
         }
-        if n % 4 == 0 {
+        if n.is_multiple_of(4) {
             match drv.send_command(0, 0, ScsiCommand::SynchronizeCache).await {
                 Ok(r) if r.is_good() => durable.lock().unwrap().append(&mut acked),
                 _ => return,
