@@ -125,7 +125,11 @@ fuzz_target!(|input: &[u8]| {
                             panic!("id {id} handed back while not outstanding");
                         };
                         assert!(c.published, "id {id} handed back before publish");
-                        assert!(u64::from(len) <= c.writable, "len {len} > writable {}", c.writable);
+                        assert!(
+                            u64::from(len) <= c.writable,
+                            "len {len} > writable {}",
+                            c.writable
+                        );
                     }
                     Ok(None) => assert!(!was_broken, "broken ring popped nothing"),
                     Err(_) => assert!(ring.is_broken(), "error left the ring usable"),

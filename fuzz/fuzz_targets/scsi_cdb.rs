@@ -37,7 +37,9 @@ fn image() -> (tempfile::NamedTempFile, Vec<u8>) {
         std::env::temp_dir()
     };
     let mut f = tempfile::NamedTempFile::new_in(dir).expect("temp image");
-    let data: Vec<u8> = (0..IMAGE_LEN).map(|i| (i / 512) as u8 ^ (i as u8)).collect();
+    let data: Vec<u8> = (0..IMAGE_LEN)
+        .map(|i| (i / 512) as u8 ^ (i as u8))
+        .collect();
     f.write_all(&data).expect("write image");
     (f, data)
 }
@@ -62,7 +64,10 @@ fn check_sense(sense: &[u8]) {
     );
     if code <= 0x71 {
         // Fixed format: sense key, ASC and ASCQ live at bytes 2, 12, 13.
-        assert!(sense.len() >= 14, "fixed sense without ASC/ASCQ: {sense:02x?}");
+        assert!(
+            sense.len() >= 14,
+            "fixed sense without ASC/ASCQ: {sense:02x?}"
+        );
     }
 }
 
@@ -117,14 +122,21 @@ fuzz_target!(|input: &[u8]| {
         let ra = ta.execute(0, &req, &mut din_a, &SliceDataOut(dout));
         let rb = tb.execute(0, &req, &mut din_b, &SliceDataOut(dout));
 
-        assert!(ra.data_in_len <= cap, "Data-In {} > buffer {cap}", ra.data_in_len);
+        assert!(
+            ra.data_in_len <= cap,
+            "Data-In {} > buffer {cap}",
+            ra.data_in_len
+        );
         assert!(
             ra.data_out_len <= dout.len(),
             "Data-Out consumed {} > given {}",
             ra.data_out_len,
             dout.len()
         );
-        assert!(ra.transfer().is_none(), "transfer deferred over a VecDataIn");
+        assert!(
+            ra.transfer().is_none(),
+            "transfer deferred over a VecDataIn"
+        );
         match ra.status {
             status::GOOD => assert!(ra.sense().is_empty(), "GOOD with sense"),
             status::CHECK_CONDITION => check_sense(ra.sense()),
