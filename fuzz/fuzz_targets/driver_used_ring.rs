@@ -132,7 +132,14 @@ fuzz_target!(|input: &[u8]| {
                         );
                     }
                     Ok(None) => assert!(!was_broken, "broken ring popped nothing"),
-                    Err(_) => assert!(ring.is_broken(), "error left the ring usable"),
+                    Err(_) => {
+                        assert!(ring.is_broken(), "error left the ring usable");
+                        assert!(
+                            ring.has_used(),
+                            "a broken ring hides its error from pollers"
+                        );
+                        assert!(ring.pop_used().is_err(), "a broken ring popped again");
+                    }
                 }
             }
             _ => {
