@@ -282,7 +282,7 @@ fn sigkill_while_frontends_write_loses_no_durable_write() {
         .enable_all()
         .build()
         .unwrap();
-    let mut daemon = start_daemon(&bin, &config, &log, &controllers);
+    let mut daemon = backend_bin::KillOnDrop(start_daemon(&bin, &config, &log, &controllers));
     let mut last: Vec<Vec<Extent>> = vec![Vec::new(); controllers.len()];
     let mut checked = 0usize;
     for round in 0..=rounds {
@@ -315,8 +315,8 @@ fn sigkill_while_frontends_write_loses_no_durable_write() {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(rng.u64(30..300)));
-        daemon.kill().unwrap();
-        daemon.wait().unwrap();
+        daemon.0.kill().unwrap();
+        daemon.0.wait().unwrap();
         rt.block_on(async {
             for t in tasks {
                 t.abort();
@@ -337,12 +337,12 @@ fn sigkill_while_frontends_write_loses_no_durable_write() {
             .iter()
             .map(|d| std::mem::take(&mut *d.lock().unwrap()))
             .collect();
-        daemon = start_daemon(&bin, &config, &log, &controllers);
+        daemon = backend_bin::KillOnDrop(start_daemon(&bin, &config, &log, &controllers));
     }
     // SIGTERM: a clean stop after the last check.
     // SAFETY: kill(2) on the pid of our own child, which we have not reaped.
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-    let status = daemon.wait().unwrap();
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
+    let status = daemon.0.wait().unwrap();
     assert!(
         status.success(),
         "the daemon stops cleanly on SIGTERM: {status:?}"

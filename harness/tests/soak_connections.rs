@@ -183,8 +183,9 @@ fn thousands_of_connections_leave_fds_threads_and_rss_where_they_were() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
     let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
-    let (mut child, socket) = start(dir.path());
-    let pid = child.id();
+    let (child, socket) = start(dir.path());
+    let mut child = backend_bin::KillOnDrop(child);
+    let pid = child.0.id();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let warm = 24;
     for n in 0..warm {
@@ -222,5 +223,5 @@ fn thousands_of_connections_leave_fds_threads_and_rss_where_they_were() {
     rt.block_on(cycle(&socket, 0));
     // SAFETY: kill(2) on the pid of our own child, not yet reaped.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success(), "exit 0 on SIGTERM");
+    assert!(child.0.wait().unwrap().success(), "exit 0 on SIGTERM");
 }

@@ -73,3 +73,14 @@ pub fn backend_binary() -> PathBuf {
     );
     bin
 }
+
+/// A daemon process that is killed and reaped when the test lets go of it,
+/// also when the test fails half-way.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
