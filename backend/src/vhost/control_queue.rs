@@ -35,6 +35,7 @@ use super::chain::split_chain;
 use super::guest_io::IoVecs;
 use super::queue_metrics::QueueMetrics;
 use super::request_queue::{Covers, QueueShared};
+use super::ring_guard::malformed;
 use super::ring_guard::RingGuard;
 use crate::fault::FaultTable;
 use crate::limited;
@@ -123,15 +124,12 @@ impl ControlQueue {
             ) {
                 Ok(()) => self.execute(tasks),
                 Err(fault) => {
-                    self.guard.note_malformed();
-                    let s = limited!(
-                        self.guard.logs.malformed,
-                        warn,
+                    malformed!(
+                        self.guard,
                         head,
                         ?fault,
                         "malformed control request: completed with used length 0"
                     );
-                    self.guard.note_suppressed(s);
                     0
                 }
             };
@@ -152,13 +150,10 @@ impl ControlQueue {
     fn execute(&mut self, tasks: &TaskSet<'_>) -> u32 {
         let mut ty = [0u8; 4];
         if self.readable.copy_out(0, &mut ty) < 4 {
-            self.guard.note_malformed();
-            let s = limited!(
-                self.guard.logs.malformed,
-                warn,
+            malformed!(
+                self.guard,
                 "control request shorter than its type field: completed with used length 0"
             );
-            self.guard.note_suppressed(s);
             return 0;
         }
         match u32::from_le_bytes(ty) {
@@ -180,13 +175,10 @@ impl ControlQueue {
     fn tmf(&mut self, tasks: &TaskSet<'_>) -> u32 {
         let mut raw = [0u8; size_of::<CtrlTmfReq>()];
         if self.readable.copy_out(0, &mut raw) < raw.len() || self.writable.is_empty() {
-            self.guard.note_malformed();
-            let s = limited!(
-                self.guard.logs.malformed,
-                warn,
+            malformed!(
+                self.guard,
                 "TMF request or response too short: completed with used length 0"
             );
-            self.guard.note_suppressed(s);
             return 0;
         }
         let Ok(req) = CtrlTmfReq::read_from_bytes(&raw) else {
@@ -224,13 +216,10 @@ impl ControlQueue {
         let mut raw = [0u8; size_of::<CtrlAnReq>()];
         let resp_len = size_of::<CtrlAnResp>();
         if self.readable.copy_out(0, &mut raw) < raw.len() || self.writable.len() < resp_len {
-            self.guard.note_malformed();
-            let s = limited!(
-                self.guard.logs.malformed,
-                warn,
+            malformed!(
+                self.guard,
                 "AN request or response too short: completed with used length 0"
             );
-            self.guard.note_suppressed(s);
             return 0;
         }
         // No asynchronous notification classes are supported (event_actual = 0).

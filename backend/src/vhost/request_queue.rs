@@ -58,6 +58,7 @@ use super::chain::split_chain;
 use super::guest_io::{GuestDataIn, GuestDataOut, IoVecs};
 use super::notify::wants_call;
 use super::queue_metrics::{QueueCounters, QueueMetrics};
+use super::ring_guard::malformed;
 use super::ring_guard::RingGuard;
 use super::uring::{Completed, StartError, Uring};
 use crate::fault::FaultTable;
@@ -619,16 +620,13 @@ impl RequestQueue {
                 let outcome = match fault {
                     Ok(()) => self.execute(bus, head, vring, &guard),
                     Err(fault) => {
-                        self.guard.note_malformed();
-                        let s = limited!(
-                            self.guard.logs.malformed,
-                            warn,
+                        malformed!(
+                            self.guard,
                             queue = self.shared.index,
                             head,
                             ?fault,
                             "malformed request chain: answering VIRTIO_SCSI_S_FAILURE"
                         );
-                        self.guard.note_suppressed(s);
                         Outcome::Used(self.fail(Response::Failure))
                     }
                 };
@@ -734,30 +732,24 @@ impl RequestQueue {
         guard: &GuestMemoryLoadGuard<GuestMemoryMmap>,
     ) -> Outcome {
         if self.writable.len() < RESP_SIZE {
-            self.guard.note_malformed();
-            let s = limited!(
-                self.guard.logs.malformed,
-                warn,
+            malformed!(
+                self.guard,
                 queue = self.shared.index,
                 head,
                 writable = self.writable.len(),
                 "request has no room for virtio_scsi_cmd_resp: completing with used length 0"
             );
-            self.guard.note_suppressed(s);
             return Outcome::Used(self.fail(Response::Failure));
         }
         let mut hdr = [0u8; REQ_SIZE];
         if self.readable.copy_out(0, &mut hdr) < REQ_SIZE {
-            self.guard.note_malformed();
-            let s = limited!(
-                self.guard.logs.malformed,
-                warn,
+            malformed!(
+                self.guard,
                 queue = self.shared.index,
                 head,
                 len = self.readable.len(),
                 "request header shorter than 51 bytes: VIRTIO_SCSI_S_FAILURE"
             );
-            self.guard.note_suppressed(s);
             return Outcome::Used(self.fail(Response::Failure));
         }
         let Ok(req) = CmdReq::read_from_bytes(&hdr) else {

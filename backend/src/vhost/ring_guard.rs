@@ -220,6 +220,18 @@ pub struct QueueLogs {
     pub recovered: LogLimit,
 }
 
+/// Counts a malformed chain on `guard` (a [`RingGuard`]) and logs it as a
+/// warning through the queue's malformed-chain limiter, counting the line
+/// when the limiter suppresses it.
+macro_rules! malformed {
+    ($guard:expr, $($arg:tt)+) => {{
+        $guard.note_malformed();
+        let suppressed = $crate::limited!($guard.logs.malformed, warn, $($arg)+);
+        $guard.note_suppressed(suppressed);
+    }};
+}
+pub(crate) use malformed;
+
 /// The ring-contract state of one queue of one connection.
 pub struct RingGuard {
     /// vhost-user ring index (0 control, 1 event, 2+ request queues).
