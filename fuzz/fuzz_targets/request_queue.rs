@@ -1,8 +1,9 @@
-//! A request queue of the daemon fed arbitrary descriptor tables, avail
+//! A request queue (or the control queue) of the daemon fed arbitrary descriptor tables, avail
 //! rings and buffer contents over a real `GuestMemoryMmap`.
 //!
 //! Input: one configuration byte (bit 0 read-only LUN, bit 1 the io_uring
-//! engine instead of inline I/O), then 16
+//! engine instead of inline I/O, bit 2 the ring served as the control
+//! queue: TMFs and AN requests), then 16
 //! descriptors of 8 bytes `[addr_lo, addr_hi, len_lo, len_hi, flags,
 //! next, wild, _]` (address `0x10000 + addr * 16`, or far outside guest
 //! memory when `wild` bit 7 is set; flags bits 0-2; `next % 20`, so some
@@ -29,6 +30,7 @@ use vscsi_backend::fault::FaultTable;
 use vscsi_backend::scsi::{LogicalUnit, LunOptions, ScsiBus};
 use vscsi_backend::storage::AioMode;
 use vscsi_backend::vhost::queue_metrics::QueueMetrics;
+use vscsi_backend::vhost::control_queue::{ControlQueue, TaskSet};
 use vscsi_backend::vhost::request_queue::{QueueShared, RequestQueue};
 
 const QSIZE: u16 = 16;
@@ -48,6 +50,7 @@ fuzz_target!(|input: &[u8]| {
         return;
     }
     let read_only = input[0] & 1 != 0;
+    let control = input[0] & 4 != 0;
     let aio = if input[0] & 2 != 0 {
         AioMode::IoUring
     } else {
@@ -142,14 +145,26 @@ fuzz_target!(|input: &[u8]| {
     vring.set_enabled(true);
 
     let shared = Arc::new(QueueShared::new(0));
-    let mut q = RequestQueue::new(
-        shared,
-        Arc::new(FaultTable::default()),
-        Duration::ZERO,
-        Arc::new(QueueMetrics::new(1)),
-    );
-    let _ = q.process(&vring, &atomic, &bus);
-    q.drain();
+    let faults = FaultTable::default();
+    if control {
+        // The same ring as the control queue: TMFs and AN requests
+        // (VIRTIO 1.2 §5.6.6.2), over the request queue's held commands.
+        let tasks = TaskSet {
+            bus: &bus,
+            queues: std::slice::from_ref(&shared),
+            faults: &faults,
+        };
+        let _ = ControlQueue::default().process(&vring, &atomic, &tasks);
+    } else {
+        let mut q = RequestQueue::new(
+            shared.clone(),
+            Arc::new(FaultTable::default()),
+            Duration::ZERO,
+            Arc::new(QueueMetrics::new(1)),
+        );
+        let _ = q.process(&vring, &atomic, &bus);
+        q.drain();
+    }
 
     let taken = vring.queue_next_avail();
     let used_idx: u16 = u16::from_le(mem.read_obj(GuestAddress(USED + 2)).expect("used idx"));
