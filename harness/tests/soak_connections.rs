@@ -12,7 +12,11 @@
 //! both engines are covered.
 //!
 //! `VSCSI_SOAK_CYCLES=N` sets the number of connections (default 300; the
-//! soak run uses 10,000).
+//! soak run uses 10,000). The RSS is sampled ten times along the way and
+//! printed: glibc gives each new thread an arena (at most eight per core),
+//! so the RSS rises over the first connections and then stays flat; the
+//! last half of the run must not grow it by more than a few pages per
+//! hundred connections.
 
 #[path = "common/backend_bin.rs"]
 mod backend_bin;
@@ -193,10 +197,30 @@ fn thousands_of_connections_leave_fds_threads_and_rss_where_they_were() {
     }
     let before = settled(pid);
     let t = Instant::now();
+    let step = cycles.div_ceil(10).max(1);
+    let mut samples = Vec::new();
     for n in warm..warm + cycles {
         rt.block_on(cycle(&socket, n));
+        if (n - warm + 1) % step == 0 {
+            samples.push((n - warm + 1, usage(pid).rss_kib));
+        }
     }
     let after = settled(pid);
+    eprintln!("soak: RSS KiB by connection: {samples:?}");
+    // Growth over the second half, per hundred connections: a leak of even
+    // one small allocation per connection shows here once the arenas are
+    // all in use.
+    let half = samples.len() / 2;
+    if let (true, Some(&(n_mid, mid))) = (cycles >= 2000, samples.get(half.saturating_sub(1))) {
+        let growth = after.rss_kib.saturating_sub(mid);
+        let per_hundred = growth * 100 / (cycles - n_mid).max(1) as u64;
+        assert!(
+            per_hundred <= 16,
+            "RSS still growing in the second half: {mid} -> {} KiB over {} connections",
+            after.rss_kib,
+            cycles - n_mid
+        );
+    }
     eprintln!(
         "soak: {cycles} connections in {:.1} s; fds {} -> {}, threads {} -> {}, RSS {} -> {} KiB",
         t.elapsed().as_secs_f64(),
