@@ -21,7 +21,7 @@ use crate::command::{rw_cdb, ScsiCommand};
 use crate::control::{AuxQueue, Tmf, TmfResponse, AUX_SLOT};
 use crate::error::{Error, RecoveryStep, Result};
 use crate::events::DeviceEvent;
-use crate::memory::{Carver, SharedMemory};
+use crate::memory::{Carver, SharedMemory, SharedSlice};
 use crate::queue::{
     Completed, Deadline, InFlightCommand, Outcome, Pending, QueuePlacement, RequestQueue,
     HEADER_AREA,
@@ -1071,7 +1071,7 @@ impl Driver {
     /// ```no_run
     /// # async fn demo(driver: &vscsi_driver::Driver) -> Result<(), Box<dyn std::error::Error>> {
     /// let sum: u64 = driver
-    ///     .read_with(0, 0, 0, 8, 512, |data| data.iter().map(|&b| u64::from(b)).sum())
+    ///     .read_with(0, 0, 0, 8, 512, |data| data.iter().map(u64::from).sum())
     ///     .await??;
     /// tracing::info!("checksum {sum}");
     /// # Ok(()) }
@@ -1083,7 +1083,7 @@ impl Driver {
         lba: u64,
         blocks: u32,
         block_size: u32,
-        f: impl FnOnce(&[u8]) -> T,
+        f: impl FnOnce(SharedSlice<'_>) -> T,
     ) -> Result<std::result::Result<T, CommandError>> {
         let lun_field = lun_field(target, lun)?;
         let len = blocks as usize * block_size as usize;
@@ -1143,7 +1143,8 @@ impl Driver {
             )
             .await?;
         Ok(if r.is_good() {
-            Ok(f(&r.data))
+            let mut data = r.data;
+            Ok(f(SharedSlice::from(&mut data[..])))
         } else {
             Err(CommandError(r))
         })
@@ -1173,7 +1174,7 @@ impl Driver {
         lba: u64,
         blocks: u32,
         block_size: u32,
-        f: impl FnOnce(&mut [u8]) -> T,
+        f: impl FnOnce(SharedSlice<'_>) -> T,
     ) -> Result<std::result::Result<T, CommandError>> {
         let lun_field = lun_field(target, lun)?;
         let len = blocks as usize * block_size as usize;

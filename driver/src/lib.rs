@@ -41,6 +41,7 @@ pub use driver::{
 };
 pub use error::{Error, RecoveryStep, Result};
 pub use events::{DeviceEvent, ResetReason};
+pub use memory::SharedSlice;
 pub use queue::InFlightCommand;
 pub use retry::RetryPolicy;
 pub use stats::{Histogram, LatencySummary, LunStats, QueueStats, StatsSnapshot};

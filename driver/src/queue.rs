@@ -34,7 +34,7 @@ use zerocopy::little_endian::U64;
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use crate::error::{Error, Result};
-use crate::memory::SharedMemory;
+use crate::memory::{SharedMemory, SharedSlice};
 use crate::ring::split::SplitRing;
 use crate::ring::{RingError, Segment};
 use crate::stats::{LunStats, LunTable, QueueStats};
@@ -552,20 +552,14 @@ impl RequestQueue {
         cdb: &Cdb,
         data_out_len: usize,
         deadline: Deadline,
-        fill: impl FnOnce(&mut [u8]) -> T,
+        fill: impl FnOnce(SharedSlice<'_>) -> T,
     ) -> Result<(Pending, T)> {
         self.check_len(data_out_len, 0)?;
         let slot = self.take_slot().await?;
-        let ptr = self
-            .mem
-            .checked_ptr(self.data_off(slot.slot), data_out_len)?;
         // The slot was just taken off the free list, so no other command
         // uses its buffer, and it is not on the ring yet, so a device keeping
-        // the ring contract does not touch it; `buf` is dead before `offer`.
-        // SAFETY: the range is inside the live mapping (checked_ptr), kept
-        // mapped by `self.mem`, and nothing else writes it meanwhile (above).
-        let buf = unsafe { std::slice::from_raw_parts_mut(ptr, data_out_len) };
-        let out = fill(buf);
+        // the ring contract does not read it before `offer`.
+        let out = fill(self.mem.slice(self.data_off(slot.slot), data_out_len)?);
         let pending = self.offer(slot, lun, cdb, data_out_len, 0, deadline)?;
         Ok((pending, out))
     }
@@ -878,22 +872,16 @@ impl Completed {
         Ok(data)
     }
 
-    /// The response (with no data copied) and the data-in bytes the device
-    /// moved, borrowed straight from the slot's buffer in shared memory.
-    pub(crate) fn read_in_place(&self, data_in_len: usize) -> Result<(RawResponse, &[u8])> {
+    /// The response (with no data copied) and a volatile view of the data-in
+    /// bytes the device moved, in the slot's buffer in shared memory. The
+    /// slot stays off the free list until `self` drops, so no other command
+    /// reuses the buffer while the view lives.
+    pub(crate) fn read_in_place(
+        &self,
+        data_in_len: usize,
+    ) -> Result<(RawResponse, SharedSlice<'_>)> {
         let (resp, sense_len, len) = self.header(data_in_len)?;
-        let ptr = self
-            .queue
-            .mem
-            .checked_ptr(self.queue.data_off(self.slot), len)?
-            .cast_const();
-        // The device returned this request (its used entry was popped before
-        // `self` was made) and the slot stays off the free list until `self`
-        // drops, so neither the device (keeping the ring contract) nor another
-        // command writes these bytes while the borrow of `self` lasts.
-        // SAFETY: the range is inside the live mapping (checked_ptr), kept
-        // mapped by `self.queue.mem`; any byte is a valid u8.
-        let data = unsafe { std::slice::from_raw_parts(ptr, len) };
+        let data = self.queue.mem.slice(self.queue.data_off(self.slot), len)?;
         Ok((
             RawResponse {
                 resp,

@@ -34,7 +34,7 @@
 //!   `used->idx` in [`SplitRing::enable_interrupts`].
 //! * `used->idx` is loaded with `Acquire` before the used element it covers (§2.7.14).
 
-use std::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use super::{RingError, Segment};
@@ -440,8 +440,7 @@ impl SplitRing {
         // §2.7.13.2: place the head in the next avail ring slot.
         let slot = self.next_avail % self.size;
         self.avail_shadow[usize::from(slot)] = head;
-        self.u16_at(self.avail_ring_offset(slot))
-            .store(head.to_le(), Ordering::Relaxed);
+        self.store16(self.avail_ring_offset(slot), head, Ordering::Relaxed);
         self.next_avail = self.next_avail.wrapping_add(1);
         Ok(head)
     }
@@ -473,23 +472,16 @@ impl SplitRing {
         }
         // Release: the descriptor and avail ring stores above become visible
         // to the device before the new index (§2.7.13.3).
-        self.u16_at(self.avail_idx_offset())
-            .store(new.to_le(), Ordering::Release);
+        self.store16(self.avail_idx_offset(), new, Ordering::Release);
         self.published = new;
         // The index store must be visible before we read the device's
         // suppression state, or a device going to sleep could be missed (§2.7.13.4).
         fence(Ordering::SeqCst);
         if self.event_idx {
-            let event = u16::from_le(
-                self.u16_at(self.avail_event_offset())
-                    .load(Ordering::Relaxed),
-            );
+            let event = self.load16(self.avail_event_offset(), Ordering::Relaxed);
             vring_need_event(event, new, old)
         } else {
-            let flags = u16::from_le(
-                self.u16_at(self.used_flags_offset())
-                    .load(Ordering::Relaxed),
-            );
+            let flags = self.load16(self.used_flags_offset(), Ordering::Relaxed);
             flags & VIRTQ_USED_F_NO_NOTIFY == 0
         }
     }
@@ -507,7 +499,7 @@ impl SplitRing {
             return Err(RingError::Broken);
         }
         // Acquire: the used element is read after the index that covers it.
-        let used_idx = u16::from_le(self.u16_at(self.used_idx_offset()).load(Ordering::Acquire));
+        let used_idx = self.load16(self.used_idx_offset(), Ordering::Acquire);
         let pending = used_idx.wrapping_sub(self.last_used);
         if pending == 0 {
             return Ok(None);
@@ -522,8 +514,8 @@ impl SplitRing {
         }
         let slot = self.last_used % self.size;
         let elem = self.used_elem_offset(slot);
-        let id = u32::from_le(self.u32_at(elem).load(Ordering::Relaxed));
-        let len = u32::from_le(self.u32_at(elem + 4).load(Ordering::Relaxed));
+        let id = self.load32(elem, Ordering::Relaxed);
+        let len = self.load32(elem + 4, Ordering::Relaxed);
 
         let rec = match usize::try_from(id).ok().and_then(|i| self.heads.get(i)) {
             Some(Some(rec)) if rec.published => *rec,
@@ -559,7 +551,7 @@ impl SplitRing {
         if self.broken {
             return true;
         }
-        u16::from_le(self.u16_at(self.used_idx_offset()).load(Ordering::Acquire)) != self.last_used
+        self.load16(self.used_idx_offset(), Ordering::Acquire) != self.last_used
     }
 
     /// Asks the device for used-buffer notifications (§2.7.7): with
@@ -574,8 +566,7 @@ impl SplitRing {
         if self.event_idx {
             self.store_used_event();
         } else {
-            self.u16_at(self.avail_flags_offset())
-                .store(0, Ordering::Relaxed);
+            self.store16(self.avail_flags_offset(), 0, Ordering::Relaxed);
         }
         // The request must be visible before we re-check used->idx.
         fence(Ordering::SeqCst);
@@ -592,8 +583,11 @@ impl SplitRing {
         if self.event_idx {
             self.store_used_event();
         } else {
-            self.u16_at(self.avail_flags_offset())
-                .store(VIRTQ_AVAIL_F_NO_INTERRUPT.to_le(), Ordering::Relaxed);
+            self.store16(
+                self.avail_flags_offset(),
+                VIRTQ_AVAIL_F_NO_INTERRUPT,
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -624,19 +618,17 @@ impl SplitRing {
         } else {
             self.last_used.wrapping_sub(1)
         };
-        self.u16_at(self.used_event_offset())
-            .store(value.to_le(), Ordering::Relaxed);
+        self.store16(self.used_event_offset(), value, Ordering::Relaxed);
     }
 
     fn store_desc(&self, offset: usize, desc: Desc) {
-        self.u64_at(offset)
-            .store(desc.addr.to_le(), Ordering::Relaxed);
-        self.u32_at(offset + 8)
-            .store(desc.len.to_le(), Ordering::Relaxed);
-        self.u16_at(offset + 12)
-            .store(desc.flags.to_le(), Ordering::Relaxed);
-        self.u16_at(offset + 14)
-            .store(desc.next.to_le(), Ordering::Relaxed);
+        self.check_field(offset, DESC_SIZE);
+        self.mem
+            .store_u64(offset, desc.addr.to_le(), Ordering::Relaxed);
+        self.mem
+            .store_u32(offset + 8, desc.len.to_le(), Ordering::Relaxed);
+        self.store16(offset + 12, desc.flags, Ordering::Relaxed);
+        self.store16(offset + 14, desc.next, Ordering::Relaxed);
     }
 
     fn desc_offset(&self, i: u16) -> usize {
@@ -672,24 +664,31 @@ impl SplitRing {
         self.base + self.layout.used + 4 + 8 * usize::from(self.size)
     }
 
-    /// Atomic view of a ring field. `offset` always comes from the offset
-    /// helpers above, which stay inside `[base, base + layout.total)` — checked
-    /// against the region in [`new`](Self::new) — and are naturally aligned
-    /// (base 16-aligned, mapping page-aligned, parts aligned per §2.7).
-    fn u16_at(&self, offset: usize) -> &AtomicU16 {
-        assert!(offset & 1 == 0 && offset + 2 <= self.base + self.layout.total);
-        // SAFETY: the assert above and the layout checks in new() keep the 2 aligned bytes inside the mapping owned by self.mem, which outlives the returned borrow of self; within this process the location is only accessed atomically (the device is another process or another mapping).
-        unsafe { AtomicU16::from_ptr(self.mem.as_ptr().add(offset).cast()) }
+    /// Ring fields are accessed only through [`SharedMemory`]'s atomic
+    /// accessors, little-endian (§2.4 "virtio endian"). `offset` always comes
+    /// from the offset helpers above, which stay inside `[base, base +
+    /// layout.total)` (checked against the region in [`new`](Self::new)) and
+    /// are naturally aligned (base 16-aligned, mapping page-aligned, parts
+    /// aligned per §2.7); the accessors check both again.
+    fn load16(&self, offset: usize, order: Ordering) -> u16 {
+        self.check_field(offset, 2);
+        u16::from_le(self.mem.load_u16(offset, order))
     }
-    fn u32_at(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset & 3 == 0 && offset + 4 <= self.base + self.layout.total);
-        // SAFETY: the assert above and the layout checks in new() keep the 4 aligned bytes inside the mapping owned by self.mem, which outlives the returned borrow of self; the location is only accessed atomically by this process.
-        unsafe { AtomicU32::from_ptr(self.mem.as_ptr().add(offset).cast()) }
+    fn store16(&self, offset: usize, value: u16, order: Ordering) {
+        self.check_field(offset, 2);
+        self.mem.store_u16(offset, value.to_le(), order)
     }
-    fn u64_at(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset & 7 == 0 && offset + 8 <= self.base + self.layout.total);
-        // SAFETY: the assert above and the layout checks in new() keep the 8 aligned bytes inside the mapping owned by self.mem, which outlives the returned borrow of self; the location is only accessed atomically by this process.
-        unsafe { AtomicU64::from_ptr(self.mem.as_ptr().add(offset).cast()) }
+    fn load32(&self, offset: usize, order: Ordering) -> u32 {
+        self.check_field(offset, 4);
+        u32::from_le(self.mem.load_u32(offset, order))
+    }
+    /// A field of `len` bytes at `offset` belongs to this ring.
+    fn check_field(&self, offset: usize, len: usize) {
+        debug_assert!(
+            offset >= self.base && offset + len <= self.base + self.layout.total,
+            "field {offset:#x}+{len} outside the ring at {:#x}",
+            self.base
+        );
     }
 
     /// Test hook: start all indices at `idx` (as if the ring had already
@@ -700,10 +699,8 @@ impl SplitRing {
         self.next_avail = idx;
         self.published = idx;
         self.last_used = idx;
-        self.u16_at(self.avail_idx_offset())
-            .store(idx.to_le(), Ordering::Relaxed);
-        self.u16_at(self.used_idx_offset())
-            .store(idx.to_le(), Ordering::Relaxed);
+        self.store16(self.avail_idx_offset(), idx, Ordering::Relaxed);
+        self.store16(self.used_idx_offset(), idx, Ordering::Relaxed);
         if self.event_idx {
             self.store_used_event();
         }
