@@ -28,6 +28,7 @@ pub mod events;
 mod interrupt;
 pub mod memory;
 mod queue;
+pub mod response;
 pub mod retry;
 pub mod ring;
 pub mod stats;
