@@ -11,8 +11,7 @@ use vscsi_protocol::virtio_scsi::{tmf, Response as VirtioResponse};
 
 use crate::error::{Error, Result};
 use crate::memory::SharedMemory;
-use crate::ring::split::SplitRing;
-use crate::ring::Segment;
+use crate::ring::{Segment, Virtqueue, VirtqueueFormat};
 
 /// Bytes of shared memory per control/event slot: request at 0, response at half.
 pub(crate) const AUX_SLOT: usize = 128;
@@ -145,7 +144,7 @@ impl std::fmt::Display for TmfResponse {
 type AuxWaiter = (u16, usize, oneshot::Sender<Result<Vec<u8>>>);
 
 struct AuxInner {
-    ring: SplitRing,
+    ring: Virtqueue,
     free: Vec<u16>,
     /// Indexed by head.
     in_flight: Vec<Option<AuxWaiter>>,
@@ -175,7 +174,7 @@ impl AuxQueue {
         name: &'static str,
         index: u16,
         mem: Arc<SharedMemory>,
-        ring: SplitRing,
+        ring: Virtqueue,
         slots_off: usize,
         slots: u16,
         kick: EventFd,
@@ -328,7 +327,7 @@ impl AuxQueue {
     /// tasks), and `restart` hands the zeroed ring to the device.
     pub(crate) fn reset(
         &self,
-        restart: impl FnOnce(&SplitRing, &EventFd, &EventFd) -> Result<()>,
+        restart: impl FnOnce(&Virtqueue, &EventFd, &EventFd) -> Result<()>,
     ) -> Result<()> {
         self.reap();
         let mut inner = self.lock();

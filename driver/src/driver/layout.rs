@@ -13,7 +13,7 @@ use crate::control::{AuxQueue, AUX_SLOT};
 use crate::error::Result;
 use crate::memory::{Carver, SharedMemory};
 use crate::queue::{QueuePlacement, RequestQueue, HEADER_AREA};
-use crate::ring::split::{RingOptions, SplitRing};
+use crate::ring::{RingFormat, RingOptions, Virtqueue};
 use crate::transport::vhost_user::VhostUserTransport;
 
 /// Size of the control and event queues.
@@ -22,6 +22,8 @@ const AUX_QUEUE_SIZE: u16 = 16;
 pub(super) const EVENT_BUFFERS: u16 = 8;
 /// Control requests in flight at most.
 const CONTROL_SLOTS: u16 = 8;
+/// The ring format of every queue (split: packed is not negotiated).
+const FORMAT: RingFormat = RingFormat::Split;
 /// Most descriptors in one indirect table (a command has at most 4 segments).
 const MAX_INDIRECT: u16 = 4;
 
@@ -60,7 +62,7 @@ struct Plan {
 /// Lays out every queue of `features` in `carver`'s region.
 fn plan(carver: &mut Carver, features: &Features, opts: &DriverOptions) -> Result<Plan> {
     let mut aux_queue = |slots: u16| -> Result<AuxPlacement> {
-        let ring = carver.alloc(SplitRing::layout(AUX_QUEUE_SIZE, MAX_INDIRECT).total, 4096)?;
+        let ring = carver.alloc(FORMAT.ring_bytes(AUX_QUEUE_SIZE, MAX_INDIRECT), 4096)?;
         let bufs = carver.alloc(slots as usize * AUX_SLOT, 64)?;
         Ok(AuxPlacement { ring, bufs, slots })
     };
@@ -73,10 +75,7 @@ fn plan(carver: &mut Carver, features: &Features, opts: &DriverOptions) -> Resul
     };
     let mut requests = Vec::new();
     for _ in 0..features.queue_count {
-        let ring = carver.alloc(
-            SplitRing::layout(features.queue_size, MAX_INDIRECT).total,
-            4096,
-        )?;
+        let ring = carver.alloc(FORMAT.ring_bytes(features.queue_size, MAX_INDIRECT), 4096)?;
         let headers = carver.alloc(slots as usize * HEADER_AREA, 64)?;
         let data = carver.alloc(slots as usize * opts.max_transfer, 4096)?;
         requests.push(QueuePlacement {
@@ -120,7 +119,7 @@ pub(super) fn setup(path: &Path, cfg: QueueConfig, opts: DriverOptions) -> Resul
     };
     let mut aux_queue = |i: usize, name| -> Result<(Arc<AuxQueue>, EventFd)> {
         let place = plan.aux[i];
-        let ring = SplitRing::new(mem.clone(), place.ring, AUX_QUEUE_SIZE, ring_opts)?;
+        let ring = Virtqueue::new(FORMAT, mem.clone(), place.ring, AUX_QUEUE_SIZE, ring_opts)?;
         let (kick, call) = eventfds()?;
         transport.start_vring(i, &ring, &kick, &call)?;
         let q = AuxQueue::new(
@@ -140,7 +139,13 @@ pub(super) fn setup(path: &Path, cfg: QueueConfig, opts: DriverOptions) -> Resul
     let mut queues = Vec::new();
     let mut calls = Vec::new();
     for (n, place) in plan.requests.into_iter().enumerate() {
-        let ring = SplitRing::new(mem.clone(), place.ring, features.queue_size, ring_opts)?;
+        let ring = Virtqueue::new(
+            FORMAT,
+            mem.clone(),
+            place.ring,
+            features.queue_size,
+            ring_opts,
+        )?;
         let (kick, call) = eventfds()?;
         transport.start_vring(2 + n, &ring, &kick, &call)?;
         queues.push(Arc::new(RequestQueue::new(

@@ -31,8 +31,7 @@ use zerocopy::{FromZeros, IntoBytes};
 
 use crate::error::{Error, Result};
 use crate::memory::{SharedMemory, SharedSlice};
-use crate::ring::split::SplitRing;
-use crate::ring::{RingError, Segment};
+use crate::ring::{RingError, Segment, Virtqueue, VirtqueueFormat};
 use crate::stats::{LunStats, LunTable, QueueStats};
 
 mod slot;
@@ -55,7 +54,7 @@ const RESP_FIXED: usize = 12;
 /// Where a queue's pieces sit in the shared region.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct QueuePlacement {
-    /// Offset of the ring (see `SplitRing::layout`).
+    /// Offset of the ring (see `RingFormat::ring_bytes`).
     pub ring: usize,
     /// Offset of `slots * HEADER_AREA` bytes of headers.
     pub headers: usize,
@@ -77,7 +76,7 @@ struct Head {
 }
 
 struct Inner {
-    ring: SplitRing,
+    ring: Virtqueue,
     /// Indexed by ring head id.
     heads: Box<[Option<Head>]>,
     broken: Option<RingError>,
@@ -129,7 +128,7 @@ impl RequestQueue {
         index: u16,
         mem: Arc<SharedMemory>,
         place: QueuePlacement,
-        ring: SplitRing,
+        ring: Virtqueue,
         kick: EventFd,
         call: EventFd,
     ) -> Self {
@@ -571,7 +570,7 @@ impl RequestQueue {
     /// many commands failed.
     pub(crate) fn reset(
         &self,
-        restart: impl FnOnce(&SplitRing, &EventFd, &EventFd) -> Result<()>,
+        restart: impl FnOnce(&Virtqueue, &EventFd, &EventFd) -> Result<()>,
     ) -> Result<usize> {
         self.reap();
         let mut inner = self.lock();
