@@ -21,7 +21,6 @@
 //! (`ScsiCommand` → CDB), [`driver`] (the public API).
 
 pub mod command;
-pub mod control;
 pub mod driver;
 pub mod error;
 pub mod events;
@@ -32,11 +31,11 @@ pub mod response;
 pub mod retry;
 pub mod ring;
 pub mod stats;
+pub mod tmf;
 pub mod topology;
 pub mod transport;
 
 pub use command::ScsiCommand;
-pub use control::{Tmf, TmfResponse};
 pub use driver::{
     CommandError, CommandOptions, Driver, DriverOptions, Features, LunInfo, QueueConfig, Response,
 };
@@ -46,4 +45,5 @@ pub use memory::SharedSlice;
 pub use queue::InFlightCommand;
 pub use retry::RetryPolicy;
 pub use stats::{Histogram, LatencySummary, LunStats, QueueStats, StatsSnapshot};
+pub use tmf::{Tmf, TmfResponse};
 pub use topology::Topology;

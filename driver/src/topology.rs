@@ -33,7 +33,7 @@ use vscsi_protocol::virtio_scsi::Response as VirtioResponse;
 use crate::command::ScsiCommand;
 use crate::error::{Error, RecoveryStep, Result};
 use crate::events::{DeviceEvent, ResetReason};
-use crate::queue::{Deadline, Outcome, RequestQueue};
+use crate::queue::{Deadline, Outcome, SlotQueue};
 use crate::response::{to_response, LunInfo, Response};
 use crate::retry::RetryPolicy;
 
@@ -191,7 +191,7 @@ where
 /// Sends the topology task's commands: round robin over the request
 /// queues, with the retry policy and a timeout, without the error handler.
 pub(crate) struct Prober {
-    pub queues: Vec<Arc<RequestQueue>>,
+    pub queues: Vec<Arc<SlotQueue>>,
     pub next: AtomicUsize,
     pub retry: RetryPolicy,
     pub timeout: Duration,

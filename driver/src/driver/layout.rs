@@ -9,10 +9,12 @@ use vscsi_protocol::virtio_scsi::Config;
 
 use super::negotiate;
 use super::options::{DriverOptions, Features, QueueConfig};
-use crate::control::{AuxQueue, AUX_SLOT};
 use crate::error::Result;
 use crate::memory::{Carver, SharedMemory};
-use crate::queue::{QueuePlacement, RequestQueue, HEADER_AREA};
+use crate::queue::{QueuePlacement, SlotQueue, HEADER_AREA};
+
+/// Header bytes per control or event slot: request at 0, response at half.
+const AUX_SLOT: usize = 128;
 use crate::ring::{RingFormat, RingOptions, Virtqueue};
 use crate::transport::vhost_user::VhostUserTransport;
 
@@ -33,15 +35,15 @@ const MAX_INDIRECT: u16 = 4;
 pub(super) struct Setup {
     pub transport: VhostUserTransport,
     pub mem: Arc<SharedMemory>,
-    pub queues: Vec<Arc<RequestQueue>>,
+    pub queues: Vec<Arc<SlotQueue>>,
     /// Each request queue's call eventfd, for its completion task.
     pub calls: Vec<EventFd>,
     pub features: Features,
     pub config: Config,
     /// The control queue (virtqueue 0) and its call eventfd.
-    pub control: (Arc<AuxQueue>, EventFd),
+    pub control: (Arc<SlotQueue>, EventFd),
     /// The event queue (virtqueue 1) and its call eventfd.
-    pub event: (Arc<AuxQueue>, EventFd),
+    pub event: (Arc<SlotQueue>, EventFd),
 }
 
 /// Offsets of a control or event queue: its ring, its slots and how many.
@@ -81,6 +83,7 @@ fn plan(carver: &mut Carver, features: &Features, opts: &DriverOptions) -> Resul
         requests.push(QueuePlacement {
             ring,
             headers,
+            header_area: HEADER_AREA,
             data,
             slots,
             max_transfer: opts.max_transfer,
@@ -117,18 +120,25 @@ pub(super) fn setup(path: &Path, cfg: QueueConfig, opts: DriverOptions) -> Resul
             EventFd::new(libc::EFD_NONBLOCK)?,
         ))
     };
-    let mut aux_queue = |i: usize, name| -> Result<(Arc<AuxQueue>, EventFd)> {
+    let mut aux_queue = |i: usize, name| -> Result<(Arc<SlotQueue>, EventFd)> {
         let place = plan.aux[i];
         let ring = Virtqueue::new(FORMAT, mem.clone(), place.ring, AUX_QUEUE_SIZE, ring_opts)?;
         let (kick, call) = eventfds()?;
         transport.start_vring(i, &ring, &kick, &call)?;
-        let q = AuxQueue::new(
+        let place = QueuePlacement {
+            ring: place.ring,
+            headers: place.bufs,
+            header_area: AUX_SLOT,
+            data: 0,
+            slots: place.slots,
+            max_transfer: 0,
+        };
+        let q = SlotQueue::new(
             name,
             i as u16,
             mem.clone(),
+            place,
             ring,
-            place.bufs,
-            place.slots,
             kick,
             call.try_clone()?,
         );
@@ -148,7 +158,8 @@ pub(super) fn setup(path: &Path, cfg: QueueConfig, opts: DriverOptions) -> Resul
         )?;
         let (kick, call) = eventfds()?;
         transport.start_vring(2 + n, &ring, &kick, &call)?;
-        queues.push(Arc::new(RequestQueue::new(
+        queues.push(Arc::new(SlotQueue::new(
+            "request",
             n as u16,
             mem.clone(),
             place,

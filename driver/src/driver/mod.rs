@@ -22,11 +22,10 @@ use tracing::info;
 use vscsi_protocol::lun::Lun;
 use vscsi_protocol::virtio_scsi::Config;
 
-use crate::control::AuxQueue;
 use crate::error::{Error, Result};
 use crate::events::DeviceEvent;
 use crate::memory::SharedMemory;
-use crate::queue::{InFlightCommand, RequestQueue};
+use crate::queue::{InFlightCommand, SlotQueue};
 pub use crate::response::{CommandError, LunInfo, Response};
 use crate::stats::{LunTable, StatsSnapshot};
 use crate::topology::{Prober, Topology};
@@ -53,14 +52,14 @@ pub struct Driver {
     /// by queue and device resets.
     transport: Arc<Mutex<VhostUserTransport>>,
     _mem: Arc<SharedMemory>,
-    queues: Vec<Arc<RequestQueue>>,
+    queues: Vec<Arc<SlotQueue>>,
     tasks: Vec<JoinHandle<()>>,
     next_queue: AtomicUsize,
     features: Features,
     config: Config,
     opts: DriverOptions,
-    control: Arc<AuxQueue>,
-    event_queue: Arc<AuxQueue>,
+    control: Arc<SlotQueue>,
+    event_queue: Arc<SlotQueue>,
     events_tx: broadcast::Sender<DeviceEvent>,
     events_seen: Arc<AtomicU64>,
     lun_timeouts: RwLock<HashMap<(u8, u16), Duration>>,
@@ -113,8 +112,10 @@ impl Driver {
             .map(|(q, call)| tokio::spawn(q.clone().run_completions(call)))
             .collect();
         tasks.push(tokio::spawn(watchdog(queues.clone())));
-        tasks.push(tokio::spawn(control.clone().run(control_call)));
-        tasks.push(tokio::spawn(event_queue.clone().run(event_call)));
+        tasks.push(tokio::spawn(control.clone().run_completions(control_call)));
+        tasks.push(tokio::spawn(
+            event_queue.clone().run_completions(event_call),
+        ));
         let (events_tx, _) = broadcast::channel(256);
         let events_seen = Arc::new(AtomicU64::new(0));
         // Subscribed before any event buffer is posted, so none is missed.
@@ -132,26 +133,11 @@ impl Driver {
             events_tx.subscribe(),
         )));
         for _ in 0..EVENT_BUFFERS {
-            let (q, tx, seen) = (event_queue.clone(), events_tx.clone(), events_seen.clone());
-            tasks.push(tokio::spawn(async move {
-                // One posted buffer: wait for the device to fill it, publish,
-                // re-post (also after a device reset took it off the ring).
-                loop {
-                    let raw = match q
-                        .call(&[], size_of::<vscsi_protocol::virtio_scsi::Event>())
-                        .await
-                    {
-                        Ok(raw) => raw,
-                        Err(Error::QueueReset { .. }) => continue,
-                        Err(_) => break,
-                    };
-                    for ev in DeviceEvent::decode(&raw) {
-                        seen.fetch_add(1, Ordering::Relaxed);
-                        info!(?ev, "device event");
-                        let _ = tx.send(ev);
-                    }
-                }
-            }));
+            tasks.push(tokio::spawn(crate::events::keep_posted(
+                event_queue.clone(),
+                events_tx.clone(),
+                events_seen.clone(),
+            )));
         }
         info!(?features, "virtio-scsi driver ready");
         Ok(Self {
@@ -291,7 +277,7 @@ const WATCHDOG_TICK: Duration = Duration::from_millis(10);
 /// whose deadline passed and wakes their waiters, which run the error
 /// handler. (A tokio timer per command would cost a timer-wheel entry and
 /// its lock on every command.)
-async fn watchdog(queues: Vec<Arc<RequestQueue>>) {
+async fn watchdog(queues: Vec<Arc<SlotQueue>>) {
     let mut tick = tokio::time::interval(WATCHDOG_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -7,10 +7,10 @@ use tracing::{error, info, warn};
 use vscsi_protocol::virtio_scsi::Response as VirtioResponse;
 
 use super::{blocking, Driver};
-use crate::control::Tmf;
 use crate::error::{Error, RecoveryStep, Result};
 use crate::queue::{Completed, Outcome, Pending};
 use crate::response::{to_response, Response};
+use crate::tmf::Tmf;
 
 impl Driver {
     /// The error handler for a command that timed out, as Linux's

@@ -14,7 +14,7 @@ use super::options::CommandOptions;
 use super::Driver;
 use crate::command::ScsiCommand;
 use crate::error::{Error, RecoveryStep, Result};
-use crate::queue::{Completed, Deadline, Outcome, Pending, RequestQueue};
+use crate::queue::{Completed, Deadline, Outcome, Pending, SlotQueue};
 use crate::response::{describe, lun_field, to_response, Response};
 use crate::retry::RetryPolicy;
 use crate::stats::CommandClass;
@@ -225,7 +225,7 @@ impl Driver {
     /// One attempt: submit, wait, and on timeout run the error handler.
     async fn execute_once(
         &self,
-        queue: &Arc<RequestQueue>,
+        queue: &Arc<SlotQueue>,
         lun_field: [u8; 8],
         target: u8,
         lun: u16,
@@ -280,7 +280,7 @@ impl Driver {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn submit(
         &self,
-        queue: &Arc<RequestQueue>,
+        queue: &Arc<SlotQueue>,
         (target, lun): (u8, u16),
         lun_field: [u8; 8],
         cdb: &vscsi_protocol::cdb::Cdb,
@@ -308,7 +308,7 @@ impl Driver {
     /// completion task wakes it or the watchdog says its deadline passed.
     pub(super) async fn wait_done(
         &self,
-        queue: &RequestQueue,
+        queue: &SlotQueue,
         pending: &mut Pending,
     ) -> Result<Outcome> {
         if !self.opts.poll.is_zero() {
@@ -329,7 +329,7 @@ impl Driver {
 
     pub(super) fn timed_out(
         &self,
-        queue: &RequestQueue,
+        queue: &SlotQueue,
         (target, lun): (u8, u16),
         pending: &Pending,
         timeout: Duration,
@@ -344,14 +344,14 @@ impl Driver {
         );
     }
 
-    pub(super) fn pick_queue(&self) -> &Arc<RequestQueue> {
+    pub(super) fn pick_queue(&self) -> &Arc<SlotQueue> {
         let n = self.next_queue.fetch_add(1, Ordering::Relaxed) % self.queues.len();
         &self.queues[n]
     }
 
     pub(super) fn not_submitted(
         &self,
-        queue: &RequestQueue,
+        queue: &SlotQueue,
         target: u8,
         lun: u16,
         timeout: Duration,
@@ -368,7 +368,7 @@ impl Driver {
     /// (the answer then is a copy).
     pub(super) async fn wait_slot(
         &self,
-        queue: &RequestQueue,
+        queue: &SlotQueue,
         (target, lun): (u8, u16),
         lun_field: [u8; 8],
         mut pending: Pending,
@@ -389,7 +389,7 @@ impl Driver {
 
 /// Updates the metrics of `target:lun` for one completed command.
 pub(super) fn record_completion(
-    queue: &RequestQueue,
+    queue: &SlotQueue,
     (target, lun): (u8, u16),
     class: CommandClass,
     start: Instant,

@@ -1,11 +1,14 @@
 //! Task management functions on the control queue (VIRTIO 1.2 §5.6.6.2).
 
 use tracing::info;
+use vscsi_protocol::virtio_scsi::{ctrl_type, CtrlTmfReq, CtrlTmfResp};
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::IntoBytes;
 
 use super::Driver;
-use crate::control::{Tmf, TmfResponse};
 use crate::error::{Error, Result};
 use crate::response::lun_field;
+use crate::tmf::{Tmf, TmfResponse};
 
 impl Driver {
     /// Sends a task management function to `target:lun` and returns the answer.
@@ -26,22 +29,33 @@ impl Driver {
     /// [`Driver::task_management`] with a raw 8-byte LUN field.
     pub async fn task_management_to(&self, lun_field: [u8; 8], tmf: Tmf) -> Result<TmfResponse> {
         let (subtype, tag) = tmf.encode();
-        let mut req = [0u8; 24];
-        req[0..4].copy_from_slice(&vscsi_protocol::virtio_scsi::ctrl_type::TMF.to_le_bytes());
-        req[4..8].copy_from_slice(&subtype.to_le_bytes());
-        req[8..16].copy_from_slice(&lun_field);
-        req[16..24].copy_from_slice(&tag.to_le_bytes());
-        let after = self.opts.eh_timeout;
-        let resp = tokio::time::timeout(after, self.control.call(&req, 1))
-            .await
-            .map_err(|_| Error::TmfTimeout {
-                tmf: tmf.name(),
-                after,
-            })??;
-        let Some(&byte) = resp.first() else {
-            return Err(Error::ShortResponse(0));
+        let req = CtrlTmfReq {
+            type_: U32::new(ctrl_type::TMF),
+            subtype: U32::new(subtype),
+            lun: lun_field,
+            tag: U64::new(tag),
         };
-        let r = TmfResponse::from_u8(byte);
+        let exchange = async {
+            let mut pending = self
+                .control
+                .call(req.as_bytes(), size_of::<CtrlTmfResp>(), lun_field, tag)
+                .await?;
+            let mut resp = [0u8; size_of::<CtrlTmfResp>()];
+            let n = pending.finished().await?.reply(&mut resp)?;
+            Ok::<_, Error>((resp, n))
+        };
+        let after = self.opts.eh_timeout;
+        let (resp, n) =
+            tokio::time::timeout(after, exchange)
+                .await
+                .map_err(|_| Error::TmfTimeout {
+                    tmf: tmf.name(),
+                    after,
+                })??;
+        if n == 0 {
+            return Err(Error::ShortResponse(0));
+        }
+        let r = TmfResponse::from_u8(resp[0]);
         info!(tmf = tmf.name(), tag, response = %r, "task management function answered");
         Ok(r)
     }

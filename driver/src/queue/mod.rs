@@ -1,10 +1,12 @@
-//! One request queue: its ring, its request slots in shared memory, its
-//! in-flight table and its completion task.
+//! The one queue engine, for request, control and event queues alike: a
+//! ring, fixed slots in shared memory, the in-flight table and the
+//! completion task.
 //!
-//! Each slot owns a header area (`virtio_scsi_cmd_req` + `virtio_scsi_cmd_resp`)
-//! and a data buffer of `max_transfer` bytes in the shared region, so a
-//! command costs no set-up beyond copying its CDB and data. Queues share
-//! nothing: each has its own lock, kick and call eventfds and task.
+//! Each slot owns a header area (request at 0, response half-way: for a
+//! request queue `virtio_scsi_cmd_req` + `virtio_scsi_cmd_resp`) and a data
+//! buffer of `max_transfer` bytes (none for the control and event queues),
+//! so a command costs no set-up beyond copying its CDB and data. Queues
+//! share nothing: each has its own lock, kick and call eventfds and task.
 //!
 //! Slot lifetime: a slot is taken when a command is submitted and comes back
 //! exactly once: when the [`Completed`] value carrying it is dropped, when
@@ -15,7 +17,7 @@
 //! Per command there is no heap allocation and no timer: the waiter and the
 //! completion task meet in the slot's [`SlotCell`] (atomics and an
 //! `AtomicWaker`), and one watchdog tick for the whole driver marks the
-//! commands whose deadline passed ([`RequestQueue::expire`]).
+//! commands whose deadline passed ([`SlotQueue::expire`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -42,10 +44,9 @@ use slot::{
     IN_FLIGHT,
 };
 
-/// Bytes reserved per slot for the request and response headers.
+/// Bytes reserved per request-queue slot for the request and response
+/// headers (the response starts half-way, see [`QueuePlacement::header_area`]).
 pub(crate) const HEADER_AREA: usize = 256;
-/// Offset of the response header inside a slot's header area.
-const RESP_OFFSET: usize = 128;
 const REQ_SIZE: usize = size_of::<CmdReq>();
 const RESP_SIZE: usize = size_of::<CmdResp>();
 /// Bytes of `CmdResp` before `sense`.
@@ -56,13 +57,16 @@ const RESP_FIXED: usize = 12;
 pub(crate) struct QueuePlacement {
     /// Offset of the ring (see `RingFormat::ring_bytes`).
     pub ring: usize,
-    /// Offset of `slots * HEADER_AREA` bytes of headers.
+    /// Offset of `slots * header_area` bytes of headers.
     pub headers: usize,
+    /// Header bytes per slot: the device-readable request at 0, the
+    /// device-writable response at `header_area / 2`.
+    pub header_area: usize,
     /// Offset of `slots * max_transfer` bytes of data buffers.
     pub data: usize,
     /// Number of request slots.
     pub slots: u16,
-    /// Data buffer bytes per slot.
+    /// Data buffer bytes per slot (0 for the control and event queues).
     pub max_transfer: usize,
 }
 
@@ -100,7 +104,9 @@ pub struct InFlightCommand {
 /// Two small locks, both per queue: `inner` (the ring, taken to offer and
 /// to reap) and `free` (the slot free list). Completion and waiting go
 /// through the lock-free [`SlotCell`]s.
-pub(crate) struct RequestQueue {
+pub(crate) struct SlotQueue {
+    /// "request", "control" or "event".
+    name: &'static str,
     index: u16,
     mem: Arc<SharedMemory>,
     place: QueuePlacement,
@@ -123,8 +129,9 @@ pub(crate) struct RequestQueue {
     stats: Mutex<LunTable>,
 }
 
-impl RequestQueue {
+impl SlotQueue {
     pub(crate) fn new(
+        name: &'static str,
         index: u16,
         mem: Arc<SharedMemory>,
         place: QueuePlacement,
@@ -134,6 +141,7 @@ impl RequestQueue {
     ) -> Self {
         let size = ring.size() as usize;
         Self {
+            name,
             index,
             mem,
             place,
@@ -159,7 +167,7 @@ impl RequestQueue {
         }
     }
 
-    /// This queue's index among the request queues.
+    /// This queue's index: among the request queues, or the virtqueue index (control 0, event 1).
     pub(crate) fn index(&self) -> u16 {
         self.index
     }
@@ -207,6 +215,11 @@ impl RequestQueue {
             .collect()
     }
 
+    /// Call eventfd notifications the completion task received.
+    pub(crate) fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
     /// How many times the driver kicked the device (notification suppression shows here).
     pub(crate) fn kicks(&self) -> u64 {
         self.kicks.load(Ordering::Relaxed)
@@ -222,7 +235,12 @@ impl RequestQueue {
     }
 
     fn header_off(&self, slot: u16) -> usize {
-        self.place.headers + slot as usize * HEADER_AREA
+        self.place.headers + slot as usize * self.place.header_area
+    }
+
+    /// Where the device writes the response of `slot`.
+    fn resp_off(&self, slot: u16) -> usize {
+        self.header_off(slot) + self.place.header_area / 2
     }
 
     fn data_off(&self, slot: u16) -> usize {
@@ -281,7 +299,7 @@ impl RequestQueue {
 
     /// Offers one command to the device, waiting for a free slot; the
     /// returned [`Pending`] resolves when the device completes it or
-    /// `deadline` passes (see [`RequestQueue::expire`]).
+    /// `deadline` passes (see [`SlotQueue::expire`]).
     pub(crate) async fn start(
         self: &Arc<Self>,
         lun: [u8; 8],
@@ -295,7 +313,7 @@ impl RequestQueue {
         self.fill_and_offer(slot, lun, cdb, data_out, data_in_len, deadline)
     }
 
-    /// [`RequestQueue::start`] if a slot is free now; `None` otherwise.
+    /// [`SlotQueue::start`] if a slot is free now; `None` otherwise.
     pub(crate) fn try_start(
         self: &Arc<Self>,
         lun: [u8; 8],
@@ -327,7 +345,7 @@ impl RequestQueue {
         self.offer(slot, lun, cdb, data_out.len(), data_in_len, deadline)
     }
 
-    /// [`RequestQueue::start`] with the data-out bytes written in place by
+    /// [`SlotQueue::start`] with the data-out bytes written in place by
     /// `fill`, which gets the slot's buffer in shared memory (zero-copy).
     /// `fill` runs before the slot is offered, so the device cannot see the buffer yet.
     pub(crate) async fn start_filled<T>(
@@ -399,7 +417,7 @@ impl RequestQueue {
     /// Puts the request of `slot` on the ring and kicks if needed.
     fn offer(
         self: &Arc<Self>,
-        mut slot: SlotGuard<'_>,
+        slot: SlotGuard<'_>,
         lun: [u8; 8],
         cdb: &Cdb,
         data_out_len: usize,
@@ -436,10 +454,57 @@ impl RequestQueue {
         if data_out_len > 0 {
             push(self.mem.gpa(data), data_out_len, false);
         }
-        push(self.mem.gpa(hdr + RESP_OFFSET), RESP_SIZE, true);
+        push(self.mem.gpa(self.resp_off(slot.slot)), RESP_SIZE, true);
         if data_in_len > 0 {
             push(self.mem.gpa(data), data_in_len, true);
         }
+        self.offer_segments(slot, &segs[..n], tag, lun, deadline)
+    }
+
+    /// A control or event request: `req` (device-readable, may be empty)
+    /// in the slot's header area and a `resp_len`-byte device-writable
+    /// buffer after it, offered once a slot is free; no deadline (the
+    /// caller bounds the wait). The answer is [`Completed::read_reply`].
+    pub(crate) async fn call(
+        self: &Arc<Self>,
+        req: &[u8],
+        resp_len: usize,
+        lun: [u8; 8],
+        tag: u64,
+    ) -> Result<Pending> {
+        let half = self.place.header_area / 2;
+        if req.len() > half || resp_len > half || resp_len == 0 {
+            return Err(Error::TransferTooLarge {
+                len: req.len().max(resp_len),
+                max: half,
+            });
+        }
+        let slot = self.take_slot().await?;
+        let hdr = self.header_off(slot.slot);
+        self.mem.write(hdr, req)?;
+        let resp = Segment::writable(self.mem.gpa(self.resp_off(slot.slot)), resp_len as u32);
+        let deadline = Deadline {
+            started: Instant::now(),
+            at: None,
+        };
+        if req.is_empty() {
+            self.offer_segments(slot, &[resp], tag, lun, deadline)
+        } else {
+            let req = Segment::readable(self.mem.gpa(hdr), req.len() as u32);
+            self.offer_segments(slot, &[req, resp], tag, lun, deadline)
+        }
+    }
+
+    /// Puts the chain `segs` of `slot` on the ring, publishes it and kicks
+    /// if the device asked: the part of offering that every queue shares.
+    fn offer_segments(
+        self: &Arc<Self>,
+        mut slot: SlotGuard<'_>,
+        segs: &[Segment],
+        tag: u64,
+        lun: [u8; 8],
+        deadline: Deadline,
+    ) -> Result<Pending> {
         let cell = &self.cells[usize::from(slot.slot)];
         let at = deadline.at.map_or(u64::MAX, |d| {
             d.saturating_duration_since(self.epoch).as_nanos() as u64
@@ -454,7 +519,7 @@ impl RequestQueue {
                 source: e.clone(),
             });
         }
-        let head = match inner.ring.add(&segs[..n]) {
+        let head = match inner.ring.add(segs) {
             Ok(head) => head,
             Err(e) => {
                 return Err(Error::DeviceBroken {
@@ -589,7 +654,11 @@ impl RequestQueue {
 
     /// The completion task: waits on the call eventfd and reaps.
     pub(crate) async fn run_completions(self: Arc<Self>, call: EventFd) {
-        let queue = format!("request {}", self.index);
+        let queue = if self.name == "request" {
+            format!("request {}", self.index)
+        } else {
+            self.name.to_owned()
+        };
         crate::interrupt::completion_loop(queue, call, &self.calls, || self.reap()).await
     }
 

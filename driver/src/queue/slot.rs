@@ -13,7 +13,7 @@ use tracing::error;
 use vscsi_protocol::virtio_scsi::CmdResp;
 use zerocopy::FromBytes;
 
-use super::{RequestQueue, RESP_FIXED, RESP_OFFSET, RESP_SIZE};
+use super::{SlotQueue, RESP_FIXED, RESP_SIZE};
 use crate::error::{Error, Result};
 use crate::memory::SharedSlice;
 
@@ -85,7 +85,7 @@ impl Deadline {
 
 /// A finished command still holding its slot (returned on drop).
 pub(crate) struct Completed {
-    pub(super) queue: Arc<RequestQueue>,
+    pub(super) queue: Arc<SlotQueue>,
     pub(super) slot: u16,
     pub(super) used_len: u32,
 }
@@ -93,7 +93,7 @@ pub(crate) struct Completed {
 /// A request slot taken off the free list and not yet on the ring: given
 /// back on drop (an error or a panicking fill closure) unless offered.
 pub(super) struct SlotGuard<'a> {
-    pub(super) queue: &'a RequestQueue,
+    pub(super) queue: &'a SlotQueue,
     pub(super) slot: u16,
     pub(super) armed: bool,
 }
@@ -131,7 +131,7 @@ pub(crate) enum Outcome {
 /// A command on the ring. Dropping it before it completed abandons the
 /// command: its slot comes back when the device returns it.
 pub(crate) struct Pending {
-    pub(super) queue: Arc<RequestQueue>,
+    pub(super) queue: Arc<SlotQueue>,
     pub(super) slot: u16,
     pub(super) tag: u64,
     /// Still watching the slot (no terminal state taken yet).
@@ -145,7 +145,7 @@ impl Pending {
     }
 
     /// The queue the command is on.
-    pub(crate) fn queue(&self) -> &Arc<RequestQueue> {
+    pub(crate) fn queue(&self) -> &Arc<SlotQueue> {
         &self.queue
     }
 
@@ -185,6 +185,15 @@ impl Pending {
         Wait {
             pending: self,
             expiry,
+        }
+    }
+
+    /// Waits until the device returns the command, with no deadline.
+    pub(crate) async fn finished(&mut self) -> Result<Completed> {
+        loop {
+            if let Outcome::Done(done) = self.wait(false).await? {
+                return Ok(done);
+            }
         }
     }
 
@@ -245,8 +254,7 @@ impl Completed {
             return Err(Error::ShortResponse(self.used_len));
         }
         let mut raw = [0u8; RESP_SIZE];
-        q.mem
-            .read(q.header_off(self.slot) + RESP_OFFSET, &mut raw)?;
+        q.mem.read(q.resp_off(self.slot), &mut raw)?;
         let resp =
             CmdResp::read_from_bytes(&raw).map_err(|_| Error::ShortResponse(self.used_len))?;
         let sense_len = (resp.sense_len.get() as usize)
@@ -285,6 +293,17 @@ impl Completed {
             .mem
             .read(self.queue.data_off(self.slot), &mut data)?;
         Ok(data)
+    }
+
+    /// Copies the reply of a control or event request ([`SlotQueue::call`])
+    /// into `out`: as many bytes as the device wrote, at most `out.len()`.
+    /// Returns how many.
+    pub(crate) fn reply(&self, out: &mut [u8]) -> Result<usize> {
+        let n = out.len().min(self.used_len as usize);
+        self.queue
+            .mem
+            .read(self.queue.resp_off(self.slot), &mut out[..n])?;
+        Ok(n)
     }
 
     /// The response (with no data copied) and a volatile view of the data-in
