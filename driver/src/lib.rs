@@ -15,10 +15,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules: [`memory`] (the shared region), [`ring`] (driver-side
-//! virtqueues), [`transport`] (vhost-user set-up), `queue` (one request
-//! queue: slots, in-flight table, completion task), [`command`]
-//! (`ScsiCommand` → CDB), [`driver`] (the public API).
+//! Modules: [`memory`] (the shared region, and the only code that touches
+//! its bytes), [`ring`] (driver-side virtqueues behind a format seam),
+//! [`transport`] (vhost-user set-up), `queue` (the queue engine of the
+//! request, control and event queues: slots, in-flight table, completion
+//! task), [`command`] (`ScsiCommand` → CDB), [`response`] (what a completion
+//! looks like), [`tmf`] and [`events`] (control and event queue values),
+//! [`driver`] (the public API, one submodule per family of operations).
 
 pub mod command;
 pub mod driver;
