@@ -224,6 +224,7 @@ impl SharedMemory {
     /// a pointer to its first byte. The bytes behind it may change at any
     /// time (the device writes them): the pointer is only ever used for
     /// volatile or atomic accesses, never turned into a reference.
+    #[inline]
     fn checked_ptr(&self, offset: usize, len: usize) -> Result<*mut u8, MemoryError> {
         match offset.checked_add(len) {
             Some(end) if end <= self.len => {
@@ -277,6 +278,7 @@ impl SharedMemory {
     /// §2.7.13-§2.7.14 need acquire/release on the indices). Panics if
     /// `offset` is misaligned or out of bounds: callers compute offsets from
     /// a ring layout validated against the region when the ring was made.
+    #[inline]
     pub fn load_u16(&self, offset: usize, order: Ordering) -> u16 {
         let ptr = self.field_ptr::<u16>(offset);
         // SAFETY: field_ptr returned an aligned pointer to 2 bytes inside the
@@ -288,6 +290,7 @@ impl SharedMemory {
 
     /// Stores `value` into the naturally aligned `u16` at `offset` with
     /// `order` (see [`load_u16`](Self::load_u16)).
+    #[inline]
     pub fn store_u16(&self, offset: usize, value: u16, order: Ordering) {
         let ptr = self.field_ptr::<u16>(offset);
         // SAFETY: as in load_u16: aligned, inside the live mapping, only
@@ -297,6 +300,7 @@ impl SharedMemory {
 
     /// Loads the naturally aligned `u32` at `offset` with `order` (see
     /// [`load_u16`](Self::load_u16)).
+    #[inline]
     pub fn load_u32(&self, offset: usize, order: Ordering) -> u32 {
         let ptr = self.field_ptr::<u32>(offset);
         // SAFETY: as in load_u16, for 4 aligned bytes.
@@ -305,6 +309,7 @@ impl SharedMemory {
 
     /// Stores `value` into the naturally aligned `u32` at `offset` with
     /// `order` (see [`load_u16`](Self::load_u16)).
+    #[inline]
     pub fn store_u32(&self, offset: usize, value: u32, order: Ordering) {
         let ptr = self.field_ptr::<u32>(offset);
         // SAFETY: as in load_u16, for 4 aligned bytes.
@@ -313,6 +318,7 @@ impl SharedMemory {
 
     /// Stores `value` into the naturally aligned `u64` at `offset` with
     /// `order` (see [`load_u16`](Self::load_u16)).
+    #[inline]
     pub fn store_u64(&self, offset: usize, value: u64, order: Ordering) {
         let ptr = self.field_ptr::<u64>(offset);
         // SAFETY: as in load_u16, for 8 aligned bytes.
@@ -321,17 +327,17 @@ impl SharedMemory {
 
     /// The pointer to a naturally aligned `T` at `offset`; panics if it is
     /// misaligned or not inside the region (see [`load_u16`](Self::load_u16)).
+    #[inline]
     fn field_ptr<T>(&self, offset: usize) -> *mut T {
         let size = size_of::<T>();
-        let ptr = match self.checked_ptr(offset, size) {
-            Ok(p) => p,
-            Err(e) => panic!("ring field access: {e}"),
-        };
-        assert!(
-            (ptr as usize).is_multiple_of(align_of::<T>()),
-            "ring field at offset {offset:#x} is not {size}-byte aligned"
-        );
-        ptr.cast()
+        match offset.checked_add(size) {
+            Some(end) if end <= self.len && offset.is_multiple_of(align_of::<T>()) => {
+                // The mapping is page-aligned, so an aligned offset is an
+                // aligned address; wrapping_add stays inside the mapping.
+                self.ptr.as_ptr().wrapping_add(offset).cast()
+            }
+            _ => bad_field(offset, size, self.len),
+        }
     }
 
     /// Sets `len` bytes at `offset` to `byte` (bounds-checked, volatile stores).
@@ -360,6 +366,17 @@ impl Drop for SharedMemory {
         }
         // The memfd is closed by OwnedFd's Drop.
     }
+}
+
+/// The panic of a misaligned or out-of-bounds ring field access: a bug in
+/// the caller's offsets, never something the device can cause.
+#[cold]
+#[inline(never)]
+fn bad_field(offset: usize, size: usize, region_len: usize) -> ! {
+    if offset.is_multiple_of(size) {
+        panic!("ring field access of {size} bytes at {offset:#x} is outside the {region_len:#x}-byte region")
+    }
+    panic!("ring field at offset {offset:#x} is not {size}-byte aligned")
 }
 
 /// A volatile view of bytes the device may write: a range of a
