@@ -1,9 +1,10 @@
 //! Zero-copy READ and WRITE: the caller works on the request slot's buffer
 //! in shared memory through a [`SharedSlice`], with no copy and no allocation.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::debug;
+use vscsi_protocol::cdb::Cdb;
 
 use super::send::record_completion;
 use super::Driver;
@@ -45,12 +46,14 @@ impl Driver {
         block_size: u32,
         f: impl FnOnce(SharedSlice<'_>) -> T,
     ) -> Result<std::result::Result<T, CommandError>> {
-        let lun_field = lun_field(target, lun)?;
-        let len = blocks as usize * block_size as usize;
-        let cdb = rw_cdb(false, lba, blocks);
-        let timeout = self.lun_timeout(target, lun);
         let queue = self.pick_queue();
-        let start = Instant::now();
+        let Prepared {
+            lun_field,
+            len,
+            cdb,
+            timeout,
+            start,
+        } = self.prepare(target, lun, (false, lba, blocks, block_size))?;
         let pending = self
             .submit(
                 queue,
@@ -136,12 +139,14 @@ impl Driver {
         block_size: u32,
         f: impl FnOnce(SharedSlice<'_>) -> T,
     ) -> Result<std::result::Result<T, CommandError>> {
-        let lun_field = lun_field(target, lun)?;
-        let len = blocks as usize * block_size as usize;
-        let cdb = rw_cdb(true, lba, blocks);
-        let timeout = self.lun_timeout(target, lun);
+        let Prepared {
+            lun_field,
+            len,
+            cdb,
+            timeout,
+            start,
+        } = self.prepare(target, lun, (true, lba, blocks, block_size))?;
         let queue = self.pick_queue();
-        let start = Instant::now();
         let deadline = Deadline::after(start, timeout);
         let (pending, out) = match tokio::time::timeout_at(
             (start + timeout).into(),
@@ -182,4 +187,31 @@ impl Driver {
         };
         Ok(Err(CommandError(r)))
     }
+
+    /// What both directions work out first: the LUN field, the transfer
+    /// length, the READ/WRITE CDB for `(write, lba, blocks, block_size)`,
+    /// the LUN's timeout and the start time.
+    fn prepare(
+        &self,
+        target: u8,
+        lun: u16,
+        (write, lba, blocks, block_size): (bool, u64, u32, u32),
+    ) -> Result<Prepared> {
+        Ok(Prepared {
+            lun_field: lun_field(target, lun)?,
+            len: blocks as usize * block_size as usize,
+            cdb: rw_cdb(write, lba, blocks),
+            timeout: self.lun_timeout(target, lun),
+            start: Instant::now(),
+        })
+    }
+}
+
+/// A zero-copy command before it is submitted.
+struct Prepared {
+    lun_field: [u8; 8],
+    len: usize,
+    cdb: Cdb,
+    timeout: Duration,
+    start: Instant,
 }
