@@ -1,7 +1,17 @@
-//! Events from the device's event queue (VIRTIO 1.2 §5.6.6.3) as values.
+//! The event queue (VIRTIO 1.2 §5.6.6.3): its buffers kept posted, and the
+//! device's events as values.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+use tracing::info;
 use vscsi_protocol::lun::{Lun, LunAddress};
-use vscsi_protocol::virtio_scsi::event;
+use vscsi_protocol::virtio_scsi::{event, Event};
+use zerocopy::FromBytes;
+
+use crate::error::Error;
+use crate::queue::SlotQueue;
 
 /// Why the device reset the transport for a LUN (TRANSPORT_RESET `reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,17 +77,15 @@ pub enum DeviceEvent {
 }
 
 impl DeviceEvent {
-    /// Decodes a 16-byte `virtio_scsi_event`: the events it carries (an
-    /// EVENTS_MISSED flag comes out as an extra [`DeviceEvent::EventsMissed`] first).
+    /// Decodes a 16-byte `virtio_scsi_event` (§5.6.6.3, [`Event`]): the
+    /// events it carries (an EVENTS_MISSED flag comes out as an extra
+    /// [`DeviceEvent::EventsMissed`] first). Shorter input carries none.
     pub fn decode(raw: &[u8]) -> Vec<DeviceEvent> {
         let mut out = Vec::new();
-        if raw.len() < 16 {
+        let Ok((e, _)) = Event::read_from_prefix(raw) else {
             return out;
-        }
-        let word = |o: usize| u32::from_le_bytes([raw[o], raw[o + 1], raw[o + 2], raw[o + 3]]);
-        let (ev, reason) = (word(0), word(12));
-        let mut lun_field = [0u8; 8];
-        lun_field.copy_from_slice(&raw[4..12]);
+        };
+        let (ev, reason, lun_field) = (e.event.get(), e.reason.get(), e.lun);
         let lun = match LunAddress::decode(&lun_field) {
             Ok(LunAddress::Unit(l)) => l,
             _ => Lun {
@@ -114,6 +122,34 @@ impl DeviceEvent {
             }),
         }
         out
+    }
+}
+
+/// Keeps one event buffer posted on the event queue `q` until the driver
+/// closes: waits for the device to fill it, decodes and broadcasts its
+/// events (counting them in `seen`), posts it again (also after a reset
+/// took it off the ring). No allocation besides the decoded events.
+pub(crate) async fn keep_posted(
+    q: Arc<SlotQueue>,
+    tx: broadcast::Sender<DeviceEvent>,
+    seen: Arc<AtomicU64>,
+) {
+    loop {
+        let mut raw = [0u8; size_of::<Event>()];
+        let posted = async {
+            let mut pending = q.call(&[], raw.len(), [0; 8], 0).await?;
+            pending.finished().await?.reply(&mut raw)
+        };
+        let n = match posted.await {
+            Ok(n) => n,
+            Err(Error::QueueReset { .. }) => continue,
+            Err(_) => break,
+        };
+        for ev in DeviceEvent::decode(&raw[..n]) {
+            seen.fetch_add(1, Ordering::Relaxed);
+            info!(?ev, "device event");
+            let _ = tx.send(ev);
+        }
     }
 }
 

@@ -15,33 +15,38 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules: [`memory`] (the shared region), [`ring`] (driver-side
-//! virtqueues), [`transport`] (vhost-user set-up), `queue` (one request
-//! queue: slots, in-flight table, completion task), [`command`]
-//! (`ScsiCommand` → CDB), [`driver`] (the public API).
+//! Modules: [`memory`] (the shared region, and the only code that touches
+//! its bytes), [`ring`] (driver-side virtqueues behind a format seam),
+//! [`transport`] (vhost-user set-up), `queue` (the queue engine of the
+//! request, control and event queues: slots, in-flight table, completion
+//! task), [`command`] (`ScsiCommand` → CDB), [`response`] (what a completion
+//! looks like), [`tmf`] and [`events`] (control and event queue values),
+//! [`driver`] (the public API, one submodule per family of operations).
 
 pub mod command;
-pub mod control;
 pub mod driver;
 pub mod error;
 pub mod events;
 mod interrupt;
 pub mod memory;
 mod queue;
+pub mod response;
 pub mod retry;
 pub mod ring;
 pub mod stats;
+pub mod tmf;
 pub mod topology;
 pub mod transport;
 
 pub use command::ScsiCommand;
-pub use control::{Tmf, TmfResponse};
 pub use driver::{
     CommandError, CommandOptions, Driver, DriverOptions, Features, LunInfo, QueueConfig, Response,
 };
 pub use error::{Error, RecoveryStep, Result};
 pub use events::{DeviceEvent, ResetReason};
+pub use memory::SharedSlice;
 pub use queue::InFlightCommand;
 pub use retry::RetryPolicy;
 pub use stats::{Histogram, LatencySummary, LunStats, QueueStats, StatsSnapshot};
+pub use tmf::{Tmf, TmfResponse};
 pub use topology::Topology;

@@ -12,14 +12,19 @@
 //! ([`SharedMemory::gpa`]).
 //!
 //! The device runs in another process and may write any byte of the region at
-//! any time. All accesses therefore go through raw pointers with volatile (or,
-//! in the ring code, atomic) operations; no Rust reference to the mapped bytes
-//! is ever handed out.
+//! any time, so no `&[u8]` / `&mut [u8]` to the mapped bytes is ever made.
+//! Everything else reaches them through this module: bulk copies and the
+//! zero-copy view [`SharedSlice`] (raw-pointer copies and volatile loads and
+//! stores, vm-memory's `VolatileSlice`), and one atomic accessor per ring
+//! field width ([`SharedMemory::load_u16`] and its siblings).
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
+
+use vm_memory::VolatileSlice;
 
 /// Errors creating or accessing a [`SharedMemory`] region, or carving it up with a [`Carver`].
 #[derive(Debug, thiserror::Error)]
@@ -215,16 +220,12 @@ impl SharedMemory {
         self.host_addr().wrapping_add(offset as u64)
     }
 
-    /// Raw base pointer of the mapping. The bytes may change under the caller at
-    /// any time (the device writes them); access only with volatile or atomic
-    /// operations and within [`len`](Self::len).
-    pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-
     /// Checks that `[offset, offset + len)` lies inside the region and returns
-    /// a pointer to its first byte.
-    pub fn checked_ptr(&self, offset: usize, len: usize) -> Result<*mut u8, MemoryError> {
+    /// a pointer to its first byte. The bytes behind it may change at any
+    /// time (the device writes them): the pointer is only ever used for
+    /// volatile or atomic accesses, never turned into a reference.
+    #[inline]
+    fn checked_ptr(&self, offset: usize, len: usize) -> Result<*mut u8, MemoryError> {
         match offset.checked_add(len) {
             Some(end) if end <= self.len => {
                 // wrapping_add never creates UB; the bounds check above keeps the
@@ -239,54 +240,109 @@ impl SharedMemory {
         }
     }
 
+    /// A volatile view of `[offset, offset + len)` (bounds-checked), borrowed
+    /// from `self`: what the zero-copy API hands to its callers.
+    pub fn slice(&self, offset: usize, len: usize) -> Result<SharedSlice<'_>, MemoryError> {
+        let ptr = self.checked_ptr(offset, len)?;
+        // SAFETY: [ptr, ptr + len) is inside the mapping (checked above),
+        // which stays mapped while the returned borrow of `self` lives;
+        // VolatileSlice only ever accesses it through raw-pointer copies and
+        // volatile loads and stores.
+        let inner = unsafe { VolatileSlice::new(ptr, len) };
+        Ok(SharedSlice { inner })
+    }
+
     /// Copies `data` into the region at `offset` (bounds-checked).
     ///
-    /// A plain `memcpy`: this is for request headers and data buffers, which
-    /// the device does not touch until the ring publishes them (release
-    /// store of `avail->idx`) and stops touching once it returns them
-    /// (acquire load of `used->idx`). Ring structures the device writes
-    /// concurrently go through the ring's atomic accessors instead.
+    /// A raw-pointer copy (`VolatileSlice::copy_from`, as rust-vmm's device
+    /// code does): no reference to the shared bytes is made, so a device that
+    /// writes them meanwhile can only make them wrong, not the program
+    /// unsound. The ring protocol keeps a device off request headers and
+    /// data buffers until `avail->idx` publishes them and after `used->idx`
+    /// returns them.
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
-        let dst = self.checked_ptr(offset, data.len())?;
-        // The ring protocol keeps the device off this buffer meanwhile; a
-        // device that breaks it can only make the bytes wrong, not unsafe.
-        // SAFETY: [dst, dst + data.len()) is inside the live mapping (checked
-        // above) and cannot overlap `data`, which is ordinary process memory.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+        self.slice(offset, data.len())?.copy_from(data);
         Ok(())
     }
 
-    /// Copies `out.len()` bytes at `offset` out of the region (bounds-checked).
-    ///
-    /// A plain `memcpy`, under the same ring-protocol argument as [`write`](Self::write).
+    /// Copies `out.len()` bytes at `offset` out of the region (bounds-checked),
+    /// the same way as [`write`](Self::write).
     pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
-        let src = self.checked_ptr(offset, out.len())?.cast_const();
-        // SAFETY: [src, src + out.len()) is inside the live mapping (checked
-        // above) and cannot overlap `out`; any byte value is a valid u8.
-        unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
+        self.slice(offset, out.len())?.copy_to(out);
         Ok(())
+    }
+
+    /// Loads the naturally aligned `u16` at `offset` with `order`.
+    ///
+    /// The ring's accessors for the fields both sides write (VIRTIO 1.2
+    /// §2.7.13-§2.7.14 need acquire/release on the indices). Panics if
+    /// `offset` is misaligned or out of bounds: callers compute offsets from
+    /// a ring layout validated against the region when the ring was made.
+    #[inline]
+    pub fn load_u16(&self, offset: usize, order: Ordering) -> u16 {
+        let ptr = self.field_ptr::<u16>(offset);
+        // SAFETY: field_ptr returned an aligned pointer to 2 bytes inside the
+        // live mapping, which outlives this call; in this process the field
+        // is only accessed atomically. The `&AtomicU16` lives for this one
+        // load; an atomic type permits concurrent writes (the device's).
+        unsafe { AtomicU16::from_ptr(ptr) }.load(order)
+    }
+
+    /// Stores `value` into the naturally aligned `u16` at `offset` with
+    /// `order` (see [`load_u16`](Self::load_u16)).
+    #[inline]
+    pub fn store_u16(&self, offset: usize, value: u16, order: Ordering) {
+        let ptr = self.field_ptr::<u16>(offset);
+        // SAFETY: as in load_u16: aligned, inside the live mapping, only
+        // accessed atomically here; the `&AtomicU16` lives for this one store.
+        unsafe { AtomicU16::from_ptr(ptr) }.store(value, order)
+    }
+
+    /// Loads the naturally aligned `u32` at `offset` with `order` (see
+    /// [`load_u16`](Self::load_u16)).
+    #[inline]
+    pub fn load_u32(&self, offset: usize, order: Ordering) -> u32 {
+        let ptr = self.field_ptr::<u32>(offset);
+        // SAFETY: as in load_u16, for 4 aligned bytes.
+        unsafe { AtomicU32::from_ptr(ptr) }.load(order)
+    }
+
+    /// Stores `value` into the naturally aligned `u32` at `offset` with
+    /// `order` (see [`load_u16`](Self::load_u16)).
+    #[inline]
+    pub fn store_u32(&self, offset: usize, value: u32, order: Ordering) {
+        let ptr = self.field_ptr::<u32>(offset);
+        // SAFETY: as in load_u16, for 4 aligned bytes.
+        unsafe { AtomicU32::from_ptr(ptr) }.store(value, order)
+    }
+
+    /// Stores `value` into the naturally aligned `u64` at `offset` with
+    /// `order` (see [`load_u16`](Self::load_u16)).
+    #[inline]
+    pub fn store_u64(&self, offset: usize, value: u64, order: Ordering) {
+        let ptr = self.field_ptr::<u64>(offset);
+        // SAFETY: as in load_u16, for 8 aligned bytes.
+        unsafe { AtomicU64::from_ptr(ptr) }.store(value, order)
+    }
+
+    /// The pointer to a naturally aligned `T` at `offset`; panics if it is
+    /// misaligned or not inside the region (see [`load_u16`](Self::load_u16)).
+    #[inline]
+    fn field_ptr<T>(&self, offset: usize) -> *mut T {
+        let size = size_of::<T>();
+        match offset.checked_add(size) {
+            Some(end) if end <= self.len && offset.is_multiple_of(align_of::<T>()) => {
+                // The mapping is page-aligned, so an aligned offset is an
+                // aligned address; wrapping_add stays inside the mapping.
+                self.ptr.as_ptr().wrapping_add(offset).cast()
+            }
+            _ => bad_field(offset, size, self.len),
+        }
     }
 
     /// Sets `len` bytes at `offset` to `byte` (bounds-checked, volatile stores).
     pub fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<(), MemoryError> {
-        let dst = self.checked_ptr(offset, len)?;
-        let word = u64::from_ne_bytes([byte; 8]);
-        let mut i = 0;
-        while i < len && (dst as usize + i) & 7 != 0 {
-            // SAFETY: dst + i is inside the checked range of the live mapping.
-            unsafe { dst.add(i).write_volatile(byte) };
-            i += 1;
-        }
-        while i + 8 <= len {
-            // SAFETY: dst + i is 8-byte aligned and the 8 bytes lie inside the checked range of the live mapping.
-            unsafe { dst.add(i).cast::<u64>().write_volatile(word) };
-            i += 8;
-        }
-        while i < len {
-            // SAFETY: dst + i is inside the checked range of the live mapping.
-            unsafe { dst.add(i).write_volatile(byte) };
-            i += 1;
-        }
+        self.slice(offset, len)?.fill(byte);
         Ok(())
     }
 }
@@ -309,6 +365,149 @@ impl Drop for SharedMemory {
             );
         }
         // The memfd is closed by OwnedFd's Drop.
+    }
+}
+
+/// The panic of a misaligned or out-of-bounds ring field access: a bug in
+/// the caller's offsets, never something the device can cause.
+#[cold]
+#[inline(never)]
+fn bad_field(offset: usize, size: usize, region_len: usize) -> ! {
+    if offset.is_multiple_of(size) {
+        panic!("ring field access of {size} bytes at {offset:#x} is outside the {region_len:#x}-byte region")
+    }
+    panic!("ring field at offset {offset:#x} is not {size}-byte aligned")
+}
+
+/// A volatile view of bytes the device may write: a range of a
+/// [`SharedMemory`] region (or of an ordinary buffer, [`From<&mut [u8]>`]),
+/// read and written only by copies and volatile loads and stores, never
+/// through a Rust reference.
+///
+/// This is what the zero-copy API ([`crate::Driver::read_with`],
+/// [`crate::Driver::write_with`]) hands out instead of `&[u8]` / `&mut [u8]`:
+/// a device that broke the ring contract and wrote the buffer meanwhile can
+/// make its bytes wrong, but not the program unsound.
+///
+/// ```
+/// # use vscsi_driver::memory::SharedMemory;
+/// let mem = SharedMemory::new("doc", 4096).unwrap();
+/// let s = mem.slice(16, 4).unwrap();
+/// s.copy_from(b"abcd");
+/// let mut out = [0u8; 4];
+/// assert_eq!(s.copy_to(&mut out), 4);
+/// assert_eq!(&out, b"abcd");
+/// assert!(s == b"abcd"[..]);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct SharedSlice<'a> {
+    inner: VolatileSlice<'a>,
+}
+
+impl<'a> SharedSlice<'a> {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// `true` for a zero-length view.
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    /// Copies the first `min(self.len(), out.len())` bytes into `out` and
+    /// returns how many.
+    pub fn copy_to(&self, out: &mut [u8]) -> usize {
+        self.inner.copy_to(out)
+    }
+
+    /// Copies the first `min(self.len(), data.len())` bytes of `data` into
+    /// the view and returns how many.
+    pub fn copy_from(&self, data: &[u8]) -> usize {
+        let n = data.len().min(self.len());
+        self.inner.copy_from(&data[..n]);
+        n
+    }
+
+    /// A copy of every byte.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.len()];
+        self.copy_to(&mut v);
+        v
+    }
+
+    /// The byte at `index` (one volatile load), `None` past the end.
+    pub fn get(&self, index: usize) -> Option<u8> {
+        if index >= self.len() {
+            return None;
+        }
+        let ptr = self.inner.ptr_guard();
+        // SAFETY: index < len, so the byte is inside the range this view was
+        // made for, which outlives 'a; a volatile load makes no reference.
+        Some(unsafe { ptr.as_ptr().add(index).read_volatile() })
+    }
+
+    /// Every byte in order, each one volatile load (no allocation).
+    pub fn iter(&self) -> impl Iterator<Item = u8> + 'a {
+        let this = *self;
+        (0..this.len()).filter_map(move |i| this.get(i))
+    }
+
+    /// Sets every byte to `byte` (volatile stores).
+    pub fn fill(&self, byte: u8) {
+        let ptr = self.inner.ptr_guard_mut();
+        // SAFETY: the range [ptr, ptr + len) is the one this view was made
+        // for, alive for 'a; volatile_fill only uses volatile stores.
+        unsafe { volatile_fill(ptr.as_ptr(), self.len(), byte) }
+    }
+
+    /// The sub-view `[offset, offset + len)`, `None` if it does not fit.
+    pub fn subslice(&self, offset: usize, len: usize) -> Option<SharedSlice<'a>> {
+        self.inner
+            .subslice(offset, len)
+            .ok()
+            .map(|inner| SharedSlice { inner })
+    }
+}
+
+impl<'a> From<&'a mut [u8]> for SharedSlice<'a> {
+    /// A view of an ordinary buffer (e.g. data a retry copied out of shared memory).
+    fn from(buf: &'a mut [u8]) -> Self {
+        Self {
+            inner: VolatileSlice::from(buf),
+        }
+    }
+}
+
+impl PartialEq<[u8]> for SharedSlice<'_> {
+    /// Byte-for-byte equality, without copying.
+    fn eq(&self, other: &[u8]) -> bool {
+        self.len() == other.len() && self.iter().zip(other).all(|(a, &b)| a == b)
+    }
+}
+
+/// Volatile stores of `byte` into `len` bytes from `dst`, 8 at a time where aligned.
+///
+/// # Safety
+///
+/// `[dst, dst + len)` must be valid for writes.
+unsafe fn volatile_fill(dst: *mut u8, len: usize, byte: u8) {
+    let word = u64::from_ne_bytes([byte; 8]);
+    let mut i = 0;
+    while i < len && (dst as usize + i) & 7 != 0 {
+        // SAFETY: dst + i < dst + len, valid for writes (caller).
+        unsafe { dst.add(i).write_volatile(byte) };
+        i += 1;
+    }
+    while i + 8 <= len {
+        // SAFETY: dst + i is 8-byte aligned and its 8 bytes are below dst + len (caller).
+        unsafe { dst.add(i).cast::<u64>().write_volatile(word) };
+        i += 8;
+    }
+    while i < len {
+        // SAFETY: dst + i < dst + len, valid for writes (caller).
+        unsafe { dst.add(i).write_volatile(byte) };
+        i += 1;
     }
 }
 
@@ -465,6 +664,96 @@ mod tests {
             SharedMemory::new("huge", usize::MAX),
             Err(MemoryError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn shared_slice_copies_byte_exact() {
+        let mem = SharedMemory::new("vscsi-test-slice", 4096).unwrap();
+        let s = mem.slice(3, 21).unwrap();
+        assert_eq!(s.len(), 21);
+        assert!(!s.is_empty());
+        // copy_from copies what fits and says how much.
+        let data: Vec<u8> = (1..=30u8).collect();
+        assert_eq!(s.copy_from(&data), 21);
+        let mut back = [0u8; 25];
+        mem.read(0, &mut back).unwrap();
+        let mut want = [0u8; 25];
+        want[3..24].copy_from_slice(&data[..21]);
+        assert_eq!(back, want, "exactly bytes 3..24 written");
+        // copy_to, to_vec, get, iter and == read the same bytes.
+        let mut out = [0u8; 40];
+        assert_eq!(s.copy_to(&mut out), 21);
+        assert_eq!(&out[..21], &data[..21]);
+        assert_eq!(s.to_vec(), &data[..21]);
+        assert_eq!(s.get(0), Some(1));
+        assert_eq!(s.get(20), Some(21));
+        assert_eq!(s.get(21), None);
+        assert!(s.iter().eq(1..=21u8));
+        assert!(s == data[..21]);
+        assert!(s != data[..20], "length differs");
+        assert!(s != data[1..22], "bytes differ");
+        // A sub-view, and fill through it.
+        let sub = s.subslice(5, 3).unwrap();
+        assert_eq!(sub.to_vec(), [6, 7, 8]);
+        assert!(s.subslice(20, 2).is_none());
+        sub.fill(0xee);
+        assert_eq!(s.to_vec()[4..9], [5, 0xee, 0xee, 0xee, 9]);
+        assert!(matches!(
+            mem.slice(4090, 7),
+            Err(MemoryError::OutOfBounds {
+                offset: 4090,
+                len: 7,
+                ..
+            })
+        ));
+        assert!(mem.slice(4096, 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn shared_slice_over_an_ordinary_buffer() {
+        let mut buf = vec![0u8; 10];
+        let s = SharedSlice::from(&mut buf[..]);
+        s.copy_from(b"0123456789");
+        assert!(s == b"0123456789"[..]);
+        assert_eq!(buf, b"0123456789");
+    }
+
+    #[test]
+    fn atomic_accessors_are_little_endian_and_in_place() {
+        let mem = SharedMemory::new("vscsi-test-atomic", 4096).unwrap();
+        mem.store_u16(2, 0x1234, Ordering::Release);
+        mem.store_u32(4, 0x89ab_cdef, Ordering::Relaxed);
+        mem.store_u64(8, 0x0102_0304_0506_0708, Ordering::Relaxed);
+        let mut b = [0u8; 16];
+        mem.read(0, &mut b).unwrap();
+        let want = [
+            0, 0, 0x34, 0x12, 0xef, 0xcd, 0xab, 0x89, 8, 7, 6, 5, 4, 3, 2, 1,
+        ];
+        // The accessors store host order; on little-endian hosts that is the wire order.
+        if cfg!(target_endian = "little") {
+            assert_eq!(b, want);
+        }
+        assert_eq!(mem.load_u16(2, Ordering::Acquire), 0x1234);
+        assert_eq!(mem.load_u32(4, Ordering::Relaxed), 0x89ab_cdef);
+        mem.write(4094, &[0xaa, 0x55]).unwrap();
+        assert_eq!(
+            mem.load_u16(4094, Ordering::Relaxed),
+            u16::from_ne_bytes([0xaa, 0x55])
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "not 2-byte aligned")]
+    fn misaligned_field_access_panics() {
+        let mem = SharedMemory::new("vscsi-test-misaligned", 4096).unwrap();
+        mem.load_u16(3, Ordering::Relaxed);
+    }
+
+    #[test]
+    #[should_panic(expected = "outside")]
+    fn out_of_bounds_field_access_panics() {
+        let mem = SharedMemory::new("vscsi-test-oob-field", 4096).unwrap();
+        mem.store_u32(4096, 1, Ordering::Relaxed);
     }
 
     #[test]

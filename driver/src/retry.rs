@@ -6,7 +6,7 @@ use vscsi_protocol::sense::{Sense, SenseKey};
 use vscsi_protocol::status;
 use vscsi_protocol::virtio_scsi::Response as VirtioResponse;
 
-use crate::driver::Response;
+use crate::response::Response;
 
 /// The retry policy (Linux sd/scsi_lib-like).
 ///

@@ -31,10 +31,10 @@ use vscsi_protocol::lun::Lun;
 use vscsi_protocol::virtio_scsi::Response as VirtioResponse;
 
 use crate::command::ScsiCommand;
-use crate::driver::{to_response, LunInfo, Response};
 use crate::error::{Error, RecoveryStep, Result};
 use crate::events::{DeviceEvent, ResetReason};
-use crate::queue::{Deadline, Outcome, RequestQueue};
+use crate::queue::{Deadline, Outcome, SlotQueue};
+use crate::response::{to_response, LunInfo, Response};
 use crate::retry::RetryPolicy;
 
 /// The driver's current view of the device's targets and logical units.
@@ -191,7 +191,7 @@ where
 /// Sends the topology task's commands: round robin over the request
 /// queues, with the retry policy and a timeout, without the error handler.
 pub(crate) struct Prober {
-    pub queues: Vec<Arc<RequestQueue>>,
+    pub queues: Vec<Arc<SlotQueue>>,
     pub next: AtomicUsize,
     pub retry: RetryPolicy,
     pub timeout: Duration,
@@ -200,7 +200,7 @@ pub(crate) struct Prober {
 
 impl Prober {
     async fn send(&self, target: u8, lun: u16, command: ScsiCommand) -> Result<Response> {
-        let addr = crate::driver::lun_field(target, lun)?;
+        let addr = crate::response::lun_field(target, lun)?;
         let (cdb, data_out, data_in_len) = command.encode();
         let mut attempt = 0;
         loop {

@@ -51,7 +51,7 @@ fn round_trip(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter(|| {
                 lba = (lba + 8) % (64 * MIB / 512 - 8);
-                rt.block_on(drv.read_with(0, 0, lba, 8, 512, |d| d[0]))
+                rt.block_on(drv.read_with(0, 0, lba, 8, 512, |d| d.get(0)))
                     .unwrap()
                     .unwrap()
             })

@@ -28,7 +28,7 @@ async fn round(drv: &Driver, i: u64) {
         .unwrap();
     assert!(w.is_ok());
     let ok = drv
-        .read_with(0, 0, lba, 8, 512, |d| d.iter().all(|&b| b == i as u8))
+        .read_with(0, 0, lba, 8, 512, |d| d.iter().all(|b| b == i as u8))
         .await
         .unwrap()
         .unwrap();
@@ -36,7 +36,7 @@ async fn round(drv: &Driver, i: u64) {
 }
 
 async fn four_in_flight(drv: &Driver, i: u64) {
-    let r = |k: u64| drv.read_with(0, 0, (i * 32 + k * 8) % 4096, 8, 512, |d| d[0]);
+    let r = |k: u64| drv.read_with(0, 0, (i * 32 + k * 8) % 4096, 8, 512, |d| d.get(0));
     let (a, b, c, d) = tokio::join!(r(0), r(1), r(2), r(3));
     for x in [a, b, c, d] {
         assert!(x.unwrap().is_ok());

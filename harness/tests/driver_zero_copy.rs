@@ -24,7 +24,7 @@ async fn zero_copy_round_trip_is_byte_exact() {
     let filled = drv
         .write_with(0, 0, 100, 16, 512, |buf| {
             assert_eq!(buf.len(), data.len());
-            buf.copy_from_slice(&data);
+            buf.copy_from(&data);
             buf.len()
         })
         .await
@@ -32,7 +32,7 @@ async fn zero_copy_round_trip_is_byte_exact() {
         .unwrap();
     assert_eq!(filled, 16 * 512);
     let same = drv
-        .read_with(0, 0, 100, 16, 512, |got| got == data.as_slice())
+        .read_with(0, 0, 100, 16, 512, |got| got == data[..])
         .await
         .unwrap()
         .unwrap();
@@ -71,7 +71,7 @@ async fn zero_copy_round_trip_is_byte_exact() {
         .unwrap()
         .is_good());
     let copy = drv
-        .read_with(0, 0, 300, 4, 512, <[u8]>::to_vec)
+        .read_with(0, 0, 300, 4, 512, |s| s.to_vec())
         .await
         .unwrap()
         .unwrap();
@@ -97,7 +97,7 @@ async fn zero_copy_many_in_flight_over_queues() {
         tasks.push(tokio::spawn(async move {
             let lba = i * 8;
             let data = pattern(lba, 8, 512, 3);
-            drv.write_with(0, 0, lba, 8, 512, |buf| buf.copy_from_slice(&data))
+            drv.write_with(0, 0, lba, 8, 512, |buf| buf.copy_from(&data))
                 .await
                 .unwrap()
                 .unwrap();
@@ -112,7 +112,7 @@ async fn zero_copy_many_in_flight_over_queues() {
             let lba = i * 8;
             let want = pattern(lba, 8, 512, 3);
             let ok = drv
-                .read_with(0, 0, lba, 8, 512, |got| got == want.as_slice())
+                .read_with(0, 0, lba, 8, 512, |got| got == want[..])
                 .await
                 .unwrap()
                 .unwrap();

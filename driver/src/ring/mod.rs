@@ -1,8 +1,10 @@
 //! Driver-side virtqueues (VIRTIO 1.2 §2.5 "Virtqueues").
 //!
-//! Only the split layout (§2.7) is implemented, in [`split`]. The types in
-//! this module ([`Segment`], [`RingError`]) are format-neutral so that a packed
-//! ring (§2.8) can later sit behind the same interface.
+//! Only the split layout (§2.7) is implemented, in [`split`]. The queue
+//! engines hold a [`Virtqueue`] and use it through [`VirtqueueFormat`]
+//! ([`virtqueue`], the format seam); the types in this module ([`Segment`],
+//! [`RingError`]) are format-neutral, so a packed ring (§2.8) is one more
+//! file behind the same interface.
 //!
 //! Trust model: the device is another process that can write any byte of the
 //! shared region. Everything it writes (used ring, `avail_event`, even the
@@ -12,8 +14,10 @@
 //! the ring permanently broken ([`RingError::Broken`]) rather than panicking.
 
 pub mod split;
+pub mod virtqueue;
 
 pub use split::{RingLayout, RingOptions, SplitRing};
+pub use virtqueue::{RingAddresses, RingFormat, Virtqueue, VirtqueueFormat};
 
 /// One buffer of a request, as a guest physical address range (§2.7.5 "The
 /// Virtqueue Descriptor Table": `addr`, `len`, `VIRTQ_DESC_F_WRITE`).

@@ -28,7 +28,7 @@ use zerocopy::FromBytes;
 
 use crate::error::{Error, Result};
 use crate::memory::SharedMemory;
-use crate::ring::split::SplitRing;
+use crate::ring::VirtqueueFormat;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: bit 30 of the virtio features.
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
@@ -199,22 +199,24 @@ impl VhostUserTransport {
         Ok(())
     }
 
-    /// Hands virtqueue `index` to the device and enables it.
+    /// Hands virtqueue `index` to the device and enables it, whatever its
+    /// format ([`VirtqueueFormat::addresses`] says what the messages carry).
     pub fn start_vring(
         &mut self,
         index: usize,
-        ring: &SplitRing,
+        ring: &impl VirtqueueFormat,
         kick: &EventFd,
         call: &EventFd,
     ) -> Result<()> {
-        let size = ring.size();
+        let a = ring.addresses();
+        let size = a.size;
         let addrs = VringConfigData {
             queue_max_size: size,
             queue_size: size,
             flags: 0,
-            desc_table_addr: ring.desc_va(),
-            used_ring_addr: ring.used_va(),
-            avail_ring_addr: ring.avail_va(),
+            desc_table_addr: a.desc,
+            used_ring_addr: a.device_area,
+            avail_ring_addr: a.driver_area,
             log_addr: None,
         };
         self.fe
@@ -224,7 +226,7 @@ impl VhostUserTransport {
             .set_vring_addr(index, &addrs)
             .map_err(Error::vhost("SET_VRING_ADDR"))?;
         self.fe
-            .set_vring_base(index, 0)
+            .set_vring_base(index, a.base)
             .map_err(Error::vhost("SET_VRING_BASE"))?;
         self.fe
             .set_vring_call(index, call)

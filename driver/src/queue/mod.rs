@@ -1,10 +1,12 @@
-//! One request queue: its ring, its request slots in shared memory, its
-//! in-flight table and its completion task.
+//! The one queue engine, for request, control and event queues alike: a
+//! ring, fixed slots in shared memory, the in-flight table and the
+//! completion task.
 //!
-//! Each slot owns a header area (`virtio_scsi_cmd_req` + `virtio_scsi_cmd_resp`)
-//! and a data buffer of `max_transfer` bytes in the shared region, so a
-//! command costs no set-up beyond copying its CDB and data. Queues share
-//! nothing: each has its own lock, kick and call eventfds and task.
+//! Each slot owns a header area (request at 0, response half-way: for a
+//! request queue `virtio_scsi_cmd_req` + `virtio_scsi_cmd_resp`) and a data
+//! buffer of `max_transfer` bytes (none for the control and event queues),
+//! so a command costs no set-up beyond copying its CDB and data. Queues
+//! share nothing: each has its own lock, kick and call eventfds and task.
 //!
 //! Slot lifetime: a slot is taken when a command is submitted and comes back
 //! exactly once: when the [`Completed`] value carrying it is dropped, when
@@ -15,34 +17,36 @@
 //! Per command there is no heap allocation and no timer: the waiter and the
 //! completion task meet in the slot's [`SlotCell`] (atomics and an
 //! `AtomicWaker`), and one watchdog tick for the whole driver marks the
-//! commands whose deadline passed ([`RequestQueue::expire`]).
+//! commands whose deadline passed ([`SlotQueue::expire`]).
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use atomic_waker::AtomicWaker;
 use tokio::sync::Semaphore;
 use tracing::{debug, error, warn};
 use vmm_sys_util::eventfd::EventFd;
 use vscsi_protocol::cdb::Cdb;
 use vscsi_protocol::virtio_scsi::{task_attr, CmdReq, CmdResp, CDB_SIZE};
 use zerocopy::little_endian::U64;
-use zerocopy::{FromBytes, FromZeros, IntoBytes};
+use zerocopy::{FromZeros, IntoBytes};
 
 use crate::error::{Error, Result};
-use crate::memory::SharedMemory;
-use crate::ring::split::SplitRing;
-use crate::ring::{RingError, Segment};
+use crate::memory::{SharedMemory, SharedSlice};
+use crate::ring::{RingError, Segment, Virtqueue, VirtqueueFormat};
 use crate::stats::{LunStats, LunTable, QueueStats};
 
-/// Bytes reserved per slot for the request and response headers.
+mod slot;
+
+pub(crate) use slot::{Completed, Deadline, Outcome, Pending, RawResponse};
+use slot::{
+    SlotCell, SlotGuard, ABANDONED, DONE, FAILED, FAIL_BROKEN, FAIL_CLOSED, FAIL_RESET, IDLE,
+    IN_FLIGHT,
+};
+
+/// Bytes reserved per request-queue slot for the request and response
+/// headers (the response starts half-way, see [`QueuePlacement::header_area`]).
 pub(crate) const HEADER_AREA: usize = 256;
-/// Offset of the response header inside a slot's header area.
-const RESP_OFFSET: usize = 128;
 const REQ_SIZE: usize = size_of::<CmdReq>();
 const RESP_SIZE: usize = size_of::<CmdResp>();
 /// Bytes of `CmdResp` before `sense`.
@@ -51,82 +55,19 @@ const RESP_FIXED: usize = 12;
 /// Where a queue's pieces sit in the shared region.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct QueuePlacement {
-    /// Offset of the ring (see `SplitRing::layout`).
+    /// Offset of the ring (see `RingFormat::ring_bytes`).
     pub ring: usize,
-    /// Offset of `slots * HEADER_AREA` bytes of headers.
+    /// Offset of `slots * header_area` bytes of headers.
     pub headers: usize,
+    /// Header bytes per slot: the device-readable request at 0, the
+    /// device-writable response at `header_area / 2`.
+    pub header_area: usize,
     /// Offset of `slots * max_transfer` bytes of data buffers.
     pub data: usize,
     /// Number of request slots.
     pub slots: u16,
-    /// Data buffer bytes per slot.
+    /// Data buffer bytes per slot (0 for the control and event queues).
     pub max_transfer: usize,
-}
-
-// Slot states (`SlotCell::state`).
-/// Free, or taken by a submitter and not on the ring yet.
-const IDLE: u8 = 0;
-/// On the ring; a waiter ([`Pending`]) watches it.
-const IN_FLIGHT: u8 = 1;
-/// The device returned it; the waiter takes it as a [`Completed`].
-const DONE: u8 = 2;
-/// Taken off the ring without an answer (reset, broken queue, shutdown).
-const FAILED: u8 = 3;
-/// On the ring, and its waiter is gone: whoever completes it frees it.
-const ABANDONED: u8 = 4;
-
-/// Why a command ended without an answer from the device (`SlotCell::failure`).
-const FAIL_CLOSED: u8 = 1;
-const FAIL_BROKEN: u8 = 2;
-const FAIL_RESET: u8 = 3;
-
-/// The completion state of one request slot, shared lock-free between the
-/// submitter waiting on it and whoever completes it (the completion task,
-/// a queue reset, shutdown). No allocation per command: the cells live as
-/// long as the queue.
-///
-/// Ownership of the slot: a waiter that sees DONE gets a [`Completed`]
-/// (which frees the slot on drop) and one that sees FAILED frees it at
-/// once; a completer that finds the waiter gone (ABANDONED) frees it.
-struct SlotCell {
-    state: AtomicU8,
-    failure: AtomicU8,
-    used_len: AtomicU32,
-    /// When the command times out, in ns since the queue's epoch (`u64::MAX`: never).
-    deadline: AtomicU64,
-    /// Set once by the watchdog when the deadline passed.
-    expired: AtomicBool,
-    waker: AtomicWaker,
-}
-
-impl SlotCell {
-    fn new() -> Self {
-        Self {
-            state: AtomicU8::new(IDLE),
-            failure: AtomicU8::new(0),
-            used_len: AtomicU32::new(0),
-            deadline: AtomicU64::new(u64::MAX),
-            expired: AtomicBool::new(false),
-            waker: AtomicWaker::new(),
-        }
-    }
-}
-
-/// When a command was submitted and when it times out (`None`: never).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Deadline {
-    pub started: Instant,
-    pub at: Option<Instant>,
-}
-
-impl Deadline {
-    /// Started now, timing out after `timeout`.
-    pub(crate) fn after(started: Instant, timeout: Duration) -> Self {
-        Self {
-            started,
-            at: Some(started + timeout),
-        }
-    }
 }
 
 /// What the ring lock keeps per head on the ring.
@@ -139,7 +80,7 @@ struct Head {
 }
 
 struct Inner {
-    ring: SplitRing,
+    ring: Virtqueue,
     /// Indexed by ring head id.
     heads: Box<[Option<Head>]>,
     broken: Option<RingError>,
@@ -163,7 +104,9 @@ pub struct InFlightCommand {
 /// Two small locks, both per queue: `inner` (the ring, taken to offer and
 /// to reap) and `free` (the slot free list). Completion and waiting go
 /// through the lock-free [`SlotCell`]s.
-pub(crate) struct RequestQueue {
+pub(crate) struct SlotQueue {
+    /// "request", "control" or "event".
+    name: &'static str,
     index: u16,
     mem: Arc<SharedMemory>,
     place: QueuePlacement,
@@ -186,170 +129,19 @@ pub(crate) struct RequestQueue {
     stats: Mutex<LunTable>,
 }
 
-/// A finished command still holding its slot (returned on drop).
-pub(crate) struct Completed {
-    queue: Arc<RequestQueue>,
-    slot: u16,
-    used_len: u32,
-}
-
-/// A request slot taken off the free list and not yet on the ring: given
-/// back on drop (an error or a panicking fill closure) unless offered.
-struct SlotGuard<'a> {
-    queue: &'a RequestQueue,
-    slot: u16,
-    armed: bool,
-}
-
-impl SlotGuard<'_> {
-    fn disarm(&mut self) -> u16 {
-        self.armed = false;
-        self.slot
-    }
-}
-
-impl Drop for SlotGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.queue.release(self.slot);
-        }
-    }
-}
-
-/// What the device answered, copied out of shared memory.
-pub(crate) struct RawResponse {
-    pub resp: CmdResp,
-    pub sense_len: usize,
-    pub data: Vec<u8>,
-}
-
-/// How waiting on a [`Pending`] command ended.
-pub(crate) enum Outcome {
-    /// The device returned it.
-    Done(Completed),
-    /// Its deadline passed and it is still in flight.
-    Expired,
-}
-
-/// A command on the ring. Dropping it before it completed abandons the
-/// command: its slot comes back when the device returns it.
-pub(crate) struct Pending {
-    queue: Arc<RequestQueue>,
-    slot: u16,
-    tag: u64,
-    /// Still watching the slot (no terminal state taken yet).
-    live: bool,
-}
-
-impl Pending {
-    /// The command's tag (what ABORT TASK names).
-    pub(crate) fn tag(&self) -> u64 {
-        self.tag
-    }
-
-    /// The queue the command is on.
-    pub(crate) fn queue(&self) -> &Arc<RequestQueue> {
-        &self.queue
-    }
-
-    fn poll_state(&mut self, cx: Option<&Context<'_>>, expiry: bool) -> Poll<Result<Outcome>> {
-        if !self.live {
-            return Poll::Ready(Err(Error::Closed));
-        }
-        let cell = &self.queue.cells[usize::from(self.slot)];
-        if let Some(cx) = cx {
-            cell.waker.register(cx.waker());
-        }
-        match cell.state.load(Ordering::Acquire) {
-            DONE => {
-                self.live = false;
-                Poll::Ready(Ok(Outcome::Done(Completed {
-                    queue: self.queue.clone(),
-                    slot: self.slot,
-                    used_len: cell.used_len.load(Ordering::Relaxed),
-                })))
-            }
-            FAILED => {
-                self.live = false;
-                let why = cell.failure.load(Ordering::Relaxed);
-                self.queue.release(self.slot);
-                Poll::Ready(Err(self.queue.failure_error(why)))
-            }
-            _ if expiry && cell.expired.load(Ordering::Relaxed) => {
-                Poll::Ready(Ok(Outcome::Expired))
-            }
-            _ => Poll::Pending,
-        }
-    }
-
-    /// Waits until the device returns the command, or (with `expiry`)
-    /// until its deadline passed.
-    pub(crate) fn wait(&mut self, expiry: bool) -> Wait<'_> {
-        Wait {
-            pending: self,
-            expiry,
-        }
-    }
-
-    /// The outcome if the command is finished now (the polling path).
-    pub(crate) fn try_now(&mut self) -> Option<Result<Completed>> {
-        match self.poll_state(None, false) {
-            Poll::Ready(Ok(Outcome::Done(c))) => Some(Ok(c)),
-            Poll::Ready(Err(e)) => Some(Err(e)),
-            _ => None,
-        }
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if !self.live {
-            return;
-        }
-        let cell = &self.queue.cells[usize::from(self.slot)];
-        match cell
-            .state
-            .compare_exchange(IN_FLIGHT, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => {}
-            // Finished meanwhile: the slot is ours to give back.
-            Err(DONE | FAILED) => self.queue.release(self.slot),
-            Err(s) => error!(
-                queue = self.queue.index,
-                slot = self.slot,
-                state = s,
-                "pending command in an unexpected state"
-            ),
-        }
-    }
-}
-
-/// The future of [`Pending::wait`].
-pub(crate) struct Wait<'a> {
-    pending: &'a mut Pending,
-    expiry: bool,
-}
-
-impl Future for Wait<'_> {
-    type Output = Result<Outcome>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        this.pending.poll_state(Some(cx), this.expiry)
-    }
-}
-
-impl RequestQueue {
+impl SlotQueue {
     pub(crate) fn new(
+        name: &'static str,
         index: u16,
         mem: Arc<SharedMemory>,
         place: QueuePlacement,
-        ring: SplitRing,
+        ring: Virtqueue,
         kick: EventFd,
         call: EventFd,
     ) -> Self {
         let size = ring.size() as usize;
         Self {
+            name,
             index,
             mem,
             place,
@@ -375,7 +167,7 @@ impl RequestQueue {
         }
     }
 
-    /// This queue's index among the request queues.
+    /// This queue's index: among the request queues, or the virtqueue index (control 0, event 1).
     pub(crate) fn index(&self) -> u16 {
         self.index
     }
@@ -423,6 +215,11 @@ impl RequestQueue {
             .collect()
     }
 
+    /// Call eventfd notifications the completion task received.
+    pub(crate) fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
     /// How many times the driver kicked the device (notification suppression shows here).
     pub(crate) fn kicks(&self) -> u64 {
         self.kicks.load(Ordering::Relaxed)
@@ -438,7 +235,12 @@ impl RequestQueue {
     }
 
     fn header_off(&self, slot: u16) -> usize {
-        self.place.headers + slot as usize * HEADER_AREA
+        self.place.headers + slot as usize * self.place.header_area
+    }
+
+    /// Where the device writes the response of `slot`.
+    fn resp_off(&self, slot: u16) -> usize {
+        self.header_off(slot) + self.place.header_area / 2
     }
 
     fn data_off(&self, slot: u16) -> usize {
@@ -497,7 +299,7 @@ impl RequestQueue {
 
     /// Offers one command to the device, waiting for a free slot; the
     /// returned [`Pending`] resolves when the device completes it or
-    /// `deadline` passes (see [`RequestQueue::expire`]).
+    /// `deadline` passes (see [`SlotQueue::expire`]).
     pub(crate) async fn start(
         self: &Arc<Self>,
         lun: [u8; 8],
@@ -511,7 +313,7 @@ impl RequestQueue {
         self.fill_and_offer(slot, lun, cdb, data_out, data_in_len, deadline)
     }
 
-    /// [`RequestQueue::start`] if a slot is free now; `None` otherwise.
+    /// [`SlotQueue::start`] if a slot is free now; `None` otherwise.
     pub(crate) fn try_start(
         self: &Arc<Self>,
         lun: [u8; 8],
@@ -543,7 +345,7 @@ impl RequestQueue {
         self.offer(slot, lun, cdb, data_out.len(), data_in_len, deadline)
     }
 
-    /// [`RequestQueue::start`] with the data-out bytes written in place by
+    /// [`SlotQueue::start`] with the data-out bytes written in place by
     /// `fill`, which gets the slot's buffer in shared memory (zero-copy).
     /// `fill` runs before the slot is offered, so the device cannot see the buffer yet.
     pub(crate) async fn start_filled<T>(
@@ -552,20 +354,14 @@ impl RequestQueue {
         cdb: &Cdb,
         data_out_len: usize,
         deadline: Deadline,
-        fill: impl FnOnce(&mut [u8]) -> T,
+        fill: impl FnOnce(SharedSlice<'_>) -> T,
     ) -> Result<(Pending, T)> {
         self.check_len(data_out_len, 0)?;
         let slot = self.take_slot().await?;
-        let ptr = self
-            .mem
-            .checked_ptr(self.data_off(slot.slot), data_out_len)?;
         // The slot was just taken off the free list, so no other command
         // uses its buffer, and it is not on the ring yet, so a device keeping
-        // the ring contract does not touch it; `buf` is dead before `offer`.
-        // SAFETY: the range is inside the live mapping (checked_ptr), kept
-        // mapped by `self.mem`, and nothing else writes it meanwhile (above).
-        let buf = unsafe { std::slice::from_raw_parts_mut(ptr, data_out_len) };
-        let out = fill(buf);
+        // the ring contract does not read it before `offer`.
+        let out = fill(self.mem.slice(self.data_off(slot.slot), data_out_len)?);
         let pending = self.offer(slot, lun, cdb, data_out_len, 0, deadline)?;
         Ok((pending, out))
     }
@@ -621,7 +417,7 @@ impl RequestQueue {
     /// Puts the request of `slot` on the ring and kicks if needed.
     fn offer(
         self: &Arc<Self>,
-        mut slot: SlotGuard<'_>,
+        slot: SlotGuard<'_>,
         lun: [u8; 8],
         cdb: &Cdb,
         data_out_len: usize,
@@ -658,10 +454,57 @@ impl RequestQueue {
         if data_out_len > 0 {
             push(self.mem.gpa(data), data_out_len, false);
         }
-        push(self.mem.gpa(hdr + RESP_OFFSET), RESP_SIZE, true);
+        push(self.mem.gpa(self.resp_off(slot.slot)), RESP_SIZE, true);
         if data_in_len > 0 {
             push(self.mem.gpa(data), data_in_len, true);
         }
+        self.offer_segments(slot, &segs[..n], tag, lun, deadline)
+    }
+
+    /// A control or event request: `req` (device-readable, may be empty)
+    /// in the slot's header area and a `resp_len`-byte device-writable
+    /// buffer after it, offered once a slot is free; no deadline (the
+    /// caller bounds the wait). The answer is [`Completed::read_reply`].
+    pub(crate) async fn call(
+        self: &Arc<Self>,
+        req: &[u8],
+        resp_len: usize,
+        lun: [u8; 8],
+        tag: u64,
+    ) -> Result<Pending> {
+        let half = self.place.header_area / 2;
+        if req.len() > half || resp_len > half || resp_len == 0 {
+            return Err(Error::TransferTooLarge {
+                len: req.len().max(resp_len),
+                max: half,
+            });
+        }
+        let slot = self.take_slot().await?;
+        let hdr = self.header_off(slot.slot);
+        self.mem.write(hdr, req)?;
+        let resp = Segment::writable(self.mem.gpa(self.resp_off(slot.slot)), resp_len as u32);
+        let deadline = Deadline {
+            started: Instant::now(),
+            at: None,
+        };
+        if req.is_empty() {
+            self.offer_segments(slot, &[resp], tag, lun, deadline)
+        } else {
+            let req = Segment::readable(self.mem.gpa(hdr), req.len() as u32);
+            self.offer_segments(slot, &[req, resp], tag, lun, deadline)
+        }
+    }
+
+    /// Puts the chain `segs` of `slot` on the ring, publishes it and kicks
+    /// if the device asked: the part of offering that every queue shares.
+    fn offer_segments(
+        self: &Arc<Self>,
+        mut slot: SlotGuard<'_>,
+        segs: &[Segment],
+        tag: u64,
+        lun: [u8; 8],
+        deadline: Deadline,
+    ) -> Result<Pending> {
         let cell = &self.cells[usize::from(slot.slot)];
         let at = deadline.at.map_or(u64::MAX, |d| {
             d.saturating_duration_since(self.epoch).as_nanos() as u64
@@ -676,7 +519,7 @@ impl RequestQueue {
                 source: e.clone(),
             });
         }
-        let head = match inner.ring.add(&segs[..n]) {
+        let head = match inner.ring.add(segs) {
             Ok(head) => head,
             Err(e) => {
                 return Err(Error::DeviceBroken {
@@ -792,7 +635,7 @@ impl RequestQueue {
     /// many commands failed.
     pub(crate) fn reset(
         &self,
-        restart: impl FnOnce(&SplitRing, &EventFd, &EventFd) -> Result<()>,
+        restart: impl FnOnce(&Virtqueue, &EventFd, &EventFd) -> Result<()>,
     ) -> Result<usize> {
         self.reap();
         let mut inner = self.lock();
@@ -811,7 +654,11 @@ impl RequestQueue {
 
     /// The completion task: waits on the call eventfd and reaps.
     pub(crate) async fn run_completions(self: Arc<Self>, call: EventFd) {
-        let queue = format!("request {}", self.index);
+        let queue = if self.name == "request" {
+            format!("request {}", self.index)
+        } else {
+            self.name.to_owned()
+        };
         crate::interrupt::completion_loop(queue, call, &self.calls, || self.reap()).await
     }
 
@@ -824,89 +671,5 @@ impl RequestQueue {
             self.finish(h.slot, FAILED, 0, FAIL_CLOSED);
         }
         debug!(queue = self.index, "closed");
-    }
-}
-
-impl Completed {
-    /// The response header, the sense length and how many data-in bytes
-    /// (of `data_in_len` asked for) the device moved.
-    fn header(&self, data_in_len: usize) -> Result<(CmdResp, usize, usize)> {
-        let q = &self.queue;
-        if (self.used_len as usize) < RESP_FIXED {
-            return Err(Error::ShortResponse(self.used_len));
-        }
-        let mut raw = [0u8; RESP_SIZE];
-        q.mem
-            .read(q.header_off(self.slot) + RESP_OFFSET, &mut raw)?;
-        let resp =
-            CmdResp::read_from_bytes(&raw).map_err(|_| Error::ShortResponse(self.used_len))?;
-        let sense_len = (resp.sense_len.get() as usize)
-            .min(resp.sense.len())
-            .min((self.used_len as usize).saturating_sub(RESP_FIXED));
-        // Trust neither field alone: what the residual says was moved, capped
-        // by what the used length says was written.
-        let moved = data_in_len.saturating_sub(resp.resid.get() as usize);
-        let written = (self.used_len as usize).saturating_sub(RESP_SIZE);
-        Ok((
-            resp,
-            sense_len,
-            moved.min(written).min(q.place.max_transfer),
-        ))
-    }
-
-    /// Copies the response header, sense and `data_in_len` bytes of data-in out of the slot.
-    pub(crate) fn read(&self, data_in_len: usize) -> Result<RawResponse> {
-        let (resp, sense_len, len) = self.header(data_in_len)?;
-        let mut data = vec![0u8; len];
-        self.queue
-            .mem
-            .read(self.queue.data_off(self.slot), &mut data)?;
-        Ok(RawResponse {
-            resp,
-            sense_len,
-            data,
-        })
-    }
-
-    /// A copy of the first `len` bytes of the slot's data buffer (the
-    /// data-out a zero-copy write filled in, to resend it on a retry).
-    pub(crate) fn copy_data(&self, len: usize) -> Result<Vec<u8>> {
-        let mut data = vec![0u8; len.min(self.queue.place.max_transfer)];
-        self.queue
-            .mem
-            .read(self.queue.data_off(self.slot), &mut data)?;
-        Ok(data)
-    }
-
-    /// The response (with no data copied) and the data-in bytes the device
-    /// moved, borrowed straight from the slot's buffer in shared memory.
-    pub(crate) fn read_in_place(&self, data_in_len: usize) -> Result<(RawResponse, &[u8])> {
-        let (resp, sense_len, len) = self.header(data_in_len)?;
-        let ptr = self
-            .queue
-            .mem
-            .checked_ptr(self.queue.data_off(self.slot), len)?
-            .cast_const();
-        // The device returned this request (its used entry was popped before
-        // `self` was made) and the slot stays off the free list until `self`
-        // drops, so neither the device (keeping the ring contract) nor another
-        // command writes these bytes while the borrow of `self` lasts.
-        // SAFETY: the range is inside the live mapping (checked_ptr), kept
-        // mapped by `self.queue.mem`; any byte is a valid u8.
-        let data = unsafe { std::slice::from_raw_parts(ptr, len) };
-        Ok((
-            RawResponse {
-                resp,
-                sense_len,
-                data: Vec::new(),
-            },
-            data,
-        ))
-    }
-}
-
-impl Drop for Completed {
-    fn drop(&mut self) {
-        self.queue.release(self.slot);
     }
 }

@@ -1,0 +1,113 @@
+//! What a caller asks of the driver ([`QueueConfig`], [`DriverOptions`],
+//! [`CommandOptions`]) and what the device agreed to ([`Features`]).
+
+use std::time::Duration;
+
+use crate::retry::RetryPolicy;
+
+/// Virtqueue settings the driver asks for (count, size, indirect descriptors, event index).
+///
+/// The device decides: `queue_count` is capped at the device's `num_queues`,
+/// and `use_indirect` / `event_index` fall back to off when the device does
+/// not offer them. [`Driver::features`] reports what was agreed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Request queues to use.
+    pub queue_count: u16,
+    /// Descriptors per request queue (a power of two, 1..=32768).
+    pub queue_size: u16,
+    /// Negotiate VIRTIO_RING_F_INDIRECT_DESC (§2.7.5.3).
+    pub use_indirect: bool,
+    /// Negotiate VIRTIO_RING_F_EVENT_IDX (§2.7.10).
+    pub event_index: bool,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            queue_count: 1,
+            queue_size: 128,
+            use_indirect: true,
+            event_index: true,
+        }
+    }
+}
+
+/// Driver settings beyond the virtqueues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriverOptions {
+    /// Largest data transfer of one command, in bytes (each request slot
+    /// has a buffer this big in the shared region).
+    pub max_transfer: usize,
+    /// How long a command may take before the error handler runs and the
+    /// caller gets [`Error::Timeout`] (Linux sd: 30 s). Per LUN:
+    /// [`Driver::set_lun_timeout`]; per command: [`CommandOptions`].
+    pub timeout: Duration,
+    /// How long each error-handler step (a TMF, then the release of the
+    /// timed-out command) may take before the next step.
+    pub eh_timeout: Duration,
+    /// Which completions are retried ([`RetryPolicy`]); not applied to
+    /// [`ScsiCommand::Raw`] (pass-through) unless [`CommandOptions::retry`] asks.
+    pub retry: RetryPolicy,
+    /// Busy-poll the used ring this long after submitting a command before
+    /// sleeping until the device's call eventfd fires (0: never). Saves an
+    /// eventfd wake-up per command at QD1 at the price of a spinning core;
+    /// the spin runs on the submitting task's tokio worker.
+    pub poll: Duration,
+    /// What to do when the device lacks what [`QueueConfig`] asks for
+    /// (indirect descriptors, event index, as many request queues):
+    /// `false` (the default) falls back (without the feature, with the
+    /// queues the device has; [`Driver::features`] says what was agreed),
+    /// `true` fails [`Driver::connect_with`] with [`Error::MissingFeature`]
+    /// or [`Error::BadConfig`].
+    pub strict_features: bool,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        Self {
+            max_transfer: 256 * 1024,
+            timeout: Duration::from_secs(30),
+            eh_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+            poll: Duration::ZERO,
+            strict_features: false,
+        }
+    }
+}
+
+/// Per-command overrides of [`DriverOptions`] ([`Driver::send_command_with`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use vscsi_driver::{CommandOptions, RetryPolicy};
+/// let quick = CommandOptions { timeout: Some(Duration::from_secs(2)), retry: Some(RetryPolicy::NONE) };
+/// assert_eq!(CommandOptions::default().timeout, None);
+/// # let _ = quick;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommandOptions {
+    /// Timeout of this command (else the LUN's, else the driver's).
+    pub timeout: Option<Duration>,
+    /// Retry policy of this command (else the driver's).
+    pub retry: Option<RetryPolicy>,
+}
+
+/// What the device and the driver agreed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    /// All acked virtio feature bits.
+    pub bits: u64,
+    /// Indirect descriptors are in use.
+    pub indirect: bool,
+    /// Event index notification suppression is in use.
+    pub event_index: bool,
+    /// The device reports hot-plug events.
+    pub hotplug: bool,
+    /// The device reports parameter changes.
+    pub change: bool,
+    /// Request queues in use.
+    pub queue_count: u16,
+    /// Descriptors per request queue.
+    pub queue_size: u16,
+}
