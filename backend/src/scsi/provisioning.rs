@@ -157,7 +157,14 @@ pub(crate) fn write_same(
     let shift = lu.block_shift();
     let (offset, len) = (lba << shift, blocks << shift);
     let guard = lu.locks().locked(lba, blocks);
-    let res = if unmap && zero && lu.thin() {
+    let zeroes = if zero {
+        lu.image().write_zeroes(offset, len, unmap && lu.thin())
+    } else {
+        None
+    };
+    let res = if let Some(res) = zeroes {
+        res
+    } else if unmap && zero && lu.thin() && lu.image().unmapped_reads_zero() {
         lu.image().punch_hole(offset, len)
     } else {
         let chunk_len = usize::try_from(len).unwrap_or(WRITE_CHUNK).min(WRITE_CHUNK);
