@@ -550,3 +550,188 @@ async fn a_server_killed_and_restarted_mid_io_is_reconnected() {
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
     assert!(log.contains("NBD connection re-established"), "{log}");
 }
+
+/// The request lines of nbdkit's log filter (one per NBD command received).
+fn nbd_requests(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(" id=") && l.ends_with(" ...") && !l.contains("Preconnect"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn scsi_commands_become_the_nbd_commands_the_transmission_flags_allow() {
+    if !have("nbdkit", "nbdkit") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("log.sock");
+    let log = dir.path().join("nbd.log");
+    let logfile = format!("logfile={}", log.display());
+    let _srv = nbdkit_unix(&sock, &["--filter=log", "memory", "8M", &logfile]);
+    let (_d, vs) = daemon(dir.path(), &[format!("0:0={}", unix_uri(&sock, ""))]);
+    let drv = connect(&vs).await;
+    let since = |n: usize| nbd_requests(&log)[n..].to_vec();
+    let seen = nbd_requests(&log).len();
+
+    // VPD B2h: LBPU, LBPWS, LBPWS10, and LBPRZ 000b (a TRIM promises no zeroes).
+    let r = drv
+        .send_command(0, 0, raw(vec![0x12, 1, 0xB2, 0, 64, 0], vec![], 64))
+        .await
+        .unwrap();
+    assert!(r.is_good(), "{r:?}");
+    assert_eq!(r.data[5], 0xE0, "{:?}", r.data);
+
+    // WRITE(10) with FUA (byte 1 bit 3) -> NBD_CMD_WRITE with NBD_CMD_FLAG_FUA.
+    let mut c = cdb10(0x2A, 16, 1);
+    c[1] = 0x08;
+    let r = drv
+        .send_command(0, 0, raw(c, vec![5; 512], 0))
+        .await
+        .unwrap();
+    assert!(r.is_good(), "{r:?}");
+    let reqs = since(seen);
+    assert!(
+        reqs.len() == 1
+            && reqs[0].contains("Write")
+            && reqs[0].contains("offset=0x2000 count=0x200 fua=1"),
+        "{reqs:?}"
+    );
+    // SYNCHRONIZE CACHE(10) -> NBD_CMD_FLUSH.
+    let seen = nbd_requests(&log).len();
+    let r = drv
+        .send_command(0, 0, raw(cdb10(0x35, 0, 0), vec![], 0))
+        .await
+        .unwrap();
+    assert!(r.is_good(), "{r:?}");
+    let reqs = since(seen);
+    assert!(reqs.len() == 1 && reqs[0].contains("Flush"), "{reqs:?}");
+
+    // WRITE SAME(16) of a zero block over 8 blocks at LBA 32 -> WRITE_ZEROES
+    // keeping the range allocated (NO_HOLE: nbdkit logs trim=0) ...
+    let ws16 = |flags: u8, lba: u64| {
+        let mut c = vec![0x93, flags, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0];
+        c[2..10].copy_from_slice(&lba.to_be_bytes());
+        c
+    };
+    let seen = nbd_requests(&log).len();
+    let r = drv
+        .send_command(0, 0, raw(ws16(0, 32), vec![0; 512], 0))
+        .await
+        .unwrap();
+    assert!(r.is_good(), "{r:?}");
+    let reqs = since(seen);
+    assert!(
+        reqs.len() == 1
+            && reqs[0].contains("Zero")
+            && reqs[0].contains("offset=0x4000 count=0x1000 trim=0"),
+        "{reqs:?}"
+    );
+    // ... and with UNMAP (byte 1 bit 3) the server may punch it (trim=1).
+    let seen = nbd_requests(&log).len();
+    let r = drv
+        .send_command(0, 0, raw(ws16(0x08, 64), vec![0; 512], 0))
+        .await
+        .unwrap();
+    assert!(r.is_good(), "{r:?}");
+    let reqs = since(seen);
+    assert!(
+        reqs.len() == 1
+            && reqs[0].contains("Zero")
+            && reqs[0].contains("offset=0x8000 count=0x1000 trim=1"),
+        "{reqs:?}"
+    );
+    // UNMAP of 8 blocks at LBA 128 -> NBD_CMD_TRIM.
+    let mut list = vec![0, 22, 0, 16, 0, 0, 0, 0];
+    list.extend_from_slice(&128u64.to_be_bytes());
+    list.extend_from_slice(&8u32.to_be_bytes());
+    list.extend_from_slice(&[0; 4]);
+    let seen = nbd_requests(&log).len();
+    let r = drv
+        .send_command(0, 0, raw(cdb10(0x42, 0, 24), list, 0))
+        .await
+        .unwrap();
+    assert!(r.is_good(), "{r:?}");
+    let reqs = since(seen);
+    assert!(
+        reqs.len() == 1
+            && reqs[0].contains("Trim")
+            && reqs[0].contains("offset=0x10000 count=0x1000"),
+        "{reqs:?}"
+    );
+    // The data written with FUA reads back; the zeroed range reads zero.
+    let r = read(&drv, 16, 1).await;
+    assert_eq!(r.data, vec![5; 512]);
+    let r = read(&drv, 32, 8).await;
+    assert!(r.is_good() && r.data.iter().all(|&b| b == 0), "{r:?}");
+}
+
+#[tokio::test]
+async fn unmap_on_a_qcow2_export_frees_its_clusters() {
+    if !have("qemu-nbd", "qemu-utils") || !have("qemu-img", "qemu-utils") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("u.qcow2");
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", img.to_str().unwrap(), "8M"],
+    );
+    let sock = dir.path().join("u.sock");
+    let mut srv = qemu_nbd_unix(&sock, &img, &["-f", "qcow2", "--discard=unmap"]);
+    let (mut d, vs) = daemon(dir.path(), &[format!("0:0={}", unix_uri(&sock, ""))]);
+    let drv = connect(&vs).await;
+    // 1 MiB of data at LBA 0, then UNMAP of it (NBD_CMD_TRIM).
+    let r = write(&drv, 0, pattern(0, 2048, BS, 4)).await;
+    assert!(r.is_good(), "{r:?}");
+    let r = drv
+        .send_command(0, 0, raw(cdb10(0x35, 0, 0), vec![], 0))
+        .await
+        .unwrap();
+    assert!(r.is_good(), "{r:?}");
+    // Allocated now (read with -U while qemu-nbd holds the image).
+    let out = run(
+        "qemu-img",
+        &[
+            "map",
+            "-U",
+            "--output=json",
+            "-f",
+            "qcow2",
+            img.to_str().unwrap(),
+        ],
+    );
+    let map: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(map[0]["start"], 0);
+    assert_eq!(map[0]["data"], serde_json::Value::Bool(true), "{map}");
+    let mut list = vec![0, 22, 0, 16, 0, 0, 0, 0];
+    list.extend_from_slice(&0u64.to_be_bytes());
+    list.extend_from_slice(&2048u32.to_be_bytes());
+    list.extend_from_slice(&[0; 4]);
+    let r = drv
+        .send_command(0, 0, raw(cdb10(0x42, 0, 24), list, 0))
+        .await
+        .unwrap();
+    assert!(r.is_good(), "{r:?}");
+    drop(drv);
+    stop(&mut d);
+    stop(&mut srv);
+    // qemu-img map: no allocated data left in the first MiB.
+    let out = run(
+        "qemu-img",
+        &["map", "--output=json", "-f", "qcow2", img.to_str().unwrap()],
+    );
+    let map: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for e in map.as_array().unwrap() {
+        let start = e["start"].as_u64().unwrap();
+        if start < 1 << 20 {
+            assert_eq!(
+                e["data"],
+                serde_json::Value::Bool(false),
+                "cluster still allocated: {map}"
+            );
+        }
+    }
+}

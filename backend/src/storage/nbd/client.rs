@@ -356,7 +356,9 @@ impl Connection {
                 return Ok((s, cookie, generation));
             }
             let now = Instant::now();
-            let gone_for = link.down_since.map_or(Duration::ZERO, |t| now - t);
+            let gone_for = link
+                .down_since
+                .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
             if now >= deadline || gone_for >= self.uri.timeout {
                 return Err(os(libc::ENOTCONN));
             }
@@ -649,7 +651,7 @@ impl Connection {
                         self.read_full(s, &mut o)?;
                         let at = wire::get64(&o, 0);
                         let n = length - 8;
-                        if at < offset || at + u64::from(n) > end {
+                        if at < offset || at.checked_add(u64::from(n)).is_none_or(|e| e > end) {
                             return Err(protocol("data chunk outside the request"));
                         }
                         self.hand_over(s, slot, Phase::Data { at, len: n }, scratch)?;
@@ -658,7 +660,7 @@ impl Connection {
                         let mut o = [0u8; 12];
                         self.read_full(s, &mut o)?;
                         let (at, n) = (wire::get64(&o, 0), wire::get32(&o, 8));
-                        if at < offset || at + u64::from(n) > end {
+                        if at < offset || at.checked_add(u64::from(n)).is_none_or(|e| e > end) {
                             return Err(protocol("hole chunk outside the request"));
                         }
                         self.hand_over(s, slot, Phase::Hole { at, len: n }, scratch)?;

@@ -278,7 +278,7 @@ pub fn handshake(s: &Socket, uri: &NbdUri) -> Result<ExportInfo, HandshakeError>
                 wire::INFO_BLOCK_SIZE if d.len() >= 14 => {
                     min_block = get32(&d, 2).max(1);
                     preferred_block = get32(&d, 6).max(1);
-                    max_payload = get32(&d, 10).clamp(min_block, wire::DEFAULT_MAX_PAYLOAD);
+                    max_payload = get32(&d, 10);
                 }
                 _ => {}
             },
@@ -305,9 +305,10 @@ pub fn handshake(s: &Socket, uri: &NbdUri) -> Result<ExportInfo, HandshakeError>
             "minimum block size {min_block} is not a power of two up to 64 KiB"
         )));
     }
+    let max_payload = max_payload.clamp(min_block, wire::DEFAULT_MAX_PAYLOAD);
     // A payload limit that is not a multiple of the minimum block would
     // split requests off the block grid.
-    max_payload -= max_payload % min_block;
+    let max_payload = max_payload - max_payload % min_block;
     Ok(ExportInfo {
         size,
         flags,
