@@ -735,3 +735,47 @@ async fn unmap_on_a_qcow2_export_frees_its_clusters() {
         }
     }
 }
+
+#[tokio::test]
+async fn get_lba_status_reports_the_exports_allocation_from_block_status() {
+    if !have("qemu-nbd", "qemu-utils") || !have("qemu-img", "qemu-utils") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("s.qcow2");
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", img.to_str().unwrap(), "8M"],
+    );
+    let sock = dir.path().join("s.sock");
+    let _srv = qemu_nbd_unix(&sock, &img, &["-f", "qcow2", "--discard=unmap"]);
+    let (_d, vs) = daemon(dir.path(), &[format!("0:0={}", unix_uri(&sock, ""))]);
+    let drv = connect(&vs).await;
+    // One 64 KiB cluster of data at LBA 2048; the rest never written.
+    let r = write(&drv, 2048, pattern(2048, 128, BS, 2)).await;
+    assert!(r.is_good(), "{r:?}");
+    let mut cdb = vec![0x9E, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0];
+    cdb[2..10].copy_from_slice(&0u64.to_be_bytes());
+    let r = drv
+        .send_command(0, 0, raw(cdb, vec![], 4096))
+        .await
+        .unwrap();
+    assert!(r.is_good(), "{r:?}");
+    // SBC-4 LBA status descriptors: LBA (8), blocks (4), provisioning status.
+    let n = (u32::from_be_bytes(r.data[0..4].try_into().unwrap()) as usize - 4) / 16;
+    let d: Vec<(u64, u32, u8)> = (0..n)
+        .map(|i| {
+            let b = &r.data[8 + 16 * i..24 + 16 * i];
+            (
+                u64::from_be_bytes(b[0..8].try_into().unwrap()),
+                u32::from_be_bytes(b[8..12].try_into().unwrap()),
+                b[12] & 0x0F,
+            )
+        })
+        .collect();
+    assert_eq!(
+        &d[..3],
+        &[(0, 2048, 1), (2048, 128, 0), (2176, 16384 - 2176, 1)],
+        "{d:?}"
+    );
+}

@@ -413,6 +413,22 @@ impl Image {
         }
     }
 
+    /// The allocation of `len` bytes at `offset` as the medium reports it
+    /// (an NBD export's `base:allocation` block status): `(bytes, hole)`
+    /// extents from `offset`, at most `max`; `None` where the medium has no
+    /// such report (files use [`Image::seek`]).
+    pub fn allocation(
+        &self,
+        offset: u64,
+        len: u64,
+        max: usize,
+    ) -> Option<io::Result<Vec<(u64, bool)>>> {
+        match self {
+            Image::Nbd(n) => n.allocation(offset, len, max),
+            _ => None,
+        }
+    }
+
     /// Whether `SEEK_DATA`/`SEEK_HOLE` describe the disk's allocation: a
     /// raw regular file only.
     pub fn is_regular_file(&self) -> bool {

@@ -68,6 +68,11 @@ enum Phase {
         at: u64,
         len: u32,
     },
+    /// `len` bytes of block status descriptors come next on the socket
+    /// (read into the request's buffer from its start, as far as it holds).
+    Status {
+        len: u32,
+    },
     /// The request is done with a handover; `ok` is false when the stream
     /// broke while it read.
     Handed {
@@ -452,6 +457,21 @@ impl Connection {
                     st.phase = Phase::Handed { ok };
                     slot.cv.notify_all();
                 }
+                Phase::Status { len } => {
+                    drop(st);
+                    let ok = match xfer {
+                        Xfer::In(din, buf_at) => {
+                            let len = len as usize;
+                            let fit = len.min(din.capacity().saturating_sub(*buf_at));
+                            receive(sock, &mut **din, *buf_at, fit, deadline)
+                                && discard(sock, len - fit, deadline)
+                        }
+                        _ => false,
+                    };
+                    st = lock(&slot.state);
+                    st.phase = Phase::Handed { ok };
+                    slot.cv.notify_all();
+                }
                 Phase::Waiting | Phase::Handed { .. } => {
                     let now = Instant::now();
                     if now >= deadline && st.phase == Phase::Waiting {
@@ -665,6 +685,18 @@ impl Connection {
                         }
                         self.hand_over(s, slot, Phase::Hole { at, len: n }, scratch)?;
                     }
+                    wire::REPLY_TYPE_BLOCK_STATUS
+                        if command == wire::CMD_BLOCK_STATUS && length >= 4 =>
+                    {
+                        let mut id = [0u8; 4];
+                        self.read_full(s, &mut id)?;
+                        let n = length - 4;
+                        if Some(wire::get32(&id, 0)) == self.info.allocation_context {
+                            self.hand_over(s, slot, Phase::Status { len: n }, scratch)?;
+                        } else {
+                            self.drain(s, n as usize, scratch)?;
+                        }
+                    }
                     wire::REPLY_TYPE_NONE if length == 0 => {}
                     k if k & wire::REPLY_TYPE_ERROR_BIT != 0 => {
                         let n = length as usize;
@@ -733,7 +765,7 @@ impl Connection {
         let mut st = lock(&slot.state);
         if st.phase == Phase::Abandoned {
             drop(st);
-            if let Phase::Data { len, .. } = what {
+            if let Phase::Data { len, .. } | Phase::Status { len } = what {
                 self.drain(s, len as usize, scratch)?;
             }
             return Ok(());
@@ -750,7 +782,7 @@ impl Connection {
                         Err(protocol("the stream broke while a reply's data was read"))
                     };
                 }
-                Phase::Data { .. } | Phase::Hole { .. } => {
+                Phase::Data { .. } | Phase::Hole { .. } | Phase::Status { .. } => {
                     st = slot.cv.wait(st).unwrap_or_else(|p| p.into_inner());
                 }
                 _ => return Err(protocol("slot changed during a handover")),
@@ -805,6 +837,22 @@ fn receive(s: &Socket, din: &mut dyn DataIn, at: usize, len: usize, deadline: In
         match din.recv_from(at + done, len - done, s.as_fd()) {
             Ok(0) => return false,
             Ok(n) => done += n,
+            Err(e) if retryable(&e) && Instant::now() < deadline => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// Reads and drops `len` bytes (block status descriptors past what the
+/// request's buffer holds); false if the stream broke.
+fn discard(s: &Socket, mut len: usize, deadline: Instant) -> bool {
+    let mut buf = [0u8; 512];
+    while len > 0 {
+        let n = len.min(buf.len());
+        match s.read_some(&mut buf[..n]) {
+            Ok(0) => return false,
+            Ok(k) => len -= k,
             Err(e) if retryable(&e) && Instant::now() < deadline => {}
             Err(_) => return false,
         }

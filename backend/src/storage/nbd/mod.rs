@@ -97,8 +97,9 @@ impl Drop for NbdImage {
     }
 }
 
-/// A [`DataIn`] over a byte slice (the storage layer's own small reads).
-struct SliceIn<'a>(&'a mut [u8]);
+/// A [`DataIn`] over a byte slice (the storage layer's own small reads),
+/// remembering how far it was written.
+struct SliceIn<'a>(&'a mut [u8], usize);
 
 impl DataIn for SliceIn<'_> {
     fn capacity(&self) -> usize {
@@ -109,6 +110,7 @@ impl DataIn for SliceIn<'_> {
         let n = self.0.len().saturating_sub(offset).min(data.len());
         if n > 0 {
             self.0[offset..offset + n].copy_from_slice(&data[..n]);
+            self.1 = self.1.max(offset + n);
         }
         n
     }
@@ -341,7 +343,7 @@ impl NbdImage {
     /// Reads exactly `buf.len()` bytes at `offset`.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let len = buf.len();
-        self.read_into(&mut SliceIn(buf), 0, len, offset)
+        self.read_into(&mut SliceIn(buf, 0), 0, len, offset)
     }
 
     /// Writes all of `buf` at `offset`.
@@ -371,6 +373,47 @@ impl NbdImage {
             done += n;
         }
         Ok(())
+    }
+
+    /// The allocation of `[offset, offset + len)` from NBD_CMD_BLOCK_STATUS
+    /// in the `base:allocation` context: extents from `offset` on, as
+    /// `(bytes, is_a_hole)`, at most `max` of them, possibly covering less
+    /// than `len`. `None` when the server offers no such context.
+    pub fn allocation(
+        &self,
+        offset: u64,
+        len: u64,
+        max: usize,
+    ) -> Option<io::Result<Vec<(u64, bool)>>> {
+        self.info.allocation_context?;
+        let min = u64::from(self.info.min_block);
+        let len = len.min(u64::from(u32::MAX) / min * min);
+        if let Err(e) = self.check_range(offset, len) {
+            return Some(Err(e));
+        }
+        let mut buf = vec![0u8; 8 * max.clamp(1, 4096)];
+        let mut din = SliceIn(&mut buf, 0);
+        let r = self.conn().execute(
+            wire::CMD_BLOCK_STATUS,
+            0,
+            offset,
+            len as u32,
+            Xfer::In(&mut din, 0),
+            self.deadline(),
+        );
+        let filled = din.1;
+        Some(r.map(|()| {
+            buf[..filled - filled % 8]
+                .chunks_exact(8)
+                .map(|d| {
+                    (
+                        u64::from(wire::get32(d, 0)),
+                        wire::get32(d, 4) & wire::STATE_HOLE != 0,
+                    )
+                })
+                .filter(|&(n, _)| n > 0)
+                .collect()
+        }))
     }
 
     /// NBD_CMD_TRIM of `[offset, offset + len)`: the server may deallocate

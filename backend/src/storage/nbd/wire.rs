@@ -85,6 +85,9 @@ pub const CMD_TRIM: u16 = 4;
 /// Write zeroes (a hole unless NO_HOLE).
 pub const CMD_WRITE_ZEROES: u16 = 6;
 
+/// Block status of a range in the negotiated metadata contexts.
+pub const CMD_BLOCK_STATUS: u16 = 7;
+
 /// Command flags.
 pub const CMD_FLAG_FUA: u16 = 1 << 0;
 /// WRITE_ZEROES must leave the range allocated.
@@ -98,6 +101,12 @@ pub const REPLY_TYPE_NONE: u16 = 0;
 pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
 /// A range that reads as zeroes.
 pub const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
+/// Block status descriptors of one metadata context.
+pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+/// `base:allocation`: the extent is a hole (not allocated).
+pub const STATE_HOLE: u32 = 1 << 0;
+/// `base:allocation`: the extent reads as zeroes.
+pub const STATE_ZERO: u32 = 1 << 1;
 /// Bit 15: an error chunk.
 pub const REPLY_TYPE_ERROR_BIT: u16 = 1 << 15;
 /// An error for the whole request.
@@ -381,6 +390,9 @@ mod tests {
         .encode();
         assert_eq!(&z[4..8], &[0x00, 0x02, 0x00, 0x06]);
         assert_eq!(CMD_TRIM, 4);
+        assert_eq!(CMD_BLOCK_STATUS, 7);
+        assert_eq!(REPLY_TYPE_BLOCK_STATUS, 5);
+        assert_eq!((STATE_HOLE, STATE_ZERO), (1, 2));
         assert_eq!(CMD_FLUSH, 3);
         assert_eq!(CMD_DISC, 2);
     }
