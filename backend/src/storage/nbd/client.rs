@@ -25,12 +25,12 @@
 //! than the timeout, requests fail at once instead of each waiting.
 
 use std::io;
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::handshake::{handshake, ExportInfo, Socket};
+use super::stream::{discard, fill_zeroes, receive, send_all, send_payload, wait_readable};
 use super::uri::NbdUri;
 use super::wire::{self, ReplyHeader, Request};
 use crate::scsi::io::{DataIn, DataOut};
@@ -48,8 +48,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Bytes of the reader's scratch buffer (error messages, drained data).
 const SCRATCH: usize = 64 * 1024;
-
-static ZEROES: [u8; 4096] = [0; 4096];
 
 /// Where a slot stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,17 +172,6 @@ pub fn dial(uri: &NbdUri, timeout: Duration) -> io::Result<(Socket, ExportInfo)>
     })?;
     s.set_timeouts(Some(POLL))?;
     Ok((s, info))
-}
-
-fn wait_readable(s: &Socket) {
-    let mut pfd = libc::pollfd {
-        fd: std::os::fd::AsRawFd::as_raw_fd(&s.as_fd()),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd on the stack, count 1; poll only writes revents.
-    // The result does not matter: the read that follows reports any error.
-    unsafe { libc::poll(&mut pfd, 1, -1) };
 }
 
 impl Connection {
@@ -789,85 +776,4 @@ impl Connection {
             }
         }
     }
-}
-
-fn retryable(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
-}
-
-fn send_all(s: &Socket, mut buf: &[u8], deadline: Instant) -> io::Result<()> {
-    while !buf.is_empty() {
-        match s.write_some(buf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if retryable(&e) && Instant::now() < deadline => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-fn send_payload(
-    s: &Socket,
-    out: &dyn DataOut,
-    at: usize,
-    len: usize,
-    deadline: Instant,
-) -> io::Result<()> {
-    let mut done = 0;
-    while done < len {
-        match out.send_to(at + done, len - done, s.as_fd()) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => done += n,
-            Err(e) if retryable(&e) && Instant::now() < deadline => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Reads `len` reply bytes into `din` at `at`; false if the stream broke
-/// (or stalled past the deadline) part-way.
-fn receive(s: &Socket, din: &mut dyn DataIn, at: usize, len: usize, deadline: Instant) -> bool {
-    let mut done = 0;
-    while done < len {
-        match din.recv_from(at + done, len - done, s.as_fd()) {
-            Ok(0) => return false,
-            Ok(n) => done += n,
-            Err(e) if retryable(&e) && Instant::now() < deadline => {}
-            Err(_) => return false,
-        }
-    }
-    true
-}
-
-/// Reads and drops `len` bytes (block status descriptors past what the
-/// request's buffer holds); false if the stream broke.
-fn discard(s: &Socket, mut len: usize, deadline: Instant) -> bool {
-    let mut buf = [0u8; 512];
-    while len > 0 {
-        let n = len.min(buf.len());
-        match s.read_some(&mut buf[..n]) {
-            Ok(0) => return false,
-            Ok(k) => len -= k,
-            Err(e) if retryable(&e) && Instant::now() < deadline => {}
-            Err(_) => return false,
-        }
-    }
-    true
-}
-
-fn fill_zeroes(din: &mut dyn DataIn, at: usize, len: usize) -> bool {
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(ZEROES.len());
-        if din.write_at(at + done, &ZEROES[..n]) != n {
-            return false;
-        }
-        done += n;
-    }
-    true
 }

@@ -6,7 +6,8 @@
 //! - [`wire`]: the protocol's constants and fixed headers.
 //! - [`handshake`]: connect, fixed newstyle negotiation, NBD_OPT_GO.
 //! - [`client`]: one connection: pipelined requests, the reader thread,
-//!   timeouts and reconnection.
+//!   timeouts and reconnection; `stream`: socket reads and writes bounded
+//!   by a deadline.
 //!
 //! What the export's transmission flags decide: READ_ONLY makes the LUN
 //! write-protected; SEND_FLUSH absent means the server has no volatile
@@ -28,6 +29,7 @@
 
 pub mod client;
 pub mod handshake;
+mod stream;
 pub mod uri;
 pub mod wire;
 
@@ -435,3 +437,6 @@ impl NbdImage {
         self.ranged(wire::CMD_WRITE_ZEROES, flags, offset, len)
     }
 }
+
+#[cfg(test)]
+mod tests;
