@@ -120,10 +120,18 @@ fn unix_uri(sock: &Path, extra: &str) -> String {
 /// The daemon binary serving `lun` (a `--lun` spec) with two request
 /// queues; returns it and its vhost-user socket.
 fn daemon(dir: &Path, luns: &[String]) -> (KillOnDrop, PathBuf) {
+    daemon_with(dir, luns, &[])
+}
+
+/// [`daemon`] with more daemon flags.
+fn daemon_with(dir: &Path, luns: &[String], extra: &[&str]) -> (KillOnDrop, PathBuf) {
     let socket = dir.join("vs.sock");
     let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
     let mut cmd = Command::new(backend_binary());
-    cmd.arg("--socket").arg(&socket).args(["--queues", "2"]);
+    cmd.arg("--socket")
+        .arg(&socket)
+        .args(["--queues", "2"])
+        .args(extra);
     for l in luns {
         // Without the POWER ON unit attention: the first raw command is
         // the one under test.
@@ -496,9 +504,11 @@ async fn a_server_killed_and_restarted_mid_io_is_reconnected() {
         .unwrap();
     let sock = dir.path().join("r.sock");
     let mut srv = qemu_nbd_unix(&sock, &img, &["-f", "raw"]);
-    let (_d, vs) = daemon(
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let (_d, vs) = daemon_with(
         dir.path(),
         &[format!("0:0={}", unix_uri(&sock, "&timeout=5"))],
+        &["--metrics", &metrics],
     );
     let drv = std::sync::Arc::new(connect(&vs).await);
 
@@ -534,10 +544,11 @@ async fn a_server_killed_and_restarted_mid_io_is_reconnected() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let t = Instant::now();
     for task in tasks {
-        let (good, _failed) = tokio::time::timeout(Duration::from_secs(20), task)
+        let (good, failed) = tokio::time::timeout(Duration::from_secs(20), task)
             .await
             .expect("every command completed")
             .unwrap();
+        eprintln!("writer: {good} writes completed GOOD, {failed} failed with ABORTED COMMAND");
         assert!(good > 0);
     }
     assert!(t.elapsed() < Duration::from_secs(20));
@@ -549,6 +560,26 @@ async fn a_server_killed_and_restarted_mid_io_is_reconnected() {
     assert_eq!(r.data, pattern(12000, 16, BS, 9));
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
     assert!(log.contains("NBD connection re-established"), "{log}");
+    assert!(
+        log.contains("action=\"nbd-reconnect\""),
+        "an audit event: {log}"
+    );
+    // The connection's metrics: up again, reconnected once, requests counted.
+    let mut m = std::net::TcpStream::connect(&metrics).unwrap();
+    std::io::Write::write_all(&mut m, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut m, &mut text).unwrap();
+    let value = |name: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains("connection=\"0\""))
+            .unwrap_or_else(|| panic!("{name} missing: {text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("vscsi_nbd_connected{"), 1.0);
+    assert!(value("vscsi_nbd_reconnects_total{") >= 1.0);
+    assert!(value("vscsi_nbd_completed_total{") >= 2.0);
+    assert!(value("vscsi_nbd_request_seconds_total{") > 0.0);
 }
 
 /// The request lines of nbdkit's log filter (one per NBD command received).

@@ -246,6 +246,14 @@ impl Image {
         }
     }
 
+    /// The NBD export, if this is one.
+    pub fn as_nbd(&self) -> Option<&NbdImage> {
+        match self {
+            Image::Nbd(n) => Some(n),
+            _ => None,
+        }
+    }
+
     /// Requests served through the buffered descriptor of a `cache=none`
     /// image because their buffers were not aligned for `O_DIRECT`.
     pub fn misaligned(&self) -> u64 {

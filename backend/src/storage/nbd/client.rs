@@ -120,6 +120,10 @@ pub struct ConnStats {
     pub reconnects: AtomicU64,
     /// Errors the server replied with.
     pub server_errors: AtomicU64,
+    /// Requests that completed successfully.
+    pub completed: AtomicU64,
+    /// Their total time from submission to reply, in nanoseconds.
+    pub latency_ns: AtomicU64,
 }
 
 /// Data moved by a request.
@@ -286,6 +290,7 @@ impl Connection {
         mut xfer: Xfer<'_>,
         deadline: Instant,
     ) -> io::Result<()> {
+        let started = Instant::now();
         let idx = self.take_slot(deadline)?;
         let mut attempt = 0;
         loop {
@@ -305,6 +310,11 @@ impl Connection {
                 r => {
                     lock(&self.slots[idx as usize].state).phase = Phase::Free;
                     self.put_slot(idx);
+                    if r.is_ok() {
+                        self.stats.completed.fetch_add(1, Ordering::Relaxed);
+                        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                        self.stats.latency_ns.fetch_add(ns, Ordering::Relaxed);
+                    }
                     return r;
                 }
             }
@@ -514,7 +524,8 @@ impl Connection {
             s.shutdown();
             self.fail_in_flight();
             if !self.closing.load(Ordering::SeqCst) {
-                crate::limited_site!(warn, nbd = %self.label, error = %err, "NBD connection lost; reconnecting");
+                crate::limited_site!(warn, target: "vscsi::audit", nbd = %self.label, action = "nbd-disconnect",
+                    result = "error", error = %err, "NBD connection lost; reconnecting");
             }
         }
         self.fail_in_flight();
@@ -537,7 +548,8 @@ impl Connection {
         drop(link);
         self.link_cv.notify_all();
         self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(nbd = %self.label, "NBD connection re-established");
+        tracing::info!(target: "vscsi::audit", nbd = %self.label, action = "nbd-reconnect", result = "ok",
+            "NBD connection re-established");
         Ok(s)
     }
 

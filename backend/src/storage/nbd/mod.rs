@@ -51,6 +51,41 @@ use crate::scsi::io::{DataIn, DataOut, SliceDataOut};
 /// Connections opened to one export at most (when it allows several).
 pub const MAX_CONNECTIONS: usize = 4;
 
+/// Prometheus families of each NBD connection (name, type, help), in the
+/// order of [`NbdImage::metric_values`].
+pub const METRICS: [(&str, &str, &str); 6] = [
+    (
+        "vscsi_nbd_connected",
+        "gauge",
+        "1 while the NBD connection is up.",
+    ),
+    (
+        "vscsi_nbd_requests_total",
+        "counter",
+        "NBD requests sent (retries included).",
+    ),
+    (
+        "vscsi_nbd_completed_total",
+        "counter",
+        "NBD requests completed successfully.",
+    ),
+    (
+        "vscsi_nbd_request_seconds_total",
+        "counter",
+        "Time the successful NBD requests took, from submission to reply.",
+    ),
+    (
+        "vscsi_nbd_timeouts_total",
+        "counter",
+        "NBD requests that missed the LUN's timeout.",
+    ),
+    (
+        "vscsi_nbd_reconnects_total",
+        "counter",
+        "Times the NBD connection was re-established.",
+    ),
+];
+
 /// Largest TRIM or WRITE_ZEROES range per request (the length is 32 bits).
 const MAX_RANGE: u64 = 1 << 30;
 
@@ -234,6 +269,25 @@ impl NbdImage {
     /// Connections (1, or up to [`MAX_CONNECTIONS`] with multi-conn).
     pub fn connections(&self) -> &[Arc<Connection>] {
         &self.conns
+    }
+
+    /// Per connection, the values of [`METRICS`].
+    pub fn metric_values(&self) -> Vec<[String; 6]> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.conns
+            .iter()
+            .map(|c| {
+                let s = &c.stats;
+                [
+                    u8::from(c.connected()).to_string(),
+                    s.requests.load(Relaxed).to_string(),
+                    s.completed.load(Relaxed).to_string(),
+                    (s.latency_ns.load(Relaxed) as f64 / 1e9).to_string(),
+                    s.timeouts.load(Relaxed).to_string(),
+                    s.reconnects.load(Relaxed).to_string(),
+                ]
+            })
+            .collect()
     }
 
     /// The server has a volatile write cache (it takes NBD_CMD_FLUSH).
