@@ -810,3 +810,52 @@ async fn get_lba_status_reports_the_exports_allocation_from_block_status() {
         "{d:?}"
     );
 }
+
+#[tokio::test]
+async fn a_slow_server_holds_only_its_own_commands() {
+    if !have("nbdkit", "nbdkit") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let slow = dir.path().join("slow.sock");
+    let fast = dir.path().join("fast.sock");
+    // LUN 0: reads take 2 s, within its 10 s timeout. LUN 1: another server.
+    let _s = nbdkit_unix(&slow, &["--filter=delay", "memory", "8M", "rdelay=2"]);
+    let _f = nbdkit_unix(&fast, &["memory", "8M"]);
+    let (_d, vs) = daemon(
+        dir.path(),
+        &[
+            format!("0:0={}", unix_uri(&slow, "&timeout=10")),
+            format!("0:1={}", unix_uri(&fast, "")),
+        ],
+    );
+    let drv = std::sync::Arc::new(connect(&vs).await);
+    let t = Instant::now();
+    let d = drv.clone();
+    let stalled = tokio::spawn(async move { read(&d, 0, 8).await });
+    tokio::task::yield_now().await;
+    // The driver sends round robin: this READ of LUN 1 goes to the other
+    // request queue, whose thread is not waiting on the slow server.
+    let r = drv
+        .send_command(
+            0,
+            1,
+            ScsiCommand::Read {
+                lba: 0,
+                blocks: 8,
+                block_size: BS,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(r.is_good(), "{r:?}");
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "LUN 1 waited for LUN 0's server: {:?}",
+        t.elapsed()
+    );
+    // A slow reply within the timeout is a success, not an error.
+    let r = stalled.await.unwrap();
+    assert!(r.is_good(), "{r:?}");
+    assert!(t.elapsed() >= Duration::from_secs(2), "{:?}", t.elapsed());
+}
