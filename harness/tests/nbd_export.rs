@@ -859,3 +859,61 @@ async fn a_slow_server_holds_only_its_own_commands() {
     assert!(r.is_good(), "{r:?}");
     assert!(t.elapsed() >= Duration::from_secs(2), "{:?}", t.elapsed());
 }
+
+#[tokio::test]
+async fn a_toml_image_and_add_lun_take_nbd_uris() {
+    if !have("qemu-nbd", "qemu-utils") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.raw"), dir.path().join("b.raw"));
+    std::fs::write(&a, pattern(0, 8192, BS, 21)).unwrap();
+    std::fs::File::create(&b).unwrap().set_len(8 << 20).unwrap();
+    let (sa, sb) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
+    let _qa = qemu_nbd_unix(&sa, &a, &["-f", "raw"]);
+    let _qb = qemu_nbd_unix(&sb, &b, &["-f", "raw"]);
+    // A relative socket path in the TOML is the configuration's; the image
+    // URI is taken as it is (no file check, no path joined to it).
+    let run = common::RunningService::start(
+        dir.path(),
+        &format!(
+            "[[controller]]\nsocket = \"c.sock\"\n[[controller.lun]]\ntarget = 0\nlun = 0\nimage = \"{}\"\n",
+            unix_uri(&sa, "&timeout=5")
+        ),
+    );
+    let drv = Driver::connect(dir.path().join("c.sock"), QueueConfig::default())
+        .await
+        .expect("driver connects");
+    let r = read(&drv, 100, 4).await;
+    assert!(r.is_good(), "{r:?}");
+    assert_eq!(r.data, pattern(100, 4, BS, 21));
+
+    let added = run
+        .call(
+            "add_lun",
+            serde_json::json!({"target": 0, "lun": 1, "image": unix_uri(&sb, "")}),
+        )
+        .await;
+    assert_eq!(added["capacity_blocks"], 16384, "{added}");
+    let w = drv
+        .send_command(
+            0,
+            1,
+            ScsiCommand::Write {
+                lba: 7,
+                blocks: 1,
+                data: vec![0x77; 512],
+            },
+        )
+        .await
+        .unwrap();
+    assert!(w.is_good(), "{w:?}");
+    let removed = run
+        .call("remove_lun", serde_json::json!({"target": 0, "lun": 1}))
+        .await;
+    assert!(removed.is_object(), "{removed}");
+    drop(drv);
+    drop(run);
+    // The write went through the export into the file.
+    assert_eq!(common::host_read(&b, 7 * 512, 512), vec![0x77; 512]);
+}
