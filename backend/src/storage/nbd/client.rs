@@ -303,8 +303,10 @@ impl Connection {
                     attempt += 1;
                     tracing::debug!(nbd = %self.label, command, offset, "request lost with its connection: sending it again");
                 }
-                Err(e) if e.raw_os_error() == Some(libc::ETIMEDOUT) && self.abandoned(idx) => {
-                    // The reader frees an abandoned slot.
+                Err(e) if e.raw_os_error() == Some(libc::ETIMEDOUT) => {
+                    // Only `wait` returns ETIMEDOUT, after abandoning the
+                    // slot: the reader frees it (looking at the phase here
+                    // would race with that).
                     return Err(e);
                 }
                 r => {
@@ -319,10 +321,6 @@ impl Connection {
                 }
             }
         }
-    }
-
-    fn abandoned(&self, idx: u16) -> bool {
-        lock(&self.slots[idx as usize].state).phase == Phase::Abandoned
     }
 
     /// The connection to send on, waiting for one until `deadline` (or
