@@ -766,11 +766,17 @@ impl LunFields {
                 "a shared image must be served read-only: add read_only = true".into(),
             ));
         }
+        let nbd = self
+            .image
+            .to_str()
+            .is_some_and(crate::storage::nbd::is_nbd_uri);
         let path = match base {
-            Some(dir) if self.image.is_relative() => dir.join(&self.image),
+            Some(dir) if self.image.is_relative() && !nbd => dir.join(&self.image),
             _ => self.image.clone(),
         };
-        check_image(&path, o.block_size).map_err(|m| ("image", m))?;
+        if !nbd {
+            check_image(&path, o.block_size).map_err(|m| ("image", m))?;
+        }
         Ok(LunConfig {
             spec: LunSpec {
                 target: self.target,

@@ -168,7 +168,10 @@ pub fn notify_frontends(ctrl: &Controller, target: u8, lun: u16, change: Change)
 /// served again (by another LUN, another daemon, or re-opened) while the
 /// descriptor itself closes when the last bus snapshot holding it is gone.
 fn release_lock(lu: &LogicalUnit) {
-    let fd = lu.image().file().as_raw_fd();
+    let Some(file) = lu.image().file() else {
+        return;
+    };
+    let fd = file.as_raw_fd();
     // SAFETY: flock takes a descriptor owned by `lu` (open for the whole call) and an integer operation; it touches no memory of ours.
     let rc = unsafe { libc::flock(fd, libc::LOCK_UN) };
     if rc != 0 {
@@ -178,7 +181,10 @@ fn release_lock(lu: &LogicalUnit) {
 
 /// Takes the lock of a LU back after a failed switch.
 fn retake_lock(lu: &LogicalUnit) {
-    let fd = lu.image().file().as_raw_fd();
+    let Some(file) = lu.image().file() else {
+        return;
+    };
+    let fd = file.as_raw_fd();
     let op = if lu.read_only() {
         libc::LOCK_SH
     } else {
@@ -674,7 +680,12 @@ impl Service {
         let fields: LunFields = serde_json::from_value(p)
             .map_err(|e| err(code::INVALID_PARAMS, format!("bad params: {e}")))?;
         let ctrl = self.controller(name.as_deref())?;
-        if fields.image.is_relative() {
+        if fields.image.is_relative()
+            && !fields
+                .image
+                .to_str()
+                .is_some_and(crate::storage::nbd::is_nbd_uri)
+        {
             return Err(err(
                 code::INVALID_PARAMS,
                 format!("image {} must be an absolute path (the daemon's working directory is not yours)", fields.image.display()),
@@ -835,7 +846,11 @@ impl Service {
                 format!("shrinking from {old} to {size} bytes loses the data past the new end: pass force = true to do it"),
             ));
         }
-        let file_len = lu.image().file().metadata().map(|m| m.len()).unwrap_or(old);
+        let file_len = lu
+            .image()
+            .file()
+            .and_then(|f| f.metadata().ok())
+            .map_or(old, |m| m.len());
         let f = OpenOptions::new()
             .write(true)
             .open(lu.path())

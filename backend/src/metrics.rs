@@ -245,6 +245,7 @@ pub fn render(service: &Service) -> String {
         ),
     ];
     let mut hist = Vec::new();
+    let mut nbd: Vec<Vec<Row>> = vec![Vec::new(); crate::storage::nbd::METRICS.len()];
     for c in service.controllers() {
         let cl = format!("{{controller=\"{}\"}}", escape(&c.name));
         connected.push((
@@ -277,6 +278,13 @@ pub fn render(service: &Service) -> String {
             ];
             for (f, v) in per_lun.iter_mut().zip(values) {
                 f.3.push((format!("{{{labels}}}"), v.to_string()));
+            }
+            if let Some(n) = e.lu().image().as_nbd() {
+                for (i, values) in n.metric_values().into_iter().enumerate() {
+                    for (rows, v) in nbd.iter_mut().zip(values) {
+                        rows.push((format!("{{{labels},connection=\"{i}\"}}"), v));
+                    }
+                }
             }
             let mut cumulative = 0u64;
             for i in 0..LATENCY_BUCKETS {
@@ -312,6 +320,11 @@ pub fn render(service: &Service) -> String {
     );
     for (name, kind, help, rows) in per_queue.iter().chain(&per_lun) {
         family(name, kind, help, rows);
+    }
+    for ((name, kind, help), rows) in crate::storage::nbd::METRICS.iter().zip(&nbd) {
+        if !rows.is_empty() {
+            family(name, kind, help, rows);
+        }
     }
     let trust: Vec<(&str, &TrustCounters)> = service
         .controllers()

@@ -190,3 +190,99 @@ fn io_uring_path_allocates_nothing_in_steady_state() {
     let disk = std::fs::read(&path).unwrap();
     assert!(disk[..64 * 8 * 512].iter().all(|&b| b == 0x3C));
 }
+
+/// An NBD LUN (qemu-nbd exporting a raw file over a unix socket): after a
+/// warm-up, READ and WRITE through the SCSI target allocate nothing on the
+/// queue thread (a fixed slot, the header on the stack, reply data read
+/// straight into the buffer). Skipped loudly without qemu-nbd unless
+/// VSCSI_REQUIRE_TOOLS=1.
+#[test]
+fn nbd_path_allocates_nothing_in_steady_state() {
+    use std::process::{Command, Stdio};
+    let present = Command::new("qemu-nbd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !present {
+        assert!(
+            std::env::var_os("VSCSI_REQUIRE_TOOLS").is_none(),
+            "qemu-nbd is missing: apt-get install qemu-utils (see .ci/run)"
+        );
+        eprintln!(
+            "SKIP: qemu-nbd is missing (apt-get install qemu-utils); NBD allocation test not run"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.raw");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let sock = dir.path().join("nbd.sock");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(
+        Command::new("qemu-nbd")
+            .args(["-t", "-f", "raw", "-x", "disk", "-k"])
+            .arg(&sock)
+            .arg(&path)
+            .spawn()
+            .unwrap(),
+    );
+    let t = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(t.elapsed().as_secs() < 20, "qemu-nbd never listened");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let uri = format!("nbd+unix:///disk?socket={}", sock.display());
+    let lu = LogicalUnit::open(std::path::Path::new(&uri), LunOptions::default()).unwrap();
+    let mut bus = ScsiBus::new();
+    bus.add_lun(0, 0, Arc::new(lu)).unwrap();
+    let target = bus.target(0).unwrap();
+
+    let payload = vec![0xA5u8; 8 * 512];
+    let mut data_in = VecDataIn::new(8 * 512);
+    let cdbs: Vec<(Cdb, bool)> = (0..32u32)
+        .flat_map(|i| {
+            [
+                (Cdb::write_10(i * 8, 8, false), true),
+                (Cdb::read_10(i * 8, 8, false), false),
+            ]
+        })
+        .collect();
+    let run = |data_in: &mut VecDataIn| {
+        for (cdb, write) in &cdbs {
+            let req = Request {
+                cdb: cdb.as_bytes(),
+                tag: 1,
+                task_attr: 0,
+            };
+            let r = if *write {
+                target.execute(0, &req, data_in, &SliceDataOut(&payload))
+            } else {
+                target.execute(0, &req, data_in, &NO_DATA_OUT)
+            };
+            assert_eq!(r.status, 0, "{:02x?}", cdb.as_bytes());
+        }
+    };
+    run(&mut data_in);
+    let before = allocations();
+    for _ in 0..10 {
+        run(&mut data_in);
+    }
+    let allocations = allocations() - before;
+    assert_eq!(
+        allocations,
+        0,
+        "{} NBD commands allocated {allocations} times",
+        cdbs.len() * 10
+    );
+    assert_eq!(&data_in.as_slice()[..512], &payload[..512]);
+}

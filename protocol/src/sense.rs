@@ -203,6 +203,10 @@ impl Sense {
     /// 6/3F/0E REPORTED LUNS DATA HAS CHANGED.
     pub const REPORTED_LUNS_DATA_HAS_CHANGED: Sense =
         Sense::new(SenseKey::UnitAttention, 0x3F, 0x0E);
+    /// B/08/00 LOGICAL UNIT COMMUNICATION FAILURE (a network medium is unreachable).
+    pub const LU_COMMUNICATION_FAILURE: Sense = Sense::new(SenseKey::AbortedCommand, 0x08, 0x00);
+    /// B/08/01 LOGICAL UNIT COMMUNICATION TIME-OUT (a network medium stalled).
+    pub const LU_COMMUNICATION_TIMEOUT: Sense = Sense::new(SenseKey::AbortedCommand, 0x08, 0x01);
     /// 4/44/00 INTERNAL TARGET FAILURE.
     pub const INTERNAL_TARGET_FAILURE: Sense = Sense::new(SenseKey::HardwareError, 0x44, 0x00);
     /// 2/04/00 LOGICAL UNIT NOT READY, CAUSE NOT REPORTABLE.

@@ -40,7 +40,7 @@ pub(crate) fn read_capacity_16(
     let data = ReadCapacity16 {
         lb_per_pb_exp: lu.lb_per_pb_exp(),
         lbpme: lu.thin(),
-        lbprz: lu.thin(),
+        lbprz: lu.thin() && lu.image().unmapped_reads_zero(),
         ..ReadCapacity16::for_capacity(lu.capacity_blocks(), lu.block_size())
     }
     .to_bytes();

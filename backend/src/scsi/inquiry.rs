@@ -152,7 +152,10 @@ pub(crate) fn inquiry(
             // LBPWS (6), LBPWS10 (5), LBPRZ (4-2, 001b: unmapped blocks read
             // zero); byte 6 PROVISIONING TYPE (010b thin, 000b full).
             if lu.thin() {
-                buf[5] = 0x80 | 0x40 | 0x20 | 0x04;
+                buf[5] = 0x80 | 0x40 | 0x20;
+                if lu.image().unmapped_reads_zero() {
+                    buf[5] |= 0x04;
+                }
                 buf[6] = 0x02;
             }
             vpd_header(&mut buf, pq_type, p.page, 4)

@@ -18,7 +18,37 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
+
+/// Bytes a default [`DataIn::recv_from`] / [`DataOut::send_to`] moves per
+/// call through a stack buffer (transports override them with `readv` /
+/// `writev` straight into their buffers).
+const STREAM_CHUNK: usize = 4096;
+
+/// One `read(2)` from a stream socket.
+fn read_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid writable buffer of `buf.len()` bytes for the
+    // whole call; `fd` is a borrowed open descriptor.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// One `write(2)` to a stream socket.
+fn write_fd(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid readable buffer of `buf.len()` bytes for the
+    // whole call; `fd` is a borrowed open descriptor.
+    let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
 
 /// A READ or WRITE data transfer, checked by the SCSI layer and left to the
 /// transport to execute (SBC-4 READ/WRITE: `len` bytes between the
@@ -65,6 +95,21 @@ pub trait DataIn {
     fn can_defer(&self) -> bool {
         false
     }
+    /// Receives at most `len` bytes from the stream socket `fd` into the
+    /// buffer at `offset` with one read (a network block device's reply
+    /// data); returns the bytes received, 0 at the end of the stream. Err
+    /// if `offset + len > capacity`.
+    fn recv_from(&mut self, offset: usize, len: usize, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.capacity())
+        {
+            return Err(out_of_range());
+        }
+        let mut buf = [0u8; STREAM_CHUNK];
+        let n = read_fd(fd, &mut buf[..len.min(STREAM_CHUNK)])?;
+        Ok(self.write_at(offset, &buf[..n]))
+    }
 }
 
 /// The Data-Out buffer of a command: data the initiator sends to the device.
@@ -93,6 +138,17 @@ pub trait DataOut {
     /// As [`DataIn::can_defer`].
     fn can_defer(&self) -> bool {
         false
+    }
+    /// Sends at most `len` bytes of the buffer from `offset` on the stream
+    /// socket `fd` with one write; returns the bytes sent. Err if
+    /// `offset + len > len()`.
+    fn send_to(&self, offset: usize, len: usize, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len()) {
+            return Err(out_of_range());
+        }
+        let mut buf = [0u8; STREAM_CHUNK];
+        let n = self.read_at(offset, &mut buf[..len.min(STREAM_CHUNK)]);
+        write_fd(fd, &buf[..n])
     }
 }
 
@@ -209,6 +265,24 @@ mod tests {
             d.read_from_file(0, 2, &f, 0).unwrap_err().kind(),
             io::ErrorKind::UnexpectedEof
         );
+    }
+
+    #[test]
+    fn default_stream_methods_move_bytes_and_check_bounds() {
+        use std::io::{Read, Write};
+        use std::os::fd::AsFd;
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.write_all(&[7, 8, 9]).unwrap();
+        let mut d = VecDataIn::new(8);
+        assert_eq!(d.recv_from(2, 3, b.as_fd()).unwrap(), 3);
+        assert_eq!(d.data(), &[0, 0, 7, 8, 9]);
+        assert!(d.recv_from(6, 3, b.as_fd()).is_err());
+        let out = SliceDataOut(&[1, 2, 3, 4]);
+        assert_eq!(out.send_to(1, 3, b.as_fd()).unwrap(), 3);
+        let mut got = [0u8; 3];
+        a.read_exact(&mut got).unwrap();
+        assert_eq!(got, [2, 3, 4]);
+        assert!(out.send_to(2, 3, b.as_fd()).is_err());
     }
 
     #[test]

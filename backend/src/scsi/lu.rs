@@ -387,6 +387,14 @@ impl LogicalUnit {
             });
         }
         let image = Image::open_with(path, opts.read_only, opts.format, opts.cache)?;
+        // The medium may know better: a read-only NBD export is write
+        // protected, one without a volatile cache has WCE off.
+        if image.read_only() {
+            opts.read_only = true;
+        }
+        if !image.has_write_cache() {
+            opts.write_cache = false;
+        }
         if opts.aio == AioMode::IoUring && image.as_raw().is_none() {
             return Err(OpenError::InvalidOption {
                 path: path.to_path_buf(),
@@ -451,7 +459,10 @@ impl LogicalUnit {
         let thin = opts.discard && image.probe_punch_hole();
         let unmap_granularity = if thin && matches!(image, Image::Raw(_)) {
             use std::os::unix::fs::MetadataExt;
-            let fs_block = image.file().metadata().map(|m| m.blksize()).unwrap_or(4096);
+            let fs_block = image
+                .file()
+                .and_then(|f| f.metadata().ok())
+                .map_or(4096, |m| m.blksize());
             u32::try_from(fs_block >> block_shift).unwrap_or(1).max(1)
         } else {
             1

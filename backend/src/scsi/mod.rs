@@ -187,6 +187,12 @@ impl fmt::Debug for CommandResult {
 pub(crate) fn io_error_sense(e: &std::io::Error, write: bool) -> Sense {
     match e.raw_os_error() {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) => Sense::SPACE_ALLOCATION_FAILED,
+        // A network medium (NBD) that stalled past its timeout, or whose
+        // connection is down: ABORTED COMMAND, the initiator may retry.
+        Some(libc::ETIMEDOUT) => Sense::LU_COMMUNICATION_TIMEOUT,
+        Some(
+            libc::ECONNRESET | libc::ENOTCONN | libc::ESHUTDOWN | libc::ECONNREFUSED | libc::EPIPE,
+        ) => Sense::LU_COMMUNICATION_FAILURE,
         Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM) if write => {
             Sense::WRITE_PROTECTED
         }
@@ -289,5 +295,17 @@ mod tests {
             io_error_sense(&e(libc::EIO), false),
             Sense::UNRECOVERED_READ_ERROR
         );
+        // A network medium: EPERM from an NBD server on a write is write
+        // protection; a stall or a lost connection is ABORTED COMMAND with
+        // LOGICAL UNIT COMMUNICATION TIME-OUT / FAILURE (SPC-5 08h/01h, 08h/00h).
+        assert_eq!(
+            io_error_sense(&e(libc::EPERM), true),
+            Sense::WRITE_PROTECTED
+        );
+        let t = io_error_sense(&e(libc::ETIMEDOUT), false);
+        assert_eq!((t.key as u8, t.asc, t.ascq), (0x0B, 0x08, 0x01));
+        let f = io_error_sense(&e(libc::ECONNRESET), true);
+        assert_eq!((f.key as u8, f.asc, f.ascq), (0x0B, 0x08, 0x00));
+        assert_eq!(io_error_sense(&e(libc::ENOTCONN), false), f);
     }
 }

@@ -20,8 +20,10 @@
 //!   punched; otherwise the block (zeros with NDOB) is written over the range.
 //! - GET LBA STATUS (SBC-4 GET LBA STATUS parameter data): extents from the
 //!   image's real holes (`SEEK_DATA` / `SEEK_HOLE`): PROVISIONING STATUS 0h
-//!   mapped, 1h deallocated. A block partly holding data is mapped. A LU
-//!   that is not a regular file reports one mapped extent.
+//!   mapped, 1h deallocated. A block partly holding data is mapped. An NBD
+//!   export reports its own extents (NBD_CMD_BLOCK_STATUS, `base:allocation`:
+//!   NBD_STATE_HOLE is deallocated). Any other LU that is not a regular
+//!   file reports one mapped extent.
 
 use vscsi_protocol::cdb::{be16, be32, be64, byte};
 use vscsi_protocol::opcode as op;
@@ -157,7 +159,14 @@ pub(crate) fn write_same(
     let shift = lu.block_shift();
     let (offset, len) = (lba << shift, blocks << shift);
     let guard = lu.locks().locked(lba, blocks);
-    let res = if unmap && zero && lu.thin() {
+    let zeroes = if zero {
+        lu.image().write_zeroes(offset, len, unmap && lu.thin())
+    } else {
+        None
+    };
+    let res = if let Some(res) = zeroes {
+        res
+    } else if unmap && zero && lu.thin() && lu.image().unmapped_reads_zero() {
         lu.image().punch_hole(offset, len)
     } else {
         let chunk_len = usize::try_from(len).unwrap_or(WRITE_CHUNK).min(WRITE_CHUNK);
@@ -232,12 +241,40 @@ fn lba_extents(
         list: Vec::new(),
         limit,
     };
+    let shift = lu.block_shift();
+    let bs = u64::from(lu.block_size());
+    if let Some(extents) = lu
+        .image()
+        .allocation(lba << shift, (cap - lba) << shift, limit)
+    {
+        // A block partly allocated is mapped: a hole covers the blocks it
+        // holds whole, data every block it touches.
+        let (mut pos, mut cur) = (lba << shift, lba);
+        for (bytes, hole) in extents? {
+            let next = pos.saturating_add(bytes);
+            let end = if hole { next / bs } else { next.div_ceil(bs) }.min(cap);
+            let status = if hole {
+                Status::Deallocated
+            } else {
+                Status::Mapped
+            };
+            if end > cur {
+                if !ex.push(cur, end, status) {
+                    break;
+                }
+                cur = end;
+            }
+            pos = next;
+        }
+        if ex.list.is_empty() {
+            ex.push(lba, cap, Status::Mapped);
+        }
+        return Ok(ex.list);
+    }
     if !lu.image().is_regular_file() {
         ex.push(lba, cap, Status::Mapped);
         return Ok(ex.list);
     }
-    let shift = lu.block_shift();
-    let bs = u64::from(lu.block_size());
     let mut cur = lba;
     while cur < cap && ex.list.len() <= limit {
         let Some(data) = lu.image().seek(cur << shift, libc::SEEK_DATA)? else {

@@ -146,11 +146,15 @@ pub(crate) fn write(
             });
     }
     let guard = lu.locks().write(rw.lba, u64::from(rw.blocks));
-    let mut res = lu.image().write_from(data_out, 0, len, offset);
+    let durable = rw.fua || !lu.write_cache();
+    let res = lu.image().write_from_fua(data_out, 0, len, offset, durable);
     drop(guard);
-    if res.is_ok() {
-        res = write_through(lu, rw.fua);
-    }
+    // A medium that made the write durable itself (NBD FUA) needs no flush.
+    let res = match res {
+        Ok(true) => Ok(()),
+        Ok(false) => write_through(lu, rw.fua),
+        Err(e) => Err(e),
+    };
     match res {
         Ok(()) => CommandResult::good(0).with_data_out(len),
         Err(e) => {

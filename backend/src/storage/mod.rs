@@ -24,7 +24,14 @@
 //! `vhost/uring.rs`). The default is `io_uring` with `cache=none` (I/O that
 //! blocks on the device) and `inline` with `writeback` (page-cache hits
 //! complete in about a microsecond, io_uring buys nothing for them).
+//!
+//! Network storage ([`nbd`]): an "image" spelled as an NBD URI
+//! (`nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH`) is an
+//! export of an NBD server, served through the daemon's own NBD client
+//! (`cache`, `aio` and `format` do not apply: the server does the caching
+//! and the format).
 
+pub mod nbd;
 pub mod qcow2;
 pub mod raw;
 
@@ -32,6 +39,7 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
+pub use nbd::NbdImage;
 pub use qcow2::{Qcow2Image, QCOW2_MAGIC};
 pub use raw::{OpenError, RawImage};
 
@@ -152,6 +160,8 @@ pub enum Image {
     Raw(RawImage),
     /// Served through imago.
     Qcow2(Qcow2Image),
+    /// An NBD export.
+    Nbd(NbdImage),
 }
 
 fn has_qcow2_magic(raw: &RawImage) -> bool {
@@ -175,6 +185,25 @@ impl Image {
         format: ImageFormat,
         cache: CacheMode,
     ) -> Result<Image, OpenError> {
+        if path.to_str().is_some_and(nbd::is_nbd_uri) {
+            if cache == CacheMode::None {
+                return Err(OpenError::InvalidOption {
+                    path: path.to_path_buf(),
+                    field: "cache",
+                    value: "none".into(),
+                    reason: "an NBD export is cached (or not) by its server: use cache=writeback",
+                });
+            }
+            if format == ImageFormat::Qcow2 {
+                return Err(OpenError::InvalidOption {
+                    path: path.to_path_buf(),
+                    field: "format",
+                    value: "qcow2".into(),
+                    reason: "an NBD export is served as the server presents it: let the server open the qcow2 (format=raw or auto here)",
+                });
+            }
+            return Ok(Image::Nbd(NbdImage::open(path, read_only)?));
+        }
         let raw = RawImage::open_with(path, read_only, cache)?;
         let qcow2 = match format {
             ImageFormat::Raw => false,
@@ -213,7 +242,15 @@ impl Image {
     pub fn as_raw(&self) -> Option<&RawImage> {
         match self {
             Image::Raw(r) => Some(r),
-            Image::Qcow2(_) => None,
+            Image::Qcow2(_) | Image::Nbd(_) => None,
+        }
+    }
+
+    /// The NBD export, if this is one.
+    pub fn as_nbd(&self) -> Option<&NbdImage> {
+        match self {
+            Image::Nbd(n) => Some(n),
+            _ => None,
         }
     }
 
@@ -226,7 +263,7 @@ impl Image {
     /// The format being served (never `Auto`).
     pub fn format(&self) -> ImageFormat {
         match self {
-            Image::Raw(_) => ImageFormat::Raw,
+            Image::Raw(_) | Image::Nbd(_) => ImageFormat::Raw,
             Image::Qcow2(_) => ImageFormat::Qcow2,
         }
     }
@@ -236,6 +273,7 @@ impl Image {
         match self {
             Image::Raw(r) => r.path(),
             Image::Qcow2(q) => q.path(),
+            Image::Nbd(n) => n.path(),
         }
     }
 
@@ -244,6 +282,7 @@ impl Image {
         match self {
             Image::Raw(r) => r.size(),
             Image::Qcow2(q) => q.size(),
+            Image::Nbd(n) => n.size(),
         }
     }
 
@@ -252,15 +291,17 @@ impl Image {
         match self {
             Image::Raw(r) => r.read_only(),
             Image::Qcow2(q) => q.read_only(),
+            Image::Nbd(n) => n.read_only(),
         }
     }
 
     /// The open (and locked) file; for qcow2 the container, whose bytes are
-    /// not the disk's.
-    pub fn file(&self) -> &File {
+    /// not the disk's; none for an NBD export.
+    pub fn file(&self) -> Option<&File> {
         match self {
-            Image::Raw(r) => r.file(),
-            Image::Qcow2(q) => q.file(),
+            Image::Raw(r) => Some(r.file()),
+            Image::Qcow2(q) => Some(q.file()),
+            Image::Nbd(_) => None,
         }
     }
 
@@ -276,6 +317,7 @@ impl Image {
         match self {
             Image::Raw(r) => r.read_into(data_in, offset, len, disk_offset),
             Image::Qcow2(q) => q.read_into(data_in, offset, len, disk_offset),
+            Image::Nbd(n) => n.read_into(data_in, offset, len, disk_offset),
         }
     }
 
@@ -292,6 +334,53 @@ impl Image {
         match self {
             Image::Raw(r) => r.write_from(data_out, offset, len, disk_offset),
             Image::Qcow2(q) => q.write_from(data_out, offset, len, disk_offset),
+            Image::Nbd(n) => n
+                .write_from(data_out, offset, len, disk_offset, false)
+                .map(|_| ()),
+        }
+    }
+
+    /// [`Image::write_from`] that is to be durable when `fua`: `Ok(true)`
+    /// when the medium made it durable itself (an NBD export taking
+    /// NBD_CMD_FLAG_FUA), `Ok(false)` when the caller still has to flush.
+    pub fn write_from_fua(
+        &self,
+        data_out: &dyn DataOut,
+        offset: usize,
+        len: usize,
+        disk_offset: u64,
+        fua: bool,
+    ) -> io::Result<bool> {
+        match self {
+            Image::Nbd(n) => n.write_from(data_out, offset, len, disk_offset, fua),
+            _ => self
+                .write_from(data_out, offset, len, disk_offset)
+                .map(|()| false),
+        }
+    }
+
+    /// Whether the medium has a volatile write cache that a flush empties
+    /// (an NBD export without SEND_FLUSH has none: WCE starts off).
+    pub fn has_write_cache(&self) -> bool {
+        match self {
+            Image::Nbd(n) => n.has_write_cache(),
+            _ => true,
+        }
+    }
+
+    /// Whether a deallocated range reads back as zeroes (LBPRZ): holes in a
+    /// file and discarded qcow2 clusters do; an NBD TRIM promises nothing.
+    pub fn unmapped_reads_zero(&self) -> bool {
+        !matches!(self, Image::Nbd(_))
+    }
+
+    /// Writes zeroes over `[offset, offset + len)` in one medium operation
+    /// where the medium has one (NBD_CMD_WRITE_ZEROES; `may_unmap` lets it
+    /// deallocate); `None` when the caller has to write zero blocks.
+    pub fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Option<io::Result<()>> {
+        match self {
+            Image::Nbd(n) if n.can_write_zeroes() => Some(n.write_zeroes(offset, len, may_unmap)),
+            _ => None,
         }
     }
 
@@ -300,6 +389,7 @@ impl Image {
         match self {
             Image::Raw(r) => r.sync_data(),
             Image::Qcow2(q) => q.sync_data(),
+            Image::Nbd(n) => n.sync_data(),
         }
     }
 
@@ -308,6 +398,7 @@ impl Image {
         match self {
             Image::Raw(r) => r.read_at(buf, offset),
             Image::Qcow2(q) => q.read_at(buf, offset),
+            Image::Nbd(n) => n.read_at(buf, offset),
         }
     }
 
@@ -316,6 +407,7 @@ impl Image {
         match self {
             Image::Raw(r) => r.write_at(buf, offset),
             Image::Qcow2(q) => q.write_at(buf, offset),
+            Image::Nbd(n) => n.write_at(buf, offset),
         }
     }
 
@@ -325,6 +417,23 @@ impl Image {
         match self {
             Image::Raw(r) => r.current_size(),
             Image::Qcow2(q) => Ok(q.size()),
+            Image::Nbd(n) => Ok(n.size()),
+        }
+    }
+
+    /// The allocation of `len` bytes at `offset` as the medium reports it
+    /// (an NBD export's `base:allocation` block status): `(bytes, hole)`
+    /// extents from `offset`, at most `max`; `None` where the medium has no
+    /// such report (files use [`Image::seek`]).
+    pub fn allocation(
+        &self,
+        offset: u64,
+        len: u64,
+        max: usize,
+    ) -> Option<io::Result<Vec<(u64, bool)>>> {
+        match self {
+            Image::Nbd(n) => n.allocation(offset, len, max),
+            _ => None,
         }
     }
 
@@ -333,16 +442,18 @@ impl Image {
     pub fn is_regular_file(&self) -> bool {
         match self {
             Image::Raw(r) => r.is_regular_file(),
-            Image::Qcow2(_) => false,
+            Image::Qcow2(_) | Image::Nbd(_) => false,
         }
     }
 
     /// Deallocates `len` bytes at `offset`; the range reads back as zeros
-    /// (raw: `fallocate(PUNCH_HOLE)`; qcow2: imago's discard-to-zero).
+    /// (raw: `fallocate(PUNCH_HOLE)`; qcow2: imago's discard-to-zero)
+    /// unless [`Image::unmapped_reads_zero`] says otherwise (NBD TRIM).
     pub fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
         match self {
             Image::Raw(r) => r.punch_hole(offset, len),
             Image::Qcow2(q) => q.discard(offset, len),
+            Image::Nbd(n) => n.trim(offset, len),
         }
     }
 
@@ -352,6 +463,7 @@ impl Image {
         match self {
             Image::Raw(r) => r.probe_punch_hole(),
             Image::Qcow2(q) => !q.read_only(),
+            Image::Nbd(n) => n.can_trim(),
         }
     }
 
@@ -360,7 +472,7 @@ impl Image {
     pub fn seek(&self, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
         match self {
             Image::Raw(r) => r.seek(offset, whence),
-            Image::Qcow2(_) => Err(io::Error::from(io::ErrorKind::Unsupported)),
+            Image::Qcow2(_) | Image::Nbd(_) => Err(io::Error::from(io::ErrorKind::Unsupported)),
         }
     }
 }

@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use crate::scsi::{DataIn, DataOut};
 
@@ -191,6 +191,54 @@ impl IoVecs {
     }
 }
 
+impl IoVecs {
+    /// One vector call `op` (a `readv` or `writev` on a stream) over the
+    /// first [`IOV_BATCH`] pieces of `[offset, offset + len)`; returns what
+    /// it returned (bytes moved).
+    fn once(
+        &self,
+        offset: usize,
+        len: usize,
+        op: impl Fn(&[libc::iovec]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range past the data buffer",
+            ));
+        }
+        let mut batch = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; IOV_BATCH];
+        let mut count = 0;
+        self.pieces(offset, len, |ptr, n| {
+            if count < IOV_BATCH {
+                batch[count] = libc::iovec {
+                    iov_base: ptr.cast(),
+                    iov_len: n,
+                };
+                count += 1;
+            }
+        });
+        op(&batch[..count])
+    }
+}
+
+fn readv(fd: BorrowedFd<'_>, iov: &[libc::iovec]) -> io::Result<usize> {
+    let (fd, n) = (fd.as_raw_fd(), iov.len() as libc::c_int);
+    // SAFETY: every iovec points into mapped guest memory (IoVecs
+    // invariant) that the kernel may write; the count matches the slice.
+    retry_eintr(|| unsafe { libc::readv(fd, iov.as_ptr(), n) })
+}
+
+fn writev(fd: BorrowedFd<'_>, iov: &[libc::iovec]) -> io::Result<usize> {
+    let (fd, n) = (fd.as_raw_fd(), iov.len() as libc::c_int);
+    // SAFETY: every iovec points into mapped guest memory (IoVecs
+    // invariant) that the kernel only reads; the count matches the slice.
+    retry_eintr(|| unsafe { libc::writev(fd, iov.as_ptr(), n) })
+}
+
 /// Runs a positional vector I/O call until it is not interrupted by a signal.
 fn retry_eintr(mut call: impl FnMut() -> isize) -> io::Result<usize> {
     loop {
@@ -259,6 +307,10 @@ impl DataIn for GuestDataIn<'_> {
     fn can_defer(&self) -> bool {
         self.defer
     }
+
+    fn recv_from(&mut self, offset: usize, len: usize, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        self.iov.once(self.base + offset, len, |iov| readv(fd, iov))
+    }
 }
 
 /// The data-out part of a request: device-readable bytes after the request header.
@@ -299,6 +351,11 @@ impl DataOut for GuestDataOut<'_> {
 
     fn can_defer(&self) -> bool {
         self.defer
+    }
+
+    fn send_to(&self, offset: usize, len: usize, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        self.iov
+            .once(self.base + offset, len, |iov| writev(fd, iov))
     }
 }
 
@@ -342,6 +399,43 @@ mod tests {
         iov.clear();
         assert!(iov.is_empty());
         let _ = (&mut a, &mut b, &mut c);
+    }
+
+    #[test]
+    fn readv_and_writev_on_a_stream_fill_and_drain_segments() {
+        use std::io::{Read, Write};
+        use std::os::fd::AsFd;
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut bufs = [[0u8; 3]; 4];
+        let mut iov = IoVecs::default();
+        for x in bufs.iter_mut() {
+            iov.push(x.as_mut_ptr(), 3);
+        }
+        a.write_all(&[1, 2, 3, 4, 5, 6, 7]).unwrap();
+        let mut din = GuestDataIn {
+            iov: &iov,
+            base: 2,
+            defer: false,
+        };
+        let mut got = 0;
+        while got < 7 {
+            got += din.recv_from(got, 7 - got, b.as_fd()).unwrap();
+        }
+        assert!(din.recv_from(5, 6, b.as_fd()).is_err());
+        let dout = GuestDataOut {
+            iov: &iov,
+            base: 3,
+            defer: false,
+        };
+        let mut sent = 0;
+        while sent < 5 {
+            sent += dout.send_to(sent, 5 - sent, b.as_fd()).unwrap();
+        }
+        let mut back = [0u8; 5];
+        a.read_exact(&mut back).unwrap();
+        assert_eq!(back, [2, 3, 4, 5, 6]);
+        let flat: Vec<u8> = bufs.iter().flatten().copied().collect();
+        assert_eq!(flat, [0, 0, 1, 2, 3, 4, 5, 6, 7, 0, 0, 0]);
     }
 
     #[test]
