@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod fault;
+pub mod lun_options;
 pub mod metrics;
 pub mod peer;
 pub mod ratelimit;

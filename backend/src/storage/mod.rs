@@ -198,7 +198,7 @@ impl Image {
                 path: path.to_path_buf(),
                 field: "cache",
                 value: "none".into(),
-                reason: "cache=none needs a raw image (qcow2 is served through imago's buffered I/O): use cache=writeback",
+                reason: "cache=none needs a raw image (qcow2 is served through imago's buffered I/O): use cache=writeback".into(),
             });
         }
         if qcow2 {

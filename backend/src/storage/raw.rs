@@ -109,7 +109,7 @@ pub enum OpenError {
         /// The rejected value.
         value: String,
         /// What is allowed.
-        reason: &'static str,
+        reason: String,
     },
 }
 
@@ -267,7 +267,8 @@ impl RawImage {
                             field: "cache",
                             value: "none".into(),
                             reason:
-                                "the file system refuses O_DIRECT (tmpfs?): use cache=writeback",
+                                "the file system refuses O_DIRECT (tmpfs?): use cache=writeback"
+                                    .into(),
                         }
                     })?;
                 let align = dio_alignment(&direct);
