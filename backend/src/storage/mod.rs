@@ -25,6 +25,7 @@
 //! blocks on the device) and `inline` with `writeback` (page-cache hits
 //! complete in about a microsecond, io_uring buys nothing for them).
 
+pub mod lock;
 pub mod qcow2;
 pub mod raw;
 

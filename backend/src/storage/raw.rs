@@ -162,26 +162,6 @@ fn dio_alignment(file: &File) -> usize {
     }
 }
 
-fn flock_nb(file: &File, exclusive: bool) -> io::Result<()> {
-    let op = if exclusive {
-        libc::LOCK_EX
-    } else {
-        libc::LOCK_SH
-    } | libc::LOCK_NB;
-    loop {
-        // flock touches no memory of ours.
-        // SAFETY: flock takes an fd we own (borrowed from `file`, open for the whole call) and an integer operation.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-        if rc == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-}
-
 impl RawImage {
     /// Opens and locks `path`: `O_RDONLY` + shared lock when `read_only`,
     /// `O_RDWR` + exclusive lock otherwise. Refuses missing, empty and
@@ -231,7 +211,7 @@ impl RawImage {
         if meta.is_dir() {
             return Err(OpenError::NotAnImage { path: owned() });
         }
-        match flock_nb(&file, !read_only) {
+        match super::lock::set(&file, super::lock::Lock::for_access(read_only)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 return Err(OpenError::Locked { path: owned() })

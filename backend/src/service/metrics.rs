@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use crate::control::Service;
+use super::Service;
 use crate::scsi::target::LATENCY_BUCKETS;
 use crate::vhost::queue_metrics::TrustCounters;
 
