@@ -2,6 +2,8 @@
 //!
 //! - [`scsi`]: a transport-agnostic SCSI target (targets, logical units,
 //!   one module per command family, one opcode table).
+//! - [`buffers`]: a command's Data-In and Data-Out buffers (SAM-5), the
+//!   seam between the SCSI layer, storage and the transport.
 //! - [`storage`]: where the bytes live (raw and qcow2 images, image locks).
 //! - [`vhost`]: the vhost-user transport, the only part that knows virtio.
 //! - [`daemon`]: the accept loop, reconnects and shutdown.
@@ -11,6 +13,7 @@
 //! - [`lun_options`]: every LUN option and its rules, shared by the
 //!   command line, the configuration file and the control socket.
 
+pub mod buffers;
 pub mod config;
 pub mod daemon;
 pub mod fault;

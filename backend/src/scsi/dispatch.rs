@@ -42,6 +42,9 @@ pub(crate) enum Handler {
     Lu(LuHandler),
     /// The target (REPORT LUNS, SPC-5: answered for any LUN, present or not).
     ReportLuns,
+    /// REPORT SUPPORTED OPERATION CODES: the logical unit, through
+    /// [`super::supported_opcodes`], which reads this table.
+    SupportedOperationCodes,
 }
 
 /// Which logical units offer a command.
@@ -497,19 +500,22 @@ pub static COMMANDS: &[Command] = &[
             unit::test_unit_ready,
         )
     },
-    sa(
-        cmd(
-            op::MAINTENANCE_IN,
-            "REPORT SUPPORTED OPERATION CODES",
-            &[
-                0xA3, 0x0C, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04,
-            ],
-            false,
-            false,
-            maintenance::report_supported_operation_codes,
-        ),
-        op::MI_REPORT_SUPPORTED_OPERATION_CODES,
-    ),
+    Command {
+        handler: Handler::SupportedOperationCodes,
+        ..sa(
+            cmd(
+                op::MAINTENANCE_IN,
+                "REPORT SUPPORTED OPERATION CODES",
+                &[
+                    0xA3, 0x0C, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04,
+                ],
+                false,
+                false,
+                unit::test_unit_ready,
+            ),
+            op::MI_REPORT_SUPPORTED_OPERATION_CODES,
+        )
+    },
     sa(
         cmd(
             op::MAINTENANCE_IN,

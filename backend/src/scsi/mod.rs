@@ -11,9 +11,14 @@
 //! Every command is answered with a SCSI status: malformed, short or empty
 //! CDBs give CHECK CONDITION, never a panic. Only transports fail a request.
 //!
-//! Command families, one module each: [`inquiry`], [`capacity`], [`rw`],
-//! [`report_luns`], [`sense_cmd`] (REQUEST SENSE), [`mode`], [`sync`]; the
-//! opcode table in [`dispatch`] routes CDBs to them.
+//! Command families, one module each: [`inquiry`], [`capacity`], [`rw`]
+//! (READ/WRITE and deferred transfers), [`verify`] (VERIFY, WRITE AND
+//! VERIFY, COMPARE AND WRITE), [`provisioning`] (UNMAP, WRITE SAME, GET LBA
+//! STATUS), [`sync`], [`mode`], [`unit`] (TEST UNIT READY, START STOP UNIT,
+//! PREVENT ALLOW MEDIUM REMOVAL), [`sense_cmd`] (REQUEST SENSE),
+//! [`report_luns`], [`supported_opcodes`], [`maintenance`] (REPORT SUPPORTED
+//! TASK MANAGEMENT FUNCTIONS), [`cdrom`] (MMC-6); the opcode table in
+//! [`dispatch`] routes CDBs to them.
 
 pub mod capacity;
 pub mod cdrom;
@@ -27,6 +32,7 @@ pub mod provisioning;
 pub mod report_luns;
 pub mod rw;
 pub mod sense_cmd;
+pub mod supported_opcodes;
 pub mod sync;
 pub mod target;
 pub mod unit;

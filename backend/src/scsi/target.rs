@@ -18,7 +18,7 @@ use vscsi_protocol::sense::Sense;
 use super::dispatch::{self, Handler};
 use super::io::{DataIn, DataOut};
 use super::lu::{LogicalUnit, STATE_NO_MEDIUM, STATE_STOPPED, UA_REPORTED_LUNS_CHANGED};
-use super::{inquiry, report_luns, sense_cmd, CommandResult, Request};
+use super::{inquiry, report_luns, sense_cmd, supported_opcodes, CommandResult, Request};
 
 /// Why a LUN could not be added to the bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -83,7 +83,12 @@ impl Target {
         self.lun(lun).is_some()
     }
 
-    /// Number of logical units.
+    /// The LUN numbers in ascending order (removed ones left out).
+    pub fn lun_numbers(&self) -> impl Iterator<Item = u16> + '_ {
+        self.entries().map(|(l, _)| l)
+    }
+
+    /// How many logical units the target has (removed ones left out).
     pub fn lun_count(&self) -> usize {
         self.entries().count()
     }
@@ -196,9 +201,14 @@ impl Target {
         }
         let cdb = &cdb[..usize::from(cmd.cdb_len)];
         let r = match (cmd.handler, lu) {
-            (Handler::ReportLuns, _) => report_luns::report_luns(self, cdb, data_in),
+            (Handler::ReportLuns, _) => {
+                report_luns::report_luns(self.lun_count(), self.lun_numbers(), cdb, data_in)
+            }
             (Handler::Lu(f), Some(lu)) => f(lu, cdb, data_in, data_out),
-            (Handler::Lu(_), None) => match opcode {
+            (Handler::SupportedOperationCodes, Some(lu)) => {
+                supported_opcodes::report_supported_operation_codes(lu, cdb, data_in)
+            }
+            (Handler::Lu(_) | Handler::SupportedOperationCodes, None) => match opcode {
                 Some(op::INQUIRY) => inquiry::missing_lun(cdb, data_in),
                 Some(op::REQUEST_SENSE) => {
                     sense_cmd::respond_with(cdb, data_in, Sense::LOGICAL_UNIT_NOT_SUPPORTED)
@@ -274,7 +284,12 @@ impl Target {
                 Ok(cmd) => {
                     let cdb = &req.cdb[..usize::from(cmd.cdb_len)];
                     match opcode {
-                        Some(op::REPORT_LUNS) => report_luns::report_luns(self, cdb, data_in),
+                        Some(op::REPORT_LUNS) => report_luns::report_luns(
+                            self.lun_count(),
+                            self.lun_numbers(),
+                            cdb,
+                            data_in,
+                        ),
                         Some(op::INQUIRY) => inquiry::well_known(cdb, data_in),
                         Some(op::REQUEST_SENSE) => {
                             sense_cmd::respond_with(cdb, data_in, Sense::NO_SENSE)

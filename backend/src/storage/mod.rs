@@ -36,7 +36,7 @@ use std::path::Path;
 pub use qcow2::{Qcow2Image, QCOW2_MAGIC};
 pub use raw::{OpenError, RawImage};
 
-use crate::scsi::io::{DataIn, DataOut};
+use crate::buffers::{DataIn, DataOut};
 
 /// Which format to serve an image as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::CacheMode;
-use crate::scsi::io::{DataIn, DataOut};
+use crate::buffers::{DataIn, DataOut};
 
 /// Direct-I/O alignment assumed when `statx` does not report one.
 const DEFAULT_DIO_ALIGN: usize = 4096;
@@ -667,7 +667,7 @@ mod tests {
         img.read_into(&mut d, 1, 100, 0).unwrap();
         assert_eq!(img.misaligned(), 1);
         // A misaligned file offset too.
-        let src = crate::scsi::io::SliceDataOut(&[7u8; 512]);
+        let src = crate::buffers::SliceDataOut(&[7u8; 512]);
         img.write_from(&src, 0, 512, 3).unwrap();
         assert_eq!(img.misaligned(), 2);
         let disk = std::fs::read(&path).unwrap();
@@ -689,7 +689,7 @@ mod tests {
     fn read_only_refuses_writes() {
         let f = image(512);
         let img = RawImage::open(f.path(), true).unwrap();
-        let data = crate::scsi::io::SliceDataOut(&[0u8; 512]);
+        let data = crate::buffers::SliceDataOut(&[0u8; 512]);
         let err = img.write_from(&data, 0, 512, 0).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
         assert_eq!(std::fs::read(f.path()).unwrap(), vec![0xA5; 512]);
