@@ -4,8 +4,15 @@
 //! work as they do for `chown`.
 
 use nix::unistd::{Group, User};
+use serde::Deserialize;
 
-use super::NumOrText;
+/// A number or a name (owner, group), or an octal mode written as a string.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum NumOrText {
+    Num(u64),
+    Text(String),
+}
 
 /// Default socket mode: owner and group may connect (QEMU often runs as
 /// another user of a shared group); never world-writable.

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::access::{lookup_id, mode_of, IdKind};
-use super::{
-    check_metrics_addr, ConfigError, ControllerConfig, DaemonConfig, LunConfig, LunFields,
-    NumOrText, SocketAccess,
-};
+use super::access::{lookup_id, mode_of, IdKind, NumOrText, SocketAccess};
+use super::error::ConfigError;
+use super::lun_fields::LunFields;
+use super::metrics_addr::check_metrics_addr;
+use super::model::{ControllerConfig, DaemonConfig, LunConfig};
 use crate::vhost::device::{
     check_max_queue_size, DEFAULT_MAX_QUEUE_SIZE, DEFAULT_REQUEST_QUEUES, FEATURE_NAMES,
     MAX_REQUEST_QUEUES, OPTIONAL_FEATURES,

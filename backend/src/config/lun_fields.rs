@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use vscsi_protocol::lun::MAX_LUN;
 
-use super::{LunConfig, LunSpec, NumOrText};
+use super::access::NumOrText;
+use super::lun_spec::LunSpec;
+use super::model::LunConfig;
 use crate::lun_options::{parse_wwn, DeviceType, LunOption, LunOptionError, LunRequest, Spelling};
 
 /// The fields of one LUN, as written in a `[[controller.lun]]` table of the

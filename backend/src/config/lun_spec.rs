@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use vscsi_protocol::lun::MAX_LUN;
 
-use super::ConfigError;
+use super::error::ConfigError;
 use crate::lun_options::{DeviceType, LunOption, LunRequest, Spelling};
 use crate::scsi::{LogicalUnit, LunOptions, ScsiBus};
 

@@ -19,11 +19,11 @@ use vscsi_protocol::cdb::byte;
 use vscsi_protocol::opcode as op;
 use vscsi_protocol::sense::Sense;
 
+use super::command::CommandResult;
 use super::io::{DataIn, DataOut};
 use super::lu::{DeviceType, LogicalUnit};
 use super::{
     capacity, cdrom, inquiry, maintenance, mode, provisioning, rw, sense_cmd, sync, unit, verify,
-    CommandResult,
 };
 
 /// A handler for a command addressed to an existing logical unit; `cdb`

@@ -4,9 +4,9 @@
 
 use vscsi_protocol::cdb::{be32, byte};
 
+use super::command::{invalid_field, respond, CommandResult};
 use super::io::{DataIn, DataOut};
 use super::lu::LogicalUnit;
-use super::{invalid_field, respond, CommandResult};
 
 /// The task management functions the control queue carries out
 /// (SPC-5 REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS parameter data, byte

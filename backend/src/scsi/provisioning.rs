@@ -27,12 +27,12 @@ use vscsi_protocol::cdb::{be16, be32, be64, byte};
 use vscsi_protocol::opcode as op;
 use vscsi_protocol::sense::Sense;
 
-use super::io::{DataIn, DataOut};
-use super::lu::LogicalUnit;
-use super::{
+use super::command::{
     invalid_field, invalid_param, io_error_sense, parameter_list, respond, write_through,
     CommandResult,
 };
+use super::io::{DataIn, DataOut};
+use super::lu::LogicalUnit;
 
 /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT (VPD page B0h).
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 255;

@@ -20,8 +20,8 @@ use vscsi_protocol::cdb::{be32, byte};
 use vscsi_protocol::data::report_luns_header;
 use vscsi_protocol::Lun;
 
+use super::command::{invalid_field, CommandResult};
 use super::io::DataIn;
-use super::{invalid_field, CommandResult};
 
 /// The REPORT LUNS well-known LUN as an 8-byte REPORT LUNS entry (SAM-5
 /// extended addressing, well-known LUN 01h).

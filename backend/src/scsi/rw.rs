@@ -47,9 +47,9 @@ use vscsi_protocol::opcode as op;
 use vscsi_protocol::sense::Sense;
 use vscsi_protocol::status;
 
+use super::command::{invalid_field, io_error_sense, write_through, CommandResult};
 use super::io::{DataIn, DataOut, MediumTransfer};
 use super::lu::LogicalUnit;
-use super::{invalid_field, io_error_sense, write_through, CommandResult};
 
 /// Decodes, validates and sizes a READ/WRITE: `(file offset, byte count)`.
 fn prepare(

@@ -15,10 +15,10 @@
 
 use vscsi_protocol::cdb::{be16, be32, byte};
 
+use super::command::{invalid_field, respond, CommandResult};
 use super::dispatch::{sorted_commands, Command, COMMANDS};
 use super::io::DataIn;
 use super::lu::LogicalUnit;
-use super::{invalid_field, respond, CommandResult};
 
 /// Command timeouts descriptor (SPC-5): DESCRIPTOR LENGTH 0Ah, COMMAND
 /// SPECIFIC 0, NOMINAL COMMAND PROCESSING TIMEOUT 0 (not reported), then

@@ -15,10 +15,11 @@ use vscsi_protocol::lun::MAX_LUN;
 use vscsi_protocol::opcode as op;
 use vscsi_protocol::sense::Sense;
 
+use super::command::{CommandResult, Request};
 use super::dispatch::{self, Handler};
 use super::io::{DataIn, DataOut};
 use super::lu::{LogicalUnit, STATE_NO_MEDIUM, STATE_STOPPED, UA_REPORTED_LUNS_CHANGED};
-use super::{inquiry, report_luns, sense_cmd, supported_opcodes, CommandResult, Request};
+use super::{inquiry, report_luns, sense_cmd, supported_opcodes};
 
 /// Why a LUN could not be added to the bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -23,9 +23,9 @@ use vscsi_protocol::cdb::{be16, be32, be64, byte};
 use vscsi_protocol::opcode as op;
 use vscsi_protocol::sense::Sense;
 
+use super::command::{invalid_field, io_error_sense, write_through, CommandResult};
 use super::io::{DataIn, DataOut};
 use super::lu::LogicalUnit;
-use super::{invalid_field, io_error_sense, write_through, CommandResult};
 
 /// MAXIMUM COMPARE AND WRITE LENGTH (VPD page B0h), in logical blocks.
 pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 64;

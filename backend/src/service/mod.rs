@@ -14,6 +14,7 @@
 //! path never takes: request processing only loads the controller's
 //! [`BusHandle`].
 
+mod error;
 mod faults;
 mod luns;
 mod media;
@@ -34,8 +35,8 @@ use crate::fault::FaultSpec;
 use crate::scsi::target::BusHandle;
 use crate::vhost::{DeviceOptions, QueueMetrics, ResetReason};
 
-use rpc::err;
-pub use rpc::{code, RpcError, MAX_LINE};
+use error::err;
+pub use error::{code, RpcError};
 
 /// How long remove_lun, set_read_only and insert_media wait for the
 /// commands in flight on a LUN before giving up (set_read_only,

@@ -27,7 +27,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::CacheMode;
+use super::modes::CacheMode;
 use crate::buffers::{DataIn, DataOut};
 
 /// Direct-I/O alignment assumed when `statx` does not report one.
