@@ -45,6 +45,9 @@ pub struct CommandResult {
     /// buffers said [`DataIn::can_defer`]): the status is final only once
     /// the transport ran it and called [`rw::complete_transfer`].
     transfer: Option<MediumTransfer>,
+    /// The data buffer is smaller than the CDB's transfer (see
+    /// [`CommandResult::buffer_overrun`]).
+    overrun: bool,
 }
 
 impl CommandResult {
@@ -58,6 +61,7 @@ impl CommandResult {
             data_in_len,
             data_out_len: 0,
             transfer: None,
+            overrun: false,
         }
     }
 
@@ -90,6 +94,24 @@ impl CommandResult {
         r
     }
 
+    /// The command's data buffer is smaller than the transfer its CDB asks
+    /// for: a mismatch between initiator and transport, not an error of the
+    /// command. A transport that has a code for it answers with that
+    /// ([`CommandResult::is_overrun`]; virtio-scsi: `VIRTIO_SCSI_S_OVERRUN`,
+    /// VIRTIO 1.2 §5.6.6.1); for others it is CHECK CONDITION, ILLEGAL
+    /// REQUEST, INVALID FIELD IN COMMAND INFORMATION UNIT (5/0E/03).
+    pub fn buffer_overrun() -> Self {
+        Self {
+            overrun: true,
+            ..Self::check_condition(Sense::INVALID_FIELD_IN_COMMAND_IU)
+        }
+    }
+
+    /// Whether this is a [`CommandResult::buffer_overrun`].
+    pub fn is_overrun(&self) -> bool {
+        self.overrun
+    }
+
     /// CHECK CONDITION with `sense` in descriptor format (SPC-5 §4.4.2).
     pub fn check_condition_descriptor(sense: Sense) -> Self {
         let mut r = Self::with_status(status::CHECK_CONDITION);
@@ -106,6 +128,7 @@ impl CommandResult {
             Some(s) if self.sense.first() != Some(&0x72) => Self {
                 data_in_len: self.data_in_len,
                 data_out_len: self.data_out_len,
+                overrun: self.overrun,
                 ..Self::check_condition_descriptor(s)
             },
             _ => self,
@@ -186,16 +209,12 @@ pub(crate) fn invalid_param(byte: usize, bit: Option<u8>) -> CommandResult {
 /// Data-Out buffer shorter than the list is a transport mismatch: 5/0E/03.
 pub(crate) fn parameter_list(data_out: &dyn DataOut, len: usize) -> Result<Vec<u8>, CommandResult> {
     if data_out.len() < len {
-        return Err(CommandResult::check_condition(
-            Sense::INVALID_FIELD_IN_COMMAND_IU,
-        ));
+        return Err(CommandResult::buffer_overrun());
     }
     let mut v = vec![0u8; len];
     let n = data_out.read_at(0, &mut v);
     if n < len {
-        return Err(CommandResult::check_condition(
-            Sense::INVALID_FIELD_IN_COMMAND_IU,
-        ));
+        return Err(CommandResult::buffer_overrun());
     }
     Ok(v)
 }
@@ -236,6 +255,29 @@ mod tests {
             format!("{r:?}"),
             "CommandResult { status: \"CHECK CONDITION\", sense: ILLEGAL REQUEST: LOGICAL BLOCK ADDRESS OUT OF RANGE (5/21/00), data_in_len: 0, data_out_len: 0 }"
         );
+    }
+
+    #[test]
+    fn an_overrun_is_explicit_and_survives_descriptor_format() {
+        let r = CommandResult::buffer_overrun();
+        assert!(r.is_overrun());
+        assert_eq!(r.status, status::CHECK_CONDITION);
+        assert_eq!(r.decoded_sense(), Some(Sense::INVALID_FIELD_IN_COMMAND_IU));
+        assert!(r.in_descriptor_format().is_overrun());
+        // The same sense built by hand (a fault, say) is not an overrun.
+        assert!(!CommandResult::check_condition(Sense::INVALID_FIELD_IN_COMMAND_IU).is_overrun());
+        // A READ(10) of 8 blocks into a 1-block buffer.
+        let (bus, _f) = crate::scsi::testutil::bus_with(64, crate::scsi::LunOptions::default());
+        let t = bus.target(0).unwrap();
+        let cdb = vscsi_protocol::cdb::Cdb::read_10(0, 8, false);
+        let mut din = crate::scsi::VecDataIn::new(512);
+        let req = Request {
+            cdb: cdb.as_bytes(),
+            tag: 1,
+            task_attr: 0,
+        };
+        let r = t.execute(0, &req, &mut din, &crate::scsi::NO_DATA_OUT);
+        assert!(r.is_overrun(), "{r:?}");
     }
 
     #[test]

@@ -150,7 +150,7 @@ pub(crate) fn write_same(
     let bs = lu.block_size() as usize;
     let mut block = vec![0u8; bs];
     if !ndob && data_out.read_at(0, &mut block) < bs {
-        return CommandResult::check_condition(Sense::INVALID_FIELD_IN_COMMAND_IU);
+        return CommandResult::buffer_overrun();
     }
     let consumed = if ndob { 0 } else { bs };
     let zero = block.iter().all(|&b| b == 0);

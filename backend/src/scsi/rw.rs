@@ -92,7 +92,7 @@ pub(crate) fn read(
     }
     let len = match usize::try_from(bytes) {
         Ok(len) if len <= data_in.capacity() => len,
-        _ => return CommandResult::check_condition(Sense::INVALID_FIELD_IN_COMMAND_IU),
+        _ => return CommandResult::buffer_overrun(),
     };
     if data_in.can_defer() && lu.defers_io() {
         return CommandResult::good(len).with_transfer(MediumTransfer {
@@ -128,7 +128,7 @@ pub(crate) fn write(
     }
     let len = match usize::try_from(bytes) {
         Ok(len) if len <= data_out.len() => len,
-        _ => return CommandResult::check_condition(Sense::INVALID_FIELD_IN_COMMAND_IU),
+        _ => return CommandResult::buffer_overrun(),
     };
     if data_out.can_defer() && lu.defers_io() {
         if !lu.locks().begin_deferred_write() {

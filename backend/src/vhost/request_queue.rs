@@ -556,10 +556,9 @@ impl RequestQueue {
             // Answered without a transfer (an error, BUSY, zero length).
             e.end_transfer();
         }
-        // The SCSI layer reports a buffer smaller than the command's
-        // transfer as 5/0E/03; on virtio that is the transport's
+        // A buffer smaller than the command's transfer is the transport's
         // VIRTIO_SCSI_S_OVERRUN (§5.6.6.1), as QEMU answers too.
-        if result.decoded_sense() == Some(Sense::INVALID_FIELD_IN_COMMAND_IU) {
+        if result.is_overrun() {
             debug!("data buffer smaller than the transfer: VIRTIO_SCSI_S_OVERRUN");
             return Outcome::Used(self.fail(Response::Overrun));
         }
