@@ -43,7 +43,6 @@
 use std::io;
 
 use vscsi_protocol::cdb::ReadWrite;
-use vscsi_protocol::opcode as op;
 use vscsi_protocol::sense::Sense;
 use vscsi_protocol::status;
 
@@ -189,26 +188,6 @@ pub fn complete_transfer(
     } else {
         r
     }
-}
-
-/// Whether `cdb` is a READ or WRITE, the only commands whose data transfer
-/// may be deferred: a transport with transfers in flight runs any other
-/// command only after they completed (so SYNCHRONIZE CACHE covers them and
-/// COMPARE AND WRITE never waits on its own queue).
-pub fn may_defer(cdb: &[u8]) -> bool {
-    matches!(
-        cdb.first(),
-        Some(
-            &(op::READ_6
-                | op::READ_10
-                | op::READ_12
-                | op::READ_16
-                | op::WRITE_6
-                | op::WRITE_10
-                | op::WRITE_12
-                | op::WRITE_16)
-        )
-    )
 }
 
 #[cfg(test)]

@@ -153,12 +153,8 @@ impl Target {
     ) -> CommandResult {
         let cdb = req.cdb;
         let opcode = cdb.first().copied();
-        if lu.is_none()
-            && !matches!(
-                opcode,
-                Some(op::INQUIRY | op::REQUEST_SENSE | op::REPORT_LUNS)
-            )
-        {
+        let info = dispatch::opcode_info(opcode.unwrap_or(0));
+        if lu.is_none() && !info.any_lun {
             return self.log(
                 req,
                 lun,
@@ -224,10 +220,10 @@ impl Target {
     /// but INQUIRY, REPORT LUNS and REQUEST SENSE (SAM-5 unit attention
     /// condition; SPC-5), before the CDB is even decoded.
     fn attention_check(lu: &LogicalUnit, cdb: &[u8]) -> Option<CommandResult> {
-        if matches!(
-            cdb.first(),
-            Some(&(op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE))
-        ) {
+        if cdb
+            .first()
+            .is_some_and(|&op| dispatch::opcode_info(op).any_lun)
+        {
             return None;
         }
         lu.take_unit_attention().map(CommandResult::check_condition)
@@ -274,10 +270,7 @@ impl Target {
         _data_out: &dyn DataOut,
     ) -> CommandResult {
         let opcode = req.cdb.first().copied();
-        let r = if !matches!(
-            opcode,
-            Some(op::REPORT_LUNS | op::INQUIRY | op::REQUEST_SENSE | op::TEST_UNIT_READY)
-        ) {
+        let r = if !opcode.is_some_and(|op| dispatch::opcode_info(op).well_known_lu) {
             CommandResult::check_condition(Sense::INVALID_COMMAND_OPERATION_CODE)
         } else {
             match dispatch::lookup(req.cdb) {
@@ -641,21 +634,11 @@ impl LunStats {
     fn record(&self, cdb: &[u8], r: &CommandResult, took: Duration) {
         let relaxed = Ordering::Relaxed;
         self.commands.fetch_add(1, relaxed);
-        match cdb.first().copied() {
-            Some(op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16) => {
+        match cdb.first().map(|&op| dispatch::opcode_info(op).class) {
+            Some(dispatch::Class::Read) => {
                 self.read_ops.fetch_add(1, relaxed);
             }
-            Some(
-                op::WRITE_6
-                | op::WRITE_10
-                | op::WRITE_12
-                | op::WRITE_16
-                | op::WRITE_AND_VERIFY_10
-                | op::WRITE_AND_VERIFY_16
-                | op::WRITE_SAME_10
-                | op::WRITE_SAME_16
-                | op::COMPARE_AND_WRITE,
-            ) => {
+            Some(dispatch::Class::Write) => {
                 self.write_ops.fetch_add(1, relaxed);
             }
             _ => {}

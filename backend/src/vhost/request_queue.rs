@@ -62,7 +62,8 @@ use super::ring_guard::malformed;
 use super::ring_guard::RingGuard;
 use super::uring::{Completed, StartError, Uring};
 use crate::fault::FaultTable;
-use crate::scsi::rw::{complete_transfer, may_defer};
+use crate::scsi::dispatch::may_defer;
+use crate::scsi::rw::complete_transfer;
 use crate::scsi::target::LunEntry;
 use crate::scsi::{Request, ScsiBus};
 
