@@ -3,7 +3,8 @@
 //!
 //! A [`FaultTable`] is shared (through `Arc`) by every request queue worker
 //! of every device the daemon creates, and can be changed at run time by
-//! whoever holds it (tests, a future control socket, the `--fault` flag).
+//! whoever holds it: the `fault` field of a configuration-file LUN, the
+//! `set_fault` / `clear_fault` control methods, tests.
 //! With no fault configured the I/O path pays one relaxed atomic load.
 //!
 //! ```
@@ -378,23 +379,6 @@ impl FromStr for FaultSpec {
     }
 }
 
-/// Parses a `--fault T:L=SPEC` argument into its LUN and spec.
-pub fn parse_fault_arg(arg: &str) -> Result<(u8, u16, FaultSpec), FaultParseError> {
-    let err = |why: &str| FaultParseError {
-        spec: arg.to_string(),
-        why: why.to_string(),
-    };
-    let (addr, spec) = arg
-        .split_once('=')
-        .ok_or_else(|| err("expected T:L=SPEC"))?;
-    let (t, l) = addr
-        .split_once(':')
-        .ok_or_else(|| err("expected T:L=SPEC"))?;
-    let target = t.parse().map_err(|_| err("bad target"))?;
-    let lun = l.parse().map_err(|_| err("bad LUN"))?;
-    Ok((target, lun, spec.parse()?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,9 +451,9 @@ mod tests {
 
     #[test]
     fn parses_specs() {
-        let (t, l, s) =
-            parse_fault_arg("1:2=stall,latency=1.5ms,short=512,fail=0.5@9:2/04/01").unwrap();
-        assert_eq!((t, l), (1, 2));
+        let s: FaultSpec = "stall,latency=1.5ms,short=512,fail=0.5@9:2/04/01"
+            .parse()
+            .unwrap();
         assert!(s.stall);
         assert_eq!(s.latency, Some(Duration::from_micros(1500)));
         assert_eq!(s.short_transfer, Some(512));
@@ -479,7 +463,6 @@ mod tests {
             (500_000, 9, SenseKey::NotReady)
         );
         assert!("bogus".parse::<FaultSpec>().is_err());
-        assert!(parse_fault_arg("0=stall").is_err());
         assert!("error=5".parse::<FaultSpec>().is_err());
     }
 }

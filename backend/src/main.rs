@@ -1,15 +1,13 @@
 //! `vscsi-backend`: serve disk images as virtio-scsi LUNs over vhost-user.
+//! Flags → [`DaemonConfig`] → [`service::run::run`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Parser;
-use tracing::{error, info};
-use vscsi_backend::config::{self, DaemonConfig, LunSpec, SocketAccess};
-use vscsi_backend::control::Service;
-use vscsi_backend::{daemon, metrics, vhost};
+use tracing::error;
+use vscsi_backend::config::{self, DaemonConfig, LunSpec};
+use vscsi_backend::{service, vhost};
 
 /// Serve disk image files as SCSI LUNs to a vhost-user frontend
 /// (QEMU `-device vhost-user-scsi-pci`, or the `vscsi` driver).
@@ -119,6 +117,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Flags → configuration → [`service::run::run`].
 fn run(args: Args) -> anyhow::Result<()> {
     if let Some(file) = &args.check_config {
         let mut cfg = config::load_file(file)?;
@@ -138,104 +137,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("give --socket PATH and images, or --config FILE"),
     };
     override_from_flags(&mut cfg, &args)?;
-    let service = Arc::new(Service::build(&cfg)?);
-    for c in &cfg.controllers {
-        for l in &c.luns {
-            info!(controller = %c.name, target = l.spec.target, lun = l.spec.lun, image = %l.spec.path.display(), read_only = l.spec.options.read_only, "serving");
-        }
-    }
-    // Every socket is created before anything is served, so a bad path
-    // stops the daemon before a frontend could connect.
-    let mut created: Vec<PathBuf> = Vec::new();
-    // Before any socket appears: a SIGTERM right after it must stop cleanly.
-    install_signals(&service)?;
-    let result = (|| -> anyhow::Result<()> {
-        let mut listeners = Vec::new();
-        for c in &cfg.controllers {
-            listeners.push(daemon::bind_with(&c.socket, &c.access)?);
-            created.push(c.socket.clone());
-            info!(controller = %c.name, socket = %c.socket.display(), mode = format!("{:04o}", c.access.mode), "listening");
-        }
-        let control = match &cfg.control {
-            Some(p) => {
-                let access = SocketAccess {
-                    mode: config::CONTROL_SOCKET_MODE,
-                    ..Default::default()
-                };
-                let l = daemon::bind_with(p, &access)?;
-                created.push(p.clone());
-                info!(socket = %p.display(), "control socket listening");
-                Some(l)
-            }
-            None => None,
-        };
-        let metrics_listener = match &cfg.metrics {
-            Some(addr) => {
-                let l = metrics::bind(addr)?;
-                if let Some(p) = addr.strip_prefix("unix:") {
-                    created.push(PathBuf::from(p));
-                }
-                info!(address = %addr, "metrics endpoint listening");
-                Some(l)
-            }
-            None => None,
-        };
-        if let Some(l) = control {
-            let s = service.clone();
-            std::thread::spawn(move || s.serve_control(l));
-        }
-        if let Some(l) = metrics_listener {
-            let s = service.clone();
-            std::thread::spawn(move || metrics::serve(s, l));
-        }
-        let mut threads = Vec::new();
-        for (c, l) in service.controllers().iter().zip(listeners) {
-            let c = c.clone();
-            let service = service.clone();
-            threads.push(std::thread::spawn(move || {
-                let r = daemon::serve_controller(
-                    l,
-                    &c.bus,
-                    c.opts.clone(),
-                    c.shutdown.clone(),
-                    &c.name,
-                    &c.connections,
-                );
-                if let Err(e) = &r {
-                    error!(controller = %c.name, error = %e, "controller stopped");
-                    // One controller failing stops the daemon: the others
-                    // would otherwise keep running half of the service.
-                    service.shutdown();
-                }
-                r
-            }));
-        }
-        let mut first = Ok(());
-        for t in threads {
-            match t.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    if first.is_ok() {
-                        first = Err(anyhow::Error::from(e));
-                    }
-                }
-                Err(_) => {
-                    if first.is_ok() {
-                        first = Err(anyhow::anyhow!("a controller thread panicked"));
-                    }
-                }
-            }
-        }
-        first
-    })();
-    service.shutdown();
-    let flushed = service.flush_all();
-    for p in &created {
-        let _ = std::fs::remove_file(p);
-    }
-    result?;
-    flushed.context("flushing images")?;
-    info!("stopped");
+    service::run::run(&cfg)?;
     Ok(())
 }
 
@@ -257,21 +159,5 @@ fn override_from_flags(cfg: &mut DaemonConfig, args: &Args) -> anyhow::Result<()
             );
         }
     }
-    Ok(())
-}
-
-fn install_signals(service: &Arc<Service>) -> anyhow::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .context("installing signal handlers")?;
-    let service = service.clone();
-    std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            info!(signal = sig, "stopping");
-            service.shutdown();
-        }
-    });
     Ok(())
 }

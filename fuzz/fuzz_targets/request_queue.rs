@@ -30,7 +30,7 @@ use vscsi_backend::fault::FaultTable;
 use vscsi_backend::scsi::{LogicalUnit, LunOptions, ScsiBus};
 use vscsi_backend::storage::AioMode;
 use vscsi_backend::vhost::queue_metrics::QueueMetrics;
-use vscsi_backend::vhost::control_queue::{ControlQueue, TaskSet};
+use vscsi_backend::vhost::control_queue::{ControlQueue, TmfScope};
 use vscsi_backend::vhost::request_queue::{QueueShared, RequestQueue};
 
 const QSIZE: u16 = 16;
@@ -149,12 +149,12 @@ fuzz_target!(|input: &[u8]| {
     if control {
         // The same ring as the control queue: TMFs and AN requests
         // (VIRTIO 1.2 §5.6.6.2), over the request queue's held commands.
-        let tasks = TaskSet {
+        let scope = TmfScope {
             bus: &bus,
             queues: std::slice::from_ref(&shared),
             faults: &faults,
         };
-        let _ = ControlQueue::default().process(&vring, &atomic, &tasks);
+        let _ = ControlQueue::default().process(&vring, &atomic, &scope);
     } else {
         let mut q = RequestQueue::new(
             shared.clone(),

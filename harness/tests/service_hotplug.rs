@@ -262,7 +262,7 @@ async fn two_controllers_hotplug_and_unplug_under_io() {
     let commands = lun["commands"].as_u64().unwrap();
     // The Prometheus text of the same counters (the --metrics endpoint);
     // the driver's topology task may have sent a probe since the snapshot.
-    let text = vscsi_backend::metrics::render(&run.service);
+    let text = vscsi_backend::service::metrics::render(&run.service);
     let value = |series: &str| -> u64 {
         let line = text
             .lines()

@@ -3,9 +3,9 @@
 use vscsi_protocol::cdb::{be32, byte};
 use vscsi_protocol::data::{ReadCapacity10, ReadCapacity16};
 
+use super::command::{invalid_field, respond, CommandResult};
 use super::io::{DataIn, DataOut};
 use super::lu::LogicalUnit;
-use super::{invalid_field, respond, CommandResult};
 
 /// READ CAPACITY(10): 8 bytes, last LBA clamped to FFFFFFFFh so the
 /// initiator switches to READ CAPACITY(16). The obsolete LOGICAL BLOCK

@@ -10,9 +10,9 @@
 
 use vscsi_protocol::cdb::{be16, byte};
 
+use super::command::{invalid_field, respond, CommandResult};
 use super::io::{DataIn, DataOut};
 use super::lu::{LogicalUnit, MEDIA_EVENT_NONE};
-use super::{invalid_field, respond, CommandResult};
 
 /// Profile 0008h: CD-ROM (MMC-6 profile list).
 pub const PROFILE_CD_ROM: u16 = 0x0008;

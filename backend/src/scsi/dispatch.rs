@@ -19,11 +19,11 @@ use vscsi_protocol::cdb::byte;
 use vscsi_protocol::opcode as op;
 use vscsi_protocol::sense::Sense;
 
+use super::command::CommandResult;
 use super::io::{DataIn, DataOut};
 use super::lu::{DeviceType, LogicalUnit};
 use super::{
     capacity, cdrom, inquiry, maintenance, mode, provisioning, rw, sense_cmd, sync, unit, verify,
-    CommandResult,
 };
 
 /// A handler for a command addressed to an existing logical unit; `cdb`
@@ -42,6 +42,9 @@ pub(crate) enum Handler {
     Lu(LuHandler),
     /// The target (REPORT LUNS, SPC-5: answered for any LUN, present or not).
     ReportLuns,
+    /// REPORT SUPPORTED OPERATION CODES: the logical unit, through
+    /// [`super::supported_opcodes`], which reads this table.
+    SupportedOperationCodes,
 }
 
 /// Which logical units offer a command.
@@ -81,7 +84,82 @@ pub struct Command {
     pub needs: Needs,
     /// RECOMMENDED COMMAND TIMEOUT in seconds (command timeouts descriptor).
     pub timeout: u32,
+    /// What kind of command it is (statistics, device types).
+    pub class: Class,
+    /// A READ/WRITE whose data transfer a transport may run later; any
+    /// other command runs only after the transfers in flight on its queue
+    /// completed (so SYNCHRONIZE CACHE covers them and COMPARE AND WRITE
+    /// never waits on its own queue).
+    pub may_defer: bool,
+    /// Answered for any LUN, present or not, and never with a pending unit
+    /// attention.
+    pub any_lun: bool,
+    /// Offered by the REPORT LUNS well-known logical unit.
+    pub well_known_lu: bool,
     pub(crate) handler: Handler,
+}
+
+/// What kind of command an entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Reads the medium into Data-In (READ).
+    Read,
+    /// Writes the medium (WRITE, WRITE AND VERIFY, WRITE SAME, COMPARE AND WRITE).
+    Write,
+    /// Compares with the medium, writes nothing (VERIFY).
+    Verify,
+    /// Anything else.
+    Other,
+}
+
+/// What the table says about an opcode, for the checks made before a CDB
+/// is looked up (every entry of one opcode agrees on these).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpcodeInfo {
+    /// [`Command::class`].
+    pub class: Class,
+    /// [`Command::may_defer`].
+    pub may_defer: bool,
+    /// [`Command::any_lun`].
+    pub any_lun: bool,
+    /// [`Command::well_known_lu`].
+    pub well_known_lu: bool,
+}
+
+/// An opcode not in the table.
+const NOT_IN_TABLE: OpcodeInfo = OpcodeInfo {
+    class: Class::Other,
+    may_defer: false,
+    any_lun: false,
+    well_known_lu: false,
+};
+
+/// [`OpcodeInfo`] of every opcode, built from [`TABLE`] at compile time.
+static BY_OPCODE: [OpcodeInfo; 256] = {
+    let mut t = [NOT_IN_TABLE; 256];
+    let mut i = 0;
+    while i < TABLE.len() {
+        let c = &TABLE[i];
+        t[c.opcode as usize] = OpcodeInfo {
+            class: c.class,
+            may_defer: c.may_defer,
+            any_lun: c.any_lun,
+            well_known_lu: c.well_known_lu,
+        };
+        i += 1;
+    }
+    t
+};
+
+/// What the table says about `opcode` (one array load).
+pub fn opcode_info(opcode: u8) -> OpcodeInfo {
+    BY_OPCODE[usize::from(opcode)]
+}
+
+/// Whether the command of `cdb` (only its first byte is read) may leave its
+/// data transfer to the transport ([`Command::may_defer`]).
+pub fn may_defer(cdb: &[u8]) -> bool {
+    cdb.first().is_some_and(|&op| opcode_info(op).may_defer)
 }
 
 impl std::fmt::Debug for Command {
@@ -125,29 +203,58 @@ const fn cmd(
         usage,
         medium,
         present: medium,
-        needs: needs_for(opcode),
+        needs: Needs::Any,
         timeout: 30,
+        class: Class::Other,
+        may_defer: false,
+        any_lun: false,
+        well_known_lu: false,
         handler: Handler::Lu(f),
     }
 }
 
-/// Commands that write (or verify against) the medium exist on disks only:
-/// a CD-ROM answers them INVALID COMMAND OPERATION CODE, as MMC drives do.
-const fn needs_for(opcode: u8) -> Needs {
-    match opcode {
-        op::WRITE_6
-        | op::WRITE_10
-        | op::WRITE_12
-        | op::WRITE_16
-        | op::WRITE_AND_VERIFY_10
-        | op::WRITE_AND_VERIFY_16
-        | op::VERIFY_10
-        | op::VERIFY_16
-        | op::COMPARE_AND_WRITE
-        | op::WRITE_SAME_10
-        | op::WRITE_SAME_16 => Needs::Disk,
-        _ => Needs::Any,
-    }
+/// A READ: counted as a read; its transfer may be deferred.
+const fn reads(mut c: Command) -> Command {
+    c.class = Class::Read;
+    c.may_defer = true;
+    c
+}
+
+/// A command that writes the medium: counted as a write, and offered by
+/// disks only (a CD-ROM answers INVALID COMMAND OPERATION CODE, as MMC
+/// drives do).
+const fn writes(mut c: Command) -> Command {
+    c.class = Class::Write;
+    c.needs = Needs::Disk;
+    c
+}
+
+/// A WRITE whose transfer may be deferred.
+const fn writes_deferrable(c: Command) -> Command {
+    let mut c = writes(c);
+    c.may_defer = true;
+    c
+}
+
+/// A command that verifies against the medium: disks only.
+const fn verifies(mut c: Command) -> Command {
+    c.class = Class::Verify;
+    c.needs = Needs::Disk;
+    c
+}
+
+/// Answered for any LUN, with or without a logical unit, and never with a
+/// pending unit attention (SAM-5: INQUIRY, REPORT LUNS, REQUEST SENSE).
+const fn any_lun(mut c: Command) -> Command {
+    c.any_lun = true;
+    c
+}
+
+/// Offered by the REPORT LUNS well-known logical unit (SPC-5: INQUIRY,
+/// REPORT LUNS, REQUEST SENSE, TEST UNIT READY).
+const fn well_known_lu(mut c: Command) -> Command {
+    c.well_known_lu = true;
+    c
 }
 
 const fn disk(mut c: Command) -> Command {
@@ -183,24 +290,27 @@ const fn slow(mut c: Command, timeout: u32) -> Command {
 /// Every supported command. READ/WRITE come first: they are the hot path
 /// and the lookup is a linear scan. CDB usage data follows the CDB tables
 /// of SPC-5 / SBC-4 for each command (control byte: NACA evaluated, 04h).
-pub static COMMANDS: &[Command] = &[
-    cmd(
+pub static COMMANDS: &[Command] = TABLE;
+
+/// [`COMMANDS`] as a constant, so that [`BY_OPCODE`] is built from it.
+const TABLE: &[Command] = &[
+    reads(cmd(
         op::READ_10,
         "READ(10)",
         &[0x28, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x04],
         false,
         true,
         rw::read,
-    ),
-    cmd(
+    )),
+    writes_deferrable(cmd(
         op::WRITE_10,
         "WRITE(10)",
         &[0x2A, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x04],
         true,
         true,
         rw::write,
-    ),
-    cmd(
+    )),
+    reads(cmd(
         op::READ_16,
         "READ(16)",
         &[
@@ -210,8 +320,8 @@ pub static COMMANDS: &[Command] = &[
         false,
         true,
         rw::read,
-    ),
-    cmd(
+    )),
+    writes_deferrable(cmd(
         op::WRITE_16,
         "WRITE(16)",
         &[
@@ -221,8 +331,8 @@ pub static COMMANDS: &[Command] = &[
         true,
         true,
         rw::write,
-    ),
-    cmd(
+    )),
+    reads(cmd(
         op::READ_12,
         "READ(12)",
         &[
@@ -231,8 +341,8 @@ pub static COMMANDS: &[Command] = &[
         false,
         true,
         rw::read,
-    ),
-    cmd(
+    )),
+    writes_deferrable(cmd(
         op::WRITE_12,
         "WRITE(12)",
         &[
@@ -241,47 +351,47 @@ pub static COMMANDS: &[Command] = &[
         true,
         true,
         rw::write,
-    ),
-    cmd(
+    )),
+    reads(cmd(
         op::READ_6,
         "READ(6)",
         &[0x08, 0x1F, 0xFF, 0xFF, 0xFF, 0x04],
         false,
         true,
         rw::read,
-    ),
-    cmd(
+    )),
+    writes_deferrable(cmd(
         op::WRITE_6,
         "WRITE(6)",
         &[0x0A, 0x1F, 0xFF, 0xFF, 0xFF, 0x04],
         true,
         true,
         rw::write,
-    ),
-    cmd(
+    )),
+    well_known_lu(cmd(
         op::TEST_UNIT_READY,
         "TEST UNIT READY",
         &[0x00, 0, 0, 0, 0, 0x04],
         false,
         true,
         unit::test_unit_ready,
-    ),
-    cmd(
+    )),
+    well_known_lu(any_lun(cmd(
         op::REQUEST_SENSE,
         "REQUEST SENSE",
         &[0x03, 0x01, 0, 0, 0xFF, 0x04],
         false,
         false,
         sense_cmd::request_sense,
-    ),
-    cmd(
+    ))),
+    well_known_lu(any_lun(cmd(
         op::INQUIRY,
         "INQUIRY",
         &[0x12, 0x03, 0xFF, 0xFF, 0xFF, 0x04],
         false,
         false,
         inquiry::inquiry,
-    ),
+    ))),
     cmd(
         op::MODE_SELECT_6,
         "MODE SELECT(6)",
@@ -375,18 +485,18 @@ pub static COMMANDS: &[Command] = &[
         60,
     ),
     slow(
-        cmd(
+        verifies(cmd(
             op::VERIFY_10,
             "VERIFY(10)",
             &[0x2F, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x04],
             true,
             true,
             verify::verify,
-        ),
+        )),
         60,
     ),
     slow(
-        cmd(
+        verifies(cmd(
             op::VERIFY_16,
             "VERIFY(16)",
             &[
@@ -396,22 +506,22 @@ pub static COMMANDS: &[Command] = &[
             true,
             true,
             verify::verify,
-        ),
+        )),
         60,
     ),
     slow(
-        cmd(
+        writes(cmd(
             op::WRITE_AND_VERIFY_10,
             "WRITE AND VERIFY(10)",
             &[0x2E, 0xF2, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x04],
             true,
             true,
             verify::write_and_verify,
-        ),
+        )),
         60,
     ),
     slow(
-        cmd(
+        writes(cmd(
             op::WRITE_AND_VERIFY_16,
             "WRITE AND VERIFY(16)",
             &[
@@ -421,10 +531,10 @@ pub static COMMANDS: &[Command] = &[
             true,
             true,
             verify::write_and_verify,
-        ),
+        )),
         60,
     ),
-    cmd(
+    writes(cmd(
         op::COMPARE_AND_WRITE,
         "COMPARE AND WRITE",
         &[
@@ -433,20 +543,20 @@ pub static COMMANDS: &[Command] = &[
         true,
         true,
         verify::compare_and_write,
-    ),
+    )),
     slow(
-        cmd(
+        writes(cmd(
             op::WRITE_SAME_10,
             "WRITE SAME(10)",
             &[0x41, 0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x04],
             true,
             true,
             provisioning::write_same,
-        ),
+        )),
         120,
     ),
     slow(
-        cmd(
+        writes(cmd(
             op::WRITE_SAME_16,
             "WRITE SAME(16)",
             &[
@@ -456,7 +566,7 @@ pub static COMMANDS: &[Command] = &[
             true,
             true,
             provisioning::write_same,
-        ),
+        )),
         120,
     ),
     thin(slow(
@@ -488,28 +598,31 @@ pub static COMMANDS: &[Command] = &[
     ),
     Command {
         handler: Handler::ReportLuns,
-        ..cmd(
+        ..well_known_lu(any_lun(cmd(
             op::REPORT_LUNS,
             "REPORT LUNS",
             &[0xA0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04],
             false,
             false,
             unit::test_unit_ready,
+        )))
+    },
+    Command {
+        handler: Handler::SupportedOperationCodes,
+        ..sa(
+            cmd(
+                op::MAINTENANCE_IN,
+                "REPORT SUPPORTED OPERATION CODES",
+                &[
+                    0xA3, 0x0C, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04,
+                ],
+                false,
+                false,
+                unit::test_unit_ready,
+            ),
+            op::MI_REPORT_SUPPORTED_OPERATION_CODES,
         )
     },
-    sa(
-        cmd(
-            op::MAINTENANCE_IN,
-            "REPORT SUPPORTED OPERATION CODES",
-            &[
-                0xA3, 0x0C, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04,
-            ],
-            false,
-            false,
-            maintenance::report_supported_operation_codes,
-        ),
-        op::MI_REPORT_SUPPORTED_OPERATION_CODES,
-    ),
     sa(
         cmd(
             op::MAINTENANCE_IN,
@@ -665,6 +778,53 @@ mod tests {
     use super::*;
     use vscsi_protocol::cdb::Cdb;
     use vscsi_protocol::opcode::cdb_len;
+
+    #[test]
+    fn opcode_properties_come_from_the_entries() {
+        // Every entry of one opcode agrees with what BY_OPCODE says of it.
+        for c in COMMANDS {
+            let info = opcode_info(c.opcode);
+            assert_eq!(
+                (c.class, c.may_defer, c.any_lun, c.well_known_lu),
+                (info.class, info.may_defer, info.any_lun, info.well_known_lu),
+                "{}",
+                c.name
+            );
+            if matches!(c.class, Class::Write | Class::Verify) {
+                assert!(matches!(c.needs, Needs::Disk | Needs::Thin), "{}", c.name);
+            }
+        }
+        let deferrable: Vec<u8> = (0..=255u8).filter(|&o| may_defer(&[o])).collect();
+        assert_eq!(
+            deferrable,
+            [
+                op::READ_6,
+                op::WRITE_6,
+                op::READ_10,
+                op::WRITE_10,
+                op::READ_16,
+                op::WRITE_16,
+                op::READ_12,
+                op::WRITE_12
+            ]
+        );
+        let any: Vec<u8> = (0..=255u8).filter(|&o| opcode_info(o).any_lun).collect();
+        assert_eq!(any, [op::REQUEST_SENSE, op::INQUIRY, op::REPORT_LUNS]);
+        let wk: Vec<u8> = (0..=255u8)
+            .filter(|&o| opcode_info(o).well_known_lu)
+            .collect();
+        assert_eq!(
+            wk,
+            [
+                op::TEST_UNIT_READY,
+                op::REQUEST_SENSE,
+                op::INQUIRY,
+                op::REPORT_LUNS
+            ]
+        );
+        assert!(!may_defer(&[]));
+        assert_eq!(opcode_info(0xFF), NOT_IN_TABLE);
+    }
 
     #[test]
     fn table_is_consistent() {

@@ -20,11 +20,11 @@ use vscsi_protocol::data::{
     TYPE_WELL_KNOWN_LU,
 };
 
+use super::command::{invalid_field, respond, CommandResult};
 use super::io::{DataIn, DataOut};
 use super::lu::{DeviceType, LogicalUnit};
 use super::provisioning::{max_unmap_blocks, MAX_UNMAP_DESCRIPTORS};
 use super::verify::MAX_COMPARE_AND_WRITE_BLOCKS;
-use super::{invalid_field, respond, CommandResult};
 
 /// VPD page: supported VPD pages.
 pub const VPD_SUPPORTED_PAGES: u8 = 0x00;

@@ -21,99 +21,8 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use vscsi_protocol::data::{StandardInquiry, TYPE_CDROM, TYPE_DISK};
 use vscsi_protocol::sense::Sense;
 
-use crate::storage::{AioMode, CacheMode, Image, ImageFormat, OpenError};
-
-/// What a logical unit is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DeviceType {
-    /// Direct-access block device (SBC-4, peripheral device type 00h).
-    #[default]
-    Disk,
-    /// CD-ROM (MMC-6, peripheral device type 05h): removable, read-only,
-    /// 2048-byte blocks.
-    Cdrom,
-}
-
-/// Per-LU settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LunOptions {
-    /// Disk or CD-ROM. A CD-ROM is always read-only, removable, with
-    /// 2048-byte blocks and no thin provisioning, whatever the other fields say.
-    pub device_type: DeviceType,
-    /// RMB in standard INQUIRY data: the medium can be removed (START STOP
-    /// UNIT with LOEJ ejects it). Always true for a CD-ROM.
-    pub removable: bool,
-    /// Serve the image read-only: opened `O_RDONLY`, WRITE gets DATA
-    /// PROTECT / WRITE PROTECTED, MODE SENSE sets WP.
-    pub read_only: bool,
-    /// Logical block size: 512 (default), 1024, 2048 or 4096.
-    pub block_size: u32,
-    /// T10 VENDOR IDENTIFICATION, at most 8 printable ASCII characters.
-    pub vendor: String,
-    /// PRODUCT IDENTIFICATION, at most 16 printable ASCII characters.
-    pub product: String,
-    /// PRODUCT REVISION LEVEL, at most 4 printable ASCII characters.
-    pub revision: String,
-    /// Unit serial number (VPD page 80h), at most 64 printable ASCII
-    /// characters; also used in the VPD 83h identifier. Without one a
-    /// serial stable for the image path is derived.
-    pub serial: Option<String>,
-    /// Initial (and default) WCE of the caching mode page. With WCE=0 every
-    /// write is made durable (`fdatasync`) before its response.
-    pub write_cache: bool,
-    /// MEDIUM ROTATION RATE of VPD page B1h: 1 = non-rotating (default),
-    /// 0 = not reported, 0401h..FFFEh = rpm.
-    pub rotation_rate: u16,
-    /// Physical block size in bytes (a power of two ≥ the logical block
-    /// size, e.g. 4096 for 512e); 0 means equal to the logical block size.
-    pub physical_block_size: u32,
-    /// Largest transfer per command in 512-byte sectors (the virtio-scsi
-    /// `max_sectors`), reported as MAXIMUM TRANSFER LENGTH in VPD page B0h.
-    pub max_sectors: u32,
-    /// NAA designator of VPD page 83h (8 bytes, NAA in the top nibble);
-    /// without one a locally assigned (NAA 3h) value stable for the image
-    /// path or serial is derived.
-    pub wwn: Option<u64>,
-    /// Offer logical block provisioning (UNMAP, WRITE SAME with UNMAP, holes
-    /// in the image) when the image can punch holes. Default on.
-    pub discard: bool,
-    /// Establish the POWER ON, RESET, OR BUS DEVICE RESET OCCURRED unit
-    /// attention (6/29/00) at start, as a real disk does. Off by default:
-    /// initiators that do not expect it see their first command fail.
-    pub power_on_ua: bool,
-    /// Image format: detected from the content (default), or forced.
-    pub format: ImageFormat,
-    /// Host caching: page cache (`writeback`, default) or `O_DIRECT` (`none`).
-    pub cache: CacheMode,
-    /// How READ/WRITE data transfers are submitted (default: io_uring for
-    /// `cache=none`, inline for `writeback`; see [`AioMode::resolve`]).
-    pub aio: AioMode,
-}
-
-impl Default for LunOptions {
-    fn default() -> Self {
-        Self {
-            device_type: DeviceType::Disk,
-            removable: false,
-            read_only: false,
-            block_size: 512,
-            vendor: "VSCSI".into(),
-            product: "VIRTUAL-DISK".into(),
-            revision: "0001".into(),
-            serial: None,
-            write_cache: true,
-            rotation_rate: 1,
-            physical_block_size: 0,
-            max_sectors: 0xFFFF,
-            wwn: None,
-            discard: true,
-            power_on_ua: false,
-            format: ImageFormat::Auto,
-            cache: CacheMode::Writeback,
-            aio: AioMode::Auto,
-        }
-    }
-}
+pub use crate::lun_options::{DeviceType, LunOptions, MAX_SERIAL_LEN};
+use crate::storage::{AioMode, Image, OpenError};
 
 /// Pending unit attention: POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
 pub const UA_POWER_ON_RESET: u32 = 1 << 0;
@@ -280,9 +189,6 @@ pub const INQUIRY_LEN: usize = 96;
 /// descriptor values): SAM-5, SPC-5, SBC-4, each "no version claimed".
 pub const VERSION_DESCRIPTORS: [u16; 3] = [0x00A0, 0x05C0, 0x0600];
 
-/// Longest serial number accepted.
-pub const MAX_SERIAL_LEN: usize = 64;
-
 /// A logical unit serving one image.
 #[derive(Debug)]
 pub struct LogicalUnit {
@@ -310,33 +216,6 @@ pub struct LogicalUnit {
     locks: RangeLocks,
 }
 
-fn check_ascii(
-    path: &Path,
-    field: &'static str,
-    value: &str,
-    max: usize,
-    allow_empty: bool,
-) -> Result<(), OpenError> {
-    let reason = if value.len() > max {
-        Some("too long for its INQUIRY field")
-    } else if value.is_empty() && !allow_empty {
-        Some("must not be empty")
-    } else if !value.bytes().all(|c| (0x20..=0x7E).contains(&c)) {
-        Some("must be printable ASCII (SPC-5 §4.3.1)")
-    } else {
-        None
-    };
-    match reason {
-        Some(reason) => Err(OpenError::InvalidOption {
-            path: path.to_path_buf(),
-            field,
-            value: value.to_string(),
-            reason,
-        }),
-        None => Ok(()),
-    }
-}
-
 /// 64-bit FNV-1a, to derive a stable identifier from the image path.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
@@ -351,41 +230,13 @@ impl LogicalUnit {
     /// rounded down, with a warning naming it; one smaller than a block is
     /// refused.
     pub fn open(path: &Path, mut opts: LunOptions) -> Result<LogicalUnit, OpenError> {
-        if opts.device_type == DeviceType::Cdrom {
-            opts.block_size = 2048;
-            opts.read_only = true;
-            opts.removable = true;
-            opts.discard = false;
-            opts.physical_block_size = 0;
-            if opts.product == LunOptions::default().product {
-                opts.product = "VIRTUAL-CDROM".into();
-            }
-        }
-        if !matches!(opts.block_size, 512 | 1024 | 2048 | 4096) {
-            return Err(OpenError::InvalidOption {
-                path: path.to_path_buf(),
-                field: "block size",
-                value: opts.block_size.to_string(),
-                reason: "must be 512, 1024, 2048 or 4096",
-            });
-        }
-        check_ascii(path, "vendor", &opts.vendor, 8, false)?;
-        check_ascii(path, "product", &opts.product, 16, false)?;
-        check_ascii(path, "revision", &opts.revision, 4, true)?;
-        if let Some(serial) = &opts.serial {
-            check_ascii(path, "serial", serial, MAX_SERIAL_LEN, false)?;
-        }
-        let pbs = opts.physical_block_size;
-        if pbs != 0
-            && (!pbs.is_power_of_two() || pbs < opts.block_size || pbs / opts.block_size > 1 << 15)
-        {
-            return Err(OpenError::InvalidOption {
-                path: path.to_path_buf(),
-                field: "physical block size",
-                value: pbs.to_string(),
-                reason: "must be a power of two, at least the logical block size",
-            });
-        }
+        opts.settle_device_type();
+        opts.check().map_err(|e| OpenError::InvalidOption {
+            path: path.to_path_buf(),
+            field: e.option.field(),
+            value: e.value.clone(),
+            reason: e.message(crate::lun_options::Spelling::Field),
+        })?;
         let image = Image::open_with(path, opts.read_only, opts.format, opts.cache)?;
         // The medium may know better: a read-only NBD export is write
         // protected, one without a volatile cache has WCE off.
@@ -401,7 +252,8 @@ impl LogicalUnit {
                 field: "aio",
                 value: "io_uring".into(),
                 reason:
-                    "io_uring serves raw images only (qcow2 goes through imago): use aio=inline",
+                    "io_uring serves raw images only (qcow2 goes through imago): use aio=inline"
+                        .into(),
             });
         }
         let block_shift = opts.block_size.trailing_zeros();

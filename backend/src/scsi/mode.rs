@@ -35,9 +35,11 @@ use vscsi_protocol::cdb::{be16, be32, be64, byte};
 use vscsi_protocol::opcode;
 use vscsi_protocol::sense::Sense;
 
+use super::command::{
+    invalid_field, invalid_param, io_error_sense, parameter_list, respond, CommandResult,
+};
 use super::io::{DataIn, DataOut};
 use super::lu::{DeviceType, LogicalUnit};
-use super::{invalid_field, invalid_param, io_error_sense, parameter_list, respond, CommandResult};
 
 /// Caching mode page code (SBC-4).
 pub const PAGE_CACHING: u8 = 0x08;

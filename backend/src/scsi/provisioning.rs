@@ -29,12 +29,12 @@ use vscsi_protocol::cdb::{be16, be32, be64, byte};
 use vscsi_protocol::opcode as op;
 use vscsi_protocol::sense::Sense;
 
-use super::io::{DataIn, DataOut};
-use super::lu::LogicalUnit;
-use super::{
+use super::command::{
     invalid_field, invalid_param, io_error_sense, parameter_list, respond, write_through,
     CommandResult,
 };
+use super::io::{DataIn, DataOut};
+use super::lu::LogicalUnit;
 
 /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT (VPD page B0h).
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 255;
@@ -152,7 +152,7 @@ pub(crate) fn write_same(
     let bs = lu.block_size() as usize;
     let mut block = vec![0u8; bs];
     if !ndob && data_out.read_at(0, &mut block) < bs {
-        return CommandResult::check_condition(Sense::INVALID_FIELD_IN_COMMAND_IU);
+        return CommandResult::buffer_overrun();
     }
     let consumed = if ndob { 0 } else { bs };
     let zero = block.iter().all(|&b| b == 0);

@@ -20,9 +20,8 @@ use vscsi_protocol::cdb::{be32, byte};
 use vscsi_protocol::data::report_luns_header;
 use vscsi_protocol::Lun;
 
+use super::command::{invalid_field, CommandResult};
 use super::io::DataIn;
-use super::target::Target;
-use super::{invalid_field, CommandResult};
 
 /// The REPORT LUNS well-known LUN as an 8-byte REPORT LUNS entry (SAM-5
 /// extended addressing, well-known LUN 01h).
@@ -45,7 +44,14 @@ impl Limited<'_> {
     }
 }
 
-pub(crate) fn report_luns(t: &Target, cdb: &[u8], data_in: &mut dyn DataIn) -> CommandResult {
+/// REPORT LUNS for a target with `count` logical units, numbered `luns`
+/// in ascending order.
+pub(crate) fn report_luns(
+    count: usize,
+    luns: impl Iterator<Item = u16>,
+    cdb: &[u8],
+    data_in: &mut dyn DataIn,
+) -> CommandResult {
     let (units, well_known) = match byte(cdb, 2) {
         0x00 | 0x11 => (true, false),
         0x01 => (false, true),
@@ -54,7 +60,7 @@ pub(crate) fn report_luns(t: &Target, cdb: &[u8], data_in: &mut dyn DataIn) -> C
         _ => return invalid_field(2, Some(7)),
     };
     let alloc = be32(cdb, 6) as usize;
-    let count = if units { t.lun_count() } else { 0 } + usize::from(well_known);
+    let count = if units { count } else { 0 } + usize::from(well_known);
     let mut w = Limited {
         data_in,
         limit: alloc,
@@ -63,7 +69,7 @@ pub(crate) fn report_luns(t: &Target, cdb: &[u8], data_in: &mut dyn DataIn) -> C
     };
     w.put(&report_luns_header(count));
     if units {
-        for (lun, _) in t.luns() {
+        for lun in luns {
             if w.at >= w.limit {
                 break;
             }

@@ -43,13 +43,12 @@
 use std::io;
 
 use vscsi_protocol::cdb::ReadWrite;
-use vscsi_protocol::opcode as op;
 use vscsi_protocol::sense::Sense;
 use vscsi_protocol::status;
 
+use super::command::{invalid_field, io_error_sense, write_through, CommandResult};
 use super::io::{DataIn, DataOut, MediumTransfer};
 use super::lu::LogicalUnit;
-use super::{invalid_field, io_error_sense, write_through, CommandResult};
 
 /// Decodes, validates and sizes a READ/WRITE: `(file offset, byte count)`.
 fn prepare(
@@ -92,7 +91,7 @@ pub(crate) fn read(
     }
     let len = match usize::try_from(bytes) {
         Ok(len) if len <= data_in.capacity() => len,
-        _ => return CommandResult::check_condition(Sense::INVALID_FIELD_IN_COMMAND_IU),
+        _ => return CommandResult::buffer_overrun(),
     };
     if data_in.can_defer() && lu.defers_io() {
         return CommandResult::good(len).with_transfer(MediumTransfer {
@@ -128,7 +127,7 @@ pub(crate) fn write(
     }
     let len = match usize::try_from(bytes) {
         Ok(len) if len <= data_out.len() => len,
-        _ => return CommandResult::check_condition(Sense::INVALID_FIELD_IN_COMMAND_IU),
+        _ => return CommandResult::buffer_overrun(),
     };
     if data_out.can_defer() && lu.defers_io() {
         if !lu.locks().begin_deferred_write() {
@@ -193,26 +192,6 @@ pub fn complete_transfer(
     } else {
         r
     }
-}
-
-/// Whether `cdb` is a READ or WRITE, the only commands whose data transfer
-/// may be deferred: a transport with transfers in flight runs any other
-/// command only after they completed (so SYNCHRONIZE CACHE covers them and
-/// COMPARE AND WRITE never waits on its own queue).
-pub fn may_defer(cdb: &[u8]) -> bool {
-    matches!(
-        cdb.first(),
-        Some(
-            &(op::READ_6
-                | op::READ_10
-                | op::READ_12
-                | op::READ_16
-                | op::WRITE_6
-                | op::WRITE_10
-                | op::WRITE_12
-                | op::WRITE_16)
-        )
-    )
 }
 
 #[cfg(test)]

@@ -10,9 +10,9 @@
 use vscsi_protocol::cdb::byte;
 use vscsi_protocol::sense::Sense;
 
+use super::command::{respond, CommandResult};
 use super::io::{DataIn, DataOut};
 use super::lu::{LogicalUnit, STATE_NO_MEDIUM, STATE_STOPPED};
-use super::{respond, CommandResult};
 
 /// Returns `sense` as REQUEST SENSE parameter data, GOOD status.
 pub(crate) fn respond_with(cdb: &[u8], data_in: &mut dyn DataIn, sense: Sense) -> CommandResult {

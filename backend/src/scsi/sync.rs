@@ -10,9 +10,9 @@
 use vscsi_protocol::cdb::{be16, be32, be64};
 use vscsi_protocol::opcode;
 
+use super::command::{io_error_sense, CommandResult};
 use super::io::{DataIn, DataOut};
 use super::lu::LogicalUnit;
-use super::{io_error_sense, CommandResult};
 
 pub(crate) fn synchronize_cache(
     lu: &LogicalUnit,

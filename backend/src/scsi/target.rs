@@ -15,10 +15,11 @@ use vscsi_protocol::lun::MAX_LUN;
 use vscsi_protocol::opcode as op;
 use vscsi_protocol::sense::Sense;
 
+use super::command::{CommandResult, Request};
 use super::dispatch::{self, Handler};
 use super::io::{DataIn, DataOut};
 use super::lu::{LogicalUnit, STATE_NO_MEDIUM, STATE_STOPPED, UA_REPORTED_LUNS_CHANGED};
-use super::{inquiry, report_luns, sense_cmd, CommandResult, Request};
+use super::{inquiry, report_luns, sense_cmd, supported_opcodes};
 
 /// Why a LUN could not be added to the bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -83,7 +84,12 @@ impl Target {
         self.lun(lun).is_some()
     }
 
-    /// Number of logical units.
+    /// The LUN numbers in ascending order (removed ones left out).
+    pub fn lun_numbers(&self) -> impl Iterator<Item = u16> + '_ {
+        self.entries().map(|(l, _)| l)
+    }
+
+    /// How many logical units the target has (removed ones left out).
     pub fn lun_count(&self) -> usize {
         self.entries().count()
     }
@@ -147,12 +153,8 @@ impl Target {
     ) -> CommandResult {
         let cdb = req.cdb;
         let opcode = cdb.first().copied();
-        if lu.is_none()
-            && !matches!(
-                opcode,
-                Some(op::INQUIRY | op::REQUEST_SENSE | op::REPORT_LUNS)
-            )
-        {
+        let info = dispatch::opcode_info(opcode.unwrap_or(0));
+        if lu.is_none() && !info.any_lun {
             return self.log(
                 req,
                 lun,
@@ -196,9 +198,14 @@ impl Target {
         }
         let cdb = &cdb[..usize::from(cmd.cdb_len)];
         let r = match (cmd.handler, lu) {
-            (Handler::ReportLuns, _) => report_luns::report_luns(self, cdb, data_in),
+            (Handler::ReportLuns, _) => {
+                report_luns::report_luns(self.lun_count(), self.lun_numbers(), cdb, data_in)
+            }
             (Handler::Lu(f), Some(lu)) => f(lu, cdb, data_in, data_out),
-            (Handler::Lu(_), None) => match opcode {
+            (Handler::SupportedOperationCodes, Some(lu)) => {
+                supported_opcodes::report_supported_operation_codes(lu, cdb, data_in)
+            }
+            (Handler::Lu(_) | Handler::SupportedOperationCodes, None) => match opcode {
                 Some(op::INQUIRY) => inquiry::missing_lun(cdb, data_in),
                 Some(op::REQUEST_SENSE) => {
                     sense_cmd::respond_with(cdb, data_in, Sense::LOGICAL_UNIT_NOT_SUPPORTED)
@@ -213,10 +220,10 @@ impl Target {
     /// but INQUIRY, REPORT LUNS and REQUEST SENSE (SAM-5 unit attention
     /// condition; SPC-5), before the CDB is even decoded.
     fn attention_check(lu: &LogicalUnit, cdb: &[u8]) -> Option<CommandResult> {
-        if matches!(
-            cdb.first(),
-            Some(&(op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE))
-        ) {
+        if cdb
+            .first()
+            .is_some_and(|&op| dispatch::opcode_info(op).any_lun)
+        {
             return None;
         }
         lu.take_unit_attention().map(CommandResult::check_condition)
@@ -263,10 +270,7 @@ impl Target {
         _data_out: &dyn DataOut,
     ) -> CommandResult {
         let opcode = req.cdb.first().copied();
-        let r = if !matches!(
-            opcode,
-            Some(op::REPORT_LUNS | op::INQUIRY | op::REQUEST_SENSE | op::TEST_UNIT_READY)
-        ) {
+        let r = if !opcode.is_some_and(|op| dispatch::opcode_info(op).well_known_lu) {
             CommandResult::check_condition(Sense::INVALID_COMMAND_OPERATION_CODE)
         } else {
             match dispatch::lookup(req.cdb) {
@@ -274,7 +278,12 @@ impl Target {
                 Ok(cmd) => {
                     let cdb = &req.cdb[..usize::from(cmd.cdb_len)];
                     match opcode {
-                        Some(op::REPORT_LUNS) => report_luns::report_luns(self, cdb, data_in),
+                        Some(op::REPORT_LUNS) => report_luns::report_luns(
+                            self.lun_count(),
+                            self.lun_numbers(),
+                            cdb,
+                            data_in,
+                        ),
                         Some(op::INQUIRY) => inquiry::well_known(cdb, data_in),
                         Some(op::REQUEST_SENSE) => {
                             sense_cmd::respond_with(cdb, data_in, Sense::NO_SENSE)
@@ -625,21 +634,11 @@ impl LunStats {
     fn record(&self, cdb: &[u8], r: &CommandResult, took: Duration) {
         let relaxed = Ordering::Relaxed;
         self.commands.fetch_add(1, relaxed);
-        match cdb.first().copied() {
-            Some(op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16) => {
+        match cdb.first().map(|&op| dispatch::opcode_info(op).class) {
+            Some(dispatch::Class::Read) => {
                 self.read_ops.fetch_add(1, relaxed);
             }
-            Some(
-                op::WRITE_6
-                | op::WRITE_10
-                | op::WRITE_12
-                | op::WRITE_16
-                | op::WRITE_AND_VERIFY_10
-                | op::WRITE_AND_VERIFY_16
-                | op::WRITE_SAME_10
-                | op::WRITE_SAME_16
-                | op::COMPARE_AND_WRITE,
-            ) => {
+            Some(dispatch::Class::Write) => {
                 self.write_ops.fetch_add(1, relaxed);
             }
             _ => {}

@@ -21,9 +21,9 @@
 
 use vscsi_protocol::cdb::byte;
 
+use super::command::{invalid_field, io_error_sense, CommandResult};
 use super::io::{DataIn, DataOut};
 use super::lu::LogicalUnit;
-use super::{invalid_field, io_error_sense, CommandResult};
 
 /// TEST UNIT READY.
 pub(crate) fn test_unit_ready(

@@ -23,9 +23,9 @@ use vscsi_protocol::cdb::{be16, be32, be64, byte};
 use vscsi_protocol::opcode as op;
 use vscsi_protocol::sense::Sense;
 
+use super::command::{invalid_field, io_error_sense, write_through, CommandResult};
 use super::io::{DataIn, DataOut};
 use super::lu::LogicalUnit;
-use super::{invalid_field, io_error_sense, write_through, CommandResult};
 
 /// MAXIMUM COMPARE AND WRITE LENGTH (VPD page B0h), in logical blocks.
 pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 64;
@@ -82,9 +82,7 @@ fn compare_medium(
             return Err(read_error(lu, lba, &e));
         }
         if !expected(pos, &mut want[..n]) {
-            return Err(CommandResult::check_condition(
-                Sense::INVALID_FIELD_IN_COMMAND_IU,
-            ));
+            return Err(CommandResult::buffer_overrun());
         }
         if let Some(i) = medium[..n].iter().zip(&want[..n]).position(|(a, b)| a != b) {
             return Ok(Some(pos + i as u64));
@@ -138,7 +136,7 @@ pub(crate) fn verify(
         0 => (read_medium(lu, lba, offset, len).map(|()| None), 0),
         1 => {
             if (data_out.len() as u64) < len {
-                return CommandResult::check_condition(Sense::INVALID_FIELD_IN_COMMAND_IU);
+                return CommandResult::buffer_overrun();
             }
             let r = compare_medium(lu, lba, offset, len, |pos, buf| {
                 usize::try_from(pos).is_ok_and(|p| data_out.read_at(p, buf) == buf.len())
@@ -148,7 +146,7 @@ pub(crate) fn verify(
         _ => {
             let mut block = vec![0u8; bs as usize];
             if data_out.read_at(0, &mut block) < block.len() {
-                return CommandResult::check_condition(Sense::INVALID_FIELD_IN_COMMAND_IU);
+                return CommandResult::buffer_overrun();
             }
             let r = compare_medium(lu, lba, offset, len, |pos, buf| {
                 for (i, b) in buf.iter_mut().enumerate() {
@@ -191,7 +189,7 @@ pub(crate) fn write_and_verify(
     let shift = lu.block_shift();
     let (offset, len) = (lba << shift, blocks << shift);
     let Some(n) = usize::try_from(len).ok().filter(|&n| n <= data_out.len()) else {
-        return CommandResult::check_condition(Sense::INVALID_FIELD_IN_COMMAND_IU);
+        return CommandResult::buffer_overrun();
     };
     let guard = lu.locks().locked(lba, blocks);
     let mut res = lu.image().write_from(data_out, 0, n, offset);
@@ -242,13 +240,13 @@ pub(crate) fn compare_and_write(
     let len = usize::from(blocks) << lu.block_shift();
     let offset = lba << lu.block_shift();
     if data_out.len() < 2 * len {
-        return CommandResult::check_condition(Sense::INVALID_FIELD_IN_COMMAND_IU);
+        return CommandResult::buffer_overrun();
     }
     let mut buf = vec![0u8; 3 * len];
     let (verify_data, rest) = buf.split_at_mut(len);
     let (write_data, medium) = rest.split_at_mut(len);
     if data_out.read_at(0, verify_data) < len || data_out.read_at(len, write_data) < len {
-        return CommandResult::check_condition(Sense::INVALID_FIELD_IN_COMMAND_IU);
+        return CommandResult::buffer_overrun();
     }
     let guard = lu.locks().compare_and_write(lba, u64::from(blocks));
     if let Err(e) = lu.image().read_at(medium, offset) {

@@ -24,7 +24,7 @@ use imago::qcow2::Qcow2;
 use imago::{FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate};
 
 use super::raw::{OpenError, RawImage};
-use crate::scsi::io::{DataIn, DataOut};
+use crate::buffers::{DataIn, DataOut};
 
 /// The qcow2 magic, the first four bytes of every qcow2 image.
 pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";

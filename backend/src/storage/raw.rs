@@ -27,8 +27,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::CacheMode;
-use crate::scsi::io::{DataIn, DataOut};
+use super::modes::CacheMode;
+use crate::buffers::{DataIn, DataOut};
 
 /// Direct-I/O alignment assumed when `statx` does not report one.
 const DEFAULT_DIO_ALIGN: usize = 4096;
@@ -109,7 +109,7 @@ pub enum OpenError {
         /// The rejected value.
         value: String,
         /// What is allowed.
-        reason: &'static str,
+        reason: String,
     },
 }
 
@@ -162,26 +162,6 @@ fn dio_alignment(file: &File) -> usize {
     }
 }
 
-fn flock_nb(file: &File, exclusive: bool) -> io::Result<()> {
-    let op = if exclusive {
-        libc::LOCK_EX
-    } else {
-        libc::LOCK_SH
-    } | libc::LOCK_NB;
-    loop {
-        // flock touches no memory of ours.
-        // SAFETY: flock takes an fd we own (borrowed from `file`, open for the whole call) and an integer operation.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-        if rc == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-}
-
 impl RawImage {
     /// Opens and locks `path`: `O_RDONLY` + shared lock when `read_only`,
     /// `O_RDWR` + exclusive lock otherwise. Refuses missing, empty and
@@ -231,7 +211,7 @@ impl RawImage {
         if meta.is_dir() {
             return Err(OpenError::NotAnImage { path: owned() });
         }
-        match flock_nb(&file, !read_only) {
+        match super::lock::set(&file, super::lock::Lock::for_access(read_only)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 return Err(OpenError::Locked { path: owned() })
@@ -267,7 +247,8 @@ impl RawImage {
                             field: "cache",
                             value: "none".into(),
                             reason:
-                                "the file system refuses O_DIRECT (tmpfs?): use cache=writeback",
+                                "the file system refuses O_DIRECT (tmpfs?): use cache=writeback"
+                                    .into(),
                         }
                     })?;
                 let align = dio_alignment(&direct);
@@ -686,7 +667,7 @@ mod tests {
         img.read_into(&mut d, 1, 100, 0).unwrap();
         assert_eq!(img.misaligned(), 1);
         // A misaligned file offset too.
-        let src = crate::scsi::io::SliceDataOut(&[7u8; 512]);
+        let src = crate::buffers::SliceDataOut(&[7u8; 512]);
         img.write_from(&src, 0, 512, 3).unwrap();
         assert_eq!(img.misaligned(), 2);
         let disk = std::fs::read(&path).unwrap();
@@ -708,7 +689,7 @@ mod tests {
     fn read_only_refuses_writes() {
         let f = image(512);
         let img = RawImage::open(f.path(), true).unwrap();
-        let data = crate::scsi::io::SliceDataOut(&[0u8; 512]);
+        let data = crate::buffers::SliceDataOut(&[0u8; 512]);
         let err = img.write_from(&data, 0, 512, 0).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
         assert_eq!(std::fs::read(f.path()).unwrap(), vec![0xA5; 512]);

@@ -54,8 +54,9 @@ impl Default for ControlQueue {
     }
 }
 
-/// What a TMF needs beyond its own request: the bus and every request queue.
-pub struct TaskSet<'a> {
+/// What a TMF reaches beyond its own request: the bus and every request
+/// queue (not the SAM-5 task set, which is the commands of one LU).
+pub struct TmfScope<'a> {
     /// The SCSI bus.
     pub bus: &'a ScsiBus,
     /// The request queues' shared state (held commands).
@@ -79,7 +80,7 @@ impl ControlQueue {
         &mut self,
         vring: &VringRwLock,
         mem: &GuestMemoryAtomic<GuestMemoryMmap>,
-        tasks: &TaskSet<'_>,
+        tasks: &TmfScope<'_>,
     ) -> std::io::Result<()> {
         let guard = mem.memory();
         loop {
@@ -147,7 +148,7 @@ impl ControlQueue {
         Ok(())
     }
 
-    fn execute(&mut self, tasks: &TaskSet<'_>) -> u32 {
+    fn execute(&mut self, tasks: &TmfScope<'_>) -> u32 {
         let mut ty = [0u8; 4];
         if self.readable.copy_out(0, &mut ty) < 4 {
             malformed!(
@@ -172,7 +173,7 @@ impl ControlQueue {
         }
     }
 
-    fn tmf(&mut self, tasks: &TaskSet<'_>) -> u32 {
+    fn tmf(&mut self, tasks: &TmfScope<'_>) -> u32 {
         let mut raw = [0u8; size_of::<CtrlTmfReq>()];
         if self.readable.copy_out(0, &mut raw) < raw.len() || self.writable.is_empty() {
             malformed!(
@@ -253,7 +254,7 @@ pub fn tmf_name(subtype: u32) -> &'static str {
 
 /// Runs one TMF on `target:lun` (see the module table); returns its answer.
 /// Covered commands are on their used rings when this returns.
-pub fn run_tmf(tasks: &TaskSet<'_>, subtype: u32, target: u8, lun: u16, tag: u64) -> Response {
+pub fn run_tmf(tasks: &TmfScope<'_>, subtype: u32, target: u8, lun: u16, tag: u64) -> Response {
     let Some(t) = tasks.bus.target(target) else {
         return Response::BadTarget;
     };

@@ -34,7 +34,7 @@ use vscsi_protocol::virtio_scsi::{feature, Config, CDB_SIZE, CONFIG_SIZE, SENSE_
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::IntoBytes;
 
-use super::control_queue::{ControlQueue, TaskSet};
+use super::control_queue::{ControlQueue, TmfScope};
 use super::event_queue::{Delivery, EventHub, EventQueue, ResetReason};
 use super::queue_metrics::QueueMetrics;
 use super::request_queue::{QueueShared, RequestQueue};
@@ -555,7 +555,7 @@ impl VhostUserBackend for ScsiDevice {
                     self.events.remember(events);
                 }
                 let bus = self.bus.load();
-                let tasks = TaskSet {
+                let tasks = TmfScope {
                     bus: &bus,
                     queues: &self.shared,
                     faults: &self.opts.faults,

@@ -112,11 +112,6 @@ impl IoVecs {
         true
     }
 
-    /// Segments in the list (for sizing reused buffers).
-    pub fn segment_count(&self) -> usize {
-        self.iov.len()
-    }
-
     /// Copies `data` into the stream at `offset`, truncated at the end; returns bytes copied.
     pub fn copy_in(&self, offset: usize, data: &[u8]) -> usize {
         let n = data.len().min(self.len.saturating_sub(offset));

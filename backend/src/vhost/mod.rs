@@ -20,9 +20,11 @@ pub mod control_queue;
 pub mod device;
 pub mod event_queue;
 pub mod guest_io;
+pub mod held;
 pub mod notify;
 pub mod queue_metrics;
 pub mod request_queue;
+pub mod response;
 pub mod ring_guard;
 pub mod uring;
 

@@ -36,8 +36,8 @@
 //! stays inline.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use std::sync::atomic::Ordering;
@@ -49,332 +49,32 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vscsi_protocol::lun::{LunAddress, LunError};
 use vscsi_protocol::sense::Sense;
-use vscsi_protocol::status;
-use vscsi_protocol::virtio_scsi::{CmdReq, CmdResp, Response};
-use zerocopy::little_endian::U32;
-use zerocopy::{FromBytes, FromZeros, IntoBytes};
+use vscsi_protocol::virtio_scsi::{CmdReq, Response};
+use zerocopy::FromBytes;
 
 use super::chain::split_chain;
 use super::guest_io::{GuestDataIn, GuestDataOut, IoVecs};
+pub use super::held::{Covers, HeldRequest, QueueShared};
 use super::notify::wants_call;
 use super::queue_metrics::{QueueCounters, QueueMetrics};
+use super::response::{write_bare, write_check_condition, write_response, REQ_SIZE, RESP_SIZE};
 use super::ring_guard::malformed;
 use super::ring_guard::RingGuard;
 use super::uring::{Completed, StartError, Uring};
 use crate::fault::FaultTable;
-use crate::scsi::rw::{complete_transfer, may_defer};
+use crate::scsi::dispatch::may_defer;
+use crate::scsi::rw::complete_transfer;
 use crate::scsi::target::LunEntry;
-use crate::scsi::{CommandResult, Request, ScsiBus};
+use crate::scsi::{Request, ScsiBus};
 
-const REQ_SIZE: usize = size_of::<CmdReq>();
-const RESP_SIZE: usize = size_of::<CmdResp>();
-/// Bytes of `CmdResp` before `sense`.
-const RESP_FIXED: usize = RESP_SIZE - vscsi_protocol::virtio_scsi::SENSE_SIZE;
 /// Offset of the CDB in `virtio_scsi_cmd_req` (lun 8, tag 8, task_attr,
 /// prio, crn: 19 bytes).
 const CDB_OFFSET: usize = 19;
-/// Longest a TMF waits for a worker to give up a delayed command it covers.
-const ABORT_WAIT: Duration = Duration::from_secs(5);
-
-/// Which in-flight commands a task management function covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Covers {
-    /// Target id.
-    pub target: u8,
-    /// LUN, or every LUN of the target (I_T NEXUS RESET).
-    pub lun: Option<u16>,
-    /// One command tag (ABORT TASK, QUERY TASK), or all.
-    pub tag: Option<u64>,
-}
-
-impl Covers {
-    fn matches(&self, target: u8, lun: u16, tag: u64) -> bool {
-        self.target == target
-            && self.lun.is_none_or(|l| l == lun)
-            && self.tag.is_none_or(|t| t == tag)
-    }
-}
-
-/// A command taken off the ring and held by a stall fault.
-pub struct HeldRequest {
-    head: u16,
-    target: u8,
-    lun: u16,
-    tag: u64,
-    writable: IoVecs,
-    /// Keeps the mapping `writable` points into alive.
-    mem: GuestMemoryLoadGuard<GuestMemoryMmap>,
-}
-
-/// A command the worker is delaying (latency fault) right now.
-struct Delayed {
-    target: u8,
-    lun: u16,
-    tag: u64,
-    abort: Option<Response>,
-}
-
-#[derive(Default)]
-struct SharedState {
-    /// The queue's vring, recorded when a command is first held.
-    vring: Option<VringRwLock>,
-    held: Vec<HeldRequest>,
-    current: Option<Delayed>,
-}
-
-/// The part of a request queue other threads reach: held and delayed
-/// commands. Only used when fault injection is active.
-pub struct QueueShared {
-    index: u16,
-    state: Mutex<SharedState>,
-    cv: Condvar,
-    /// Transfers in flight in the queue's io_uring engine (written by the
-    /// queue worker only): a TMF waits for them before it is answered.
-    in_flight: AtomicUsize,
-}
-
-fn lock(m: &Mutex<SharedState>) -> MutexGuard<'_, SharedState> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl QueueShared {
-    /// State of request queue `index`.
-    pub fn new(index: u16) -> Self {
-        Self {
-            index,
-            state: Mutex::default(),
-            cv: Condvar::new(),
-            in_flight: AtomicUsize::new(0),
-        }
-    }
-
-    /// Waits (up to [`ABORT_WAIT`]) until the queue's io_uring engine has
-    /// nothing in flight: a TMF is answered after the commands it covers,
-    /// and the engine does not track them by tag, so it waits for all.
-    fn wait_transfers(&self) {
-        let deadline = Instant::now() + ABORT_WAIT;
-        while self.in_flight.load(Ordering::Acquire) != 0 {
-            if Instant::now() >= deadline {
-                warn!(
-                    queue = self.index,
-                    "TMF answered with io_uring transfers still in flight"
-                );
-                return;
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    }
-
-    /// Commands held right now.
-    pub fn held(&self) -> usize {
-        lock(&self.state).held.len()
-    }
-
-    /// Whether a command `covers` selects is in flight here (held or delayed).
-    pub fn any(&self, covers: &Covers) -> bool {
-        let s = lock(&self.state);
-        s.held
-            .iter()
-            .any(|h| covers.matches(h.target, h.lun, h.tag))
-            || s.current
-                .as_ref()
-                .is_some_and(|c| covers.matches(c.target, c.lun, c.tag))
-    }
-
-    /// Completes every held command that `covers` selects with `response`
-    /// (and cuts short a delayed one), skipping those `keep` says survive.
-    /// Returns once they are all on the used ring; returns how many.
-    pub fn complete(
-        &self,
-        covers: &Covers,
-        keep: impl Fn(u8, u16) -> bool,
-        response: Response,
-        faults: &FaultTable,
-    ) -> usize {
-        let (vring, taken, delayed) = {
-            let mut s = lock(&self.state);
-            let mut taken = Vec::new();
-            let mut i = 0;
-            while i < s.held.len() {
-                let h = &s.held[i];
-                if covers.matches(h.target, h.lun, h.tag) && !keep(h.target, h.lun) {
-                    taken.push(s.held.swap_remove(i));
-                } else {
-                    i += 1;
-                }
-            }
-            let mut delayed = false;
-            if let Some(c) = s.current.as_mut() {
-                if covers.matches(c.target, c.lun, c.tag) && c.abort.is_none() {
-                    c.abort = Some(response);
-                    delayed = true;
-                }
-            }
-            (s.vring.clone(), taken, delayed)
-        };
-        if delayed {
-            self.cv.notify_all();
-        }
-        let n = taken.len();
-        if n > 0 {
-            match vring {
-                Some(vring) => complete_held(&vring, taken, response),
-                None => warn!(queue = self.index, "held commands without a ring: dropped"),
-            }
-            faults.note_released(n);
-            info!(
-                queue = self.index,
-                n,
-                response = response.name(),
-                "held commands completed"
-            );
-        }
-        if delayed {
-            let s = lock(&self.state);
-            let _ = self.cv.wait_timeout_while(s, ABORT_WAIT, |s| {
-                s.current.as_ref().is_some_and(|c| c.abort.is_some())
-            });
-        }
-        self.wait_transfers();
-        n + usize::from(delayed)
-    }
-
-    /// Completes everything held (ring stop, disconnect) with `VIRTIO_SCSI_S_RESET`.
-    pub fn complete_all(&self, faults: &FaultTable) -> usize {
-        let covers_all = |_: u8, _: u16| false;
-        let mut n = 0;
-        let targets: Vec<u8> = {
-            let s = lock(&self.state);
-            let mut t: Vec<u8> = s.held.iter().map(|h| h.target).collect();
-            t.extend(s.current.as_ref().map(|c| c.target));
-            t.sort_unstable();
-            t.dedup();
-            t
-        };
-        for target in targets {
-            let covers = Covers {
-                target,
-                lun: None,
-                tag: None,
-            };
-            n += self.complete(&covers, covers_all, Response::Reset, faults);
-        }
-        n
-    }
-
-    fn hold(&self, vring: &VringRwLock, req: HeldRequest) {
-        let mut s = lock(&self.state);
-        if s.vring.is_none() {
-            s.vring = Some(vring.clone());
-        }
-        s.held.push(req);
-    }
-
-    /// Waits `delay` for one command, unless a TMF cuts it short: then
-    /// returns the response to complete it with.
-    fn delay(&self, target: u8, lun: u16, tag: u64, delay: Duration) -> Option<Response> {
-        let deadline = Instant::now() + delay;
-        let mut s = lock(&self.state);
-        s.current = Some(Delayed {
-            target,
-            lun,
-            tag,
-            abort: None,
-        });
-        loop {
-            if let Some(r) = s.current.as_ref().and_then(|c| c.abort) {
-                return Some(r);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                s.current = None;
-                return None;
-            }
-            s = self
-                .cv
-                .wait_timeout(s, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-    }
-
-    /// The delayed command was completed (after an abort): wake the TMF.
-    fn delayed_done(&self) {
-        lock(&self.state).current = None;
-        self.cv.notify_all();
-    }
-}
-
-/// Writes a bare `response` into each held command and completes it.
-fn complete_held(vring: &VringRwLock, reqs: Vec<HeldRequest>, response: Response) {
-    let Some(mem) = reqs.first().map(|r| r.mem.clone()) else {
-        return;
-    };
-    let mut state = vring.get_mut();
-    for r in reqs {
-        let used = write_bare(&r.writable, response);
-        if let Err(e) = state.add_used(r.head, used) {
-            crate::limited_site!(warn, head = r.head, error = %e, "completing a held command failed");
-        }
-    }
-    if wants_call(&mut state, &mem) {
-        if let Err(e) = state.signal_used_queue() {
-            crate::limited_site!(warn, error = %e, "signalling held completions failed");
-        }
-    }
-}
-
-/// Writes a response with only `response` set; returns the used length.
-fn write_bare(writable: &IoVecs, response: Response) -> u32 {
-    if writable.len() < RESP_SIZE {
-        // No room for virtio_scsi_cmd_resp: completed with used length 0.
-        return 0;
-    }
-    let mut resp = CmdResp::new_zeroed();
-    resp.response = response as u8;
-    resp.resid = U32::new((writable.len() - RESP_SIZE) as u32);
-    writable.copy_in(0, &resp.as_bytes()[..RESP_FIXED]);
-    RESP_SIZE as u32
-}
-
 enum Outcome {
     Used(u32),
     Held,
     /// Handed to the io_uring engine; completed when its CQE is reaped.
     InFlight,
-}
-
-/// Writes the `virtio_scsi_cmd_resp` for `result` into `writable` (the
-/// chain's device-writable stream; `readable_len` is the length of its
-/// device-readable one); returns the used length (§5.6.6.1: response
-/// header plus the Data-In bytes written). `short` caps Data-In (fault).
-fn write_response(
-    writable: &IoVecs,
-    readable_len: usize,
-    result: &CommandResult,
-    short: Option<u32>,
-) -> u32 {
-    let data_in_capacity = writable.len().saturating_sub(RESP_SIZE);
-    let data_out_len = readable_len.saturating_sub(REQ_SIZE);
-    let mut data_in_len = result.data_in_len.min(data_in_capacity);
-    if let Some(cap) = short {
-        data_in_len = data_in_len.min(cap as usize);
-    }
-    let resid = if data_out_len > 0 {
-        data_out_len.saturating_sub(result.data_out_len)
-    } else {
-        data_in_capacity - data_in_len
-    };
-    let sense = result.sense();
-    let mut resp = CmdResp::new_zeroed();
-    resp.sense_len = U32::new(sense.len() as u32);
-    resp.resid = U32::new(u32::try_from(resid).unwrap_or(u32::MAX));
-    resp.status = result.status;
-    resp.response = Response::Ok as u8;
-    resp.sense[..sense.len()].copy_from_slice(sense);
-    // Only the fixed part and the valid sense bytes need writing.
-    writable.copy_in(0, &resp.as_bytes()[..RESP_FIXED + sense.len()]);
-    (RESP_SIZE + data_in_len) as u32
 }
 
 /// Adds the used entry of a request the engine finished.
@@ -796,6 +496,7 @@ impl RequestQueue {
                             target: target_id,
                             lun: l,
                             tag,
+                            readable_len: self.readable.len(),
                             writable: std::mem::take(&mut self.writable),
                             mem: guard.clone(),
                         },
@@ -856,10 +557,9 @@ impl RequestQueue {
             // Answered without a transfer (an error, BUSY, zero length).
             e.end_transfer();
         }
-        // The SCSI layer reports a buffer smaller than the command's
-        // transfer as 5/0E/03; on virtio that is the transport's
+        // A buffer smaller than the command's transfer is the transport's
         // VIRTIO_SCSI_S_OVERRUN (§5.6.6.1), as QEMU answers too.
-        if result.decoded_sense() == Some(Sense::INVALID_FIELD_IN_COMMAND_IU) {
+        if result.is_overrun() {
             debug!("data buffer smaller than the transfer: VIRTIO_SCSI_S_OVERRUN");
             return Outcome::Used(self.fail(Response::Overrun));
         }
@@ -909,24 +609,12 @@ impl RequestQueue {
 
     /// Completes the current chain with CHECK CONDITION and `sense` (fixed format).
     fn check_condition(&mut self, sense: Sense) -> u32 {
-        let mut resp = CmdResp::new_zeroed();
-        let n = sense.encode_fixed(&mut resp.sense);
-        resp.sense_len = U32::new(n as u32);
-        let resid = if self.readable.len() > REQ_SIZE {
-            self.readable.len() - REQ_SIZE
-        } else {
-            self.writable.len() - RESP_SIZE
-        };
-        resp.resid = U32::new(u32::try_from(resid).unwrap_or(u32::MAX));
-        resp.status = status::CHECK_CONDITION;
-        resp.response = Response::Ok as u8;
-        self.writable.copy_in(0, &resp.as_bytes()[..RESP_FIXED + n]);
-        RESP_SIZE as u32
+        write_check_condition(&self.writable, self.readable.len(), sense)
     }
 
     /// Completes the current chain with a bare `response` code; returns the used length.
     fn fail(&mut self, response: Response) -> u32 {
-        write_bare(&self.writable, response)
+        write_bare(&self.writable, self.readable.len(), response)
     }
 }
 

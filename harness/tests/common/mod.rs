@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use vscsi_backend::config::{build_bus, LunSpec};
-use vscsi_backend::control::Service;
 use vscsi_backend::daemon::{self, Shutdown};
+use vscsi_backend::service::Service;
 use vscsi_backend::vhost::DeviceOptions;
 
 pub struct TestDaemon {

@@ -10,6 +10,14 @@
 //! dropped on a protocol error; and the SCSI layer's suppressed log lines.
 //! Metric names follow Prometheus conventions (`vscsi_` prefix, `_total`
 //! counters, `_bytes`, `_seconds`).
+//!
+//! The text format is written here rather than with `prometheus-client`:
+//! that crate wants every metric registered as its own atomic type (or a
+//! collector re-encoding ours at each scrape) and writes OpenMetrics
+//! (`# EOF`, its own `_total` and unit rules), while these values are read
+//! from the data plane's counters at scrape time and the names above are
+//! what dashboards and tests use; what it would replace is the few lines
+//! of `family` and `escape`.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -22,7 +30,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use crate::control::Service;
+use super::Service;
 use crate::scsi::target::LATENCY_BUCKETS;
 use crate::vhost::queue_metrics::TrustCounters;
 
@@ -148,7 +156,6 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The Prometheus text exposition (format 0.0.4).
 /// Transfers of a `cache=none` image that were not aligned for `O_DIRECT`
 /// (served through the page cache); 0 for other images.
 fn misaligned(lu: &crate::scsi::LogicalUnit) -> u64 {
@@ -156,6 +163,7 @@ fn misaligned(lu: &crate::scsi::LogicalUnit) -> u64 {
         .map_or(0, crate::storage::RawImage::misaligned)
 }
 
+/// The Prometheus text exposition (format 0.0.4) of every controller.
 pub fn render(service: &Service) -> String {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, rows: &[(String, String)]| {
