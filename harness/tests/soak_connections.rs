@@ -50,17 +50,27 @@ fn usage(pid: u32) -> Usage {
     }
 }
 
-/// Waits until the daemon has finished with the last connection: its
-/// descriptor and thread counts stop moving.
-fn settled(pid: u32) -> Usage {
+/// Waits until the daemon has finished with the last connection and set up
+/// the device for the next one: its descriptor and thread counts stay put
+/// for a quarter of a second (one connection's teardown and the next
+/// device's start can each take longer than a single sample on a loaded
+/// machine), or reach `expect`.
+fn settled(pid: u32, expect: Option<&Usage>) -> Usage {
     let mut last = usage(pid);
+    let mut steady = 0;
     let start = Instant::now();
     loop {
-        std::thread::sleep(Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(50));
         let now = usage(pid);
-        if (now.fds, now.threads) == (last.fds, last.threads)
-            || start.elapsed() > Duration::from_secs(5)
-        {
+        if expect.is_some_and(|e| (e.fds, e.threads) == (now.fds, now.threads)) {
+            return now;
+        }
+        steady = if (now.fds, now.threads) == (last.fds, last.threads) {
+            steady + 1
+        } else {
+            0
+        };
+        if (expect.is_none() && steady >= 5) || start.elapsed() > Duration::from_secs(10) {
             return now;
         }
         last = now;
@@ -195,7 +205,7 @@ fn thousands_of_connections_leave_fds_threads_and_rss_where_they_were() {
     for n in 0..warm {
         rt.block_on(cycle(&socket, n));
     }
-    let before = settled(pid);
+    let before = settled(pid, None);
     let t = Instant::now();
     let step = cycles.div_ceil(10).max(1);
     let mut samples = Vec::new();
@@ -205,7 +215,7 @@ fn thousands_of_connections_leave_fds_threads_and_rss_where_they_were() {
             samples.push((n - warm + 1, usage(pid).rss_kib));
         }
     }
-    let after = settled(pid);
+    let after = settled(pid, Some(&before));
     eprintln!("soak: RSS KiB by connection: {samples:?}");
     // Growth over the second half, per hundred connections: a leak of even
     // one small allocation per connection shows here once the arenas are

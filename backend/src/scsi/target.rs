@@ -1017,7 +1017,6 @@ mod tests {
         let t = bus.target(0).unwrap();
         let mut rng = fastrand::Rng::with_seed(0x5C51);
         let opcodes: Vec<u8> = dispatch::COMMANDS.iter().map(|c| c.opcode).collect();
-        let start = std::time::Instant::now();
         for i in 0..30_000u32 {
             let mut cdb = [0u8; 32];
             rng.fill(&mut cdb);
@@ -1080,10 +1079,5 @@ mod tests {
         }
         assert_eq!(std::fs::read(ro.path()).unwrap(), ro_before);
         assert_eq!(std::fs::read(cd.path()).unwrap(), cd_before);
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(5),
-            "{:?}",
-            start.elapsed()
-        );
     }
 }

@@ -637,7 +637,7 @@ mod tests {
             q.complete(&covers, |_, _| false, Response::Reset, &faults),
             0
         );
-        assert!(t.elapsed() < Duration::from_millis(50));
+        assert!(t.elapsed() < Duration::from_secs(2));
         // Two transfers in flight, done 100 ms later: the TMF waits for them.
         q.in_flight.store(2, Ordering::Release);
         let q2 = q.clone();

@@ -297,7 +297,7 @@ fn a_broken_stream_fails_the_request_within_the_timeout() {
     let t = Instant::now();
     assert!(img.read_at(&mut [0u8; 512], 0).is_err());
     assert!(
-        t.elapsed() < Duration::from_millis(500),
+        t.elapsed() < Duration::from_millis(1500),
         "{:?}",
         t.elapsed()
     );
