@@ -21,11 +21,16 @@ for t in $targets; do
     echo "== $t: ${secs}s"
     log="$scratch/$t.log"
     # The vhost-user stream target keeps a daemon with live threads across
-    # inputs, which LeakSanitizer reports as leaks; the target checks the
-    # daemon's fds and threads itself.
+    # inputs and at exit, which LeakSanitizer reports as leaks (per input
+    # and in its exit check); the target checks the daemon's fds and
+    # threads itself.
     extra=()
-    [ "$t" = vhost_user_stream ] && extra=(-detect_leaks=0)
-    if ! cargo fuzz run "$t" "$scratch/$t" "corpus/$t" -- \
+    asan="${ASAN_OPTIONS:-}"
+    if [ "$t" = vhost_user_stream ]; then
+        extra=(-detect_leaks=0)
+        asan="detect_leaks=0${asan:+:$asan}"
+    fi
+    if ! ASAN_OPTIONS="$asan" cargo fuzz run "$t" "$scratch/$t" "corpus/$t" -- \
         -max_total_time="$secs" -print_final_stats=1 "${extra[@]}" >"$log" 2>&1; then
         tail -n 60 "$log" >&2
         echo "$t: failed, the input is in fuzz/artifacts/$t/" >&2
