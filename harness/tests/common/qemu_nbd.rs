@@ -7,6 +7,7 @@
 //! `common/backend_bin.rs` (whose `KillOnDrop` holds the server process).
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,8 +44,10 @@ pub fn available() -> bool {
         std::env::var_os("VSCSI_REQUIRE_TOOLS").is_none(),
         "{msg} (VSCSI_REQUIRE_TOOLS is set)"
     );
+    // To the real stderr, past libtest's capture (which takes only the print
+    // macros), so a run without --nocapture shows it too.
     let bar = "=".repeat(78);
-    eprintln!("\n{bar}\nSKIP NBD part: {msg}\n{bar}\n");
+    let _ = writeln!(std::io::stderr(), "\n{bar}\nSKIP NBD part: {msg}\n{bar}\n");
     false
 }
 
