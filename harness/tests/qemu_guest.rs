@@ -5,14 +5,18 @@
 //! Builds the guest boot image with `images/build-guest.sh` (cached and
 //! idempotent), starts the `vscsi-backend` binary with disks 0:0, 0:1
 //! (read-only), 0:2 (thin, sparse image), 1:0 (4096-byte blocks), 1:1, a
-//! CD-ROM at 2:0 (an ISO made with genisoimage) and a control socket, and
+//! CD-ROM at 2:0 (an ISO made with genisoimage), 4:0 on network storage (a
+//! qcow2 the test exports with `qemu-nbd` over a unix socket, given to the
+//! daemon as an `nbd+unix://` URI) and a control socket, and
 //! otherwise the daemon's default options, boots the Debian kernel in QEMU
 //! (TCG) on `-smp 2` with `-device vhost-user-scsi-pci` and QEMU's default
 //! device properties (so `num_queues` is the vCPU count, 2), runs `tests/guest/battery.sh` inside
 //! the guest (given through fw_cfg), and parses its `VSCSI-RESULT` lines: each
 //! is one check. After poweroff the host checks that the image files hold the
-//! patterns the guest wrote, and that the thin image lost the blocks the
-//! guest discarded.
+//! patterns the guest wrote (for 4:0, in the qcow2 read back through
+//! `qemu-img convert` once qemu-nbd has exited), and that the thin image lost
+//! the blocks the guest discarded. Without qemu-nbd or qemu-img only the NBD
+//! LUN is left out, with a loud SKIP (a failure with `VSCSI_REQUIRE_TOOLS`).
 //!
 //! While the guest runs, the test tails the serial log: on each
 //! `VSCSI-WAIT <name>` line it calls the daemon's control socket (hot-plug
@@ -30,6 +34,8 @@
 
 #[path = "common/backend_bin.rs"]
 mod backend_bin;
+#[path = "common/qemu_nbd.rs"]
+mod qemu_nbd;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -485,6 +491,11 @@ fn linux_guest_uses_our_disks() {
         }
     }
     let ro_md5_first_mib = md5_hex(&ro_content[..MIB as usize]);
+    // The LUN on network storage: alone on its target, like the hot LUN, so
+    // the other targets' REPORT LUNS counts do not depend on qemu-nbd.
+    let nbd_tl = "4:0";
+    let nbd_size = 32 * MIB;
+    let mut nbd = qemu_nbd::available().then(|| qemu_nbd::QemuNbd::start(dir.path(), nbd_size));
     let ro_md5_all = md5_hex(&ro_content);
 
     // The daemon binary, with debug logs.
@@ -509,6 +520,10 @@ fn linux_guest_uses_our_disks() {
     }
     args.push("--lun".into());
     args.push(format!("{cd_tl}={},cdrom", iso.display()));
+    if let Some(n) = &nbd {
+        args.push("--lun".into());
+        args.push(format!("{nbd_tl}={}", n.uri()));
+    }
     let dlog = File::create(&daemon_log).unwrap();
     let daemon = Command::new(&backend)
         .args(&args)
@@ -525,7 +540,7 @@ fn linux_guest_uses_our_disks() {
     wait_socket(&socket, daemon.0.as_mut().unwrap(), &daemon_log);
 
     // The guest's script: expectations, then the battery.
-    let lun_list: Vec<String> = luns
+    let mut lun_list: Vec<String> = luns
         .iter()
         .map(|l| {
             format!(
@@ -537,6 +552,12 @@ fn linux_guest_uses_our_disks() {
             )
         })
         .collect();
+    // Every per-LUN check runs on the NBD LUN too: none is skipped because
+    // the medium is remote.
+    if nbd.is_some() {
+        lun_list.push(format!("{nbd_tl}:{nbd_size}:512:rw"));
+    }
+    let nbd_pattern_off = 8 * MIB;
     let patterns = [("0:0", 32 * MIB), ("1:1", MIB)];
     let pattern_list: Vec<String> = patterns
         .iter()
@@ -547,10 +568,12 @@ fn linux_guest_uses_our_disks() {
          FIO_LUN=0:0\nFS_LUN=1:0\nRESET_LUN=1:1\nPATTERN_LUNS=\"{}\"\nQUEUES={QUEUES}\n\
          CD_LUN={cd_tl}\nCD_FILE=data.bin\nCD_MD5={cd_md5}\nTHIN_LUN={}\n\
          HOT_LUN={hot_tl}\nHOT_SIZE={hot_size}\nHOT_NEW_SIZE={hot_new_size}\n\
-         SLOW_LUN={slow_target}:{slow_lun}\nSLOW_MS={slow_ms}\n{BATTERY}",
+         SLOW_LUN={slow_target}:{slow_lun}\nSLOW_MS={slow_ms}\n\
+         NBD_LUN={}\nNBD_SIZE={nbd_size}\nNBD_OFFSET={nbd_pattern_off}\n{BATTERY}",
         lun_list.join(" "),
         pattern_list.join(" "),
         thin.tl(),
+        if nbd.is_some() { nbd_tl } else { "" },
     );
     let script_path = logs.join("test.sh");
     fs::write(&script_path, &script).unwrap();
@@ -713,6 +736,32 @@ fn linux_guest_uses_our_disks() {
     let mut results = parse_results(&serial);
     results.extend(host_checks);
 
+    // The NBD export, now that the daemon has flushed and let go of it: stop
+    // qemu-nbd (it writes the qcow2's metadata) and flatten the image to raw,
+    // where the host-pattern check below reads what the guest wrote.
+    let nbd_raw = dir.path().join("nbd.raw");
+    if let Some(n) = nbd.as_mut() {
+        let stopped = n.stop();
+        let converted = n.convert_to_raw(&nbd_raw);
+        results.insert(
+            "host-nbd-image".into(),
+            match (stopped, converted) {
+                (true, Ok(())) => Check {
+                    status: "PASS".into(),
+                    detail: format!("qemu-nbd exited 0; {} converted to raw", n.image.display()),
+                },
+                (false, _) => Check {
+                    status: "FAIL".into(),
+                    detail: "qemu-nbd did not exit 0 on SIGTERM".into(),
+                },
+                (true, Err(e)) => Check {
+                    status: "FAIL".into(),
+                    detail: e,
+                },
+            },
+        );
+    }
+
     // Host side: the image files hold what the guest wrote.
     let mut pattern_lines = 0;
     for line in serial
@@ -727,18 +776,21 @@ fn linux_guest_uses_our_disks() {
             luns.iter()
                 .map(|l| (l.tl(), l.file.clone()))
                 .chain([(hot_tl.to_string(), hot_file.clone())])
+                .chain(nbd.is_some().then(|| (nbd_tl.to_string(), nbd_raw.clone())))
                 .find(|(t, _)| t == tl),
             off.parse::<u64>(),
             len.parse::<usize>(),
         ) {
             (Some((_, file)), Ok(off), Ok(len)) => {
                 let mut buf = vec![0u8; len];
-                File::open(&file)
-                    .unwrap()
-                    .read_exact_at(&mut buf, off)
-                    .unwrap();
+                let read = File::open(&file).and_then(|f| f.read_exact_at(&mut buf, off));
                 let got = md5_hex(&buf);
-                if got == md5 {
+                if let Err(e) = read {
+                    Check {
+                        status: "FAIL".into(),
+                        detail: format!("reading {} at {off}: {e}", file.display()),
+                    }
+                } else if got == md5 {
                     Check {
                         status: "PASS".into(),
                         detail: format!("{} at {off}: md5 {got}", file.display()),
@@ -846,8 +898,8 @@ fn linux_guest_uses_our_disks() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    for l in &luns {
-        let tl = l.tl();
+    let nbd_lun = nbd.is_some().then(|| (nbd_tl.to_string(), false));
+    for (tl, read_only) in luns.iter().map(|l| (l.tl(), l.read_only)).chain(nbd_lun) {
         for c in [
             "present",
             "inquiry",
@@ -868,7 +920,7 @@ fn linux_guest_uses_our_disks() {
         ] {
             required.push(format!("{c}-{tl}"));
         }
-        if l.read_only {
+        if read_only {
             required.extend([
                 format!("ro-flag-{tl}"),
                 format!("ro-write-refused-{tl}"),
@@ -881,6 +933,12 @@ fn linux_guest_uses_our_disks() {
     for (tl, _) in patterns {
         required.push(format!("pattern-{tl}"));
         required.push(format!("host-pattern-{tl}"));
+    }
+    if nbd.is_some() {
+        for c in ["nbd-size", "nbd-pattern", "host-pattern"] {
+            required.push(format!("{c}-{nbd_tl}"));
+        }
+        required.push("host-nbd-image".into());
     }
     // Every check must pass: the daemon now serves all the VPD pages and
     // REPORT SUPPORTED OPERATION CODES that earlier versions skipped.

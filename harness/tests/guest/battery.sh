@@ -11,6 +11,8 @@
 #   THIN_LUN=T:L                                 a disk on a sparse image (discard)
 #   HOT_LUN=T:L HOT_SIZE=B HOT_NEW_SIZE=B        the LUN the host adds, resizes, removes
 #   SLOW_LUN=T:L SLOW_MS=N                       the LUN the host sets latency=N ms on
+#   NBD_LUN=T:L NBD_SIZE=B NBD_OFFSET=B          the LUN on an NBD export (empty
+#                                                NBD_LUN: the host has no qemu-nbd)
 #
 # Host actions: the guest prints `VSCSI-WAIT <name>` and polls (with a time
 # limit) for the effect; the host tails the serial log and, on each marker,
@@ -265,6 +267,33 @@ for p in $PATTERN_LUNS; do
     fi
 done
 sync
+
+# --- the LUN on an NBD export: its size, and a pattern through O_DIRECT -----------
+# The host finds the pattern in the export's qcow2 after poweroff.
+if [ -n "$NBD_LUN" ]; then
+    sd=$(blk "$NBD_LUN")
+    bytes=$(($(cat "/sys/block/$sd/size" 2>/dev/null || echo 0) * 512))
+    if [ -n "$sd" ] && [ "$bytes" = "$NBD_SIZE" ]; then
+        pass "nbd-size-$NBD_LUN" "/dev/$sd has $bytes bytes"
+    else
+        fail "nbd-size-$NBD_LUN" "block device '$sd' at $(devdir "$NBD_LUN") has $bytes bytes want $NBD_SIZE"
+    fi
+    dd if=/dev/urandom of=/tmp/nbdpat bs=1M count=1 2>/dev/null
+    sum=$(md5sum /tmp/nbdpat | cut -d' ' -f1)
+    mib=$((NBD_OFFSET / 1048576))
+    if out=$(dd if=/tmp/nbdpat of="/dev/$sd" bs=1M seek=$mib count=1 oflag=direct 2>&1) && sync; then
+        echo 3 >/proc/sys/vm/drop_caches
+        back=$(dd if="/dev/$sd" bs=1M skip=$mib count=1 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+        if [ "$back" = "$sum" ]; then
+            pass "nbd-pattern-$NBD_LUN" "1 MiB at $NBD_OFFSET written with O_DIRECT, synced, read back: md5 $sum"
+        else
+            fail "nbd-pattern-$NBD_LUN" "read back $back wrote $sum"
+        fi
+        echo "VSCSI-PATTERN $NBD_LUN $NBD_OFFSET 1048576 $sum"
+    else
+        fail "nbd-pattern-$NBD_LUN" "$out"
+    fi
+fi
 
 # wait_for SECONDS CMD...: run CMD every 0.1 s until it succeeds (0) or time is up (1).
 wait_for() {
