@@ -3,9 +3,9 @@
 //! log it shared with SET_LOG_BASE, one bit per 4 KiB guest page).
 //!
 //! Guest memory is a [`GuestMem`]: each region carries a [`DirtyBitmap`].
-//! Writes made through vm-memory (`Bytes`, `VolatileSlice`: the used ring,
-//! the control and event queues) mark it themselves. The request path moves
-//! data through raw iovecs instead (`preadv`, `readv`, io_uring), so
+//! Writes made through vm-memory (`Bytes`, `VolatileSlice`: the used ring)
+//! mark it themselves. The queues write their buffers through raw iovecs
+//! instead (copies, `preadv`, `readv`, io_uring), so
 //! [`super::guest_io::IoVecs`] keeps, for each segment, its region's bitmap
 //! and offset and marks the bytes written when the write completed.
 //!
