@@ -23,10 +23,11 @@ use crate::scsi::target::BusHandle;
 use tracing::{error, info, warn};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::GuestMemoryAtomic;
 
 use crate::scsi::lu::UA_POWER_ON_RESET;
 use crate::scsi::ScsiBus;
+use crate::vhost::dirty::GuestMem;
 use crate::vhost::{DeviceOptions, ScsiDevice};
 
 /// Why the daemon could not start or stopped with an error.
@@ -372,7 +373,7 @@ pub fn serve_controller(
         let mut daemon = VhostUserDaemon::new(
             "vscsi-vhost-user".to_string(),
             device.clone(),
-            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+            GuestMemoryAtomic::new(GuestMem::new()),
         )
         .map_err(|e| DaemonError::VhostUser(format!("{e:?}")))?;
         // io_uring completions wake the request queue workers (aio=io_uring).

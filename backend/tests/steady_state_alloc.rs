@@ -118,9 +118,9 @@ fn io_uring_path_allocates_nothing_in_steady_state() {
                 readable.clear();
                 writable.clear();
                 if write {
-                    readable.push(out_buf.as_mut_ptr(), out_buf.len());
+                    readable.push(out_buf.as_mut_ptr(), out_buf.len(), None);
                 } else {
-                    writable.push(in_buf.as_mut_ptr(), in_buf.len());
+                    writable.push(in_buf.as_mut_ptr(), in_buf.len(), None);
                 }
                 let cdb = if write {
                     Cdb::write_10(i * 8, 8, false)

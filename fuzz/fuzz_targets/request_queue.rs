@@ -1,5 +1,5 @@
 //! A request queue (or the control queue) of the daemon fed arbitrary descriptor tables, avail
-//! rings and buffer contents over a real `GuestMemoryMmap`.
+//! rings and buffer contents over a real `GuestMemoryMmap` (the daemon's `GuestMem`).
 //!
 //! Input: one configuration byte (bit 0 read-only LUN, bit 1 the io_uring
 //! engine instead of inline I/O, bit 2 the ring served as the control
@@ -24,13 +24,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use vhost_user_backend::{VringRwLock, VringT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vhost_user_backend::VringT;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryAtomic};
 use vscsi_backend::fault::FaultTable;
 use vscsi_backend::scsi::{LogicalUnit, LunOptions, ScsiBus};
 use vscsi_backend::storage::AioMode;
 use vscsi_backend::vhost::queue_metrics::QueueMetrics;
 use vscsi_backend::vhost::control_queue::{ControlQueue, TmfScope};
+use vscsi_backend::vhost::{GuestMem, Vring};
 use vscsi_backend::vhost::request_queue::{QueueShared, RequestQueue};
 
 const QSIZE: u16 = 16;
@@ -71,7 +72,7 @@ fuzz_target!(|input: &[u8]| {
     let heads: Vec<u16> = input[130..146].iter().map(|&h| u16::from(h % 20)).collect();
     let data = &input[head_len..];
 
-    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_LEN)]) else {
+    let Ok(mem) = GuestMem::from_ranges(&[(GuestAddress(0), MEM_LEN)]) else {
         return;
     };
     for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
@@ -136,7 +137,7 @@ fuzz_target!(|input: &[u8]| {
     bus.add_lun(0, 0, Arc::new(lu)).expect("add LUN");
 
     let atomic = GuestMemoryAtomic::new(mem.clone());
-    let vring = VringRwLock::new(atomic.clone(), QSIZE).expect("vring");
+    let vring = Vring::new(atomic.clone(), QSIZE).expect("vring");
     vring.set_queue_size(QSIZE);
     vring
         .set_queue_info(DESC, AVAIL, USED)

@@ -10,8 +10,9 @@
 //! [`super::ring_guard`], which walked the chain into a list of descriptors.
 
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use super::dirty::GuestMem;
 use super::guest_io::IoVecs;
 
 /// What was wrong with a chain. The request is still completed: with a
@@ -36,7 +37,7 @@ pub enum ChainFault {
 /// FAILURE response can still be written if the writable stream got far enough.
 pub fn split_chain(
     descs: &[Descriptor],
-    mem: &GuestMemoryMmap,
+    mem: &GuestMem,
     r: &mut IoVecs,
     w: &mut IoVecs,
 ) -> Result<(), ChainFault> {
@@ -63,7 +64,7 @@ pub fn split_chain(
 
 fn add_descriptor(
     desc: &Descriptor,
-    mem: &GuestMemoryMmap,
+    mem: &GuestMem,
     r: &mut IoVecs,
     w: &mut IoVecs,
 ) -> Result<(), ChainFault> {
@@ -75,15 +76,25 @@ fn add_descriptor(
         return Err(ChainFault::ReadableAfterWritable);
     }
     let target = if desc.is_write_only() { w } else { r };
-    // A buffer may in principle cross from one memory region into the next.
-    let mut covered = 0usize;
-    for slice in GuestMemoryBackend::get_slices(mem, GuestAddress(addr), len as usize) {
-        let slice = slice.map_err(|_| ChainFault::BadAddress { addr, len })?;
-        target.push(slice.ptr_guard_mut().as_ptr(), slice.len());
-        covered += slice.len();
+    let bad = ChainFault::BadAddress { addr, len };
+    if addr.checked_add(u64::from(len)).is_none() {
+        return Err(bad);
     }
-    if covered != len as usize {
-        return Err(ChainFault::BadAddress { addr, len });
+    // A buffer may in principle cross from one memory region into the next.
+    // Each piece keeps its region's dirty log, to mark what the device writes.
+    let (mut at, mut left) = (GuestAddress(addr), len as usize);
+    while left > 0 {
+        let region = mem.find_region(at).ok_or(bad)?;
+        let offset = region.to_region_addr(at).ok_or(bad)?;
+        let in_region = usize::try_from(region.len() - offset.raw_value()).unwrap_or(usize::MAX);
+        let n = left.min(in_region);
+        let host = region.get_host_address(offset).map_err(|_| bad)?;
+        let log_offset = usize::try_from(offset.raw_value()).map_err(|_| bad)?;
+        // The mapping's own bitmap (not the trait's slice of it): the list
+        // outlives this borrow, under the worker's guard on the memory.
+        target.push(host, n, Some(((**region).bitmap(), log_offset)));
+        at = at.unchecked_add(n as u64);
+        left -= n;
     }
     Ok(())
 }

@@ -24,8 +24,8 @@
 use std::sync::Arc;
 
 use tracing::debug;
-use vhost_user_backend::{VringRwLock, VringT};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vhost_user_backend::VringT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 use vscsi_protocol::lun::LunAddress;
 use vscsi_protocol::virtio_scsi::{ctrl_type, tmf, CtrlAnReq, CtrlAnResp, CtrlTmfReq, Response};
 use zerocopy::little_endian::U32;
@@ -40,6 +40,7 @@ use super::ring_guard::RingGuard;
 use crate::fault::FaultTable;
 use crate::limited;
 use crate::scsi::ScsiBus;
+use crate::vhost::dirty::{GuestMem, Vring};
 
 /// Control queue worker state.
 pub struct ControlQueue {
@@ -78,8 +79,8 @@ impl ControlQueue {
     /// Serves every available control request and notifies the driver.
     pub fn process(
         &mut self,
-        vring: &VringRwLock,
-        mem: &GuestMemoryAtomic<GuestMemoryMmap>,
+        vring: &Vring,
+        mem: &GuestMemoryAtomic<GuestMem>,
         tasks: &TmfScope<'_>,
     ) -> std::io::Result<()> {
         let guard = mem.memory();

@@ -20,10 +20,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use tracing::{debug, info, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock};
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -42,6 +42,7 @@ use crate::fault::FaultTable;
 use crate::scsi::target::BusHandle;
 #[cfg(test)]
 use crate::scsi::ScsiBus;
+use crate::vhost::dirty::{GuestMem, Vring};
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES` (vhost-user.rst): bit 30 of the virtio features.
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
@@ -144,7 +145,7 @@ pub fn offered_features() -> u64 {
 pub struct ScsiDevice {
     bus: BusHandle,
     opts: DeviceOptions,
-    mem: OnceLock<GuestMemoryAtomic<GuestMemoryMmap>>,
+    mem: OnceLock<GuestMemoryAtomic<GuestMem>>,
     control: Mutex<ControlQueue>,
     requests: Vec<Mutex<RequestQueue>>,
     /// What other threads reach of each request queue (held commands).
@@ -379,8 +380,8 @@ impl Drop for ScsiDevice {
 }
 
 impl VhostUserBackend for ScsiDevice {
-    type Bitmap = ();
-    type Vring = VringRwLock;
+    type Bitmap = crate::vhost::dirty::DirtyBitmap;
+    type Vring = Vring;
 
     fn num_queues(&self) -> usize {
         2 + self.opts.request_queues as usize
@@ -430,7 +431,7 @@ impl VhostUserBackend for ScsiDevice {
         debug!(enabled, "EVENT_IDX");
     }
 
-    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMem>) -> io::Result<()> {
         // The handler always passes the same `GuestMemoryAtomic` (it swaps
         // the mapping inside it), so keeping the first one is enough.
         self.events.set_memory(mem.clone());
@@ -521,7 +522,7 @@ impl VhostUserBackend for ScsiDevice {
         &self,
         device_event: u16,
         evset: EventSet,
-        vrings: &[VringRwLock],
+        vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
         if evset != EventSet::IN {

@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use tracing::{debug, info};
-use vhost_user_backend::{VringRwLock, VringT};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vhost_user_backend::VringT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 use vscsi_protocol::lun::Lun;
 use vscsi_protocol::virtio_scsi::{event, feature, Event};
 use zerocopy::little_endian::U32;
@@ -36,6 +36,7 @@ use super::guest_io::IoVecs;
 use super::queue_metrics::QueueMetrics;
 use super::ring_guard::RingGuard;
 use crate::limited;
+use crate::vhost::dirty::{GuestMem, Vring};
 
 /// Why a TRANSPORT_RESET event is sent (§5.6.6.3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,8 +74,8 @@ pub enum Delivery {
 
 /// The event queue of one device.
 pub struct EventQueue {
-    mem: OnceLock<GuestMemoryAtomic<GuestMemoryMmap>>,
-    vring: Mutex<Option<VringRwLock>>,
+    mem: OnceLock<GuestMemoryAtomic<GuestMem>>,
+    vring: Mutex<Option<Vring>>,
     acked: AtomicU64,
     missed: AtomicBool,
     gone: AtomicBool,
@@ -106,7 +107,7 @@ impl EventQueue {
     }
 
     /// Records guest memory (from `update_memory`).
-    pub fn set_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
+    pub fn set_memory(&self, mem: GuestMemoryAtomic<GuestMem>) {
         let _ = self.mem.set(mem);
     }
 
@@ -117,7 +118,7 @@ impl EventQueue {
 
     /// The driver posted buffers (a kick on the event queue): remembers the
     /// ring, and reports missed events if any were.
-    pub fn kicked(&self, vring: &VringRwLock) {
+    pub fn kicked(&self, vring: &Vring) {
         self.remember(vring);
         if self.missed.swap(false, Ordering::SeqCst)
             && self.post(event::NO_EVENT | event::EVENTS_MISSED, [0; 8], 0) != Delivery::Delivered
@@ -127,7 +128,7 @@ impl EventQueue {
     }
 
     /// Remembers the event queue's ring (the worker sees it first).
-    pub fn remember(&self, vring: &VringRwLock) {
+    pub fn remember(&self, vring: &Vring) {
         let mut v = self.vring.lock().unwrap_or_else(|p| p.into_inner());
         if v.is_none() {
             *v = Some(vring.clone());

@@ -7,12 +7,19 @@
 //! image and the guest's buffers: no bounce buffer. The vectors are owned by
 //! the queue worker and reused from one request to the next, so the steady
 //! state allocates nothing.
+//!
+//! Each segment also remembers its region's dirty log and its offset in
+//! the region: whatever writes guest memory through the list (a copy, a
+//! `preadv`/`readv`, an io_uring READV when it completes) marks the bytes
+//! it wrote with [`IoVecs::mark_written`] ([`super::dirty`]).
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+use super::dirty::DirtyBitmap;
 use crate::scsi::{DataIn, DataOut};
+use vm_memory::bitmap::Bitmap;
 
 /// How many iovecs one `preadv`/`pwritev` call takes from the stack at most.
 const IOV_BATCH: usize = 64;
@@ -20,12 +27,24 @@ const IOV_BATCH: usize = 64;
 /// A list of host buffers (a byte stream cut into segments) inside guest memory.
 ///
 /// Invariant: every `(iov_base, iov_len)` lies inside the guest memory mapping
-/// that the worker holds a guard on for as long as the list is in use; the
-/// worker clears the list before it releases the guard.
+/// that the worker holds a guard on for as long as the list is in use, and
+/// every non-null `logs[i].bitmap` is the bitmap of the region segment `i`
+/// lies in, owned by that same mapping; the worker clears the list before
+/// it releases the guard.
 #[derive(Default)]
 pub struct IoVecs {
     iov: Vec<libc::iovec>,
+    /// Where each segment is logged (same index as `iov`).
+    logs: Vec<SegmentLog>,
     len: usize,
+}
+
+/// The dirty log of one segment: its region's bitmap (null: not logged,
+/// memory that is not guest memory) and the segment's offset in the region.
+#[derive(Clone, Copy)]
+struct SegmentLog {
+    bitmap: *const DirtyBitmap,
+    offset: usize,
 }
 
 // SAFETY: the raw pointers refer to the shared guest memory mapping, which is
@@ -37,11 +56,14 @@ impl IoVecs {
     /// Forget all segments (keeps the allocation).
     pub fn clear(&mut self) {
         self.iov.clear();
+        self.logs.clear();
         self.len = 0;
     }
 
-    /// Appends a segment. `ptr..ptr+len` must lie in guest memory (see the type's invariant).
-    pub fn push(&mut self, ptr: *mut u8, len: usize) {
+    /// Appends a segment. `ptr..ptr+len` must lie in guest memory (see the
+    /// type's invariant), at `log.1` in the region whose bitmap is `log.0`
+    /// (`None`: writes to it are not logged).
+    pub fn push(&mut self, ptr: *mut u8, len: usize, log: Option<(&DirtyBitmap, usize)>) {
         if len == 0 {
             return;
         }
@@ -49,7 +71,38 @@ impl IoVecs {
             iov_base: ptr.cast(),
             iov_len: len,
         });
+        self.logs.push(match log {
+            Some((bitmap, offset)) => SegmentLog { bitmap, offset },
+            None => SegmentLog {
+                bitmap: std::ptr::null(),
+                offset: 0,
+            },
+        });
         self.len += len;
+    }
+
+    /// Marks `[offset, offset + len)` of the stream dirty in the logs of
+    /// the regions it lies in: called after the device wrote those bytes.
+    /// Costs an atomic load per segment while no log is in place.
+    pub fn mark_written(&self, mut offset: usize, mut len: usize) {
+        for (v, log) in self.iov.iter().zip(&self.logs) {
+            if len == 0 {
+                break;
+            }
+            if offset >= v.iov_len {
+                offset -= v.iov_len;
+                continue;
+            }
+            let n = (v.iov_len - offset).min(len);
+            // SAFETY: a non-null bitmap belongs to the guest memory mapping
+            // the worker holds a guard on while the list is in use (type
+            // invariant), so it is alive.
+            if let Some(bitmap) = unsafe { log.bitmap.as_ref() } {
+                bitmap.mark_dirty(log.offset + offset, n);
+            }
+            offset = 0;
+            len -= n;
+        }
     }
 
     /// Total bytes.
@@ -124,6 +177,7 @@ impl IoVecs {
             unsafe { std::ptr::copy_nonoverlapping(data.as_ptr().add(done), ptr, len) };
             done += len;
         });
+        self.mark_written(offset, n);
         n
     }
 
@@ -144,9 +198,9 @@ impl IoVecs {
     /// batching up to [`IOV_BATCH`] segments per call.
     fn transfer(
         &self,
-        offset: usize,
-        len: usize,
+        (offset, len): (usize, usize),
         file_offset: u64,
+        writes_guest: bool,
         op: impl Fn(&[libc::iovec], u64) -> io::Result<usize>,
     ) -> io::Result<()> {
         if offset.checked_add(len).is_none_or(|end| end > self.len) {
@@ -178,6 +232,9 @@ impl IoVecs {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
             let done = done.min(want);
+            if writes_guest {
+                self.mark_written(offset, done);
+            }
             offset += done;
             left -= done;
             file_offset += done as u64;
@@ -189,11 +246,11 @@ impl IoVecs {
 impl IoVecs {
     /// One vector call `op` (a `readv` or `writev` on a stream) over the
     /// first [`IOV_BATCH`] pieces of `[offset, offset + len)`; returns what
-    /// it returned (bytes moved).
+    /// it returned (bytes moved), marked dirty when `writes_guest`.
     fn once(
         &self,
-        offset: usize,
-        len: usize,
+        (offset, len): (usize, usize),
+        writes_guest: bool,
         op: impl Fn(&[libc::iovec]) -> io::Result<usize>,
     ) -> io::Result<usize> {
         if offset.checked_add(len).is_none_or(|end| end > self.len) {
@@ -216,7 +273,11 @@ impl IoVecs {
                 count += 1;
             }
         });
-        op(&batch[..count])
+        let done = op(&batch[..count])?;
+        if writes_guest {
+            self.mark_written(offset, done.min(len));
+        }
+        Ok(done)
     }
 }
 
@@ -290,7 +351,7 @@ impl DataIn for GuestDataIn<'_> {
         file_offset: u64,
     ) -> io::Result<()> {
         self.iov
-            .transfer(self.base + offset, len, file_offset, |iov, off| {
+            .transfer((self.base + offset, len), file_offset, true, |iov, off| {
                 preadv(file, iov, off)
             })
     }
@@ -304,7 +365,8 @@ impl DataIn for GuestDataIn<'_> {
     }
 
     fn recv_from(&mut self, offset: usize, len: usize, fd: BorrowedFd<'_>) -> io::Result<usize> {
-        self.iov.once(self.base + offset, len, |iov| readv(fd, iov))
+        self.iov
+            .once((self.base + offset, len), true, |iov| readv(fd, iov))
     }
 }
 
@@ -335,7 +397,7 @@ impl DataOut for GuestDataOut<'_> {
         file_offset: u64,
     ) -> io::Result<()> {
         self.iov
-            .transfer(self.base + offset, len, file_offset, |iov, off| {
+            .transfer((self.base + offset, len), file_offset, false, |iov, off| {
                 pwritev(file, iov, off)
             })
     }
@@ -350,7 +412,7 @@ impl DataOut for GuestDataOut<'_> {
 
     fn send_to(&self, offset: usize, len: usize, fd: BorrowedFd<'_>) -> io::Result<usize> {
         self.iov
-            .once(self.base + offset, len, |iov| writev(fd, iov))
+            .once((self.base + offset, len), false, |iov| writev(fd, iov))
     }
 }
 
@@ -365,9 +427,9 @@ mod tests {
         let mut b = [0u8; 3];
         let mut c = [0u8; 8];
         let mut iov = IoVecs::default();
-        iov.push(a.as_mut_ptr(), a.len());
-        iov.push(b.as_mut_ptr(), b.len());
-        iov.push(c.as_mut_ptr(), c.len());
+        iov.push(a.as_mut_ptr(), a.len(), None);
+        iov.push(b.as_mut_ptr(), b.len(), None);
+        iov.push(c.as_mut_ptr(), c.len(), None);
         assert_eq!(iov.len(), 16);
         assert_eq!(iov.copy_in(3, &[1, 2, 3, 4, 5, 6]), 6);
         let mut out = [0u8; 20];
@@ -404,7 +466,7 @@ mod tests {
         let mut bufs = [[0u8; 3]; 4];
         let mut iov = IoVecs::default();
         for x in bufs.iter_mut() {
-            iov.push(x.as_mut_ptr(), 3);
+            iov.push(x.as_mut_ptr(), 3, None);
         }
         a.write_all(&[1, 2, 3, 4, 5, 6, 7]).unwrap();
         let mut din = GuestDataIn {
@@ -443,7 +505,7 @@ mod tests {
         let mut bufs = vec![[0u8; 3]; 100];
         let mut iov = IoVecs::default();
         for b in bufs.iter_mut() {
-            iov.push(b.as_mut_ptr(), 3);
+            iov.push(b.as_mut_ptr(), 3, None);
         }
         let mut din = GuestDataIn {
             iov: &iov,
@@ -476,5 +538,52 @@ mod tests {
             din.read_from_file(0, 100, &file, 8150).unwrap_err().kind(),
             io::ErrorKind::UnexpectedEof
         );
+    }
+
+    #[test]
+    fn bytes_received_into_guest_memory_are_logged_in_each_region() {
+        use super::super::chain::split_chain;
+        use super::super::dirty::{GuestMem, LOG_PAGE_SIZE};
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        use virtio_queue::desc::split::Descriptor;
+        use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+        // Two regions of 2 pages; a writable buffer across their boundary.
+        let mem =
+            GuestMem::from_ranges(&[(GuestAddress(0), 0x2000), (GuestAddress(0x2000), 0x2000)])
+                .unwrap();
+        for r in mem.iter() {
+            (**r).bitmap().start_test_log();
+        }
+        let desc = Descriptor::new(0x1ffc, 0x10, 2, 0);
+        let (mut r, mut w) = (IoVecs::default(), IoVecs::default());
+        split_chain(&[desc], &mem, &mut r, &mut w).unwrap();
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.write_all(&[1, 2, 3, 4, 5, 6]).unwrap();
+        let mut din = GuestDataIn {
+            iov: &w,
+            base: 2,
+            defer: false,
+        };
+        let mut got = 0;
+        while got < 6 {
+            got += din.recv_from(got, 6 - got, b.as_fd()).unwrap();
+        }
+        // Written: GPA 0x1ffe..0x2004, i.e. page 1 and page 2 (the second
+        // region's first page); nothing else.
+        let dirty: Vec<u64> = mem
+            .iter()
+            .flat_map(|r| {
+                let start = r.start_addr().0;
+                (0..2u64).filter_map(move |p| {
+                    (**r)
+                        .bitmap()
+                        .dirty_at(p as usize * LOG_PAGE_SIZE)
+                        .then_some(start / LOG_PAGE_SIZE as u64 + p)
+                })
+            })
+            .collect();
+        assert_eq!(dirty, [1, 2]);
     }
 }

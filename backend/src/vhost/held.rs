@@ -11,14 +11,15 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
-use vhost_user_backend::{VringRwLock, VringT};
-use vm_memory::{GuestMemoryLoadGuard, GuestMemoryMmap};
+use vhost_user_backend::VringT;
+use vm_memory::GuestMemoryLoadGuard;
 use vscsi_protocol::virtio_scsi::Response;
 
 use super::guest_io::IoVecs;
 use super::notify::wants_call;
 use super::response::write_bare;
 use crate::fault::FaultTable;
+use crate::vhost::dirty::{GuestMem, Vring};
 
 /// Longest a TMF waits for a worker to give up a delayed command it covers.
 const ABORT_WAIT: Duration = Duration::from_secs(5);
@@ -51,7 +52,7 @@ pub struct HeldRequest {
     pub(super) readable_len: usize,
     pub(super) writable: IoVecs,
     /// Keeps the mapping `writable` points into alive.
-    pub(super) mem: GuestMemoryLoadGuard<GuestMemoryMmap>,
+    pub(super) mem: GuestMemoryLoadGuard<GuestMem>,
 }
 
 /// A command the worker is delaying (latency fault) right now.
@@ -65,7 +66,7 @@ struct Delayed {
 #[derive(Default)]
 struct SharedState {
     /// The queue's vring, recorded when a command is first held.
-    vring: Option<VringRwLock>,
+    vring: Option<Vring>,
     held: Vec<HeldRequest>,
     current: Option<Delayed>,
 }
@@ -210,7 +211,7 @@ impl QueueShared {
         n
     }
 
-    pub(super) fn hold(&self, vring: &VringRwLock, req: HeldRequest) {
+    pub(super) fn hold(&self, vring: &Vring, req: HeldRequest) {
         let mut s = lock(&self.state);
         if s.vring.is_none() {
             s.vring = Some(vring.clone());
@@ -260,7 +261,7 @@ impl QueueShared {
 }
 
 /// Writes a bare `response` into each held command and completes it.
-pub(super) fn complete_held(vring: &VringRwLock, reqs: Vec<HeldRequest>, response: Response) {
+pub(super) fn complete_held(vring: &Vring, reqs: Vec<HeldRequest>, response: Response) {
     let Some(mem) = reqs.first().map(|r| r.mem.clone()) else {
         return;
     };

@@ -18,6 +18,7 @@
 pub mod chain;
 pub mod control_queue;
 pub mod device;
+pub mod dirty;
 pub mod event_queue;
 pub mod guest_io;
 pub mod held;
@@ -32,5 +33,6 @@ pub use device::{
     check_max_queue_size, DeviceOptions, ScsiDevice, DEFAULT_MAX_QUEUE_SIZE,
     DEFAULT_REQUEST_QUEUES, MAX_REQUEST_QUEUES,
 };
+pub use dirty::{DirtyBitmap, GuestMem, Vring, VringState};
 pub use event_queue::{Delivery, EventHub, ResetReason};
 pub use queue_metrics::QueueMetrics;

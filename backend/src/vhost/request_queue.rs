@@ -42,11 +42,11 @@ use std::time::{Duration, Instant};
 
 use std::sync::atomic::Ordering;
 use tracing::{debug, info, warn};
-use vhost_user_backend::{VringRwLock, VringState, VringT};
+use vhost_user_backend::VringT;
 
 use crate::limited;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard};
 use vscsi_protocol::lun::{LunAddress, LunError};
 use vscsi_protocol::sense::Sense;
 use vscsi_protocol::virtio_scsi::{CmdReq, Response};
@@ -66,6 +66,7 @@ use crate::scsi::dispatch::may_defer;
 use crate::scsi::rw::complete_transfer;
 use crate::scsi::target::LunEntry;
 use crate::scsi::{Request, ScsiBus};
+use crate::vhost::dirty::{GuestMem, Vring, VringState};
 
 /// Offset of the CDB in `virtio_scsi_cmd_req` (lun 8, tag 8, task_attr,
 /// prio, crn: 19 bytes).
@@ -107,10 +108,10 @@ pub struct RequestQueue {
     engine: Engine,
     /// The queue's vring, recorded at the first batch (to complete what
     /// is in flight when the ring stops).
-    vring: Option<VringRwLock>,
+    vring: Option<Vring>,
     /// The guest memory, recorded with `vring` (to read the driver's flags
     /// when completing outside a batch).
-    mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+    mem: Option<GuestMemoryAtomic<GuestMem>>,
     shared: Arc<QueueShared>,
     faults: Arc<FaultTable>,
     poll: Duration,
@@ -192,7 +193,7 @@ impl RequestQueue {
     /// Handles the engine's completions (the completion eventfd fired):
     /// completes every finished request and notifies the driver once if
     /// it asked.
-    pub fn complete_io(&mut self, vring: &VringRwLock) -> std::io::Result<()> {
+    pub fn complete_io(&mut self, vring: &Vring) -> std::io::Result<()> {
         let Engine::Ready(u) = &mut self.engine else {
             return Ok(());
         };
@@ -259,8 +260,8 @@ impl RequestQueue {
     /// published in between is not left behind.
     pub fn process(
         &mut self,
-        vring: &VringRwLock,
-        mem: &GuestMemoryAtomic<GuestMemoryMmap>,
+        vring: &Vring,
+        mem: &GuestMemoryAtomic<GuestMem>,
         bus: &ScsiBus,
     ) -> std::io::Result<()> {
         if self.vring.is_none() {
@@ -402,7 +403,7 @@ impl RequestQueue {
     /// `other_work` to say there is something else to do).
     fn poll_avail(
         queue: &Queue,
-        mem: &GuestMemoryMmap,
+        mem: &GuestMem,
         limit: Duration,
         other_work: &mut dyn FnMut() -> bool,
     ) -> bool {
@@ -428,8 +429,8 @@ impl RequestQueue {
         &mut self,
         bus: &ScsiBus,
         head: u16,
-        vring: &VringRwLock,
-        guard: &GuestMemoryLoadGuard<GuestMemoryMmap>,
+        vring: &Vring,
+        guard: &GuestMemoryLoadGuard<GuestMem>,
     ) -> Outcome {
         if self.writable.len() < RESP_SIZE {
             malformed!(

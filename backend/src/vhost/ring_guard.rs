@@ -36,14 +36,14 @@ use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use vhost_user_backend::VringState;
 use virtio_bindings::bindings::virtio_ring::VRING_DESC_ALIGN_SIZE;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 
 use super::queue_metrics::{QueueMetrics, TrustCounters};
 use crate::ratelimit::LogLimit;
+use crate::vhost::dirty::{GuestMem, VringState};
 
 /// Most entries an indirect table may have (QEMU's and Linux's largest
 /// queue size; our own driver's tables hold seg_max + 2).
@@ -124,7 +124,7 @@ pub enum RingViolation {
 /// Walks the chain at `head` of the descriptor table `table` (of `size`
 /// entries) into `out`, following one indirect table.
 pub fn walk_chain(
-    mem: &GuestMemoryMmap,
+    mem: &GuestMem,
     table: GuestAddress,
     size: u16,
     head: u16,
@@ -304,11 +304,7 @@ impl RingGuard {
     /// Takes the next chain off `queue`'s avail ring: its head, with its
     /// descriptors in [`RingGuard::descriptors`]; `None` when the ring is
     /// empty. On a violation nothing is taken.
-    pub fn pop(
-        &mut self,
-        queue: &mut Queue,
-        mem: &GuestMemoryMmap,
-    ) -> Result<Option<u16>, RingViolation> {
+    pub fn pop(&mut self, queue: &mut Queue, mem: &GuestMem) -> Result<Option<u16>, RingViolation> {
         let size = queue.size();
         let next = Wrapping(queue.next_avail());
         let avail_addr = GuestAddress(queue.avail_ring());
@@ -376,17 +372,17 @@ mod tests {
     const TABLE: u64 = 0x1000;
     const IND: u64 = 0x2000;
 
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
+    fn mem() -> GuestMem {
+        GuestMem::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
     }
 
-    fn put(m: &GuestMemoryMmap, table: u64, i: u16, addr: u64, len: u32, flags: u32, next: u16) {
+    fn put(m: &GuestMem, table: u64, i: u16, addr: u64, len: u32, flags: u32, next: u16) {
         let d = Descriptor::new(addr, len, flags as u16, next);
         m.write_obj(d, GuestAddress(table + u64::from(i) * 16))
             .unwrap();
     }
 
-    fn walk(m: &GuestMemoryMmap, head: u16) -> Result<usize, RingViolation> {
+    fn walk(m: &GuestMem, head: u16) -> Result<usize, RingViolation> {
         let mut out = Vec::new();
         walk_chain(m, GuestAddress(TABLE), 16, head, &mut out).map(|()| out.len())
     }
@@ -506,7 +502,7 @@ mod pop_tests {
     const AVAIL: u64 = 0x2000;
     const USED: u64 = 0x3000;
 
-    fn queue(m: &GuestMemoryMmap) -> Queue {
+    fn queue(m: &GuestMem) -> Queue {
         let mut q = Queue::new(16).unwrap();
         q.set_desc_table_address(Some(DESC as u32), Some(0));
         q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
@@ -516,7 +512,7 @@ mod pop_tests {
         q
     }
 
-    fn avail(m: &GuestMemoryMmap, slot: u16, head: u16, idx: u16) {
+    fn avail(m: &GuestMem, slot: u16, head: u16, idx: u16) {
         m.write_obj(head, GuestAddress(AVAIL + 4 + 2 * u64::from(slot)))
             .unwrap();
         m.write_obj(idx, GuestAddress(AVAIL + 2)).unwrap();
@@ -524,7 +520,7 @@ mod pop_tests {
 
     #[test]
     fn pop_takes_good_chains_and_leaves_a_violation_on_the_ring() {
-        let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let m = GuestMem::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         let mut q = queue(&m);
         let mut g = RingGuard::new(2, Arc::default());
         assert_eq!(g.pop(&mut q, &m), Ok(None), "empty ring");

@@ -32,12 +32,13 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use io_uring::{opcode, types, IoUring};
-use vm_memory::{GuestMemoryLoadGuard, GuestMemoryMmap};
+use vm_memory::GuestMemoryLoadGuard;
 
 use super::guest_io::IoVecs;
 use crate::scsi::rw::complete_transfer;
 use crate::scsi::target::LunEntry;
 use crate::scsi::{CommandResult, MediumTransfer};
+use crate::vhost::dirty::GuestMem;
 
 /// Requests in flight per queue at most (slots in the slab; also the
 /// submission queue size, so a submission never finds the ring full).
@@ -62,6 +63,9 @@ struct Slot {
     writable: IoVecs,
     /// The data segments still to move (front trimmed after a short transfer).
     data: Vec<libc::iovec>,
+    /// Where the data starts in the stream it is taken from (after the
+    /// request or response header): a READ's bytes are marked dirty there.
+    base: usize,
     first: usize,
     done: usize,
     fd: RawFd,
@@ -73,7 +77,7 @@ struct Slot {
     /// [`LunEntry::begin_transfer`]) is released when the request finishes.
     lu: Option<Arc<LunEntry>>,
     /// Keeps the mapping the iovecs point into alive until the CQE.
-    mem: Option<GuestMemoryLoadGuard<GuestMemoryMmap>>,
+    mem: Option<GuestMemoryLoadGuard<GuestMem>>,
 }
 
 // SAFETY: the iovecs in `data` point into the shared guest memory mapping,
@@ -90,6 +94,7 @@ impl Slot {
             readable: IoVecs::default(),
             writable: IoVecs::default(),
             data: Vec::with_capacity(64),
+            base: 0,
             first: 0,
             done: 0,
             fd: -1,
@@ -193,7 +198,7 @@ impl Uring {
         short: Option<u32>,
         (readable, req_size): (&mut IoVecs, usize),
         (writable, resp_size): (&mut IoVecs, usize),
-        mem: Option<GuestMemoryLoadGuard<GuestMemoryMmap>>,
+        mem: Option<GuestMemoryLoadGuard<GuestMem>>,
     ) -> Result<(), StartError> {
         let Some(raw) = lu.lu().raw_image() else {
             return Err(StartError::Invalid);
@@ -221,6 +226,7 @@ impl Uring {
         std::mem::swap(&mut slot.writable, writable);
         slot.phase = Phase::Data;
         slot.head = head;
+        slot.base = if transfer.write { req_size } else { resp_size };
         slot.first = 0;
         slot.done = 0;
         slot.fd = file.as_raw_fd();
@@ -350,6 +356,10 @@ impl Uring {
                 Phase::Data if res == 0 => Some(Err(io::ErrorKind::UnexpectedEof.into())),
                 Phase::Data => {
                     let n = res as usize;
+                    if !t.write {
+                        // The kernel wrote these guest bytes: log them now.
+                        slot.writable.mark_written(slot.base + slot.done, n);
+                    }
                     slot.done += n;
                     if slot.done < t.len {
                         Self::advance(slot, n, &t);
@@ -580,9 +590,9 @@ mod tests {
         let mut a = vec![0u8; 100];
         let mut b = vec![0u8; 700];
         let mut c = vec![0u8; 224];
-        wr.push(a.as_mut_ptr(), a.len());
-        wr.push(b.as_mut_ptr(), b.len());
-        wr.push(c.as_mut_ptr(), c.len());
+        wr.push(a.as_mut_ptr(), a.len(), None);
+        wr.push(b.as_mut_ptr(), b.len(), None);
+        wr.push(c.as_mut_ptr(), c.len(), None);
         let r = run(
             &s,
             &mut u,
@@ -601,7 +611,7 @@ mod tests {
 
         // WRITE with FUA: the write and then an FSYNC, one completion.
         let mut data = vec![0xC3u8; 1024];
-        rd.push(data.as_mut_ptr(), data.len());
+        rd.push(data.as_mut_ptr(), data.len(), None);
         let r = run(
             &s,
             &mut u,
@@ -619,7 +629,7 @@ mod tests {
         let mut bufs = vec![vec![0u8; 512]; 64];
         for (i, buf) in bufs.iter_mut().enumerate() {
             let (mut rd, mut wr) = (IoVecs::default(), IoVecs::default());
-            wr.push(buf.as_mut_ptr(), 512);
+            wr.push(buf.as_mut_ptr(), 512, None);
             let cdb = Cdb::read_10(i as u32, 1, false);
             let req = Request {
                 cdb: cdb.as_bytes(),
@@ -694,7 +704,7 @@ mod tests {
             .unwrap();
         let (mut rd, mut wr) = (IoVecs::default(), IoVecs::default());
         let mut buf = vec![0u8; 2048];
-        wr.push(buf.as_mut_ptr(), buf.len());
+        wr.push(buf.as_mut_ptr(), buf.len(), None);
         let r = run(
             &s,
             &mut u,
@@ -727,7 +737,7 @@ mod tests {
         // SAFETY: non-zero size; freed below with the same layout.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         assert!(!ptr.is_null());
-        wr.push(ptr, len);
+        wr.push(ptr, len, None);
         let blocks = (len / 512) as u16;
         let r = run(
             &s,
@@ -739,7 +749,7 @@ mod tests {
         assert!(r.is_good(), "{r:?}");
         assert_eq!(raw.misaligned(), 0);
         // The same read into a buffer one byte off: buffered fd, counted.
-        wr.push(ptr.wrapping_add(1), len);
+        wr.push(ptr.wrapping_add(1), len, None);
         let r = run(
             &s,
             &mut u,
