@@ -244,10 +244,9 @@ impl SharedMemory {
     /// from `self`: what the zero-copy API hands to its callers.
     pub fn slice(&self, offset: usize, len: usize) -> Result<SharedSlice<'_>, MemoryError> {
         let ptr = self.checked_ptr(offset, len)?;
-        // SAFETY: [ptr, ptr + len) is inside the mapping (checked above),
-        // which stays mapped while the returned borrow of `self` lives;
-        // VolatileSlice only ever accesses it through raw-pointer copies and
-        // volatile loads and stores.
+        // SAFETY: [ptr, ptr + len) is inside the mapping (checked above), mapped
+        // while the borrow of `self` lives; VolatileSlice only accesses it
+        // through raw-pointer copies and volatile loads and stores.
         let inner = unsafe { VolatileSlice::new(ptr, len) };
         Ok(SharedSlice { inner })
     }
@@ -281,10 +280,9 @@ impl SharedMemory {
     #[inline]
     pub fn load_u16(&self, offset: usize, order: Ordering) -> u16 {
         let ptr = self.field_ptr::<u16>(offset);
-        // SAFETY: field_ptr returned an aligned pointer to 2 bytes inside the
-        // live mapping, which outlives this call; in this process the field
-        // is only accessed atomically. The `&AtomicU16` lives for this one
-        // load; an atomic type permits concurrent writes (the device's).
+        // SAFETY: field_ptr gave an aligned pointer to 2 bytes of the live mapping;
+        // here the field is only accessed atomically, and the `&AtomicU16` lives
+        // for this one load (an atomic permits the device's concurrent writes).
         unsafe { AtomicU16::from_ptr(ptr) }.load(order)
     }
 

@@ -61,7 +61,8 @@ impl DirtyBitmap {
     /// Starts logging this region into a bitmap owned by the test.
     #[cfg(test)]
     pub(crate) fn start_test_log(&self) {
-        let page = std::num::NonZeroUsize::new(LOG_PAGE_SIZE).unwrap();
+        let page =
+            std::num::NonZeroUsize::new(LOG_PAGE_SIZE).unwrap_or(std::num::NonZeroUsize::MIN);
         let _ = self
             .0
             .test_log

@@ -80,10 +80,9 @@ struct Slot {
     mem: Option<GuestMemoryLoadGuard<GuestMem>>,
 }
 
-// SAFETY: the iovecs in `data` point into the shared guest memory mapping,
-// valid for every thread of the process (and kept mapped by `mem`); a slot
-// is only used by the queue worker that owns the engine (or, under the same
-// per-queue mutex, by the thread draining it).
+// SAFETY: the iovecs in `data` point into guest memory, mapped for every
+// thread while `mem` holds it; a slot is used only by the worker owning the
+// engine, or under the same per-queue mutex by the thread draining it.
 unsafe impl Send for Slot {}
 
 impl Slot {
