@@ -84,25 +84,16 @@ impl IoVecs {
     /// Marks `[offset, offset + len)` of the stream dirty in the logs of
     /// the regions it lies in: called after the device wrote those bytes.
     /// Costs an atomic load per segment while no log is in place.
-    pub fn mark_written(&self, mut offset: usize, mut len: usize) {
-        for (v, log) in self.iov.iter().zip(&self.logs) {
-            if len == 0 {
-                break;
-            }
-            if offset >= v.iov_len {
-                offset -= v.iov_len;
-                continue;
-            }
-            let n = (v.iov_len - offset).min(len);
+    pub fn mark_written(&self, offset: usize, len: usize) {
+        self.walk(offset, len, |i, at, n| {
+            let log = &self.logs[i];
             // SAFETY: a non-null bitmap belongs to the guest memory mapping
             // the worker holds a guard on while the list is in use (type
             // invariant), so it is alive.
             if let Some(bitmap) = unsafe { log.bitmap.as_ref() } {
-                bitmap.mark_dirty(log.offset + offset, n);
+                bitmap.mark_dirty(log.offset + at, n);
             }
-            offset = 0;
-            len -= n;
-        }
+        });
     }
 
     /// Total bytes.
@@ -115,9 +106,10 @@ impl IoVecs {
         self.len == 0
     }
 
-    /// Calls `f` with each piece of `[offset, offset + len)` as `(ptr, len)`.
-    fn pieces(&self, mut offset: usize, mut len: usize, mut f: impl FnMut(*mut u8, usize)) {
-        for v in &self.iov {
+    /// Calls `f` with each piece of `[offset, offset + len)` as `(segment
+    /// index, offset in the segment, length)`.
+    fn walk(&self, mut offset: usize, mut len: usize, mut f: impl FnMut(usize, usize, usize)) {
+        for (i, v) in self.iov.iter().enumerate() {
             if len == 0 {
                 break;
             }
@@ -126,11 +118,18 @@ impl IoVecs {
                 continue;
             }
             let n = (v.iov_len - offset).min(len);
-            // The pointer arithmetic stays inside the segment: offset < iov_len.
-            f(v.iov_base.cast::<u8>().wrapping_add(offset), n);
+            f(i, offset, n);
             offset = 0;
             len -= n;
         }
+    }
+
+    /// Calls `f` with each piece of `[offset, offset + len)` as `(ptr, len)`.
+    fn pieces(&self, offset: usize, len: usize, mut f: impl FnMut(*mut u8, usize)) {
+        self.walk(offset, len, |i, at, n| {
+            // The pointer arithmetic stays inside the segment: at < iov_len.
+            f(self.iov[i].iov_base.cast::<u8>().wrapping_add(at), n)
+        });
     }
 
     /// Whether every piece of `[offset, offset + len)` starts at an address
