@@ -6,6 +6,8 @@
 #   (cargo install vhost-device-scsi --root /tmp/vds; nothing of it is kept here),
 #   and COLD=1 as well for a second one with the page cache dropped before
 #   each run (root): ours with cache=none (O_DIRECT, io_uring), theirs buffered.
+#   NBD=1 adds the same image served through qemu-nbd (an NBD LUN) beside it
+#   served directly; NBD_ONLY=1 runs just that comparison.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 img=${1:-/tmp/vscsi-bench-1g.img}
@@ -32,6 +34,7 @@ case_() { # name, bench args...
     for _ in $(seq "$runs"); do one --image "$img" --backend "$B/vscsi-backend" "$@"; done | stats
 }
 
+if [ -z "${NBD_ONLY:-}" ]; then
 case_ "randread 4k qd32 1 queue"            --rw randread --bs 4k --iodepth 32 --queues 1
 case_ "randread 4k qd32 1 queue, daemon poll" --rw randread --bs 4k --iodepth 32 --queues 1 --daemon-poll-us 50
 case_ "randread 4k qd128 2 queues"          --rw randread --bs 4k --iodepth 128 --queues 2
@@ -42,6 +45,7 @@ case_ "read 128k qd8 (sequential)"          --rw read --bs 128k --iodepth 8
 case_ "read 128k qd16 2 queues (sequential)" --rw read --bs 128k --iodepth 16 --queues 2
 case_ "randread 4k qd1, daemon poll only"    --rw randread --bs 4k --iodepth 1 --daemon-poll-us 50
 case_ "randwrite 4k qd32 1 queue"           --rw randwrite --bs 4k --iodepth 32
+fi
 
 if [ -n "${VHOST_DEVICE_SCSI:-}" ]; then
     echo "comparison, queue size 128, randread 4k qd32, alternating runs:"
@@ -84,4 +88,35 @@ if [ -n "${VHOST_DEVICE_SCSI:-}" ] && [ -n "${COLD:-}" ]; then
     printf '%-44s ' "  vhost-device-scsi 0.1.0"; printf '%s\n' "${theirs[@]}" | stats
     paste -d' ' <(printf '%s\n' "${ours[@]}") <(printf '%s\n' "${theirs[@]}") |
         awk '{ printf "  run %d: ratio %.1fx\n", NR, $1 / $4 }'
+fi
+
+if [ -n "${NBD:-}${NBD_ONLY:-}" ]; then
+    # The same image served directly and as an NBD export of qemu-nbd on a
+    # unix socket (raw, page cache, 4 connections allowed), alternating runs.
+    for spec in "randread 4k qd32:--rw randread --bs 4k --iodepth 32" \
+                "randread 4k qd1:--rw randread --bs 4k --iodepth 1" \
+                "randwrite 4k qd32:--rw randwrite --bs 4k --iodepth 32" \
+                "read 128k qd8:--rw read --bs 128k --iodepth 8"; do
+        name=${spec%%:*}; read -r -a args <<<"${spec#*:}"
+        echo "NBD comparison, $name, alternating runs:"
+        direct=(); nbd=()
+        for _ in $(seq "$runs"); do
+            direct+=("$(one --image "$img" --backend "$B/vscsi-backend" "${args[@]}")")
+            nsock=$(mktemp -u /tmp/nbd-XXXXXX.sock); sock=$(mktemp -u /tmp/vscsi-XXXXXX.sock)
+            qemu-nbd --format raw --cache writeback --aio threads --shared 4 --persistent \
+                --socket "$nsock" "$img" &
+            npid=$!
+            for _ in $(seq 100); do [ -S "$nsock" ] && break; sleep 0.05; done
+            "$B/vscsi-backend" --socket "$sock" --lun "0:0=nbd+unix:///?socket=$nsock" >/dev/null 2>&1 &
+            pid=$!
+            for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+            nbd+=("$(one --socket "$sock" --daemon-pid "$pid" "${args[@]}")")
+            kill "$pid" "$npid" 2>/dev/null || true; wait "$pid" "$npid" 2>/dev/null || true
+            rm -f "$sock" "$nsock"
+        done
+        printf '%-44s ' "  direct (file)"; printf '%s\n' "${direct[@]}" | stats
+        printf '%-44s ' "  NBD (qemu-nbd, unix socket)"; printf '%s\n' "${nbd[@]}" | stats
+        paste -d' ' <(printf '%s\n' "${nbd[@]}") <(printf '%s\n' "${direct[@]}") |
+            awk '{ printf "  run %d: NBD/direct %.2fx\n", NR, $1 / $4 }'
+    done
 fi

@@ -125,12 +125,22 @@ fn daemon(dir: &Path, luns: &[String]) -> (KillOnDrop, PathBuf) {
 
 /// [`daemon`] with more daemon flags.
 fn daemon_with(dir: &Path, luns: &[String], extra: &[&str]) -> (KillOnDrop, PathBuf) {
+    daemon_queues(dir, luns, extra, 2)
+}
+
+/// [`daemon_with`] serving `queues` request queues.
+fn daemon_queues(
+    dir: &Path,
+    luns: &[String],
+    extra: &[&str],
+    queues: u16,
+) -> (KillOnDrop, PathBuf) {
     let socket = dir.join("vs.sock");
     let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
     let mut cmd = Command::new(backend_binary());
     cmd.arg("--socket")
         .arg(&socket)
-        .args(["--queues", "2"])
+        .args(["--queues", &queues.to_string()])
         .args(extra);
     for l in luns {
         // Without the POWER ON unit attention: the first raw command is
@@ -152,10 +162,14 @@ fn daemon_with(dir: &Path, luns: &[String], extra: &[&str]) -> (KillOnDrop, Path
 }
 
 async fn connect(socket: &Path) -> Driver {
+    connect_queues(socket, 2).await
+}
+
+async fn connect_queues(socket: &Path, queue_count: u16) -> Driver {
     Driver::connect(
         socket,
         QueueConfig {
-            queue_count: 2,
+            queue_count,
             ..QueueConfig::default()
         },
     )
@@ -858,6 +872,71 @@ async fn a_slow_server_holds_only_its_own_commands() {
     let r = stalled.await.unwrap();
     assert!(r.is_good(), "{r:?}");
     assert!(t.elapsed() >= Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
+#[tokio::test]
+async fn a_slow_server_holds_no_other_lun_of_its_request_queue() {
+    if !have("nbdkit", "nbdkit") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let slow = dir.path().join("slow.sock");
+    let file = dir.path().join("disk.img");
+    std::fs::write(&file, vec![0x5Au8; 1 << 20]).unwrap();
+    // One request queue for both LUNs: LUN 0's reads take 3 s (within
+    // its 20 s timeout); LUN 1 is a file.
+    let _s = nbdkit_unix(&slow, &["--filter=delay", "memory", "8M", "rdelay=3"]);
+    let (_d, vs) = daemon_queues(
+        dir.path(),
+        &[
+            format!("0:0={}", unix_uri(&slow, "&timeout=20")),
+            format!("0:1={}", file.display()),
+        ],
+        &[],
+        1,
+    );
+    let drv = std::sync::Arc::new(connect_queues(&vs, 1).await);
+    // Several READs of the slow LUN in flight at once on the one queue...
+    let slow_reads: Vec<_> = (0..4u64)
+        .map(|i| {
+            let d = drv.clone();
+            tokio::spawn(async move { read(&d, i * 8, 8).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...and a READ of the file LUN behind them on the same queue is
+    // answered while they still wait for the server.
+    let r = drv
+        .send_command(
+            0,
+            1,
+            ScsiCommand::Read {
+                lba: 0,
+                blocks: 8,
+                block_size: BS,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(r.is_good(), "{r:?}");
+    assert!(r.data.iter().all(|&b| b == 0x5A));
+    let pending = slow_reads.iter().filter(|h| !h.is_finished()).count();
+    assert_eq!(
+        pending, 4,
+        "the file LUN's READ waited for the NBD server's replies"
+    );
+    // A TEST UNIT READY of the file LUN is not held either (only commands
+    // of the network LUN itself wait for its transfers).
+    let r = drv
+        .send_command(0, 1, raw(vec![0u8; 6], vec![], 0))
+        .await
+        .unwrap();
+    assert!(r.is_good(), "{r:?}");
+    assert_eq!(slow_reads.iter().filter(|h| !h.is_finished()).count(), 4);
+    for h in slow_reads {
+        let r = h.await.unwrap();
+        assert!(r.is_good(), "{r:?}");
+    }
 }
 
 #[tokio::test]

@@ -380,9 +380,21 @@ impl LogicalUnit {
     }
 
     /// Whether READ/WRITE may leave their data transfer to a transport
-    /// that can defer it (`aio=io_uring`, resolved, on a raw image).
+    /// that can defer it: `aio=io_uring` (resolved) on a raw image, and
+    /// every NBD export (its requests wait on the network: the transport
+    /// runs them off the queue thread, many at a time, see
+    /// [`super::rw::run_transfer`]).
     pub fn defers_io(&self) -> bool {
-        self.opts.aio.resolve(self.opts.cache) == AioMode::IoUring && self.image.as_raw().is_some()
+        self.offloads_io()
+            || (self.opts.aio.resolve(self.opts.cache) == AioMode::IoUring
+                && self.image.as_raw().is_some())
+    }
+
+    /// Whether a deferred transfer of this LU is run by blocking calls on
+    /// a helper thread ([`super::rw::run_transfer`]) rather than by
+    /// io_uring on the image's descriptor: an NBD export.
+    pub fn offloads_io(&self) -> bool {
+        self.image.as_nbd().is_some()
     }
 
     /// The image's descriptor for a transfer (see

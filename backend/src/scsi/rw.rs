@@ -163,6 +163,37 @@ pub(crate) fn write(
     }
 }
 
+/// Runs a deferred `transfer` with the medium's blocking calls, between
+/// the medium and the command's buffers (`data_in` for a READ, `data_out`
+/// for a WRITE, both from offset 0), making a WRITE durable when it asks
+/// (FUA on the medium when it has it, else a flush). For transports that
+/// run the transfers of an [`LogicalUnit::offloads_io`] LU on helper
+/// threads; the outcome goes to [`complete_transfer`]. The range lock of a
+/// deferred WRITE was taken when the command returned the transfer.
+pub fn run_transfer(
+    lu: &LogicalUnit,
+    transfer: &MediumTransfer,
+    data_in: &mut dyn DataIn,
+    data_out: &dyn DataOut,
+) -> io::Result<()> {
+    if !transfer.write {
+        return lu
+            .image()
+            .read_into(data_in, 0, transfer.len, transfer.disk_offset);
+    }
+    let durable = lu.image().write_from_fua(
+        data_out,
+        0,
+        transfer.len,
+        transfer.disk_offset,
+        transfer.sync,
+    )?;
+    if transfer.sync && !durable {
+        lu.flush()?;
+    }
+    Ok(())
+}
+
 /// The final result of a command whose data `transfer` the transport ran
 /// (READ/WRITE returned it, see the module doc) with outcome `res`: GOOD
 /// with the data length, or CHECK CONDITION with the sense an inline

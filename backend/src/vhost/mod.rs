@@ -23,6 +23,7 @@ pub mod event_queue;
 pub mod guest_io;
 pub mod held;
 pub mod notify;
+pub mod offload;
 pub mod queue_metrics;
 pub mod request_queue;
 pub mod response;

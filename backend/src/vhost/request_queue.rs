@@ -34,6 +34,11 @@
 //! completes everything in flight before a ring stops, on reset and on
 //! disconnect. Where io_uring cannot be set up the queue warns once and
 //! stays inline.
+//!
+//! LUs on network media (NBD) defer their READ/WRITE the same way, to the
+//! queue's [`Offload`] helper threads instead of io_uring; only commands
+//! addressed to such a LU wait for its transfers in flight, so a stalled
+//! server does not hold the queue's other LUNs.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::AtomicBool;
@@ -56,6 +61,7 @@ use super::chain::split_chain;
 use super::guest_io::{GuestDataIn, GuestDataOut, IoVecs};
 pub use super::held::{Covers, HeldRequest, QueueShared};
 use super::notify::wants_call;
+use super::offload::Offload;
 use super::queue_metrics::{QueueCounters, QueueMetrics};
 use super::response::{write_bare, write_check_condition, write_response, REQ_SIZE, RESP_SIZE};
 use super::ring_guard::malformed;
@@ -106,6 +112,11 @@ pub struct RequestQueue {
     readable: IoVecs,
     writable: IoVecs,
     engine: Engine,
+    /// The helper-thread engine of LUs on network media, created on first
+    /// use (it needs the completion eventfd too).
+    offload: Option<Box<Offload>>,
+    /// The completion eventfd, once the device registered it.
+    completion_fd: Option<RawFd>,
     /// The queue's vring, recorded at the first batch (to complete what
     /// is in flight when the ring stops).
     vring: Option<Vring>,
@@ -133,6 +144,8 @@ impl RequestQueue {
             readable: IoVecs::default(),
             writable: IoVecs::default(),
             engine: Engine::NoListener,
+            offload: None,
+            completion_fd: None,
             vring: None,
             mem: None,
             faults,
@@ -147,6 +160,7 @@ impl RequestQueue {
     /// io_uring engine (created on first use) signals its completions
     /// there, and the worker calls [`RequestQueue::complete_io`].
     pub fn set_completion_eventfd(&mut self, fd: RawFd) {
+        self.completion_fd = Some(fd);
         if matches!(self.engine, Engine::NoListener) {
             self.engine = Engine::Idle(fd);
         }
@@ -159,12 +173,30 @@ impl RequestQueue {
             .store(self.in_flight(), Ordering::Release);
     }
 
-    /// Requests in flight in the io_uring engine.
+    /// Requests in flight in the io_uring and helper-thread engines.
     pub fn in_flight(&self) -> usize {
-        match &self.engine {
+        let uring = match &self.engine {
             Engine::Ready(u) => u.in_flight(),
             _ => 0,
+        };
+        uring + self.offload.as_ref().map_or(0, |o| o.in_flight())
+    }
+
+    /// The helper-thread engine, created now if it was not yet; `None`
+    /// without a completion eventfd (or when it cannot be set up: the
+    /// LU is then served inline, warned once).
+    fn offload(&mut self) -> Option<&mut Offload> {
+        if self.offload.is_none() {
+            let fd = self.completion_fd?;
+            match Offload::new(fd, self.shared.index) {
+                Ok(o) => self.offload = Some(Box::new(o)),
+                Err(e) => {
+                    crate::limited_site!(warn, error = %e, "cannot start the transfer helpers: serving network LUNs inline");
+                    return None;
+                }
+            }
         }
+        self.offload.as_deref_mut()
     }
 
     /// The engine, created now if it was not yet; `None` when there is no
@@ -194,13 +226,19 @@ impl RequestQueue {
     /// completes every finished request and notifies the driver once if
     /// it asked.
     pub fn complete_io(&mut self, vring: &Vring) -> std::io::Result<()> {
-        let Engine::Ready(u) = &mut self.engine else {
+        if !matches!(self.engine, Engine::Ready(_)) && self.offload.is_none() {
             return Ok(());
-        };
+        }
         let mut state = vring.get_mut();
-        let n = u.reap(&mut |c| complete_used(&mut state, c));
-        if let Err(e) = u.submit() {
-            crate::limited_site!(warn, error = %e, "io_uring submit failed");
+        let mut n = 0;
+        if let Engine::Ready(u) = &mut self.engine {
+            n += u.reap(&mut |c| complete_used(&mut state, c));
+            if let Err(e) = u.submit() {
+                crate::limited_site!(warn, error = %e, "io_uring submit failed");
+            }
+        }
+        if let Some(o) = &mut self.offload {
+            n += o.reap(&mut |c| complete_used(&mut state, c));
         }
         let notify = n > 0 && self.wants_call(&mut state);
         if notify {
@@ -220,21 +258,32 @@ impl RequestQueue {
     /// (ring stop, device reset, disconnect): afterwards nothing of this
     /// queue is in the kernel's hands. Returns how many were completed.
     pub fn drain(&mut self) -> usize {
-        let Engine::Ready(u) = &mut self.engine else {
-            return 0;
-        };
-        if u.in_flight() == 0 {
+        if self.in_flight() == 0 {
             return 0;
         }
         let Some(vring) = self.vring.clone() else {
             // Cannot happen (a request was started from a batch on a
             // ring), but the I/O must still be waited for.
-            let n = u.drain(&mut |c| warn!(head = c.head, "in-flight request without a ring"));
+            let mut lost =
+                |c: Completed<'_>| warn!(head = c.head, "in-flight request without a ring");
+            let mut n = 0;
+            if let Engine::Ready(u) = &mut self.engine {
+                n += u.drain(&mut lost);
+            }
+            if let Some(o) = &mut self.offload {
+                n += o.drain(&mut lost);
+            }
             self.publish_in_flight();
             return n;
         };
         let mut state = vring.get_mut();
-        let n = u.drain(&mut |c| complete_used(&mut state, c));
+        let mut n = 0;
+        if let Engine::Ready(u) = &mut self.engine {
+            n += u.drain(&mut |c| complete_used(&mut state, c));
+        }
+        if let Some(o) = &mut self.offload {
+            n += o.drain(&mut |c| complete_used(&mut state, c));
+        }
         if n > 0 && self.wants_call(&mut state) {
             if let Err(e) = state.signal_used_queue() {
                 crate::limited_site!(warn, error = %e, "signalling drained completions failed");
@@ -318,6 +367,18 @@ impl RequestQueue {
                         completed |= n > 0;
                     }
                 }
+                if self.offload.as_ref().is_some_and(|o| o.in_flight() > 0) {
+                    // Nothing but READ/WRITE overtakes the transfers in
+                    // flight on the same network LU (SYNCHRONIZE CACHE
+                    // covers them); other LUNs do not wait for them.
+                    let mut hdr = [0u8; CDB_OFFSET + 1];
+                    self.readable.copy_out(0, &mut hdr);
+                    if !may_defer(&hdr[CDB_OFFSET..]) && Self::addresses_offloaded(bus, &hdr) {
+                        if let Some(o) = &mut self.offload {
+                            completed |= o.drain(&mut |c| complete_used(&mut state, c)) > 0;
+                        }
+                    }
+                }
                 let outcome = match fault {
                     Ok(()) => self.execute(bus, head, vring, &guard),
                     Err(fault) => {
@@ -349,6 +410,9 @@ impl RequestQueue {
                 }
                 completed |= u.reap(&mut |c| complete_used(&mut state, c)) > 0;
             }
+            if let Some(o) = &mut self.offload {
+                completed |= o.reap(&mut |c| complete_used(&mut state, c)) > 0;
+            }
             if self.guard.is_broken() {
                 // Nothing more is taken off this ring: no polling, and
                 // notifications stay as they are.
@@ -366,9 +430,13 @@ impl RequestQueue {
                 // Completions of the engine end the spin too: they are
                 // reaped at the top of the loop, not after the poll time.
                 let engine = &mut self.engine;
-                let mut reapable = || match engine {
-                    Engine::Ready(u) => u.has_completions(),
-                    _ => false,
+                let offload = &self.offload;
+                let mut reapable = || {
+                    offload.as_ref().is_some_and(|o| o.has_completions())
+                        || match engine {
+                            Engine::Ready(u) => u.has_completions(),
+                            _ => false,
+                        }
                 };
                 if Self::poll_avail(state.get_queue(), &guard, self.poll, &mut reapable) {
                     continue;
@@ -421,6 +489,21 @@ impl RequestQueue {
                 return false;
             }
             std::hint::spin_loop();
+        }
+    }
+
+    /// Whether the request header `hdr` (LUN field first) addresses a
+    /// logical unit whose transfers run on the helper threads.
+    fn addresses_offloaded(bus: &ScsiBus, hdr: &[u8]) -> bool {
+        let Some(lun) = hdr.get(..8).and_then(|l| <[u8; 8]>::try_from(l).ok()) else {
+            return false;
+        };
+        match LunAddress::decode(&lun) {
+            Ok(LunAddress::Unit(l)) => bus
+                .target(l.target)
+                .and_then(|t| t.entry(l.lun))
+                .is_some_and(|e| e.lu().offloads_io()),
+            _ => false,
         }
     }
 
@@ -533,7 +616,13 @@ impl RequestQueue {
                 .entry(l)
                 .filter(|e| e.lu().defers_io())
                 .cloned()
-                .filter(|_| self.engine().is_some_and(|u| !u.is_full())),
+                .filter(|e| {
+                    if e.lu().offloads_io() {
+                        self.offload().is_some_and(|o| !o.is_full())
+                    } else {
+                        self.engine().is_some_and(|u| !u.is_full())
+                    }
+                }),
             _ => None,
         };
         if let Some(e) = &defer_lu {
@@ -566,8 +655,17 @@ impl RequestQueue {
         }
         let mut result = result;
         if let Some(&transfer) = result.transfer() {
-            let started = match (&defer_lu, &mut self.engine) {
-                (Some(lu), Engine::Ready(u)) => u.start(
+            let started = match (&defer_lu, &mut self.engine, &mut self.offload) {
+                (Some(lu), _, Some(o)) if lu.lu().offloads_io() => o.start(
+                    head,
+                    lu,
+                    transfer,
+                    short,
+                    &mut self.readable,
+                    &mut self.writable,
+                    guard.clone(),
+                ),
+                (Some(lu), Engine::Ready(u), _) => u.start(
                     head,
                     lu,
                     transfer,
@@ -585,7 +683,7 @@ impl RequestQueue {
                     return Outcome::InFlight;
                 }
                 (Err(e), Some(entry)) => {
-                    crate::limited_site!(warn, head, error = %e, "io_uring transfer not started: failing the command");
+                    crate::limited_site!(warn, head, error = %e, "deferred transfer not started: failing the command");
                     result = complete_transfer(
                         entry.lu(),
                         &transfer,
