@@ -394,17 +394,24 @@ impl Connection {
     ) -> io::Result<()> {
         let (sock, cookie, generation) = self.arm(idx, command, offset, length, deadline)?;
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let header = Request {
+        let request = Request {
             flags,
             command,
             cookie,
             offset,
             length,
-        }
-        .encode();
+        };
+        let (compact, extended);
+        let header: &[u8] = if self.info.extended {
+            extended = request.encode_extended();
+            &extended
+        } else {
+            compact = request.encode();
+            &compact
+        };
         let sent = {
             let _g = lock(&self.send);
-            let mut r = send_all(&sock, &header, deadline);
+            let mut r = send_all(&sock, header, deadline);
             if let (Ok(()), Xfer::Out(out, at)) = (&r, &*xfer) {
                 r = send_payload(&sock, *out, *at, length as usize, deadline);
             }
@@ -623,7 +630,7 @@ impl Connection {
 
     fn one_reply(&self, s: &Socket, scratch: &mut [u8]) -> io::Result<()> {
         wait_readable(s);
-        let mut h = [0u8; wire::STRUCTURED_REPLY_LEN];
+        let mut h = [0u8; wire::EXTENDED_LEN];
         self.read_full(s, &mut h[..4])?;
         let rest = ReplyHeader::rest_len(wire::get32(&h, 0))
             .ok_or_else(|| protocol("bad reply magic: the stream is out of sync"))?;
@@ -682,12 +689,21 @@ impl Connection {
                         }
                         self.hand_over(s, slot, Phase::Hole { at, len: n }, scratch)?;
                     }
-                    wire::REPLY_TYPE_BLOCK_STATUS
-                        if command == wire::CMD_BLOCK_STATUS && length >= 4 =>
+                    wire::REPLY_TYPE_BLOCK_STATUS | wire::REPLY_TYPE_BLOCK_STATUS_EXT
+                        if command == wire::CMD_BLOCK_STATUS
+                            && (kind == wire::REPLY_TYPE_BLOCK_STATUS_EXT)
+                                == self.info.extended
+                            && length >= 4 =>
                     {
-                        let mut id = [0u8; 4];
-                        self.read_full(s, &mut id)?;
-                        let n = length - 4;
+                        let mut id = [0u8; 8];
+                        // The extended form has a descriptor count after
+                        // the context id (implied by the length: skipped).
+                        let head = if self.info.extended { 8 } else { 4 };
+                        if length < head {
+                            return Err(protocol("block status chunk too short"));
+                        }
+                        self.read_full(s, &mut id[..head as usize])?;
+                        let n = length - head;
                         if Some(wire::get32(&id, 0)) == self.info.allocation_context {
                             self.hand_over(s, slot, Phase::Status { len: n }, scratch)?;
                         } else {

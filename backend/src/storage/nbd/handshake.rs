@@ -1,7 +1,8 @@
 //! Connecting to an NBD server and the fixed newstyle handshake (proto.md
-//! "Fixed newstyle negotiation"): NBD_OPT_STRUCTURED_REPLY, then
-//! NBD_OPT_SET_META_CONTEXT `base:allocation` (when structured replies
-//! were accepted), then NBD_OPT_GO asking for NBD_INFO_BLOCK_SIZE; the
+//! "Fixed newstyle negotiation"): NBD_OPT_EXTENDED_HEADERS (the
+//! `EXTENDED_HEADERS` extension; qemu-nbd >= 9 has it), else
+//! NBD_OPT_STRUCTURED_REPLY, then NBD_OPT_SET_META_CONTEXT
+//! `base:allocation` (when either was accepted), then NBD_OPT_GO asking for NBD_INFO_BLOCK_SIZE; the
 //! server's NBD_INFO_EXPORT gives the size and the transmission flags.
 //!
 //! Every read and write of the handshake is bounded by the socket timeouts
@@ -117,8 +118,11 @@ pub struct ExportInfo {
     pub preferred_block: u32,
     /// Largest payload of a READ or WRITE.
     pub max_payload: u32,
-    /// Structured replies were negotiated.
+    /// Structured replies were negotiated (also with extended headers).
     pub structured: bool,
+    /// Extended headers were negotiated: 32-byte request and reply
+    /// headers, 64-bit block status descriptors.
+    pub extended: bool,
     /// The `base:allocation` context id, when the server offers it.
     pub allocation_context: Option<u32>,
 }
@@ -238,9 +242,16 @@ pub fn handshake(s: &Socket, uri: &NbdUri) -> Result<ExportInfo, HandshakeError>
     }
     write_all(s, &cflags.to_be_bytes())?;
 
-    send_option(s, wire::OPT_STRUCTURED_REPLY, &[])?;
-    let (r, _) = read_reply(s, wire::OPT_STRUCTURED_REPLY)?;
-    let structured = r.kind == wire::REP_ACK;
+    // Extended headers first (they include structured replies); a server
+    // without them answers NBD_REP_ERR_UNSUP and gets structured replies.
+    send_option(s, wire::OPT_EXTENDED_HEADERS, &[])?;
+    let (r, _) = read_reply(s, wire::OPT_EXTENDED_HEADERS)?;
+    let extended = r.kind == wire::REP_ACK;
+    let structured = extended || {
+        send_option(s, wire::OPT_STRUCTURED_REPLY, &[])?;
+        let (r, _) = read_reply(s, wire::OPT_STRUCTURED_REPLY)?;
+        r.kind == wire::REP_ACK
+    };
 
     let mut allocation_context = None;
     if structured {
@@ -316,6 +327,7 @@ pub fn handshake(s: &Socket, uri: &NbdUri) -> Result<ExportInfo, HandshakeError>
         preferred_block,
         max_payload,
         structured,
+        extended,
         allocation_context,
     })
 }

@@ -227,7 +227,7 @@ impl NbdImage {
             }
         }
         tracing::info!(nbd = %label, size = info.size, flags = format_args!("{:#06x}", info.flags),
-            structured = info.structured, min_block = info.min_block, max_payload = info.max_payload,
+            structured = info.structured, extended = info.extended, min_block = info.min_block, max_payload = info.max_payload,
             connections = conns.len(), timeout_s = uri.timeout.as_secs(), "NBD export connected");
         Ok(NbdImage {
             spec: spec.to_path_buf(),
@@ -447,7 +447,10 @@ impl NbdImage {
         if let Err(e) = self.check_range(offset, len) {
             return Some(Err(e));
         }
-        let mut buf = vec![0u8; 8 * max.clamp(1, 4096)];
+        // Descriptors: length 32 + status 32, or 64 + 64 with extended
+        // headers (NBD_REPLY_TYPE_BLOCK_STATUS_EXT).
+        let width = if self.info.extended { 16 } else { 8 };
+        let mut buf = vec![0u8; width * max.clamp(1, 4096)];
         let mut din = SliceIn(&mut buf, 0);
         let r = self.conn().execute(
             wire::CMD_BLOCK_STATUS,
@@ -459,13 +462,20 @@ impl NbdImage {
         );
         let filled = din.1;
         Some(r.map(|()| {
-            buf[..filled - filled % 8]
-                .chunks_exact(8)
+            buf[..filled - filled % width]
+                .chunks_exact(width)
                 .map(|d| {
-                    (
-                        u64::from(wire::get32(d, 0)),
-                        wire::get32(d, 4) & wire::STATE_HOLE != 0,
-                    )
+                    if width == 16 {
+                        (
+                            wire::get64(d, 0),
+                            wire::get64(d, 8) & u64::from(wire::STATE_HOLE) != 0,
+                        )
+                    } else {
+                        (
+                            u64::from(wire::get32(d, 0)),
+                            wire::get32(d, 4) & wire::STATE_HOLE != 0,
+                        )
+                    }
                 })
                 .filter(|&(n, _)| n > 0)
                 .collect()

@@ -32,6 +32,11 @@ fn option_reply(s: &mut UnixStream, option: u32, kind: u32, data: &[u8]) {
 /// The server side of a fixed newstyle handshake; returns every byte the
 /// client sent.
 fn serve_handshake(s: &mut UnixStream, size: u64, flags: u16) -> Vec<u8> {
+    serve_handshake_ext(s, size, flags, false)
+}
+
+/// [`serve_handshake`], accepting NBD_OPT_EXTENDED_HEADERS when `extended`.
+fn serve_handshake_ext(s: &mut UnixStream, size: u64, flags: u16, extended: bool) -> Vec<u8> {
     let mut hello = INIT_MAGIC.to_be_bytes().to_vec();
     hello.extend_from_slice(&OPTS_MAGIC.to_be_bytes());
     hello.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
@@ -46,6 +51,8 @@ fn serve_handshake(s: &mut UnixStream, size: u64, flags: u16) -> Vec<u8> {
         got.extend_from_slice(&h);
         got.extend_from_slice(&data);
         match be32(&h, 8) {
+            OPT_EXTENDED_HEADERS if extended => option_reply(s, OPT_EXTENDED_HEADERS, REP_ACK, &[]),
+            OPT_EXTENDED_HEADERS => option_reply(s, OPT_EXTENDED_HEADERS, REP_ERR_UNSUP, &[]),
             OPT_STRUCTURED_REPLY => option_reply(s, OPT_STRUCTURED_REPLY, REP_ACK, &[]),
             OPT_SET_META_CONTEXT => {
                 let mut d = 5u32.to_be_bytes().to_vec();
@@ -129,7 +136,10 @@ fn handshake_bytes_and_export_info() {
     let (hs, _) = h.join().unwrap();
     // Client flags: FIXED_NEWSTYLE | NO_ZEROES.
     assert_eq!(&hs[..4], &[0, 0, 0, 3]);
-    // NBD_OPT_STRUCTURED_REPLY with no data.
+    // NBD_OPT_EXTENDED_HEADERS with no data (refused: NBD_REP_ERR_UNSUP),
+    // then NBD_OPT_STRUCTURED_REPLY with no data.
+    assert_eq!(&hs[4..20], &option_header(OPT_EXTENDED_HEADERS, 0));
+    let hs = [&hs[..4], &hs[20..]].concat();
     assert_eq!(&hs[4..20], &option_header(OPT_STRUCTURED_REPLY, 0));
     // NBD_OPT_SET_META_CONTEXT: export "exp", one query "base:allocation".
     let meta = meta_context_data("exp", &["base:allocation"]);
@@ -148,7 +158,7 @@ fn handshake_bytes_and_export_info() {
         (i.min_block, i.preferred_block, i.max_payload),
         (512, 4096, 64 * 1024)
     );
-    assert!(i.structured);
+    assert!(i.structured && !i.extended);
     assert_eq!(i.allocation_context, Some(5));
     assert!(!img.read_only() && img.has_write_cache() && img.can_trim());
 }
@@ -302,4 +312,111 @@ fn a_broken_stream_fails_the_request_within_the_timeout() {
         t.elapsed()
     );
     h.join().unwrap();
+}
+
+/// An extended reply chunk header (32 bytes) and its payload.
+fn ext_chunk(s: &mut UnixStream, flags: u16, kind: u16, cookie: u64, offset: u64, payload: &[u8]) {
+    let mut m = EXTENDED_REPLY_MAGIC.to_be_bytes().to_vec();
+    m.extend_from_slice(&flags.to_be_bytes());
+    m.extend_from_slice(&kind.to_be_bytes());
+    m.extend_from_slice(&cookie.to_be_bytes());
+    m.extend_from_slice(&offset.to_be_bytes());
+    m.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    m.extend_from_slice(payload);
+    s.write_all(&m).unwrap();
+}
+
+#[test]
+fn extended_headers_carry_requests_replies_and_block_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("ext.sock");
+    let l = UnixListener::bind(&sock).unwrap();
+    let h = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let hs = serve_handshake_ext(&mut s, 1 << 20, FLAGS, true);
+        let mut seen = Vec::new();
+        // A WRITE of 512 bytes: 32-byte header with PAYLOAD_LEN, then data.
+        let mut r = [0u8; 32];
+        s.read_exact(&mut r).unwrap();
+        let mut data = vec![0u8; be64(&r, 24) as usize];
+        s.read_exact(&mut data).unwrap();
+        seen.push(r);
+        ext_chunk(
+            &mut s,
+            REPLY_FLAG_DONE,
+            REPLY_TYPE_NONE,
+            be64(&r, 8),
+            be64(&r, 16),
+            &[],
+        );
+        // A READ of 1024 bytes: one data chunk and one hole chunk.
+        s.read_exact(&mut r).unwrap();
+        seen.push(r);
+        let (cookie, off) = (be64(&r, 8), be64(&r, 16));
+        let mut d = (off + 512).to_be_bytes().to_vec();
+        d.extend_from_slice(&[0xAB; 512]);
+        ext_chunk(&mut s, 0, REPLY_TYPE_OFFSET_DATA, cookie, off, &d);
+        let mut hole = off.to_be_bytes().to_vec();
+        hole.extend_from_slice(&512u32.to_be_bytes());
+        ext_chunk(
+            &mut s,
+            REPLY_FLAG_DONE,
+            REPLY_TYPE_OFFSET_HOLE,
+            cookie,
+            off,
+            &hole,
+        );
+        // BLOCK_STATUS: context 5, two 64-bit descriptors.
+        s.read_exact(&mut r).unwrap();
+        seen.push(r);
+        let mut b = 5u32.to_be_bytes().to_vec();
+        b.extend_from_slice(&2u32.to_be_bytes());
+        for (len, st) in [(4096u64, 0u64), (8192, u64::from(STATE_HOLE | STATE_ZERO))] {
+            b.extend_from_slice(&len.to_be_bytes());
+            b.extend_from_slice(&st.to_be_bytes());
+        }
+        ext_chunk(
+            &mut s,
+            REPLY_FLAG_DONE,
+            REPLY_TYPE_BLOCK_STATUS_EXT,
+            be64(&r, 8),
+            be64(&r, 16),
+            &b,
+        );
+        (hs, seen, data)
+    });
+    let uri = format!("nbd+unix:///exp?socket={}&timeout=2", sock.display());
+    let img = NbdImage::open(Path::new(&uri), false).unwrap();
+    assert!(img.info().extended && img.info().structured);
+    img.write_at(&[0x5A; 512], 4096).unwrap();
+    let mut buf = [0x11u8; 1024];
+    img.read_at(&mut buf, 8192).unwrap();
+    assert!(
+        buf[..512].iter().all(|&b| b == 0),
+        "the hole reads as zeroes"
+    );
+    assert!(buf[512..].iter().all(|&b| b == 0xAB));
+    let extents = img.allocation(0, 12288, 16).unwrap().unwrap();
+    assert_eq!(extents, vec![(4096, false), (8192, true)]);
+    let (hs, seen, data) = h.join().unwrap();
+    // The first option asked for extended headers; structured replies
+    // were not asked for separately.
+    assert_eq!(&hs[4..20], &option_header(OPT_EXTENDED_HEADERS, 0));
+    let meta = meta_context_data("exp", &["base:allocation"]);
+    assert_eq!(
+        &hs[20..36],
+        &option_header(OPT_SET_META_CONTEXT, meta.len() as u32)
+    );
+    // WRITE: magic, flags PAYLOAD_LEN, type 1, offset 4096, length 512.
+    assert_eq!(
+        &seen[0][0..8],
+        &[0x21, 0xe4, 0x1c, 0x71, 0x00, 0x20, 0x00, 0x01]
+    );
+    assert_eq!((be64(&seen[0], 16), be64(&seen[0], 24)), (4096, 512));
+    assert!(data.iter().all(|&b| b == 0x5A));
+    // READ: no flags, type 0, 64-bit length.
+    assert_eq!(&seen[1][0..8], &[0x21, 0xe4, 0x1c, 0x71, 0, 0, 0, 0]);
+    assert_eq!((be64(&seen[1], 16), be64(&seen[1], 24)), (8192, 1024));
+    // BLOCK_STATUS: type 7.
+    assert_eq!(&seen[2][4..8], &[0, 0, 0, 7]);
 }

@@ -15,6 +15,10 @@ pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
 /// Structured reply chunk magic.
 pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+/// Extended request magic (the `EXTENDED_HEADERS` extension of proto.md).
+pub const EXTENDED_REQUEST_MAGIC: u32 = 0x21e4_1c71;
+/// Extended reply chunk magic.
+pub const EXTENDED_REPLY_MAGIC: u32 = 0x6e8a_278c;
 
 /// Handshake flags (server, 16 bits).
 pub const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
@@ -33,6 +37,8 @@ pub const OPT_GO: u32 = 7;
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
 /// Select metadata contexts for NBD_CMD_BLOCK_STATUS.
 pub const OPT_SET_META_CONTEXT: u32 = 10;
+/// NBD_OPT_EXTENDED_HEADERS: 32-byte request and reply headers.
+pub const OPT_EXTENDED_HEADERS: u32 = 11;
 
 /// Option reply types.
 pub const REP_ACK: u32 = 1;
@@ -92,6 +98,9 @@ pub const CMD_BLOCK_STATUS: u16 = 7;
 pub const CMD_FLAG_FUA: u16 = 1 << 0;
 /// WRITE_ZEROES must leave the range allocated.
 pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+/// NBD_CMD_FLAG_PAYLOAD_LEN: with extended headers, `length` counts
+/// payload bytes that follow the header (every WRITE sets it).
+pub const CMD_FLAG_PAYLOAD_LEN: u16 = 1 << 5;
 
 /// Structured reply flag: the last chunk of the reply.
 pub const REPLY_FLAG_DONE: u16 = 1 << 0;
@@ -103,6 +112,9 @@ pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
 pub const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
 /// Block status descriptors of one metadata context.
 pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+/// NBD_REPLY_TYPE_BLOCK_STATUS_EXT (extended headers): context id,
+/// descriptor count, then 16-byte descriptors (length 64, status 64).
+pub const REPLY_TYPE_BLOCK_STATUS_EXT: u16 = 6;
 /// `base:allocation`: the extent is a hole (not allocated).
 pub const STATE_HOLE: u32 = 1 << 0;
 /// `base:allocation`: the extent reads as zeroes.
@@ -141,6 +153,8 @@ pub const REQUEST_LEN: usize = 28;
 pub const SIMPLE_REPLY_LEN: usize = 16;
 /// Bytes of a structured reply chunk header.
 pub const STRUCTURED_REPLY_LEN: usize = 20;
+/// Bytes of an extended request header and of an extended reply header.
+pub const EXTENDED_LEN: usize = 32;
 
 /// The host errno for an NBD error value (the protocol numbers are Linux's;
 /// anything unknown is treated as EINVAL, as proto.md asks of clients).
@@ -183,6 +197,24 @@ impl Request {
         b[8..16].copy_from_slice(&self.cookie.to_be_bytes());
         b[16..24].copy_from_slice(&self.offset.to_be_bytes());
         b[24..28].copy_from_slice(&self.length.to_be_bytes());
+        b
+    }
+
+    /// The 32 extended header bytes: magic, flags, type, cookie, offset,
+    /// 64-bit length. A WRITE gets NBD_CMD_FLAG_PAYLOAD_LEN, as the
+    /// extension requires of every command sending a payload.
+    pub fn encode_extended(&self) -> [u8; EXTENDED_LEN] {
+        let mut flags = self.flags;
+        if self.command == CMD_WRITE {
+            flags |= CMD_FLAG_PAYLOAD_LEN;
+        }
+        let mut b = [0u8; EXTENDED_LEN];
+        b[0..4].copy_from_slice(&EXTENDED_REQUEST_MAGIC.to_be_bytes());
+        b[4..6].copy_from_slice(&flags.to_be_bytes());
+        b[6..8].copy_from_slice(&self.command.to_be_bytes());
+        b[8..16].copy_from_slice(&self.cookie.to_be_bytes());
+        b[16..24].copy_from_slice(&self.offset.to_be_bytes());
+        b[24..32].copy_from_slice(&u64::from(self.length).to_be_bytes());
         b
     }
 }
@@ -247,12 +279,16 @@ impl ReplyHeader {
         match magic {
             SIMPLE_REPLY_MAGIC => Some(SIMPLE_REPLY_LEN - 4),
             STRUCTURED_REPLY_MAGIC => Some(STRUCTURED_REPLY_LEN - 4),
+            EXTENDED_REPLY_MAGIC => Some(EXTENDED_LEN - 4),
             _ => None,
         }
     }
 
     /// Decodes a whole header (magic included): 16 bytes for a simple
-    /// reply, 20 for a structured chunk.
+    /// reply, 20 for a structured chunk, 32 for an extended chunk (read
+    /// as a structured one: its offset echoes the request's, and a
+    /// payload longer than 32 bits, which no reply to our requests has,
+    /// is refused).
     pub fn decode(b: &[u8]) -> Option<ReplyHeader> {
         if b.len() < 4 {
             return None;
@@ -267,6 +303,12 @@ impl ReplyHeader {
                 kind: be16(b, 6),
                 cookie: be64(b, 8),
                 length: be32(b, 16),
+            }),
+            EXTENDED_REPLY_MAGIC if b.len() >= EXTENDED_LEN => Some(ReplyHeader::Chunk {
+                flags: be16(b, 4),
+                kind: be16(b, 6),
+                cookie: be64(b, 8),
+                length: u32::try_from(be64(b, 24)).ok()?,
             }),
             _ => None,
         }
