@@ -23,7 +23,7 @@ use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use vm_memory::GuestMemoryAtomic;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -46,6 +46,13 @@ use crate::vhost::dirty::{GuestMem, Vring};
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES` (vhost-user.rst): bit 30 of the virtio features.
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+
+/// `VHOST_F_LOG_ALL` (vhost-user.rst "Migrating back-ends"): bit 26 of the
+/// virtio features. Acked while the frontend migrates: every page the
+/// device writes is marked in the log it shares with SET_LOG_BASE
+/// (`VHOST_USER_PROTOCOL_F_LOG_SHMFD`); a SET_FEATURES without it stops
+/// the marking.
+pub const VHOST_F_LOG_ALL: u64 = 1 << 26;
 
 /// The most request queues a controller can offer: worker `1 + n` serves
 /// queue `2 + n`, and vhost-user-backend's thread masks are 64-bit.
@@ -138,7 +145,7 @@ pub const OPTIONAL_FEATURES: u64 = 1 << VIRTIO_RING_F_INDIRECT_DESC
 /// The virtio features this device offers by default (VIRTIO 1.2 §5.6.3,
 /// §6): what QEMU's `vhost-user-scsi-pci` asks for with its default properties.
 pub fn offered_features() -> u64 {
-    1 << VIRTIO_F_VERSION_1 | OPTIONAL_FEATURES | VHOST_USER_F_PROTOCOL_FEATURES
+    1 << VIRTIO_F_VERSION_1 | OPTIONAL_FEATURES | VHOST_USER_F_PROTOCOL_FEATURES | VHOST_F_LOG_ALL
 }
 
 /// One virtio-scsi device instance (one vhost-user connection).
@@ -397,6 +404,15 @@ impl VhostUserBackend for ScsiDevice {
 
     fn acked_features(&self, features: u64) {
         self.events.set_features(features);
+        if features & VHOST_F_LOG_ALL == 0 {
+            // Migration ended (or never began): stop marking the log; a
+            // new SET_LOG_BASE starts it again.
+            if let Some(mem) = self.mem.get() {
+                for region in mem.memory().iter() {
+                    region.bitmap().stop();
+                }
+            }
+        }
         info!(
             features = format_args!("{features:#x}"),
             "driver acknowledged features"
@@ -407,6 +423,7 @@ impl VhostUserBackend for ScsiDevice {
         VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::RESET_DEVICE
+            | VhostUserProtocolFeatures::LOG_SHMFD
     }
 
     /// VHOST_USER_RESET_DEVICE (the frontend's device reset, VIRTIO 1.2

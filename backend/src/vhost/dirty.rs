@@ -58,6 +58,12 @@ impl DirtyBitmap {
         self.0.active.load(Ordering::Acquire)
     }
 
+    /// Stops marking (the frontend acked features without LOG_ALL); the
+    /// next SET_LOG_BASE starts it again.
+    pub fn stop(&self) {
+        self.0.active.store(false, Ordering::Release);
+    }
+
     /// Starts logging this region into a bitmap owned by the test.
     #[cfg(test)]
     pub(crate) fn start_test_log(&self) {

@@ -11,6 +11,7 @@
 //! With REPLY_ACK every message asks for an acknowledgement, so a refused
 //! request is an error here instead of a silent device that never answers.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::{VhostBackend, VhostUserDirtyLogRegion, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use vmm_sys_util::eventfd::EventFd;
 use vscsi_protocol::virtio_scsi::{Config, CONFIG_SIZE};
@@ -32,6 +33,10 @@ use crate::ring::VirtqueueFormat;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: bit 30 of the virtio features.
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+
+/// `VHOST_F_LOG_ALL` (vhost-user.rst "Migrating back-ends"): bit 26 of the
+/// virtio features, acked only while dirty pages are logged.
+pub const VHOST_F_LOG_ALL: u64 = 1 << 26;
 
 /// Most virtqueues the driver will address (control + event + 64 request queues).
 const MAX_VQS: u64 = 66;
@@ -127,7 +132,8 @@ impl VhostUserTransport {
                 & (VhostUserProtocolFeatures::MQ
                     | VhostUserProtocolFeatures::CONFIG
                     | VhostUserProtocolFeatures::REPLY_ACK
-                    | VhostUserProtocolFeatures::RESET_DEVICE);
+                    | VhostUserProtocolFeatures::RESET_DEVICE
+                    | VhostUserProtocolFeatures::LOG_SHMFD);
             fe.set_protocol_features(protocol)
                 .map_err(Error::vhost("SET_PROTOCOL_FEATURES"))?;
         }
@@ -182,6 +188,36 @@ impl VhostUserTransport {
             .get_queue_num()
             .map(Some)
             .map_err(Error::vhost("GET_QUEUE_NUM"))
+    }
+
+    /// Starts dirty-page logging as a migrating frontend does (vhost-user
+    /// "Migrating back-ends"): SET_FEATURES with `VHOST_F_LOG_ALL`, then
+    /// SET_LOG_BASE sharing `log` (`size` bytes, one bit per 4 KiB page of
+    /// guest-physical memory from address 0). Needs
+    /// `VHOST_USER_PROTOCOL_F_LOG_SHMFD`.
+    pub fn start_dirty_log(&mut self, log: &impl AsRawFd, size: u64) -> Result<()> {
+        if !self.protocol.contains(VhostUserProtocolFeatures::LOG_SHMFD) {
+            return Err(Error::MissingFeature("VHOST_USER_PROTOCOL_F_LOG_SHMFD"));
+        }
+        self.fe
+            .set_features(self.features | VHOST_F_LOG_ALL)
+            .map_err(Error::vhost("SET_FEATURES"))?;
+        let region = VhostUserDirtyLogRegion {
+            mmap_size: size,
+            mmap_offset: 0,
+            mmap_handle: log.as_raw_fd(),
+        };
+        self.fe
+            .set_log_base(0, Some(region))
+            .map_err(Error::vhost("SET_LOG_BASE"))
+    }
+
+    /// Ends dirty-page logging: SET_FEATURES without `VHOST_F_LOG_ALL` (a
+    /// migration that ended or was cancelled).
+    pub fn stop_dirty_log(&mut self) -> Result<()> {
+        self.fe
+            .set_features(self.features)
+            .map_err(Error::vhost("SET_FEATURES"))
     }
 
     /// Registers `mem` as the only memory region, at guest-physical address 0.
