@@ -214,6 +214,8 @@ pub struct LogicalUnit {
     prevent: AtomicBool,
     media_event: AtomicU8,
     locks: RangeLocks,
+    /// What lock-free reads check against WRITE ATOMIC.
+    atomic: super::atomic::AtomicWindow,
 }
 
 /// 64-bit FNV-1a, to derive a stable identifier from the image path.
@@ -341,6 +343,7 @@ impl LogicalUnit {
             prevent: AtomicBool::new(false),
             media_event: AtomicU8::new(MEDIA_EVENT_NONE),
             locks: RangeLocks::default(),
+            atomic: Default::default(),
             opts,
         })
     }
@@ -492,6 +495,10 @@ impl LogicalUnit {
 
     pub(crate) fn locks(&self) -> &RangeLocks {
         &self.locks
+    }
+
+    pub(crate) fn atomic_window(&self) -> &super::atomic::AtomicWindow {
+        &self.atomic
     }
 
     /// Pending unit attentions and the stopped state in one word: 0 on the
