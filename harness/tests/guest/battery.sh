@@ -274,13 +274,14 @@ if echo "$out" | grep -qi "condition met"; then pass sbc-prefetch16 "$(echo "$ou
 sg_raw -r 64 -o $sbc/b0 "/dev/$sg" 12 01 B0 00 40 00 >/dev/null 2>&1
 want sbc-atomic-limits "$(dd if=$sbc/b0 bs=1 skip=44 count=20 2>/dev/null | hexdump -v -e '/1 "%02x "' | sed 's/ $//')" \
     "00 00 00 80 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00"
-# WRITE ATOMIC(16) of 8 blocks at C010h, read back; 129 blocks: ILLEGAL REQUEST.
+# WRITE ATOMIC(16) of 8 blocks at C010h, read back; a TRANSFER LENGTH of 129
+# blocks: ILLEGAL REQUEST (refused from the CDB, before any data moves).
 fill $sbc/a4k 4096 A
 out=$(sg_raw -s 4096 -i $sbc/a4k "/dev/$sg" 9C 00 00 00 00 00 00 00 C0 10 00 00 00 08 00 00 2>&1); rc_is sbc-write-atomic $? "$out" 0
 sg_raw -r 4096 -o $sbc/a4k-back "/dev/$sg" 28 00 00 00 C0 10 00 00 08 00 >/dev/null 2>&1
 if cmp -s $sbc/a4k $sbc/a4k-back; then pass sbc-write-atomic-data "8 blocks read back"; else fail sbc-write-atomic-data "read back differs"; fi
-fill $sbc/a66k 66048 A
-out=$(sg_raw -s 66048 -i $sbc/a66k "/dev/$sg" 9C 00 00 00 00 00 00 00 C0 10 00 00 00 81 00 00 2>&1); rc_is sbc-write-atomic-too-long $? "$out" 5
+fill $sbc/a512 512 A
+out=$(sg_raw -s 512 -i $sbc/a512 "/dev/$sg" 9C 00 00 00 00 00 00 00 C0 10 00 00 00 81 00 00 2>&1); rc_is sbc-write-atomic-too-long $? "$out" 5
 q=/sys/block/$(blk "$FIO_LUN")/queue/atomic_write_unit_max_bytes
 if [ -r "$q" ]; then log "sbc: $q = $(cat "$q")"; fi
 # READ DEFECT DATA(10) / (12): empty lists, the header of the format asked.
