@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::{host_read, TestDaemon};
+use common::{host_read, image, TestDaemon};
+use vscsi_backend::config::LunSpec;
+use vscsi_backend::storage::{AioMode, CacheMode};
+use vscsi_backend::vhost::DeviceOptions;
 
 use vscsi_driver::{Driver, QueueConfig, Response, ScsiCommand};
 
@@ -129,9 +132,9 @@ async fn write_atomic_and_the_block_limits_atomic_fields() {
     assert_eq!(triple(&raw(&drv, &o, &[], 0).await), (5, 0x20, 0));
 }
 
-#[tokio::test]
-async fn atomic_writes_are_never_seen_torn_from_another_queue() {
-    let (_d, drv) = disk().await;
+/// Atomic writes and READs of the same 64 blocks, concurrently on two
+/// queues: every READ returns one write's data (or BUSY), never a mix.
+async fn atomic_writes_are_never_seen_torn(drv: &Driver) {
     let wa = |v: u8| {
         let mut c = vec![0u8; 16];
         c[0] = 0x9C;
@@ -139,19 +142,19 @@ async fn atomic_writes_are_never_seen_torn_from_another_queue() {
         (c, vec![v; 64 * 512])
     };
     let (c, data) = wa(1);
-    assert!(raw(&drv, &c, &data, 0).await.is_good());
+    assert!(raw(drv, &c, &data, 0).await.is_good());
     let read = [0x28, 0, 0, 0, 0, 0, 0, 0, 64, 0];
     let writers = async {
         for i in 0..100u8 {
             let (c, data) = wa(i);
-            let r = raw(&drv, &c, &data, 0).await;
+            let r = raw(drv, &c, &data, 0).await;
             assert!(r.is_good(), "{r:?}");
         }
     };
     let readers = async {
         let mut seen = 0;
         for _ in 0..100 {
-            let r = raw(&drv, &read, &[], 64 * 512).await;
+            let r = raw(drv, &read, &[], 64 * 512).await;
             if r.status == 0x08 {
                 continue; // BUSY: the initiator retries.
             }
@@ -163,6 +166,27 @@ async fn atomic_writes_are_never_seen_torn_from_another_queue() {
     };
     let ((), seen) = tokio::join!(writers, readers);
     assert!(seen > 0);
+}
+
+#[tokio::test]
+async fn atomic_writes_are_never_seen_torn_by_inline_reads() {
+    let (_d, drv) = disk().await;
+    atomic_writes_are_never_seen_torn(&drv).await;
+}
+
+#[tokio::test]
+async fn atomic_writes_are_never_seen_torn_by_io_uring_reads() {
+    let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+    let mut spec = LunSpec::new(0, 0, image(dir.path(), "t0l0.img", 16 * MIB));
+    spec.options.cache = CacheMode::Writeback;
+    spec.options.aio = AioMode::IoUring;
+    let opts = DeviceOptions {
+        request_queues: 2,
+        ..Default::default()
+    };
+    let d = TestDaemon::serve(dir, &[spec], opts);
+    let drv = connect(&d).await;
+    atomic_writes_are_never_seen_torn(&drv).await;
 }
 
 #[tokio::test]
