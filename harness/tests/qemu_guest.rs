@@ -912,6 +912,7 @@ fn linux_guest_uses_our_disks() {
         "sbc-format-unit",
         "sbc-format-keeps-data",
         "sbc-format-defect-list",
+        "sbc-buffer",
         "sbc-opcodes-count",
     ]
     .iter()

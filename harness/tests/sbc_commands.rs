@@ -234,3 +234,42 @@ async fn read_defect_data_log_sense_and_format_unit() {
     .await;
     assert_eq!(triple(&r), (5, 0x26, 0));
 }
+
+#[tokio::test]
+async fn write_buffer_then_read_buffer_on_the_next_connection() {
+    let (d, drv) = disk().await;
+    let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    // WRITE BUFFER mode 02h, buffer 0, offset 24, 1000 bytes.
+    let r = raw(&drv, &[0x3B, 0x02, 0, 0, 0, 24, 0, 0x03, 0xE8, 0], &data, 0).await;
+    assert!(r.is_good(), "{r:?}");
+    // The buffer belongs to the LU: the next connection reads it back.
+    drop(drv);
+    let mut tries = 0;
+    let other = loop {
+        let c = Driver::connect(&d.socket, QueueConfig::default()).await;
+        match c {
+            Ok(c) => break c,
+            Err(e) if tries < 100 => {
+                tries += 1;
+                let _ = e;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("reconnect: {e}"),
+        }
+    };
+    let r = raw(
+        &other,
+        &[0x3C, 0x02, 0, 0, 0, 24, 0, 0x03, 0xE8, 0],
+        &[],
+        1000,
+    )
+    .await;
+    assert!(r.is_good(), "{r:?}");
+    assert_eq!(r.data, data);
+    // READ BUFFER descriptor: OFFSET BOUNDARY 0, BUFFER CAPACITY 64 KiB.
+    let r = raw(&other, &[0x3C, 0x03, 0, 0, 0, 0, 0, 0, 4, 0], &[], 4).await;
+    assert_eq!(r.data, [0, 0x01, 0, 0]);
+    // Echo buffer mode: not supported.
+    let r = raw(&other, &[0x3B, 0x0A, 0, 0, 0, 0, 0, 0, 4, 0], &[0; 4], 0).await;
+    assert_eq!(triple(&r), (5, 0x24, 0));
+}

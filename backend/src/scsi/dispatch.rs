@@ -23,8 +23,8 @@ use super::command::CommandResult;
 use super::io::{DataIn, DataOut};
 use super::lu::{DeviceType, LogicalUnit};
 use super::{
-    atomic, capacity, cdrom, defect, format, inquiry, log_sense, maintenance, mode, prefetch,
-    provisioning, rw, sense_cmd, sync, unit, verify,
+    atomic, buffer, capacity, cdrom, defect, format, inquiry, log_sense, maintenance, mode,
+    prefetch, provisioning, rw, sense_cmd, sync, unit, verify,
 };
 
 /// A handler for a command addressed to an existing logical unit; `cdb`
@@ -701,6 +701,22 @@ const TABLE: &[Command] = &[
         false,
         false,
         mode::mode_sense,
+    ),
+    cmd(
+        op::WRITE_BUFFER,
+        "WRITE BUFFER",
+        &[0x3B, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
+        true,
+        false,
+        buffer::write_buffer,
+    ),
+    cmd(
+        op::READ_BUFFER_10,
+        "READ BUFFER(10)",
+        &[0x3C, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
+        false,
+        false,
+        buffer::read_buffer,
     ),
     Command {
         handler: Handler::ReportLuns,

@@ -16,13 +16,14 @@
 //! VERIFY, COMPARE AND WRITE), [`atomic`] (WRITE ATOMIC, and the epoch
 //! lock-free reads check against it), [`provisioning`] (UNMAP, WRITE SAME,
 //! GET LBA STATUS), [`sync`], [`prefetch`] (PRE-FETCH), [`defect`] (READ
-//! DEFECT DATA), [`log_sense`], [`format`] (FORMAT UNIT), [`mode`], [`unit`] (TEST UNIT READY, START STOP UNIT,
+//! DEFECT DATA), [`log_sense`], [`format`] (FORMAT UNIT), [`buffer`] (READ/WRITE BUFFER), [`mode`], [`unit`] (TEST UNIT READY, START STOP UNIT,
 //! PREVENT ALLOW MEDIUM REMOVAL), [`sense_cmd`] (REQUEST SENSE),
 //! [`report_luns`], [`supported_opcodes`], [`maintenance`] (REPORT SUPPORTED
 //! TASK MANAGEMENT FUNCTIONS), [`cdrom`] (MMC-6); the opcode table in
 //! [`dispatch`] routes CDBs to them.
 
 pub mod atomic;
+pub mod buffer;
 pub mod capacity;
 pub mod cdrom;
 pub mod command;

@@ -303,11 +303,16 @@ sg_raw -r 4096 -o $sbc/a4k-after "/dev/$sg" 28 00 00 00 C0 10 00 00 08 00 >/dev/
 if cmp -s $sbc/a4k $sbc/a4k-after; then pass sbc-format-keeps-data "8 blocks unchanged"; else fail sbc-format-keeps-data "data changed"; fi
 printf '\000\000\000\010\000\000\000\000\000\000\000\000' >$sbc/fdl
 out=$(sg_raw -s 12 -i $sbc/fdl "/dev/$sg" 04 10 00 00 00 00 2>&1); rc_is sbc-format-defect-list $? "$out" 5
+# WRITE BUFFER then READ BUFFER(10), mode 02h (data), buffer 0, offset 0: the
+# bytes come back.
+sg_raw -s 1024 -i $sbc/z1k-bad "/dev/$sg" 3B 02 00 00 00 00 00 04 00 00 >/dev/null 2>&1
+sg_raw -r 1024 -o $sbc/buf "/dev/$sg" 3C 02 00 00 00 00 00 04 00 00 >/dev/null 2>&1
+if cmp -s $sbc/z1k-bad $sbc/buf; then pass sbc-buffer "1024 bytes read back"; else fail sbc-buffer "read back differs"; fi
 # REPORT SUPPORTED OPERATION CODES: how many the disk reports.
 sg_raw -r 8192 -o $sbc/rsoc "/dev/$sg" A3 0C 00 00 00 00 00 00 20 00 00 00 >/dev/null 2>&1
 len=$(dd if=$sbc/rsoc bs=1 count=4 2>/dev/null | hexdump -v -e '/1 "%02x"')
 n=$(( 0x$len / 8 ))
-if [ "$n" -ge 42 ]; then pass sbc-opcodes-count "$n operation codes"; else fail sbc-opcodes-count "$n operation codes"; fi
+if [ "$n" -ge 44 ]; then pass sbc-opcodes-count "$n operation codes"; else fail sbc-opcodes-count "$n operation codes"; fi
 
 # --- LOGICAL UNIT RESET (sg_reset -d) and I/O afterwards ---------------------------
 sg=$(sgdev "$RESET_LUN") sd=$(blk "$RESET_LUN")
