@@ -419,6 +419,21 @@ async fn a_read_only_export_makes_a_write_protected_lun() {
     assert_eq!(r.data[2] & 0x80, 0x80, "WP set: {:?}", &r.data[..4]);
     let r = read(&drv, 100, 8).await;
     assert_eq!(r.data, pattern(100, 8, BS, 3), "the export is unchanged");
+    // No atomicity is claimed for a network medium: the Block Limits
+    // atomic fields (bytes 44-63) are 0 and WRITE ATOMIC(16) is not a
+    // command of this LU; PRE-FETCH has no local cache to fill: GOOD.
+    let r = drv
+        .send_command(0, 0, raw(vec![0x12, 1, 0xB0, 0, 64, 0], vec![], 64))
+        .await
+        .unwrap();
+    assert_eq!(&r.data[44..64], &[0; 20]);
+    let mut wa = vec![0u8; 16];
+    wa[0] = 0x9C;
+    let r = drv.send_command(0, 0, raw(wa, vec![], 0)).await.unwrap();
+    assert_eq!(fixed_sense(&r), (0x05, 0x20, 0x00));
+    let pf = vec![0x34, 0, 0, 0, 0, 0, 0, 0, 8, 0];
+    let r = drv.send_command(0, 0, raw(pf, vec![], 0)).await.unwrap();
+    assert!(r.is_good(), "{r:?}");
 }
 
 #[tokio::test]

@@ -894,6 +894,26 @@ fn linux_guest_uses_our_disks() {
         "fault-clear",
         "ctl-fault-set",
         "ctl-fault-clear",
+        // SBC_EXTRA: the SBC-4 commands beyond the core set, with sg_raw.
+        "sbc-write-and-verify12",
+        "sbc-verify12",
+        "sbc-verify12-miscompare",
+        "sbc-prefetch10",
+        "sbc-prefetch16",
+        "sbc-atomic-limits",
+        "sbc-write-atomic",
+        "sbc-write-atomic-data",
+        "sbc-write-atomic-too-long",
+        "sbc-defect10",
+        "sbc-defect12",
+        "sbc-log-pages",
+        "sbc-log-ie",
+        "sbc-log-sp",
+        "sbc-format-unit",
+        "sbc-format-keeps-data",
+        "sbc-format-defect-list",
+        "sbc-buffer",
+        "sbc-opcodes-count",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -434,6 +434,8 @@ async fn every_opcode_in_the_table_is_dispatched_through_the_driver() {
         }
         match r.status {
             0x00 => {}
+            // PRE-FETCH of the whole disk: it fits the cache (SBC-4).
+            0x04 if c.name.starts_with("PRE-FETCH") => {}
             0x02 => {
                 let (key, asc, _) = triple(&r);
                 assert!(
@@ -448,5 +450,5 @@ async fn every_opcode_in_the_table_is_dispatched_through_the_driver() {
         checked += 1;
     }
     assert_eq!(checked, COMMANDS.len());
-    assert!(checked >= 38);
+    assert!(checked >= 49);
 }

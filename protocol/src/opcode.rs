@@ -85,6 +85,8 @@ pub const READ_DISC_INFORMATION: u8 = 0x51;
 pub const LOG_SELECT: u8 = 0x4C;
 /// LOG SENSE (SPC-5).
 pub const LOG_SENSE: u8 = 0x4D;
+/// SANITIZE (SBC-4).
+pub const SANITIZE: u8 = 0x48;
 /// MODE SELECT(10) (SPC-5).
 pub const MODE_SELECT_10: u8 = 0x55;
 /// RESERVE(10) (obsolete).
@@ -121,6 +123,10 @@ pub const PRE_FETCH_16: u8 = 0x90;
 pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
 /// WRITE SAME(16) (SBC-4).
 pub const WRITE_SAME_16: u8 = 0x93;
+/// ORWRITE(16) (SBC-4).
+pub const ORWRITE_16: u8 = 0x8B;
+/// WRITE ATOMIC(16) (SBC-4).
+pub const WRITE_ATOMIC_16: u8 = 0x9C;
 /// SERVICE ACTION IN(16) (SPC-5, SBC-4): READ CAPACITY(16) and friends.
 pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
 /// SERVICE ACTION OUT(16).

@@ -23,7 +23,8 @@ use super::command::CommandResult;
 use super::io::{DataIn, DataOut};
 use super::lu::{DeviceType, LogicalUnit};
 use super::{
-    capacity, cdrom, inquiry, maintenance, mode, provisioning, rw, sense_cmd, sync, unit, verify,
+    atomic, buffer, capacity, cdrom, defect, format, inquiry, log_sense, maintenance, mode,
+    prefetch, provisioning, rw, sense_cmd, sync, unit, verify,
 };
 
 /// A handler for a command addressed to an existing logical unit; `cdb`
@@ -58,6 +59,8 @@ pub enum Needs {
     Thin,
     /// CD-ROMs only (MMC-6).
     Cdrom,
+    /// Disks that make atomic writes ([`atomic::supports_atomic_writes`]).
+    Atomic,
 }
 
 /// One supported command.
@@ -182,6 +185,7 @@ impl Command {
             Needs::Disk => disk,
             Needs::Thin => disk && lu.thin(),
             Needs::Cdrom => !disk,
+            Needs::Atomic => disk && atomic::supports_atomic_writes(lu),
         }
     }
 }
@@ -534,6 +538,108 @@ const TABLE: &[Command] = &[
         )),
         60,
     ),
+    slow(
+        verifies(cmd(
+            op::VERIFY_12,
+            "VERIFY(12)",
+            &[
+                0xAF, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0x04,
+            ],
+            true,
+            true,
+            verify::verify,
+        )),
+        60,
+    ),
+    slow(
+        writes(cmd(
+            op::WRITE_AND_VERIFY_12,
+            "WRITE AND VERIFY(12)",
+            &[
+                0xAE, 0xF2, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0x04,
+            ],
+            true,
+            true,
+            verify::write_and_verify,
+        )),
+        60,
+    ),
+    Command {
+        needs: Needs::Atomic,
+        ..writes(cmd(
+            op::WRITE_ATOMIC_16,
+            "WRITE ATOMIC(16)",
+            &[
+                0x9C, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                0x1F, 0x04,
+            ],
+            true,
+            true,
+            atomic::write_atomic,
+        ))
+    },
+    slow(
+        disk(cmd(
+            op::PRE_FETCH_10,
+            "PRE-FETCH(10)",
+            &[0x34, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x04],
+            false,
+            true,
+            prefetch::pre_fetch,
+        )),
+        60,
+    ),
+    slow(
+        disk(cmd(
+            op::PRE_FETCH_16,
+            "PRE-FETCH(16)",
+            &[
+                0x90, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                0x1F, 0x04,
+            ],
+            false,
+            true,
+            prefetch::pre_fetch,
+        )),
+        60,
+    ),
+    disk(cmd(
+        op::READ_DEFECT_DATA_10,
+        "READ DEFECT DATA(10)",
+        &[0x37, 0, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0x04],
+        false,
+        false,
+        defect::read_defect_data,
+    )),
+    disk(cmd(
+        op::READ_DEFECT_DATA_12,
+        "READ DEFECT DATA(12)",
+        &[
+            0xB7, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04,
+        ],
+        false,
+        false,
+        defect::read_defect_data,
+    )),
+    disk(cmd(
+        op::LOG_SENSE,
+        "LOG SENSE",
+        &[0x4D, 0x01, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
+        false,
+        false,
+        log_sense::log_sense,
+    )),
+    slow(
+        disk(cmd(
+            op::FORMAT_UNIT,
+            "FORMAT UNIT",
+            &[0x04, 0xFF, 0, 0, 0x03, 0x04],
+            true,
+            true,
+            format::format_unit,
+        )),
+        120,
+    ),
     writes(cmd(
         op::COMPARE_AND_WRITE,
         "COMPARE AND WRITE",
@@ -595,6 +701,22 @@ const TABLE: &[Command] = &[
         false,
         false,
         mode::mode_sense,
+    ),
+    cmd(
+        op::WRITE_BUFFER,
+        "WRITE BUFFER",
+        &[0x3B, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
+        true,
+        false,
+        buffer::write_buffer,
+    ),
+    cmd(
+        op::READ_BUFFER_10,
+        "READ BUFFER(10)",
+        &[0x3C, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
+        false,
+        false,
+        buffer::read_buffer,
     ),
     Command {
         handler: Handler::ReportLuns,
@@ -759,6 +881,7 @@ pub fn readme_commands_section() -> String {
             Needs::Disk => "disk",
             Needs::Thin => "thin-provisioned disk",
             Needs::Cdrom => "CD-ROM",
+            Needs::Atomic => "disk (local image)",
         };
         s.push_str(&format!(
             "| {:02X}h | {} | {} | {} | {} | {} |\n",
@@ -791,7 +914,11 @@ mod tests {
                 c.name
             );
             if matches!(c.class, Class::Write | Class::Verify) {
-                assert!(matches!(c.needs, Needs::Disk | Needs::Thin), "{}", c.name);
+                assert!(
+                    matches!(c.needs, Needs::Disk | Needs::Thin | Needs::Atomic),
+                    "{}",
+                    c.name
+                );
             }
         }
         let deferrable: Vec<u8> = (0..=255u8).filter(|&o| may_defer(&[o])).collect();

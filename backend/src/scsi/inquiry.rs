@@ -185,6 +185,8 @@ fn block_limits(lu: &LogicalUnit, b: &mut [u8]) {
     }
     // Bytes 36-43 MAXIMUM WRITE SAME LENGTH.
     b[32..40].copy_from_slice(&u64::from(max_unmap_blocks(lu)).to_be_bytes());
+    // Bytes 44-63: the atomic write limits.
+    b[40..60].copy_from_slice(&super::atomic::block_limits_fields(lu));
 }
 
 fn placeholder(pq: u8, device_type: u8, product: &str) -> [u8; 36] {
@@ -363,6 +365,9 @@ mod tests {
         assert_eq!(&b0[..8], &[0, 0xB0, 0, 0x3C, 0x01, 64, 0, 8]);
         assert_eq!(&b0[8..12], &0xFFFFu32.to_be_bytes()); // max_sectors, 512-byte blocks
         assert_eq!(&b0[36..44], &(2u64 << 20).to_be_bytes()); // 1 GiB of 512-byte blocks
+                                                              // MAXIMUM ATOMIC TRANSFER LENGTH 64 KiB; no alignment, granularity or boundaries.
+        assert_eq!(&b0[44..48], &128u32.to_be_bytes());
+        assert_eq!(&b0[48..64], &[0; 16]);
         if thin {
             assert_eq!(&b0[20..28], &[0, 0x20, 0, 0, 0, 0, 0, 255]);
             assert_eq!(b0[32], 0x80);

@@ -27,4 +27,8 @@ pub struct MediumTransfer {
     /// A WRITE with FUA, or WCE=0: make it durable (`fdatasync`) before
     /// completing it.
     pub sync: bool,
+    /// A READ: the [`super::atomic::AtomicWindow`] epoch it was issued in
+    /// (its data is valid only if no atomic write began before it
+    /// completed). Unused for a WRITE.
+    pub atomic_epoch: u64,
 }

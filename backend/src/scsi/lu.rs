@@ -11,7 +11,8 @@
 //! READ/WRITE path reads one word (`LogicalUnit::attention`) and, for a
 //! write, the WCE flag. COMPARE AND WRITE atomicity comes from
 //! [`RangeLocks`], which plain writes only touch while a COMPARE AND WRITE
-//! is active.
+//! is active; WRITE ATOMIC's adds an epoch reads check
+//! ([`super::atomic::AtomicWindow`]).
 
 use std::io;
 use std::path::Path;
@@ -214,6 +215,10 @@ pub struct LogicalUnit {
     prevent: AtomicBool,
     media_event: AtomicU8,
     locks: RangeLocks,
+    /// What lock-free reads check against WRITE ATOMIC.
+    atomic: super::atomic::AtomicWindow,
+    /// WRITE BUFFER / READ BUFFER's buffer.
+    data_buffer: super::buffer::DataBuffer,
 }
 
 /// 64-bit FNV-1a, to derive a stable identifier from the image path.
@@ -341,6 +346,8 @@ impl LogicalUnit {
             prevent: AtomicBool::new(false),
             media_event: AtomicU8::new(MEDIA_EVENT_NONE),
             locks: RangeLocks::default(),
+            atomic: Default::default(),
+            data_buffer: Default::default(),
             opts,
         })
     }
@@ -504,6 +511,14 @@ impl LogicalUnit {
 
     pub(crate) fn locks(&self) -> &RangeLocks {
         &self.locks
+    }
+
+    pub(crate) fn atomic_window(&self) -> &super::atomic::AtomicWindow {
+        &self.atomic
+    }
+
+    pub(crate) fn data_buffer(&self) -> &super::buffer::DataBuffer {
+        &self.data_buffer
     }
 
     /// Pending unit attentions and the stopped state in one word: 0 on the

@@ -13,22 +13,30 @@
 //!
 //! Command families, one module each: [`inquiry`], [`capacity`], [`rw`]
 //! (READ/WRITE and deferred transfers), [`verify`] (VERIFY, WRITE AND
-//! VERIFY, COMPARE AND WRITE), [`provisioning`] (UNMAP, WRITE SAME, GET LBA
-//! STATUS), [`sync`], [`mode`], [`unit`] (TEST UNIT READY, START STOP UNIT,
+//! VERIFY, COMPARE AND WRITE), [`atomic`] (WRITE ATOMIC, and the epoch
+//! lock-free reads check against it), [`provisioning`] (UNMAP, WRITE SAME,
+//! GET LBA STATUS), [`sync`], [`prefetch`] (PRE-FETCH), [`defect`] (READ
+//! DEFECT DATA), [`log_sense`], [`format`] (FORMAT UNIT), [`buffer`] (READ/WRITE BUFFER), [`mode`], [`unit`] (TEST UNIT READY, START STOP UNIT,
 //! PREVENT ALLOW MEDIUM REMOVAL), [`sense_cmd`] (REQUEST SENSE),
 //! [`report_luns`], [`supported_opcodes`], [`maintenance`] (REPORT SUPPORTED
 //! TASK MANAGEMENT FUNCTIONS), [`cdrom`] (MMC-6); the opcode table in
 //! [`dispatch`] routes CDBs to them.
 
+pub mod atomic;
+pub mod buffer;
 pub mod capacity;
 pub mod cdrom;
 pub mod command;
+pub mod defect;
 pub mod dispatch;
+pub mod format;
 pub mod inquiry;
 pub mod io;
+pub mod log_sense;
 pub mod lu;
 pub mod maintenance;
 pub mod mode;
+pub mod prefetch;
 pub mod provisioning;
 pub mod report_luns;
 pub mod rw;

@@ -39,6 +39,10 @@
 //! for it; while a COMPARE AND WRITE is active on the unit such a WRITE
 //! gets BUSY (SAM-5: "temporarily unable to accept a command"; initiators
 //! retry) rather than blocking a queue thread that has transfers in flight.
+//!
+//! Reads take no lock; they check the WRITE ATOMIC epoch instead (see
+//! [`super::atomic`]): an inline read that overlapped an atomic write is
+//! read again, a deferred one is answered BUSY.
 
 use std::io;
 
@@ -46,6 +50,7 @@ use vscsi_protocol::cdb::ReadWrite;
 use vscsi_protocol::sense::Sense;
 use vscsi_protocol::status;
 
+use super::atomic;
 use super::command::{invalid_field, io_error_sense, write_through, CommandResult};
 use super::io::{DataIn, DataOut, MediumTransfer};
 use super::lu::LogicalUnit;
@@ -94,17 +99,24 @@ pub(crate) fn read(
         _ => return CommandResult::buffer_overrun(),
     };
     if data_in.can_defer() && lu.defers_io() {
+        let Some(atomic_epoch) = lu.atomic_window().read_epoch() else {
+            tracing::debug!(lba = rw.lba, "READ during a WRITE ATOMIC: BUSY");
+            return atomic::busy();
+        };
         return CommandResult::good(len).with_transfer(MediumTransfer {
             write: false,
             disk_offset: offset,
             len,
             lba: rw.lba,
             sync: false,
+            atomic_epoch,
         });
     }
-    match lu.image().read_into(data_in, 0, len, offset) {
-        Ok(()) => CommandResult::good(len),
-        Err(e) => {
+    let res = atomic::consistent_read(lu, || lu.image().read_into(data_in, 0, len, offset));
+    match res {
+        None => atomic::busy(),
+        Some(Ok(())) => CommandResult::good(len),
+        Some(Err(e)) => {
             crate::limited_site!(warn, image = %lu.path().display(), lba = rw.lba, blocks = rw.blocks, error = %e, "read failed");
             CommandResult::check_condition(io_error_sense(&e, false).with_information(rw.lba))
         }
@@ -142,6 +154,7 @@ pub(crate) fn write(
                 len,
                 lba: rw.lba,
                 sync: rw.fua || !lu.write_cache(),
+                atomic_epoch: 0,
             });
     }
     let guard = lu.locks().write(rw.lba, u64::from(rw.blocks));
@@ -208,6 +221,10 @@ pub fn complete_transfer(
         lu.locks().end_deferred_write();
     }
     let r = match res {
+        // The data may mix old and new blocks of a WRITE ATOMIC.
+        Ok(()) if !transfer.write && !lu.atomic_window().read_valid(transfer.atomic_epoch) => {
+            return atomic::busy();
+        }
         Ok(()) if transfer.write => CommandResult::good(0).with_data_out(transfer.len),
         Ok(()) => CommandResult::good(transfer.len),
         Err(e) => {

@@ -169,8 +169,8 @@ mod tests {
             data,
             [0, 0x03, 0, 10, 0x28, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x04]
         );
-        // Unsupported opcode: SUPPORT 001b.
-        let (_, data) = run(t, 0, &rsoc(false, 1, 0x04, 0, 64), 64, &[]);
+        // Unsupported opcode (SANITIZE): SUPPORT 001b.
+        let (_, data) = run(t, 0, &rsoc(false, 1, 0x48, 0, 64), 64, &[]);
         assert_eq!(data, [0, 0x01, 0, 0]);
         // Opcode with service actions asked without one.
         let (r, _) = run(t, 0, &rsoc(false, 1, 0x9E, 0, 64), 64, &[]);

@@ -761,10 +761,10 @@ mod tests {
         );
         // Unsupported but real commands too.
         for opcode in [
-            op::FORMAT_UNIT,
-            op::LOG_SENSE,
+            op::LOG_SELECT,
             op::PERSISTENT_RESERVE_IN,
-            op::READ_DEFECT_DATA_10,
+            op::ORWRITE_16,
+            op::SANITIZE,
         ] {
             let (r, _) = run(
                 t,

@@ -1,4 +1,6 @@
-//! VERIFY(10)/(16), WRITE AND VERIFY(10)/(16) and COMPARE AND WRITE (SBC-4).
+//! VERIFY(10)/(12)/(16), WRITE AND VERIFY(10)/(12)/(16) and COMPARE AND
+//! WRITE (SBC-4). The three CDB sizes differ only in where the LBA and the
+//! length sit (10: bytes 2-5 and 7-8; 12: 2-5 and 6-9; 16: 2-9 and 10-13).
 //!
 //! - VERIFY: VRPROTECT ≠ 0 → INVALID FIELD IN CDB (no protection
 //!   information). BYTCHK 00b reads the range (an unreadable block gives
@@ -16,6 +18,10 @@
 //!   write to the same blocks from any queue ([`super::lu::RangeLocks`]).
 //!   NUMBER OF LOGICAL BLOCKS above [`MAX_COMPARE_AND_WRITE_BLOCKS`] (VPD
 //!   page B0h) → INVALID FIELD IN CDB.
+//!
+//! VERIFY reads without a lock, like READ: its reads are redone when they
+//! overlapped a WRITE ATOMIC ([`super::atomic::consistent_read`]), so a
+//! torn atomic write never shows as a miscompare.
 //!
 //! These are not the hot path: they compare through scratch buffers.
 
@@ -37,6 +43,9 @@ fn lba_and_length(cdb: &[u8]) -> (u64, u64) {
     match byte(cdb, 0) {
         op::VERIFY_10 | op::WRITE_AND_VERIFY_10 => {
             (u64::from(be32(cdb, 2)), u64::from(be16(cdb, 7)))
+        }
+        op::VERIFY_12 | op::WRITE_AND_VERIFY_12 => {
+            (u64::from(be32(cdb, 2)), u64::from(be32(cdb, 6)))
         }
         _ => (be64(cdb, 2), u64::from(be32(cdb, 10))),
     }
@@ -132,30 +141,34 @@ pub(crate) fn verify(
     let shift = lu.block_shift();
     let (offset, len) = (lba << shift, blocks << shift);
     let bs = u64::from(lu.block_size());
-    let (result, consumed) = match bytchk {
-        0 => (read_medium(lu, lba, offset, len).map(|()| None), 0),
-        1 => {
-            if (data_out.len() as u64) < len {
-                return CommandResult::buffer_overrun();
-            }
-            let r = compare_medium(lu, lba, offset, len, |pos, buf| {
-                usize::try_from(pos).is_ok_and(|p| data_out.read_at(p, buf) == buf.len())
-            });
-            (r, len)
-        }
+    // Data-Out is checked once, before the (possibly repeated) medium reads.
+    let mut block = Vec::new();
+    let consumed = match bytchk {
+        0 => 0,
+        1 if (data_out.len() as u64) < len => return CommandResult::buffer_overrun(),
+        1 => len,
         _ => {
-            let mut block = vec![0u8; bs as usize];
+            block = vec![0u8; bs as usize];
             if data_out.read_at(0, &mut block) < block.len() {
                 return CommandResult::buffer_overrun();
             }
-            let r = compare_medium(lu, lba, offset, len, |pos, buf| {
-                for (i, b) in buf.iter_mut().enumerate() {
-                    *b = block[((pos + i as u64) % bs) as usize];
-                }
-                true
-            });
-            (r, bs)
+            bs
         }
+    };
+    let checked = super::atomic::consistent_read(lu, || match bytchk {
+        0 => read_medium(lu, lba, offset, len).map(|()| None),
+        1 => compare_medium(lu, lba, offset, len, |pos, buf| {
+            usize::try_from(pos).is_ok_and(|p| data_out.read_at(p, buf) == buf.len())
+        }),
+        _ => compare_medium(lu, lba, offset, len, |pos, buf| {
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = block[((pos + i as u64) % bs) as usize];
+            }
+            true
+        }),
+    });
+    let Some(result) = checked else {
+        return super::atomic::busy();
     };
     let consumed = usize::try_from(consumed).unwrap_or(usize::MAX);
     verdict(result, consumed)
@@ -335,6 +348,53 @@ mod tests {
         c16[9] = 7;
         c16[13] = 1;
         assert!(run(t, 0, &c16, 0, &[7u8; 512]).0.is_good());
+    }
+
+    #[test]
+    fn twelve_byte_forms_share_the_ten_and_sixteen_byte_code() {
+        let (bus, f) = bus_with(16, LunOptions::default());
+        let t = bus.target(0).unwrap();
+        // VERIFY(12): bytes 2-5 LBA, 6-9 VERIFICATION LENGTH.
+        let v12 = |lba: u32, blocks: u32, bytchk: u8| {
+            let mut c = [0u8; 12];
+            c[0] = 0xAF;
+            c[1] = bytchk << 1;
+            c[2..6].copy_from_slice(&lba.to_be_bytes());
+            c[6..10].copy_from_slice(&blocks.to_be_bytes());
+            c
+        };
+        assert!(run(t, 0, &v12(0, 16, 0), 0, &[]).0.is_good());
+        let mut expect = vec![6u8; 512];
+        expect.extend_from_slice(&[7u8; 512]);
+        assert!(run(t, 0, &v12(6, 2, 1), 0, &expect).0.is_good());
+        expect[513] = 9;
+        let (r, _) = run(t, 0, &v12(6, 2, 1), 0, &expect);
+        assert_eq!(
+            r.sense(),
+            &[0xF0, 0, 0x0E, 0, 0, 0x02, 0x01, 10, 0, 0, 0, 0, 0x1D, 0, 0, 0, 0, 0]
+        );
+        // BYTCHK 11b: blocks 9-11 differ from block 9's pattern at byte 512.
+        let (r, _) = run(t, 0, &v12(9, 3, 3), 0, &[9u8; 512]);
+        assert_eq!(r.decoded_sense().unwrap().information, Some(512));
+        assert_eq!(triple(&run(t, 0, &v12(0, 1, 2), 0, &[]).0), (5, 0x24, 0));
+        assert_eq!(triple(&run(t, 0, &v12(16, 1, 0), 0, &[]).0), (5, 0x21, 0));
+        // A length only the 12-byte form can carry is range-checked whole.
+        assert_eq!(
+            triple(&run(t, 0, &v12(0, 0x1_0000, 0), 0, &[]).0),
+            (5, 0x21, 0)
+        );
+        // WRITE AND VERIFY(12).
+        let mut c = [0u8; 12];
+        c[0] = 0xAE;
+        c[1] = 0x02;
+        c[5] = 3;
+        c[9] = 1;
+        let (r, _) = run(t, 0, &c, 0, &[0xCD; 512]);
+        assert!(r.is_good(), "{r:?}");
+        let disk = std::fs::read(f.path()).unwrap();
+        assert!(disk[1536..2048].iter().all(|&b| b == 0xCD));
+        c[1] = 0x04;
+        assert_eq!(triple(&run(t, 0, &c, 0, &[0; 512]).0), (5, 0x24, 0));
     }
 
     #[test]

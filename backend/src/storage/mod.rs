@@ -289,6 +289,17 @@ impl Image {
         }
     }
 
+    /// The descriptor whose reads fill the host page cache that serves this
+    /// image's reads: a raw image with `cache=writeback`. `None` for
+    /// `cache=none` (reads bypass the page cache), qcow2 (its clusters are
+    /// not where the guest's blocks are) and NBD (no local cache).
+    pub fn page_cached_file(&self) -> Option<&File> {
+        match self {
+            Image::Raw(r) if r.cache() == CacheMode::Writeback => Some(r.file()),
+            _ => None,
+        }
+    }
+
     /// Reads exactly `buf.len()` disk bytes at `offset`.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         match self {

@@ -242,6 +242,78 @@ else
     fail fs-mount "$out"
 fi
 
+# --- SBC_EXTRA: the SBC-4 commands beyond the core set, with sg_raw ------------------
+# On FIO_LUN (512-byte blocks), at 24 MiB: past fio's 16 MiB, before the pattern
+# at 32 MiB. sg_raw exits 0 on GOOD / CONDITION MET, 5 on ILLEGAL REQUEST, 14 on
+# MISCOMPARE (sg3_utils(8) exit status); -o writes the Data-In bytes to a file.
+sg=$(sgdev "$FIO_LUN")
+hexof() { hexdump -v -e '/1 "%02x "' "$1" | sed 's/ $//'; }
+# fill FILE BYTES CHAR: BYTES bytes of CHAR.
+fill() { dd if=/dev/zero bs="$2" count=1 2>/dev/null | tr '\000' "$3" >"$1"; }
+# want NAME GOT WANT: PASS when equal.
+want() { if [ "$2" = "$3" ]; then pass "$1" "$2"; else fail "$1" "got [$2] want [$3]"; fi; }
+# rc_is NAME RC OUT WANT_RC
+rc_is() { if [ "$2" = "$4" ]; then pass "$1" "exit $2"; else fail "$1" "exit $2 want $4: $(echo "$3" | tail -n 3)"; fi; }
+sbc=/tmp/sbc
+mkdir -p $sbc
+fill $sbc/z1k 1024 Z
+cp $sbc/z1k $sbc/z1k-bad
+printf 'Y' | dd of=$sbc/z1k-bad bs=1 seek=700 conv=notrunc 2>/dev/null
+# WRITE AND VERIFY(12) BYTCHK=1 of LBA C000h, 2 blocks; VERIFY(12) equal, then a
+# difference at byte 700: MISCOMPARE.
+out=$(sg_raw -s 1024 -i $sbc/z1k "/dev/$sg" AE 02 00 00 C0 00 00 00 00 02 00 00 2>&1); rc_is sbc-write-and-verify12 $? "$out" 0
+out=$(sg_raw -s 1024 -i $sbc/z1k "/dev/$sg" AF 02 00 00 C0 00 00 00 00 02 00 00 2>&1); rc_is sbc-verify12 $? "$out" 0
+out=$(sg_raw -s 1024 -i $sbc/z1k-bad "/dev/$sg" AF 02 00 00 C0 00 00 00 00 02 00 00 2>&1); rc_is sbc-verify12-miscompare $? "$out" 14
+# PRE-FETCH(10) of 64 blocks and PRE-FETCH(16) IMMED: CONDITION MET (fits the cache).
+out=$(sg_raw "/dev/$sg" 34 00 00 00 C0 00 00 00 40 00 2>&1)
+if echo "$out" | grep -qi "condition met"; then pass sbc-prefetch10 "$(echo "$out" | grep -i status)"; else fail sbc-prefetch10 "$out"; fi
+out=$(sg_raw "/dev/$sg" 90 02 00 00 00 00 00 00 C0 00 00 00 00 40 00 00 2>&1)
+if echo "$out" | grep -qi "condition met"; then pass sbc-prefetch16 "$(echo "$out" | grep -i status)"; else fail sbc-prefetch16 "$out"; fi
+# Block Limits VPD: MAXIMUM ATOMIC TRANSFER LENGTH (bytes 44-47) 128 blocks, the
+# other atomic fields 0.
+sg_raw -r 64 -o $sbc/b0 "/dev/$sg" 12 01 B0 00 40 00 >/dev/null 2>&1
+want sbc-atomic-limits "$(dd if=$sbc/b0 bs=1 skip=44 count=20 2>/dev/null | hexdump -v -e '/1 "%02x "' | sed 's/ $//')" \
+    "00 00 00 80 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00"
+# WRITE ATOMIC(16) of 8 blocks at C010h, read back; a TRANSFER LENGTH of 129
+# blocks: ILLEGAL REQUEST (refused from the CDB, before any data moves).
+fill $sbc/a4k 4096 A
+out=$(sg_raw -s 4096 -i $sbc/a4k "/dev/$sg" 9C 00 00 00 00 00 00 00 C0 10 00 00 00 08 00 00 2>&1); rc_is sbc-write-atomic $? "$out" 0
+sg_raw -r 4096 -o $sbc/a4k-back "/dev/$sg" 28 00 00 00 C0 10 00 00 08 00 >/dev/null 2>&1
+if cmp -s $sbc/a4k $sbc/a4k-back; then pass sbc-write-atomic-data "8 blocks read back"; else fail sbc-write-atomic-data "read back differs"; fi
+fill $sbc/a512 512 A
+out=$(sg_raw -s 512 -i $sbc/a512 "/dev/$sg" 9C 00 00 00 00 00 00 00 C0 10 00 00 00 81 00 00 2>&1); rc_is sbc-write-atomic-too-long $? "$out" 5
+q=/sys/block/$(blk "$FIO_LUN")/queue/atomic_write_unit_max_bytes
+if [ -r "$q" ]; then log "sbc: $q = $(cat "$q")"; fi
+# READ DEFECT DATA(10) / (12): empty lists, the header of the format asked.
+sg_raw -r 255 -o $sbc/d10 "/dev/$sg" 37 00 1B 00 00 00 00 00 FF 00 >/dev/null 2>&1
+want sbc-defect10 "$(hexof $sbc/d10)" "00 1b 00 00"
+sg_raw -r 255 -o $sbc/d12 "/dev/$sg" B7 0D 00 00 00 00 00 00 00 FF 00 00 >/dev/null 2>&1
+want sbc-defect12 "$(hexof $sbc/d12)" "00 0d 00 00 00 00 00 00"
+# LOG SENSE: supported pages; informational exceptions; SP=1 refused.
+sg_raw -r 255 -o $sbc/l00 "/dev/$sg" 4D 00 40 00 00 00 00 00 FF 00 >/dev/null 2>&1
+want sbc-log-pages "$(hexof $sbc/l00)" "00 00 00 02 00 2f"
+sg_raw -r 255 -o $sbc/l2f "/dev/$sg" 4D 00 6F 00 00 00 00 00 FF 00 >/dev/null 2>&1
+want sbc-log-ie "$(hexof $sbc/l2f)" "2f 00 00 07 00 00 03 03 00 00 ff"
+out=$(sg_raw -r 255 "/dev/$sg" 4D 01 6F 00 00 00 00 00 FF 00 2>&1); rc_is sbc-log-sp $? "$out" 5
+# FORMAT UNIT, FMTDATA with a short header (IMMED): GOOD, the data is unchanged;
+# a defect list: ILLEGAL REQUEST.
+printf '\000\002\000\000' >$sbc/fh
+out=$(sg_raw -s 4 -i $sbc/fh "/dev/$sg" 04 10 00 00 00 00 2>&1); rc_is sbc-format-unit $? "$out" 0
+sg_raw -r 4096 -o $sbc/a4k-after "/dev/$sg" 28 00 00 00 C0 10 00 00 08 00 >/dev/null 2>&1
+if cmp -s $sbc/a4k $sbc/a4k-after; then pass sbc-format-keeps-data "8 blocks unchanged"; else fail sbc-format-keeps-data "data changed"; fi
+printf '\000\000\000\010\000\000\000\000\000\000\000\000' >$sbc/fdl
+out=$(sg_raw -s 12 -i $sbc/fdl "/dev/$sg" 04 10 00 00 00 00 2>&1); rc_is sbc-format-defect-list $? "$out" 5
+# WRITE BUFFER then READ BUFFER(10), mode 02h (data), buffer 0, offset 0: the
+# bytes come back.
+sg_raw -s 1024 -i $sbc/z1k-bad "/dev/$sg" 3B 02 00 00 00 00 00 04 00 00 >/dev/null 2>&1
+sg_raw -r 1024 -o $sbc/buf "/dev/$sg" 3C 02 00 00 00 00 00 04 00 00 >/dev/null 2>&1
+if cmp -s $sbc/z1k-bad $sbc/buf; then pass sbc-buffer "1024 bytes read back"; else fail sbc-buffer "read back differs"; fi
+# REPORT SUPPORTED OPERATION CODES: how many the disk reports.
+sg_raw -r 8192 -o $sbc/rsoc "/dev/$sg" A3 0C 00 00 00 00 00 00 20 00 00 00 >/dev/null 2>&1
+len=$(dd if=$sbc/rsoc bs=1 count=4 2>/dev/null | hexdump -v -e '/1 "%02x"')
+n=$(( 0x$len / 8 ))
+if [ "$n" -ge 44 ]; then pass sbc-opcodes-count "$n operation codes"; else fail sbc-opcodes-count "$n operation codes"; fi
+
 # --- LOGICAL UNIT RESET (sg_reset -d) and I/O afterwards ---------------------------
 sg=$(sgdev "$RESET_LUN") sd=$(blk "$RESET_LUN")
 check "reset-lun-$RESET_LUN" sg_reset -d "/dev/$sg"
