@@ -245,3 +245,149 @@ impl DeviceRing {
         self.side().ring(queue).has_avail(mem)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use vhost_user_backend::VringT;
+    use virtio_queue::QueueT;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic};
+
+    use crate::fault::FaultTable;
+    use crate::scsi::{LogicalUnit, LunOptions, ScsiBus};
+    use crate::vhost::dirty::{GuestMem, Vring};
+    use crate::vhost::packed::event::{FLAGS_DISABLE, FLAGS_ENABLE};
+    use crate::vhost::packed::{F_AVAIL, F_NEXT, F_USED, F_WRITE};
+    use crate::vhost::queue_metrics::QueueMetrics;
+    use crate::vhost::request_queue::{QueueShared, RequestQueue};
+    use crate::vhost::response::RESP_SIZE;
+
+    const RING: u64 = 0x1000;
+    const DRIVER: u64 = 0x2000;
+    const DEVICE: u64 = 0x3000;
+
+    fn put(m: &GuestMem, index: u64, addr: u64, len: u32, id: u16, flags: u16) {
+        let at = RING + 16 * index;
+        m.write_obj(addr.to_le(), GuestAddress(at)).unwrap();
+        m.write_obj(len.to_le(), GuestAddress(at + 8)).unwrap();
+        m.write_obj(id.to_le(), GuestAddress(at + 12)).unwrap();
+        m.write_obj(flags.to_le(), GuestAddress(at + 14)).unwrap();
+    }
+
+    /// A READ(10) of one block at LBA `lba` as a three-descriptor chain at
+    /// ring index `at` with buffer id `id` (wrap counter 1).
+    fn offer_read(m: &GuestMem, at: u64, id: u16, lba: u8) {
+        let req_at = 0x10000 + 0x1000 * at;
+        let mut req = [0u8; 51];
+        req[..4].copy_from_slice(&[1, 0, 0x40, 0]);
+        req[19..29].copy_from_slice(&[0x28, 0, 0, 0, 0, lba, 0, 0, 1, 0]);
+        m.write_slice(&req, GuestAddress(req_at)).unwrap();
+        put(
+            m,
+            at + 1,
+            req_at + 0x100,
+            RESP_SIZE as u32,
+            0,
+            F_AVAIL | F_WRITE | F_NEXT,
+        );
+        put(m, at + 2, req_at + 0x200, 512, id, F_AVAIL | F_WRITE);
+        put(m, at, req_at, 51, 0, F_AVAIL | F_NEXT);
+    }
+
+    fn used(m: &GuestMem, index: u64) -> (u32, u16, u16) {
+        let at = RING + 16 * index;
+        (
+            m.read_obj::<u32>(GuestAddress(at + 8)).unwrap(),
+            m.read_obj::<u16>(GuestAddress(at + 12)).unwrap(),
+            m.read_obj::<u16>(GuestAddress(at + 14)).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_request_queue_serves_a_packed_ring_and_syncs_the_vring_base() {
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 0x40000)]).unwrap();
+        let mut img = tempfile::NamedTempFile::new().unwrap();
+        let image: Vec<u8> = (0..64 * 1024u32).map(|i| (i / 512) as u8).collect();
+        img.write_all(&image).unwrap();
+        let mut bus = ScsiBus::new();
+        let lu = LogicalUnit::open(img.path(), LunOptions::default()).unwrap();
+        bus.add_lun(0, 0, Arc::new(lu)).unwrap();
+
+        let atomic = GuestMemoryAtomic::new(mem.clone());
+        let vring = Vring::new(atomic.clone(), 16).unwrap();
+        vring.set_queue_size(16);
+        vring.set_queue_info(RING, DRIVER, DEVICE).unwrap();
+        // SET_VRING_BASE: index 0, wrap counter 1.
+        vring.set_queue_next_avail(0x8000);
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+        let shared = Arc::new(QueueShared::new(0));
+        shared.ring.set_packed(true);
+        let mut q = RequestQueue::new(
+            shared.clone(),
+            Arc::new(FaultTable::default()),
+            Duration::ZERO,
+            Arc::new(QueueMetrics::default()),
+        );
+
+        offer_read(&mem, 0, 9, 3);
+        q.process(&vring, &atomic, &bus).unwrap();
+        // One used descriptor at index 0: id 9, header + 512 bytes, flags
+        // AVAIL|USED|WRITE (wrap counter 1).
+        assert_eq!(
+            used(&mem, 0),
+            (RESP_SIZE as u32 + 512, 9, F_AVAIL | F_USED | F_WRITE)
+        );
+        let mut block = [0u8; 512];
+        mem.read_slice(&mut block, GuestAddress(0x10200)).unwrap();
+        assert!(block.iter().all(|&b| b == 3), "LBA 3's bytes");
+        // The device asked for kicks again when it went to sleep.
+        assert_eq!(
+            mem.read_obj::<u16>(GuestAddress(DEVICE + 2)).unwrap(),
+            FLAGS_ENABLE
+        );
+        // What GET_VRING_BASE answers: index 3, wrap counter 1.
+        assert_eq!(vring.get_ref().get_queue().next_avail(), 0x8003);
+
+        // A ring stop and restart at that base within the connection.
+        shared.ring.restart();
+        vring.set_queue_ready(false);
+        vring.set_queue_next_avail(0x8003);
+        vring.set_queue_ready(true);
+        offer_read(&mem, 3, 4, 5);
+        q.process(&vring, &atomic, &bus).unwrap();
+        assert_eq!(
+            used(&mem, 3),
+            (RESP_SIZE as u32 + 512, 4, F_AVAIL | F_USED | F_WRITE)
+        );
+        assert_eq!(vring.get_ref().get_queue().next_avail(), 0x8006);
+
+        // A frontend that re-creates the ring (queue reset) at base 0x8000
+        // with a zeroed ring is served from index 0 again.
+        mem.write_slice(&[0u8; 16 * 16], GuestAddress(RING))
+            .unwrap();
+        vring.set_queue_ready(false);
+        vring.set_queue_next_avail(0x8000);
+        vring.set_queue_ready(true);
+        offer_read(&mem, 0, 1, 7);
+        q.process(&vring, &atomic, &bus).unwrap();
+        assert_eq!(used(&mem, 0).1, 1);
+        assert_eq!(vring.get_ref().get_queue().next_avail(), 0x8003);
+
+        // A driver that asks for no notifications: the device still
+        // completes, and disabling kicks while working is visible.
+        mem.write_obj(FLAGS_DISABLE, GuestAddress(DRIVER + 2))
+            .unwrap();
+        let ring = &shared.ring;
+        let mut state = vring.get_mut();
+        assert!(!ring.wants_call(&mut state, &mem));
+        ring.disable_notification(&mut state, &mem).unwrap();
+        assert_eq!(
+            mem.read_obj::<u16>(GuestAddress(DEVICE + 2)).unwrap(),
+            FLAGS_DISABLE
+        );
+    }
+}

@@ -14,6 +14,8 @@
 
 pub mod event;
 pub mod ring;
+#[cfg(test)]
+mod ring_tests;
 
 /// `VIRTQ_DESC_F_NEXT` (§2.8.6).
 pub const F_NEXT: u16 = 1;
