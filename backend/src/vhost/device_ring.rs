@@ -235,6 +235,20 @@ impl DeviceRing {
         )
     }
 
+    /// A packed ring's device state: the next avail and used positions
+    /// (vhost-user ring state form, wrap counter in bit 15) and the ring
+    /// descriptors taken and not yet used; `None` for a split ring or one
+    /// not served yet. For checks from outside (tests, fuzzing).
+    pub fn packed_state(&self) -> Option<(u16, u16, u32)> {
+        if !self.is_packed() {
+            return None;
+        }
+        let side = self.side();
+        side.ring
+            .as_ref()
+            .map(|r| (r.avail.encode(), r.used.encode(), r.in_flight))
+    }
+
     /// Whether a chain is waiting on the ring.
     pub fn has_avail(&self, queue: &Queue, mem: &GuestMem) -> bool {
         if !self.is_packed() {
