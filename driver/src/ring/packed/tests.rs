@@ -72,10 +72,6 @@ impl Device {
     fn flags_at(&self, pos: u16) -> u16 {
         self.raw(self.desc_off(pos)).3
     }
-    fn is_avail(&self, flags: u16) -> bool {
-        (flags & DESC_F_AVAIL != 0) == self.avail_wrap
-            && (flags & DESC_F_USED != 0) != self.avail_wrap
-    }
     fn advance(pos: &mut u16, wrap: &mut bool, size: u16, by: u16) {
         let next = u32::from(*pos) + u32::from(by);
         if next >= u32::from(size) {
@@ -315,7 +311,7 @@ fn wrap_around_many_times() {
             }
             assert_eq!(chains.len(), added.len());
             // Reverse order every other round.
-            if k % 2 == 0 {
+            if k.is_multiple_of(2) {
                 chains.reverse();
             }
             for c in &chains {
