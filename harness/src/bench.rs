@@ -115,6 +115,9 @@ pub struct BenchDevice {
     /// Do not negotiate event index suppression.
     #[arg(long)]
     pub no_event_idx: bool,
+    /// Use packed virtqueues (VIRTIO_F_RING_PACKED).
+    #[arg(long)]
+    pub packed: bool,
     /// Driver side: busy-poll for each completion this many microseconds.
     #[arg(long, value_name = "US", default_value_t = 0)]
     pub poll_us: u64,
@@ -252,6 +255,7 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
         queue_size: d.queue_size,
         no_indirect: d.no_indirect,
         no_event_idx: d.no_event_idx,
+        packed: d.packed,
         timeout: Duration::from_secs(30),
         // Room for one --bs per command; a --bs the LUN's blocks do not
         // divide is refused below, naming --bs.
@@ -464,7 +468,7 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
         crate::output::print_json(&json!({
             "rw": format!("{:?}", args.rw).to_lowercase(),
             "bs": bs, "iodepth": args.iodepth, "queues": f.queue_count, "queue_size": f.queue_size,
-            "indirect": f.indirect, "event_idx": f.event_index,
+            "indirect": f.indirect, "event_idx": f.event_index, "packed": f.packed,
             "runtime_s": elapsed, "reads": reads, "writes": writes,
             "iops": iops, "mib_s": mib_s,
             "lat_us": { "min": hist.min() as f64 / 1000.0, "mean": hist.mean() / 1000.0,
@@ -480,8 +484,8 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
         }));
     } else {
         println!(
-            "{:?}: bs={} iodepth={} queues={} queue_size={} indirect={} event_idx={} runtime={:.1}s",
-            args.rw, human_size(bs), args.iodepth, f.queue_count, f.queue_size, f.indirect, f.event_index, elapsed
+            "{:?}: bs={} iodepth={} queues={} queue_size={} indirect={} event_idx={} packed={} runtime={:.1}s",
+            args.rw, human_size(bs), args.iodepth, f.queue_count, f.queue_size, f.indirect, f.event_index, f.packed, elapsed
         );
         println!(
             "  IOPS={:.0}  BW={:.1} MiB/s  ({reads} reads, {writes} writes)",

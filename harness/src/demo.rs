@@ -41,6 +41,9 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 32,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub depth: u16,
+    /// Use packed virtqueues (VIRTIO_F_RING_PACKED) for every queue.
+    #[arg(long)]
+    pub packed: bool,
     /// Pattern seed [default: new each run, so stale data cannot pass].
     #[arg(long, value_name = "N", value_parser = parse::number)]
     pub seed: Option<u64>,
@@ -189,14 +192,21 @@ pub async fn run(args: Args) -> Result<()> {
 async fn exercise(socket: &Path, args: &Args) -> Result<()> {
     let cfg = QueueConfig {
         queue_count: args.queues,
+        use_packed: args.packed,
         ..QueueConfig::default()
     };
     let driver = Driver::connect(socket, cfg)
         .await
         .with_context(|| format!("cannot connect the driver to {}", socket.display()))?;
+    if args.packed && !driver.features().packed {
+        bail!(
+            "the backend does not offer packed virtqueues (VIRTIO_F_RING_PACKED, feature bit 34); \
+             drop --packed to use split rings"
+        );
+    }
     let f = driver.features();
     say!(
-        "driver   {} request queue{} x {} descriptors{}{}, {} per command",
+        "driver   {} request queue{} x {} descriptors{}{}{}, {} per command",
         f.queue_count,
         if f.queue_count == 1 { "" } else { "s" },
         f.queue_size,
@@ -206,6 +216,7 @@ async fn exercise(socket: &Path, args: &Args) -> Result<()> {
             ""
         },
         if f.event_index { ", event index" } else { "" },
+        if f.packed { ", packed rings" } else { "" },
         human_size(driver.max_transfer() as u64),
     );
     let found = driver.scan().await.context("scanning the device failed")?;

@@ -36,6 +36,10 @@ pub struct ConnectArgs {
     /// Do not negotiate event index suppression (VIRTIO_RING_F_EVENT_IDX).
     #[arg(long)]
     pub no_event_idx: bool,
+    /// Use packed virtqueues (VIRTIO_F_RING_PACKED) for every queue; fails
+    /// if the device does not offer them.
+    #[arg(long)]
+    pub packed: bool,
     /// Seconds a command may take before it fails.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse::seconds)]
     pub timeout: Duration,
@@ -115,6 +119,7 @@ pub async fn connect(args: &ConnectArgs) -> Result<Driver> {
         queue_size: args.queue_size,
         use_indirect: !args.no_indirect,
         event_index: !args.no_event_idx,
+        use_packed: args.packed,
     };
     let mut opts = DriverOptions {
         timeout: args.timeout,
@@ -128,6 +133,11 @@ pub async fn connect(args: &ConnectArgs) -> Result<Driver> {
         opts.max_transfer = usize::try_from(max).context("--max-transfer is too large")?;
     }
     match Driver::connect_with(socket, cfg, opts).await {
+        Ok(d) if args.packed && !d.features().packed => bail!(
+            "the device on {} does not offer packed virtqueues (VIRTIO_F_RING_PACKED, \
+             feature bit 34); drop --packed to use split rings",
+            socket.display()
+        ),
         Ok(d) => Ok(d),
         Err(DriverError::Connect { source, .. }) => Err(anyhow!(
             "cannot connect to {}: {source}; {}",

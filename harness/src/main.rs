@@ -245,6 +245,7 @@ mod tests {
             "64",
             "--no-indirect",
             "--no-event-idx",
+            "--packed",
             "--timeout",
             "5",
             "--max-transfer",
@@ -260,7 +261,7 @@ mod tests {
             (16, 8, 1, 2)
         );
         assert_eq!(a.device.conn.max_transfer, Some(65536));
-        assert!(a.device.conn.no_indirect && a.device.conn.json);
+        assert!(a.device.conn.no_indirect && a.device.conn.json && a.device.conn.packed);
         assert!(
             Cli::try_parse_from(["vscsi", "tur", "--socket", "/s", "--queue-size", "100"]).is_err()
         );

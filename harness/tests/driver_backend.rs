@@ -353,6 +353,7 @@ async fn many_commands_in_flight_across_queues_and_ring_modes() {
             queue_size,
             use_indirect,
             event_index,
+            use_packed: false,
         };
         let drv = std::sync::Arc::new(Driver::connect(&d.socket, cfg).await.unwrap());
         let f = drv.features();
@@ -585,12 +586,15 @@ async fn a_new_frontend_first_gets_power_on_reset_then_good() {
 
 #[tokio::test]
 async fn what_the_device_lacks_falls_back_or_fails_as_the_user_chooses() {
+    use virtio_bindings::virtio_config::VIRTIO_F_RING_PACKED;
     use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
     use vscsi_backend::vhost::device::OPTIONAL_FEATURES;
     let opts = vscsi_backend::vhost::DeviceOptions {
         request_queues: 2,
         features: OPTIONAL_FEATURES
-            & !(1 << VIRTIO_RING_F_EVENT_IDX | 1 << VIRTIO_RING_F_INDIRECT_DESC),
+            & !(1 << VIRTIO_RING_F_EVENT_IDX
+                | 1 << VIRTIO_RING_F_INDIRECT_DESC
+                | 1 << VIRTIO_F_RING_PACKED),
         ..Default::default()
     };
     let d = TestDaemon::start_with(&[(0, 0, MIB, false)], opts);
@@ -599,11 +603,13 @@ async fn what_the_device_lacks_falls_back_or_fails_as_the_user_chooses() {
         queue_size: 64,
         use_indirect: true,
         event_index: true,
+        use_packed: true,
     };
     // Default: fall back, and say what was agreed.
     let drv = Driver::connect(&d.socket, ask).await.unwrap();
     let f = drv.features();
-    assert!(!f.indirect && !f.event_index);
+    assert!(!f.indirect && !f.event_index && !f.packed);
+    assert_eq!(f.bits & 1 << VIRTIO_F_RING_PACKED, 0);
     assert_eq!(f.queue_count, 2);
     assert!(drv
         .send_command(0, 0, ScsiCommand::TestUnitReady)
@@ -629,6 +635,15 @@ async fn what_the_device_lacks_falls_back_or_fails_as_the_user_chooses() {
             QueueConfig {
                 use_indirect: false,
                 event_index: false,
+                ..ask
+            },
+            "VIRTIO_F_RING_PACKED",
+        ),
+        (
+            QueueConfig {
+                use_indirect: false,
+                event_index: false,
+                use_packed: false,
                 ..ask
             },
             "4 request queues asked, the device has 2",

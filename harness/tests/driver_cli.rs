@@ -205,3 +205,27 @@ fn events_verb_exits_promptly_on_sigint() {
         assert_eq!(status.code(), Some(0), "Ctrl-C is the normal end");
     }
 }
+
+#[test]
+fn packed_flag_fails_clearly_when_the_device_lacks_packed_rings() {
+    use virtio_bindings::virtio_config::VIRTIO_F_RING_PACKED;
+    use vscsi_backend::vhost::device::OPTIONAL_FEATURES;
+    let opts = DeviceOptions {
+        features: OPTIONAL_FEATURES & !(1 << VIRTIO_F_RING_PACKED),
+        ..Default::default()
+    };
+    let d = TestDaemon::start_with(&[(0, 0, MIB, false)], opts);
+    for verb in [&["tur"][..], &["verify", "--size", "64K"]] {
+        let args: Vec<&str> = verb.iter().copied().chain(["--packed"]).collect();
+        let (code, out, err) = vscsi(&d, &args);
+        assert_ne!(code, 0, "{verb:?}: {out}{err}");
+        assert!(
+            err.contains("does not offer packed virtqueues (VIRTIO_F_RING_PACKED"),
+            "{verb:?}: {err}"
+        );
+        assert!(err.contains("drop --packed"), "{err}");
+    }
+    // Without the flag the same device serves the verb on split rings.
+    let (code, out, err) = vscsi(&d, &["tur"]);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -33,6 +33,7 @@ async fn every_ring_mode_does_verified_io_with_many_commands_in_flight() {
                         queue_size,
                         use_indirect,
                         event_index,
+                        use_packed: false,
                     };
                     let dopts = DriverOptions {
                         max_transfer: 16 * 1024,

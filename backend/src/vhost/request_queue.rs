@@ -50,7 +50,7 @@ use tracing::{debug, info, warn};
 use vhost_user_backend::VringT;
 
 use crate::limited;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard};
 use vscsi_protocol::lun::{LunAddress, LunError};
 use vscsi_protocol::sense::Sense;
@@ -58,9 +58,9 @@ use vscsi_protocol::virtio_scsi::{CmdReq, Response};
 use zerocopy::FromBytes;
 
 use super::chain::split_chain;
+use super::device_ring::DeviceRing;
 use super::guest_io::{GuestDataIn, GuestDataOut, IoVecs};
 pub use super::held::{Covers, HeldRequest, QueueShared};
-use super::notify::wants_call;
 use super::offload::Offload;
 use super::queue_metrics::{QueueCounters, QueueMetrics};
 use super::response::{write_bare, write_check_condition, write_response, REQ_SIZE, RESP_SIZE};
@@ -85,9 +85,9 @@ enum Outcome {
 }
 
 /// Adds the used entry of a request the engine finished.
-fn complete_used(state: &mut VringState, c: Completed<'_>) {
+fn complete_used(ring: &DeviceRing, state: &mut VringState, mem: &GuestMem, c: Completed<'_>) {
     let used = write_response(c.writable, c.readable_len, &c.result, c.short);
-    if let Err(e) = state.add_used(c.head, used) {
+    if let Err(e) = ring.add_used(state, mem, c.head, used) {
         crate::limited_site!(warn, head = c.head, error = %e, "request queue: add_used failed");
     }
 }
@@ -150,7 +150,7 @@ impl RequestQueue {
             mem: None,
             faults,
             poll,
-            guard: RingGuard::new(2 + shared.index, metrics.clone()),
+            guard: RingGuard::with_ring(2 + shared.index, metrics.clone(), shared.ring.clone()),
             metrics,
             shared,
         }
@@ -229,16 +229,22 @@ impl RequestQueue {
         if !matches!(self.engine, Engine::Ready(_)) && self.offload.is_none() {
             return Ok(());
         }
+        let Some(mem) = self.mem.as_ref().map(|m| m.memory()) else {
+            // Not reachable: the engines start from a batch, which
+            // recorded the memory.
+            return Ok(());
+        };
+        let ring = self.shared.ring.clone();
         let mut state = vring.get_mut();
         let mut n = 0;
         if let Engine::Ready(u) = &mut self.engine {
-            n += u.reap(&mut |c| complete_used(&mut state, c));
+            n += u.reap(&mut |c| complete_used(&ring, &mut state, &mem, c));
             if let Err(e) = u.submit() {
                 crate::limited_site!(warn, error = %e, "io_uring submit failed");
             }
         }
         if let Some(o) = &mut self.offload {
-            n += o.reap(&mut |c| complete_used(&mut state, c));
+            n += o.reap(&mut |c| complete_used(&ring, &mut state, &mem, c));
         }
         let notify = n > 0 && self.wants_call(&mut state);
         if notify {
@@ -276,13 +282,29 @@ impl RequestQueue {
             self.publish_in_flight();
             return n;
         };
+        let (Some(mem), ring) = (
+            self.mem.as_ref().map(|m| m.memory()),
+            self.shared.ring.clone(),
+        ) else {
+            let mut lost =
+                |c: Completed<'_>| warn!(head = c.head, "in-flight request without memory");
+            let mut n = 0;
+            if let Engine::Ready(u) = &mut self.engine {
+                n += u.drain(&mut lost);
+            }
+            if let Some(o) = &mut self.offload {
+                n += o.drain(&mut lost);
+            }
+            self.publish_in_flight();
+            return n;
+        };
         let mut state = vring.get_mut();
         let mut n = 0;
         if let Engine::Ready(u) = &mut self.engine {
-            n += u.drain(&mut |c| complete_used(&mut state, c));
+            n += u.drain(&mut |c| complete_used(&ring, &mut state, &mem, c));
         }
         if let Some(o) = &mut self.offload {
-            n += o.drain(&mut |c| complete_used(&mut state, c));
+            n += o.drain(&mut |c| complete_used(&ring, &mut state, &mem, c));
         }
         if n > 0 && self.wants_call(&mut state) {
             if let Err(e) = state.signal_used_queue() {
@@ -294,11 +316,11 @@ impl RequestQueue {
         n
     }
 
-    /// [`wants_call`] with the memory recorded at the first batch.
+    /// [`DeviceRing::wants_call`] with the memory recorded at the first batch.
     fn wants_call(&self, state: &mut VringState) -> bool {
         match &self.mem {
-            Some(m) => wants_call(state, &m.memory()),
-            None => state.needs_notification().unwrap_or(true),
+            Some(m) => self.shared.ring.wants_call(state, &m.memory()),
+            None => true,
         }
     }
 
@@ -320,6 +342,7 @@ impl RequestQueue {
             self.mem = Some(mem.clone());
         }
         let guard = mem.memory();
+        let ring = self.shared.ring.clone();
         let mut state = vring.get_mut();
         if !self.guard.serving(&state) {
             // Broken (or stopped): kicks are ignored until the frontend
@@ -329,7 +352,7 @@ impl RequestQueue {
         let mut completed = false;
         let (mut requests, mut notifications) = (0u64, 0u64);
         loop {
-            if let Err(e) = state.disable_notification() {
+            if let Err(e) = ring.disable_notification(&mut state, &guard) {
                 let s = limited!(self.guard.logs.ring_ops, warn, error = %e, "request queue: cannot disable notifications");
                 self.guard.note_suppressed(s);
             }
@@ -360,9 +383,9 @@ impl RequestQueue {
                             if let Err(e) = u.wait() {
                                 crate::limited_site!(warn, error = %e, "io_uring wait failed");
                             }
-                            u.reap(&mut |c| complete_used(&mut state, c))
+                            u.reap(&mut |c| complete_used(&ring, &mut state, &guard, c))
                         } else {
-                            u.drain(&mut |c| complete_used(&mut state, c))
+                            u.drain(&mut |c| complete_used(&ring, &mut state, &guard, c))
                         };
                         completed |= n > 0;
                     }
@@ -375,7 +398,7 @@ impl RequestQueue {
                     self.readable.copy_out(0, &mut hdr);
                     if !may_defer(&hdr[CDB_OFFSET..]) && Self::addresses_offloaded(bus, &hdr) {
                         if let Some(o) = &mut self.offload {
-                            completed |= o.drain(&mut |c| complete_used(&mut state, c)) > 0;
+                            completed |= o.drain(&mut |c| complete_used(&ring, &mut state, &guard, c)) > 0;
                         }
                     }
                 }
@@ -395,7 +418,7 @@ impl RequestQueue {
                 self.readable.clear();
                 self.writable.clear();
                 if let Outcome::Used(used) = outcome {
-                    if let Err(e) = state.add_used(head, used) {
+                    if let Err(e) = ring.add_used(&mut state, &guard, head, used) {
                         let s = limited!(self.guard.logs.ring_ops, warn, head, error = %e, "request queue: add_used failed");
                         self.guard.note_suppressed(s);
                     }
@@ -408,10 +431,10 @@ impl RequestQueue {
                 if let Err(e) = u.submit() {
                     crate::limited_site!(warn, error = %e, "io_uring submit failed");
                 }
-                completed |= u.reap(&mut |c| complete_used(&mut state, c)) > 0;
+                completed |= u.reap(&mut |c| complete_used(&ring, &mut state, &guard, c)) > 0;
             }
             if let Some(o) = &mut self.offload {
-                completed |= o.reap(&mut |c| complete_used(&mut state, c)) > 0;
+                completed |= o.reap(&mut |c| complete_used(&ring, &mut state, &guard, c)) > 0;
             }
             if self.guard.is_broken() {
                 // Nothing more is taken off this ring: no polling, and
@@ -422,7 +445,7 @@ impl RequestQueue {
                 // Hand back what is done before spinning, then watch the
                 // avail ring with driver notifications still disabled: the
                 // driver does not kick while the device is polling.
-                if completed && wants_call(&mut state, &guard) {
+                if completed && ring.wants_call(&mut state, &guard) {
                     state.signal_used_queue()?;
                     notifications += 1;
                 }
@@ -438,11 +461,11 @@ impl RequestQueue {
                             _ => false,
                         }
                 };
-                if Self::poll_avail(state.get_queue(), &guard, self.poll, &mut reapable) {
+                if Self::poll_avail(&ring, state.get_queue(), &guard, self.poll, &mut reapable) {
                     continue;
                 }
             }
-            match state.enable_notification() {
+            match ring.enable_notification(&mut state, &guard) {
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(e) => {
@@ -452,7 +475,7 @@ impl RequestQueue {
                 }
             }
         }
-        if completed && wants_call(&mut state, &guard) {
+        if completed && ring.wants_call(&mut state, &guard) {
             state.signal_used_queue()?;
             notifications += 1;
         }
@@ -470,6 +493,7 @@ impl RequestQueue {
     /// Spins up to `limit` for the driver to publish a new request (or for
     /// `other_work` to say there is something else to do).
     fn poll_avail(
+        ring: &DeviceRing,
         queue: &Queue,
         mem: &GuestMem,
         limit: Duration,
@@ -480,10 +504,8 @@ impl RequestQueue {
             if other_work() {
                 return true;
             }
-            match queue.avail_idx(mem, Ordering::Acquire) {
-                Ok(idx) if idx.0 != queue.next_avail() => return true,
-                Ok(_) => {}
-                Err(_) => return false,
+            if ring.has_avail(queue, mem) {
+                return true;
             }
             if Instant::now() >= deadline {
                 return false;

@@ -24,8 +24,6 @@ const AUX_QUEUE_SIZE: u16 = 16;
 pub(super) const EVENT_BUFFERS: u16 = 8;
 /// Control requests in flight at most.
 const CONTROL_SLOTS: u16 = 8;
-/// The ring format of every queue (split: packed is not negotiated).
-const FORMAT: RingFormat = RingFormat::Split;
 /// Most descriptors in one indirect table (a command has at most 4 segments).
 const MAX_INDIRECT: u16 = 4;
 
@@ -63,8 +61,9 @@ struct Plan {
 
 /// Lays out every queue of `features` in `carver`'s region.
 fn plan(carver: &mut Carver, features: &Features, opts: &DriverOptions) -> Result<Plan> {
+    let format = ring_format(features);
     let mut aux_queue = |slots: u16| -> Result<AuxPlacement> {
-        let ring = carver.alloc(FORMAT.ring_bytes(AUX_QUEUE_SIZE, MAX_INDIRECT), 4096)?;
+        let ring = carver.alloc(format.ring_bytes(AUX_QUEUE_SIZE, MAX_INDIRECT), 4096)?;
         let bufs = carver.alloc(slots as usize * AUX_SLOT, 64)?;
         Ok(AuxPlacement { ring, bufs, slots })
     };
@@ -77,7 +76,7 @@ fn plan(carver: &mut Carver, features: &Features, opts: &DriverOptions) -> Resul
     };
     let mut requests = Vec::new();
     for _ in 0..features.queue_count {
-        let ring = carver.alloc(FORMAT.ring_bytes(features.queue_size, MAX_INDIRECT), 4096)?;
+        let ring = carver.alloc(format.ring_bytes(features.queue_size, MAX_INDIRECT), 4096)?;
         let headers = carver.alloc(slots as usize * HEADER_AREA, 64)?;
         let data = carver.alloc(slots as usize * opts.max_transfer, 4096)?;
         requests.push(QueuePlacement {
@@ -90,6 +89,16 @@ fn plan(carver: &mut Carver, features: &Features, opts: &DriverOptions) -> Resul
         });
     }
     Ok(Plan { aux, requests })
+}
+
+/// The ring format of every queue: packed when VIRTIO_F_RING_PACKED was
+/// negotiated (it applies to the whole device, §2.8), else split.
+fn ring_format(features: &Features) -> RingFormat {
+    if features.packed {
+        RingFormat::Packed
+    } else {
+        RingFormat::Split
+    }
 }
 
 /// Connects to `path`, negotiates, creates the shared region that holds
@@ -105,6 +114,7 @@ pub(super) fn setup(path: &Path, cfg: QueueConfig, opts: DriverOptions) -> Resul
         indirect: features.indirect,
         max_indirect: MAX_INDIRECT,
     };
+    let format = ring_format(&features);
 
     // Lay everything out, then create the region that holds it.
     let mut sizing = Carver::new(usize::MAX / 2);
@@ -122,7 +132,7 @@ pub(super) fn setup(path: &Path, cfg: QueueConfig, opts: DriverOptions) -> Resul
     };
     let mut aux_queue = |i: usize, name| -> Result<(Arc<SlotQueue>, EventFd)> {
         let place = plan.aux[i];
-        let ring = Virtqueue::new(FORMAT, mem.clone(), place.ring, AUX_QUEUE_SIZE, ring_opts)?;
+        let ring = Virtqueue::new(format, mem.clone(), place.ring, AUX_QUEUE_SIZE, ring_opts)?;
         let (kick, call) = eventfds()?;
         transport.start_vring(i, &ring, &kick, &call)?;
         let place = QueuePlacement {
@@ -150,7 +160,7 @@ pub(super) fn setup(path: &Path, cfg: QueueConfig, opts: DriverOptions) -> Resul
     let mut calls = Vec::new();
     for (n, place) in plan.requests.into_iter().enumerate() {
         let ring = Virtqueue::new(
-            FORMAT,
+            format,
             mem.clone(),
             place.ring,
             features.queue_size,

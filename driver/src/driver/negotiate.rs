@@ -1,6 +1,7 @@
 //! Feature negotiation: what the driver asks the device for and what the two agree on.
 
 use tracing::warn;
+use virtio_bindings::virtio_config::VIRTIO_F_RING_PACKED;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vscsi_protocol::virtio_scsi::feature;
 
@@ -9,8 +10,9 @@ use crate::error::{Error, Result};
 use crate::transport::vhost_user::VhostUserTransport;
 
 /// The virtio feature bits the driver offers to ack (§2.2, §5.6.3): hot-plug
-/// and change events always, indirect descriptors (§2.7.5.3) and the event
-/// index (§2.7.10) as `cfg` asks.
+/// and change events always, indirect descriptors (§2.7.5.3), the event
+/// index (§2.7.10) and packed rings (VIRTIO_F_RING_PACKED, bit 34, §2.8) as
+/// `cfg` asks.
 pub(super) fn wanted(cfg: QueueConfig) -> u64 {
     let mut wanted = 1u64 << feature::HOTPLUG | 1 << feature::CHANGE;
     if cfg.use_indirect {
@@ -18,6 +20,9 @@ pub(super) fn wanted(cfg: QueueConfig) -> u64 {
     }
     if cfg.event_index {
         wanted |= 1 << VIRTIO_RING_F_EVENT_IDX;
+    }
+    if cfg.use_packed {
+        wanted |= 1 << VIRTIO_F_RING_PACKED;
     }
     wanted
 }
@@ -46,12 +51,16 @@ pub(super) fn agree(
     }
     let indirect = acked & (1 << VIRTIO_RING_F_INDIRECT_DESC) != 0;
     let event_index = acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+    let packed = acked & (1 << VIRTIO_F_RING_PACKED) != 0;
     if opts.strict_features {
         if cfg.use_indirect && !indirect {
             return Err(Error::MissingFeature("VIRTIO_RING_F_INDIRECT_DESC"));
         }
         if cfg.event_index && !event_index {
             return Err(Error::MissingFeature("VIRTIO_RING_F_EVENT_IDX"));
+        }
+        if cfg.use_packed && !packed {
+            return Err(Error::MissingFeature("VIRTIO_F_RING_PACKED"));
         }
         if queue_count < cfg.queue_count {
             return Err(Error::BadConfig(format!(
@@ -64,6 +73,7 @@ pub(super) fn agree(
         bits: acked,
         indirect,
         event_index,
+        packed,
         hotplug: acked & (1 << feature::HOTPLUG) != 0,
         change: acked & (1 << feature::CHANGE) != 0,
         queue_count,

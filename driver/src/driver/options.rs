@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use crate::retry::RetryPolicy;
 
-/// Virtqueue settings the driver asks for (count, size, indirect descriptors, event index).
+/// Virtqueue settings the driver asks for (count, size, indirect
+/// descriptors, event index, ring format).
 ///
 /// The device decides: `queue_count` is capped at the device's `num_queues`,
-/// and `use_indirect` / `event_index` fall back to off when the device does
-/// not offer them. [`Driver::features`] reports what was agreed.
+/// and `use_indirect` / `event_index` / `use_packed` fall back to off when
+/// the device does not offer them. [`Driver::features`] reports what was agreed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueConfig {
     /// Request queues to use.
@@ -18,8 +19,13 @@ pub struct QueueConfig {
     pub queue_size: u16,
     /// Negotiate VIRTIO_RING_F_INDIRECT_DESC (§2.7.5.3).
     pub use_indirect: bool,
-    /// Negotiate VIRTIO_RING_F_EVENT_IDX (§2.7.10).
+    /// Negotiate VIRTIO_RING_F_EVENT_IDX (§2.7.10, §2.8.10).
     pub event_index: bool,
+    /// Negotiate VIRTIO_F_RING_PACKED (§2.8): every queue (request, control,
+    /// event) is then a packed ring. Off by default: in the ring benchmark
+    /// (`cargo bench -p vscsi-driver --bench split_ring`) a packed
+    /// add/publish/pop cycle is no faster than a split one.
+    pub use_packed: bool,
 }
 
 impl Default for QueueConfig {
@@ -29,6 +35,7 @@ impl Default for QueueConfig {
             queue_size: 128,
             use_indirect: true,
             event_index: true,
+            use_packed: false,
         }
     }
 }
@@ -55,7 +62,7 @@ pub struct DriverOptions {
     /// the spin runs on the submitting task's tokio worker.
     pub poll: Duration,
     /// What to do when the device lacks what [`QueueConfig`] asks for
-    /// (indirect descriptors, event index, as many request queues):
+    /// (indirect descriptors, event index, packed rings, as many request queues):
     /// `false` (the default) falls back (without the feature, with the
     /// queues the device has; [`Driver::features`] says what was agreed),
     /// `true` fails [`Driver::connect_with`] with [`Error::MissingFeature`]
@@ -102,6 +109,8 @@ pub struct Features {
     pub indirect: bool,
     /// Event index notification suppression is in use.
     pub event_index: bool,
+    /// Every queue is a packed ring (VIRTIO_F_RING_PACKED).
+    pub packed: bool,
     /// The device reports hot-plug events.
     pub hotplug: bool,
     /// The device reports parameter changes.

@@ -1,21 +1,23 @@
 //! Driver-side virtqueues (VIRTIO 1.2 §2.5 "Virtqueues").
 //!
-//! Only the split layout (§2.7) is implemented, in [`split`]. The queue
-//! engines hold a [`Virtqueue`] and use it through [`VirtqueueFormat`]
-//! ([`virtqueue`], the format seam); the types in this module ([`Segment`],
-//! [`RingError`]) are format-neutral, so a packed ring (§2.8) is one more
-//! file behind the same interface.
+//! Two layouts: split (§2.7) in [`split`] and packed (§2.8) in [`packed`].
+//! The queue engines hold a [`Virtqueue`] and use it through
+//! [`VirtqueueFormat`] ([`virtqueue`], the format seam); the types in this
+//! module ([`Segment`], [`RingError`], [`check_chain`]) are format-neutral.
 //!
 //! Trust model: the device is another process that can write any byte of the
-//! shared region. Everything it writes (used ring, `avail_event`, even the
-//! descriptor table, which it can scribble over) is treated as untrusted input:
+//! shared region. Everything it writes (used ring or used descriptors,
+//! `avail_event` or the device event suppression structure, even the
+//! descriptors, which it can scribble over) is treated as untrusted input:
 //! the ring keeps a private shadow copy of what it published and validates every
 //! used element against it. A violation yields a typed [`RingError`] and leaves
 //! the ring permanently broken ([`RingError::Broken`]) rather than panicking.
 
+pub mod packed;
 pub mod split;
 pub mod virtqueue;
 
+pub use packed::{PackedLayout, PackedRing};
 pub use split::{RingLayout, RingOptions, SplitRing};
 pub use virtqueue::{RingAddresses, RingFormat, Virtqueue, VirtqueueFormat};
 
@@ -65,6 +67,10 @@ pub enum RingError {
     /// value is always a power of 2. The maximum Queue Size value is 32768").
     #[error("invalid queue size {0}: must be a power of two between 1 and 32768")]
     InvalidSize(u16),
+    /// The queue size of a packed ring is not in `1..=32768` (§2.8: a packed
+    /// ring's size need not be a power of two; the largest is 32768).
+    #[error("invalid packed queue size {0}: must be between 1 and 32768")]
+    InvalidPackedSize(u16),
     /// Indirect descriptors were requested with a table size of 0.
     #[error("invalid indirect table size {max_indirect} for queue size {size}")]
     InvalidMaxIndirect {
@@ -161,6 +167,38 @@ pub enum RingError {
     /// An earlier device protocol violation broke the ring; reset the device.
     #[error("virtqueue is broken after a device protocol violation; the device must be reset")]
     Broken,
+}
+
+/// Checks a chain the driver is about to add, whatever the format: at least
+/// one segment, at most `max` segments, no empty segment, device-readable
+/// segments before device-writable ones (§2.7.4 / §2.8 "Message Framing"),
+/// at most 2^32 - 1 bytes in all. Returns the device-writable bytes, the
+/// bound for the used length the device may report.
+pub fn check_chain(segments: &[Segment], max: usize) -> Result<u32, RingError> {
+    let n = segments.len();
+    if n == 0 {
+        return Err(RingError::NoSegments);
+    }
+    if n > max {
+        return Err(RingError::TooManySegments { segments: n, max });
+    }
+    let mut total: u32 = 0;
+    let mut writable: u32 = 0;
+    let mut seen_writable = false;
+    for (index, seg) in segments.iter().enumerate() {
+        if seg.len == 0 {
+            return Err(RingError::ZeroLengthSegment { index });
+        }
+        total = total.checked_add(seg.len).ok_or(RingError::ChainTooLong)?;
+        if seg.device_writes {
+            seen_writable = true;
+            // Cannot overflow: writable <= total, which was just checked.
+            writable += seg.len;
+        } else if seen_writable {
+            return Err(RingError::ReadableAfterWritable { index });
+        }
+    }
+    Ok(writable)
 }
 
 impl RingError {

@@ -1,10 +1,10 @@
 //! The ring-format seam: [`VirtqueueFormat`], what the queue engines need
 //! from a virtqueue whatever its layout, and [`Virtqueue`], the formats the
-//! driver can set up (VIRTIO 1.2 §2.7 split; §2.8 packed would be one more
-//! file implementing the trait and one more variant here).
+//! driver can set up (VIRTIO 1.2 §2.7 split, §2.8 packed).
 
 use std::sync::Arc;
 
+use super::packed::PackedRing;
 use super::split::{RingOptions, SplitRing};
 use super::{RingError, Segment};
 use crate::memory::SharedMemory;
@@ -70,6 +70,8 @@ pub enum RingFormat {
     /// Split virtqueues (§2.7).
     #[default]
     Split,
+    /// Packed virtqueues (§2.8, `VIRTIO_F_RING_PACKED`).
+    Packed,
 }
 
 impl RingFormat {
@@ -79,6 +81,7 @@ impl RingFormat {
     pub fn ring_bytes(self, size: u16, max_indirect: u16) -> usize {
         match self {
             RingFormat::Split => SplitRing::layout(size, max_indirect).total,
+            RingFormat::Packed => PackedRing::layout(size, max_indirect).total,
         }
     }
 }
@@ -89,11 +92,13 @@ impl RingFormat {
 pub enum Virtqueue {
     /// A split ring.
     Split(SplitRing),
+    /// A packed ring.
+    Packed(PackedRing),
 }
 
 impl Virtqueue {
     /// Sets up a ring of `format` with `size` entries at `base` of `mem`
-    /// (see [`SplitRing::new`]).
+    /// (see [`SplitRing::new`], [`PackedRing::new`]).
     pub fn new(
         format: RingFormat,
         mem: Arc<SharedMemory>,
@@ -103,6 +108,7 @@ impl Virtqueue {
     ) -> Result<Self, RingError> {
         Ok(match format {
             RingFormat::Split => Virtqueue::Split(SplitRing::new(mem, base, size, opts)?),
+            RingFormat::Packed => Virtqueue::Packed(PackedRing::new(mem, base, size, opts)?),
         })
     }
 
@@ -110,6 +116,7 @@ impl Virtqueue {
     pub fn format(&self) -> RingFormat {
         match self {
             Virtqueue::Split(_) => RingFormat::Split,
+            Virtqueue::Packed(_) => RingFormat::Packed,
         }
     }
 }
@@ -119,6 +126,7 @@ macro_rules! dispatch {
     ($self:expr, $ring:ident => $call:expr) => {
         match $self {
             Virtqueue::Split($ring) => $call,
+            Virtqueue::Packed($ring) => $call,
         }
     };
 }
@@ -203,6 +211,52 @@ impl VirtqueueFormat for SplitRing {
     }
 }
 
+impl VirtqueueFormat for PackedRing {
+    fn add(&mut self, segments: &[Segment]) -> Result<u16, RingError> {
+        PackedRing::add(self, segments)
+    }
+    fn publish(&mut self) -> bool {
+        PackedRing::publish(self)
+    }
+    fn pop_used(&mut self) -> Result<Option<(u16, u32)>, RingError> {
+        PackedRing::pop_used(self)
+    }
+    fn has_used(&self) -> bool {
+        PackedRing::has_used(self)
+    }
+    fn enable_interrupts(&mut self) -> bool {
+        PackedRing::enable_interrupts(self)
+    }
+    fn disable_interrupts(&mut self) {
+        PackedRing::disable_interrupts(self)
+    }
+    fn reset(&mut self) -> Result<(), RingError> {
+        PackedRing::reset(self)
+    }
+    fn size(&self) -> u16 {
+        PackedRing::size(self)
+    }
+    fn in_flight(&self) -> u16 {
+        PackedRing::in_flight(self)
+    }
+    fn is_broken(&self) -> bool {
+        PackedRing::is_broken(self)
+    }
+    /// §2.8 and the vhost-user spec: descriptor ring, driver event
+    /// suppression, device event suppression; the base is the next avail
+    /// position with the avail wrap counter in bit 15 (0x8000 on a new or
+    /// reset ring).
+    fn addresses(&self) -> RingAddresses {
+        RingAddresses {
+            size: self.size(),
+            desc: self.desc_va(),
+            driver_area: self.driver_event_va(),
+            device_area: self.device_event_va(),
+            base: self.vring_base(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,5 +301,32 @@ mod tests {
         assert_eq!(vq.in_flight(), 0);
         assert!(!vq.is_broken());
         assert_eq!(vq.size(), 4);
+    }
+
+    #[test]
+    fn packed_addresses_are_the_packed_parts() {
+        let mem = Arc::new(SharedMemory::new("vscsi-test-vq3", 1 << 16).unwrap());
+        let opts = RingOptions::default();
+        let mut vq = Virtqueue::new(RingFormat::Packed, mem.clone(), 4096, 8, opts).unwrap();
+        assert_eq!(vq.format(), RingFormat::Packed);
+        let a = vq.addresses();
+        assert_eq!(a.size, 8);
+        assert_eq!(a.desc, mem.host_va(4096));
+        assert_eq!(a.driver_area, mem.host_va(4096 + 8 * 16));
+        assert_eq!(a.device_area, mem.host_va(4096 + 8 * 16 + 4));
+        assert_eq!(a.base, 0x8000, "position 0, avail wrap counter 1");
+        assert_eq!(
+            RingFormat::Packed.ring_bytes(8, 4),
+            PackedRing::layout(8, 4).total
+        );
+        for _ in 0..8 {
+            vq.add(&[Segment::readable(0x8000, 16)]).unwrap();
+        }
+        assert!(vq.publish());
+        assert_eq!(vq.addresses().base, 0, "position 0 again, wrap counter 0");
+        assert_eq!(vq.in_flight(), 8);
+        vq.reset().unwrap();
+        assert_eq!(vq.addresses().base, 0x8000);
+        assert_eq!(vq.in_flight(), 0);
     }
 }

@@ -351,31 +351,7 @@ impl SplitRing {
             return Err(RingError::Broken);
         }
         let n = segments.len();
-        if n == 0 {
-            return Err(RingError::NoSegments);
-        }
-        if n > usize::from(self.size) {
-            return Err(RingError::TooManySegments {
-                segments: n,
-                max: usize::from(self.size),
-            });
-        }
-        let mut total: u32 = 0;
-        let mut writable: u32 = 0;
-        let mut seen_writable = false;
-        for (index, seg) in segments.iter().enumerate() {
-            if seg.len == 0 {
-                return Err(RingError::ZeroLengthSegment { index });
-            }
-            total = total.checked_add(seg.len).ok_or(RingError::ChainTooLong)?;
-            if seg.device_writes {
-                seen_writable = true;
-                // Cannot overflow: writable <= total, which was just checked.
-                writable += seg.len;
-            } else if seen_writable {
-                return Err(RingError::ReadableAfterWritable { index });
-            }
-        }
+        let writable = super::check_chain(segments, usize::from(self.size))?;
 
         // n <= size <= 32768, so these conversions are lossless.
         let n16 = n as u16;
