@@ -22,9 +22,7 @@ use vscsi_protocol::sense::Sense;
 use super::command::CommandResult;
 use super::io::{DataIn, DataOut};
 use super::lu::{DeviceType, LogicalUnit};
-use super::{
-    capacity, cdrom, inquiry, maintenance, mode, provisioning, rw, sense_cmd, sync, unit, verify,
-};
+use super::{capacity, cdrom, maintenance, mode, provisioning, rw, sense_cmd, sync, unit, verify};
 
 /// A handler for a command addressed to an existing logical unit; `cdb`
 /// is exactly [`Command::cdb_len`] bytes.
@@ -42,6 +40,9 @@ pub(crate) enum Handler {
     Lu(LuHandler),
     /// The target (REPORT LUNS, SPC-5: answered for any LUN, present or not).
     ReportLuns,
+    /// INQUIRY: the logical unit, with the target port the command came
+    /// through (VPD 83h reports it, see [`super::target_port`]).
+    Inquiry,
     /// REPORT SUPPORTED OPERATION CODES: the logical unit, through
     /// [`super::supported_opcodes`], which reads this table.
     SupportedOperationCodes,
@@ -384,14 +385,17 @@ const TABLE: &[Command] = &[
         false,
         sense_cmd::request_sense,
     ))),
-    well_known_lu(any_lun(cmd(
-        op::INQUIRY,
-        "INQUIRY",
-        &[0x12, 0x03, 0xFF, 0xFF, 0xFF, 0x04],
-        false,
-        false,
-        inquiry::inquiry,
-    ))),
+    Command {
+        handler: Handler::Inquiry,
+        ..well_known_lu(any_lun(cmd(
+            op::INQUIRY,
+            "INQUIRY",
+            &[0x12, 0x03, 0xFF, 0xFF, 0xFF, 0x04],
+            false,
+            false,
+            unit::test_unit_ready,
+        )))
+    },
     cmd(
         op::MODE_SELECT_6,
         "MODE SELECT(6)",

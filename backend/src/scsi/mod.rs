@@ -18,7 +18,8 @@
 //! PREVENT ALLOW MEDIUM REMOVAL), [`sense_cmd`] (REQUEST SENSE),
 //! [`report_luns`], [`supported_opcodes`], [`maintenance`] (REPORT SUPPORTED
 //! TASK MANAGEMENT FUNCTIONS), [`cdrom`] (MMC-6); the opcode table in
-//! [`dispatch`] routes CDBs to them.
+//! [`dispatch`] routes CDBs to them. [`target_port`]: the identity of the
+//! port (controller) a bus is reached through, for VPD 83h.
 
 pub mod capacity;
 pub mod cdrom;
@@ -36,6 +37,7 @@ pub mod sense_cmd;
 pub mod supported_opcodes;
 pub mod sync;
 pub mod target;
+pub mod target_port;
 pub mod unit;
 pub mod verify;
 
@@ -44,6 +46,7 @@ pub use command::{CommandResult, Request};
 pub use io::{DataIn, DataOut, MediumTransfer, SliceDataOut, VecDataIn, NO_DATA_OUT};
 pub use lu::{DeviceType, LogicalUnit, LunOptions};
 pub use target::{ConfigError, ScsiBus, Target};
+pub use target_port::TargetPort;
 
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -19,6 +19,7 @@ use super::command::{CommandResult, Request};
 use super::dispatch::{self, Handler};
 use super::io::{DataIn, DataOut};
 use super::lu::{LogicalUnit, STATE_NO_MEDIUM, STATE_STOPPED, UA_REPORTED_LUNS_CHANGED};
+use super::target_port::TargetPort;
 use super::{inquiry, report_luns, sense_cmd, supported_opcodes};
 
 /// Why a LUN could not be added to the bus.
@@ -49,12 +50,18 @@ pub enum ConfigError {
 pub struct Target {
     id: u8,
     luns: BTreeMap<u16, Arc<LunEntry>>,
+    port: TargetPort,
 }
 
 impl Target {
     /// The target id.
     pub fn id(&self) -> u8 {
         self.id
+    }
+
+    /// The target port commands reach this target through (the bus's).
+    pub fn port(&self) -> &TargetPort {
+        &self.port
     }
 
     /// The logical unit at `lun`, if any (a removed one is not).
@@ -202,16 +209,19 @@ impl Target {
                 report_luns::report_luns(self.lun_count(), self.lun_numbers(), cdb, data_in)
             }
             (Handler::Lu(f), Some(lu)) => f(lu, cdb, data_in, data_out),
+            (Handler::Inquiry, Some(lu)) => inquiry::inquiry(lu, &self.port, cdb, data_in),
             (Handler::SupportedOperationCodes, Some(lu)) => {
                 supported_opcodes::report_supported_operation_codes(lu, cdb, data_in)
             }
-            (Handler::Lu(_) | Handler::SupportedOperationCodes, None) => match opcode {
-                Some(op::INQUIRY) => inquiry::missing_lun(cdb, data_in),
-                Some(op::REQUEST_SENSE) => {
-                    sense_cmd::respond_with(cdb, data_in, Sense::LOGICAL_UNIT_NOT_SUPPORTED)
+            (Handler::Lu(_) | Handler::Inquiry | Handler::SupportedOperationCodes, None) => {
+                match opcode {
+                    Some(op::INQUIRY) => inquiry::missing_lun(cdb, data_in),
+                    Some(op::REQUEST_SENSE) => {
+                        sense_cmd::respond_with(cdb, data_in, Sense::LOGICAL_UNIT_NOT_SUPPORTED)
+                    }
+                    _ => CommandResult::check_condition(Sense::LOGICAL_UNIT_NOT_SUPPORTED),
                 }
-                _ => CommandResult::check_condition(Sense::LOGICAL_UNIT_NOT_SUPPORTED),
-            },
+            }
         };
         self.finish(req, lun, lu, r)
     }
@@ -318,12 +328,28 @@ impl Target {
 #[derive(Debug, Default, Clone)]
 pub struct ScsiBus {
     targets: BTreeMap<u8, Target>,
+    port: TargetPort,
 }
 
 impl ScsiBus {
     /// An empty bus.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The target port this bus is reached through (see [`TargetPort`]).
+    pub fn port(&self) -> &TargetPort {
+        &self.port
+    }
+
+    /// Sets the target port of this bus and of every target on it (a
+    /// controller's, see [`TargetPort::for_controller`]); targets added
+    /// later get it too.
+    pub fn set_port(&mut self, port: TargetPort) {
+        self.port = port;
+        for t in self.targets.values_mut() {
+            t.port = port;
+        }
     }
 
     /// Adds `lu` at (`target`, `lun`), creating the target if needed.
@@ -336,9 +362,11 @@ impl ScsiBus {
         if lun > MAX_LUN {
             return Err(ConfigError::LunOutOfRange { lun });
         }
+        let port = self.port;
         let t = self.targets.entry(target).or_insert_with(|| Target {
             id: target,
             luns: BTreeMap::new(),
+            port,
         });
         if t.luns.get(&lun).is_some_and(|e| e.resolve().is_some()) {
             return Err(ConfigError::DuplicateLun { target, lun });
@@ -363,11 +391,13 @@ impl ScsiBus {
     /// (`target`, `lun`) (a re-opened logical unit).
     pub fn with_entry(&self, target: u8, lun: u16, entry: Arc<LunEntry>) -> ScsiBus {
         let mut next = self.clone();
+        let port = next.port;
         next.targets
             .entry(target)
             .or_insert_with(|| Target {
                 id: target,
                 luns: BTreeMap::new(),
+                port,
             })
             .luns
             .insert(lun, entry);

@@ -33,6 +33,7 @@ use crate::config::{self, ConfigError, ControllerConfig, DaemonConfig};
 use crate::daemon::{ConnectionStats, Shutdown};
 use crate::fault::FaultSpec;
 use crate::scsi::target::BusHandle;
+use crate::scsi::TargetPort;
 use crate::vhost::{DeviceOptions, QueueMetrics, ResetReason};
 
 use error::err;
@@ -126,9 +127,12 @@ impl Service {
     /// listening yet.
     pub fn build(cfg: &DaemonConfig) -> Result<Service, ConfigError> {
         let mut controllers = Vec::new();
-        for c in &cfg.controllers {
+        for (index, c) in cfg.controllers.iter().enumerate() {
             let specs: Vec<_> = c.luns.iter().map(|l| l.spec.clone()).collect();
-            let bus = config::build_bus(&specs, c.max_sectors)?;
+            let mut bus = config::build_bus(&specs, c.max_sectors)?;
+            // Each controller is its own target port (VPD 83h: relative
+            // target port index + 1, a name from its socket path).
+            bus.set_port(TargetPort::for_controller(index, &c.socket));
             let opts = DeviceOptions {
                 request_queues: c.queues,
                 max_queue_size: c.queue_size,
