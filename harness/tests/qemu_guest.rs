@@ -77,7 +77,6 @@ impl Lun {
     }
 }
 
-
 /// md5 of `data`, with the host's `md5sum` (coreutils), as the guest's busybox prints it.
 fn md5_hex(data: &[u8]) -> String {
     let mut child = Command::new("md5sum")
@@ -107,7 +106,6 @@ fn fill_pattern(len: usize, mut seed: u64) -> Vec<u8> {
     v.truncate(len);
     v
 }
-
 
 /// Builds an ISO 9660 image (Rock Ridge) of `dir` with genisoimage, or xorriso.
 fn make_iso(dir: &Path, iso: &Path) {
