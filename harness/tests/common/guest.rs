@@ -254,3 +254,23 @@ pub fn uptime_at(serial: &str, marker: &str) -> Option<f64> {
     let v = line.split("uptime=").nth(1)?.split_whitespace().next()?;
     v.parse().ok()
 }
+
+/// Waits for, then holds until the returned file is dropped, the lock the
+/// QEMU guest tests of one target directory take turns with
+/// (`target/qemu-guest/.lock`): two TCG guests at once on a small machine
+/// make every time limit twice as tight. Returns the file and the wait.
+pub fn take_turn(target_dir: &Path) -> (fs::File, Duration) {
+    let dir = target_dir.join("qemu-guest");
+    fs::create_dir_all(&dir).unwrap();
+    let lock = fs::File::create(dir.join(".lock")).unwrap();
+    let t = Instant::now();
+    // SAFETY: flock on a file descriptor this function owns and returns.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+        panic!(
+            "flock {}: {}",
+            dir.join(".lock").display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    (lock, t.elapsed())
+}
