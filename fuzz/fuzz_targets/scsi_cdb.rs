@@ -116,6 +116,7 @@ fuzz_target!(|input: &[u8]| {
             cdb,
             tag: 1,
             task_attr: 0,
+            nexus: vscsi_backend::scsi::nexus::Nexus::local(),
         };
         let mut din_a = VecDataIn::new(cap);
         let mut din_b = VecDataIn::new(cap);

@@ -21,6 +21,8 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use vscsi_protocol::data::{StandardInquiry, TYPE_CDROM, TYPE_DISK};
 use vscsi_protocol::sense::Sense;
 
+use super::nexus::Nexus;
+use super::reservation::Reservations;
 pub use crate::lun_options::{DeviceType, LunOptions, MAX_SERIAL_LEN};
 use crate::storage::{AioMode, Image, OpenError};
 
@@ -194,6 +196,9 @@ pub const VERSION_DESCRIPTORS: [u16; 3] = [0x00A0, 0x05C0, 0x0600];
 pub struct LogicalUnit {
     image: Image,
     opts: LunOptions,
+    /// The options as given to [`LogicalUnit::open`] (before the medium
+    /// settled some): how a controller finds a shared LU to reuse.
+    asked: LunOptions,
     blocks: AtomicU64,
     block_shift: u32,
     inquiry: [u8; INQUIRY_LEN],
@@ -214,6 +219,8 @@ pub struct LogicalUnit {
     prevent: AtomicBool,
     media_event: AtomicU8,
     locks: RangeLocks,
+    /// Persistent and SPC-2 reservations.
+    pr: Reservations,
 }
 
 /// 64-bit FNV-1a, to derive a stable identifier from the image path.
@@ -230,6 +237,7 @@ impl LogicalUnit {
     /// rounded down, with a warning naming it; one smaller than a block is
     /// refused.
     pub fn open(path: &Path, mut opts: LunOptions) -> Result<LogicalUnit, OpenError> {
+        let asked = opts.clone();
         opts.settle_device_type();
         opts.check().map_err(|e| OpenError::InvalidOption {
             path: path.to_path_buf(),
@@ -325,7 +333,9 @@ impl LogicalUnit {
             0
         };
         let wce = opts.write_cache;
+        let pr = Reservations::open(path, image.file().is_some());
         Ok(LogicalUnit {
+            pr,
             image,
             blocks: AtomicU64::new(blocks),
             block_shift,
@@ -342,6 +352,7 @@ impl LogicalUnit {
             media_event: AtomicU8::new(MEDIA_EVENT_NONE),
             locks: RangeLocks::default(),
             opts,
+            asked,
         })
     }
 
@@ -368,6 +379,12 @@ impl LogicalUnit {
     /// The options the LU was opened with.
     pub fn options(&self) -> &LunOptions {
         &self.opts
+    }
+
+    /// The options given to [`LogicalUnit::open`], before the medium
+    /// settled any (a read-only export, no volatile cache).
+    pub fn opened_with(&self) -> &LunOptions {
+        &self.asked
     }
 
     /// `fdatasync` of the image.
@@ -539,7 +556,10 @@ impl LogicalUnit {
     /// reset does): mode parameters back to their defaults, medium removal
     /// allowed, and POWER ON, RESET, OR BUS DEVICE RESET OCCURRED pending
     /// (it supersedes the other unit attentions).
+    ///
+    /// Persistent reservations survive it; an SPC-2 reservation does not.
     pub fn reset(&self) {
+        self.pr.reset();
         self.set_mode(self.opts.write_cache, false);
         self.set_prevent(false);
         let mut cur = self.attention.load(Ordering::SeqCst);
@@ -553,6 +573,17 @@ impl LogicalUnit {
                 Err(now) => cur = now,
             }
         }
+    }
+
+    /// The reservations of the LU (persistent and SPC-2).
+    pub fn reservations(&self) -> &Reservations {
+        &self.pr
+    }
+
+    /// The I_T nexus `nexus` is gone: its SPC-2 reservation goes with it
+    /// (registrations and persistent reservations stay).
+    pub fn nexus_lost(&self, nexus: &Nexus) {
+        self.pr.nexus_lost(nexus);
     }
 
     /// Re-reads the image size; when the capacity changed, serves the new

@@ -30,8 +30,10 @@ pub mod io;
 pub mod lu;
 pub mod maintenance;
 pub mod mode;
+pub mod nexus;
 pub mod provisioning;
 pub mod report_luns;
+pub mod reservation;
 pub mod rw;
 pub mod sense_cmd;
 pub mod supported_opcodes;
@@ -45,6 +47,7 @@ pub use crate::storage::OpenError;
 pub use command::{CommandResult, Request};
 pub use io::{DataIn, DataOut, MediumTransfer, SliceDataOut, VecDataIn, NO_DATA_OUT};
 pub use lu::{DeviceType, LogicalUnit, LunOptions};
+pub use nexus::{InitiatorPort, Nexus};
 pub use target::{ConfigError, ScsiBus, Target};
 pub use target_port::TargetPort;
 

@@ -19,6 +19,7 @@ use super::command::{CommandResult, Request};
 use super::dispatch::{self, Handler};
 use super::io::{DataIn, DataOut};
 use super::lu::{LogicalUnit, STATE_NO_MEDIUM, STATE_STOPPED, UA_REPORTED_LUNS_CHANGED};
+use super::nexus::Nexus;
 use super::target_port::TargetPort;
 use super::{inquiry, report_luns, sense_cmd, supported_opcodes};
 
@@ -171,8 +172,8 @@ impl Target {
         if let Some(lu) = lu {
             // One relaxed load on the fast path: unit attentions and the
             // stopped state share one word.
-            if lu.attention() != 0 {
-                if let Some(r) = Self::attention_check(lu, cdb) {
+            if lu.attention() != 0 || lu.reservations().attention_pending() {
+                if let Some(r) = Self::attention_check(lu, req.nexus, cdb) {
                     return self.finish(req, lun, Some(lu), r);
                 }
             }
@@ -204,39 +205,55 @@ impl Target {
             }
         }
         let cdb = &cdb[..usize::from(cmd.cdb_len)];
+        if let Some(lu) = lu {
+            // SPC-5 §5.14: a reservation held by another I_T nexus.
+            if let Some(r) = lu.reservations().check(req.nexus, cmd.access(), cdb) {
+                return self.finish(req, lun, Some(lu), r);
+            }
+        }
         let r = match (cmd.handler, lu) {
             (Handler::ReportLuns, _) => {
                 report_luns::report_luns(self.lun_count(), self.lun_numbers(), cdb, data_in)
             }
             (Handler::Lu(f), Some(lu)) => f(lu, cdb, data_in, data_out),
+            (Handler::Nexus(f), Some(lu)) => f(lu, req.nexus, cdb, data_in, data_out),
             (Handler::Inquiry, Some(lu)) => inquiry::inquiry(lu, &self.port, cdb, data_in),
             (Handler::SupportedOperationCodes, Some(lu)) => {
                 supported_opcodes::report_supported_operation_codes(lu, cdb, data_in)
             }
-            (Handler::Lu(_) | Handler::Inquiry | Handler::SupportedOperationCodes, None) => {
-                match opcode {
-                    Some(op::INQUIRY) => inquiry::missing_lun(cdb, data_in),
-                    Some(op::REQUEST_SENSE) => {
-                        sense_cmd::respond_with(cdb, data_in, Sense::LOGICAL_UNIT_NOT_SUPPORTED)
-                    }
-                    _ => CommandResult::check_condition(Sense::LOGICAL_UNIT_NOT_SUPPORTED),
+            (
+                Handler::Lu(_)
+                | Handler::Nexus(_)
+                | Handler::Inquiry
+                | Handler::SupportedOperationCodes,
+                None,
+            ) => match opcode {
+                Some(op::INQUIRY) => inquiry::missing_lun(cdb, data_in),
+                Some(op::REQUEST_SENSE) => {
+                    sense_cmd::respond_with(cdb, data_in, Sense::LOGICAL_UNIT_NOT_SUPPORTED)
                 }
-            }
+                _ => CommandResult::check_condition(Sense::LOGICAL_UNIT_NOT_SUPPORTED),
+            },
         };
         self.finish(req, lun, lu, r)
     }
 
     /// A pending unit attention is reported (and cleared) for every command
     /// but INQUIRY, REPORT LUNS and REQUEST SENSE (SAM-5 unit attention
-    /// condition; SPC-5), before the CDB is even decoded.
-    fn attention_check(lu: &LogicalUnit, cdb: &[u8]) -> Option<CommandResult> {
+    /// condition; SPC-5), before the CDB is even decoded: the logical
+    /// unit's, then those reservation events established for `nexus` alone.
+    fn attention_check(lu: &LogicalUnit, nexus: &Nexus, cdb: &[u8]) -> Option<CommandResult> {
         if cdb
             .first()
             .is_some_and(|&op| dispatch::opcode_info(op).any_lun)
         {
             return None;
         }
-        lu.take_unit_attention().map(CommandResult::check_condition)
+        // The logical unit's own first (POWER ON, RESET outranks the
+        // reservation events of one I_T nexus, SAM-5).
+        lu.take_unit_attention()
+            .or_else(|| lu.reservations().take_attention(nexus))
+            .map(CommandResult::check_condition)
     }
 
     /// Sense in descriptor format for a LU with D_SENSE=1, then the log.
@@ -460,6 +477,15 @@ impl ScsiBus {
     /// True when no LUN is configured.
     pub fn is_empty(&self) -> bool {
         self.units().next().is_none()
+    }
+
+    /// The I_T nexus `nexus` is gone (its connection ended, SAM-5 I_T
+    /// nexus loss): every logical unit of the bus drops what the nexus
+    /// held that does not outlive it.
+    pub fn nexus_lost(&self, nexus: &Nexus) {
+        for (_, _, lu) in self.units() {
+            lu.nexus_lost(nexus);
+        }
     }
 
     /// `fdatasync` of every image (at shutdown). Tries them all and
@@ -790,12 +816,7 @@ mod tests {
             &[0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x20, 0x00, 0, 0, 0, 0]
         );
         // Unsupported but real commands too.
-        for opcode in [
-            op::FORMAT_UNIT,
-            op::LOG_SENSE,
-            op::PERSISTENT_RESERVE_IN,
-            op::READ_DEFECT_DATA_10,
-        ] {
+        for opcode in [op::FORMAT_UNIT, op::LOG_SENSE, op::READ_DEFECT_DATA_10] {
             let (r, _) = run(
                 t,
                 0,
@@ -846,6 +867,7 @@ mod tests {
                         cdb: &cdb[..len],
                         tag: 0,
                         task_attr: 0,
+                        nexus: crate::scsi::nexus::Nexus::local(),
                     };
                     for lun in [0u16, 1] {
                         let r =
@@ -871,6 +893,7 @@ mod tests {
                     cdb: cdb.as_bytes(),
                     tag: 0,
                     task_attr: 0,
+                    nexus: crate::scsi::nexus::Nexus::local(),
                 },
                 din,
                 &NO_DATA_OUT,
@@ -1093,6 +1116,7 @@ mod tests {
                 cdb: &cdb[..len],
                 tag: u64::from(i),
                 task_attr: 0,
+                nexus: crate::scsi::nexus::Nexus::local(),
             };
             let out = crate::scsi::SliceDataOut(&payload);
             for lun in [0u16, 1, 2, 3] {

@@ -246,10 +246,10 @@ impl Service {
             .luns
             .iter()
             .any(|x| (x.spec.target, x.spec.lun) == (p.target, p.lun) && x.shared);
-        if shared && !p.read_only {
+        if shared {
             return Err(err(
                 code::NOT_SUPPORTED,
-                "the image is shared with other LUNs and must stay read-only",
+                "the image is shared (shared = true): its write protection cannot change while it is served",
             ));
         }
         let opts = LunOptions {

@@ -40,6 +40,7 @@ use super::queue_metrics::QueueMetrics;
 use super::request_queue::{QueueShared, RequestQueue};
 use crate::fault::FaultTable;
 use crate::scsi::target::BusHandle;
+use crate::scsi::Nexus;
 #[cfg(test)]
 use crate::scsi::ScsiBus;
 use crate::vhost::dirty::{GuestMem, Vring};
@@ -101,6 +102,10 @@ pub struct DeviceOptions {
     /// dry, before sleeping on the kick eventfd (0: never poll). Trades a
     /// core for latency: no kick (eventfd wake-up) while it polls.
     pub poll: std::time::Duration,
+    /// The I_T nexus of the connection (its initiator port and the
+    /// controller's target port); the serving loop gives each connection
+    /// its own number ([`Nexus::for_connection`]).
+    pub nexus: Arc<Nexus>,
 }
 
 impl Default for DeviceOptions {
@@ -116,6 +121,7 @@ impl Default for DeviceOptions {
             poll: std::time::Duration::ZERO,
             features: OPTIONAL_FEATURES,
             queue_metrics: Arc::default(),
+            nexus: Arc::new(Nexus::default()),
         }
     }
 }
@@ -185,12 +191,15 @@ impl ScsiDevice {
             requests: shared
                 .iter()
                 .map(|s| {
-                    Mutex::new(RequestQueue::new(
-                        s.clone(),
-                        opts.faults.clone(),
-                        opts.poll,
-                        opts.queue_metrics.clone(),
-                    ))
+                    Mutex::new(
+                        RequestQueue::new(
+                            s.clone(),
+                            opts.faults.clone(),
+                            opts.poll,
+                            opts.queue_metrics.clone(),
+                        )
+                        .with_nexus(opts.nexus.clone()),
+                    )
                 })
                 .collect(),
             shared,
