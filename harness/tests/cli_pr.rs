@@ -16,7 +16,7 @@ use serde_json::Value;
 /// One daemon, controllers `a` and `b` sharing `shared.img` at 0:0.
 struct TwoPaths {
     dir: tempfile::TempDir,
-    _daemon: KillOnDrop,
+    daemon: Option<KillOnDrop>,
     a: PathBuf,
     b: PathBuf,
 }
@@ -40,9 +40,26 @@ impl TwoPaths {
                 img.display()
             ));
         }
-        let cfg = dir.path().join("vscsi.toml");
-        std::fs::write(&cfg, toml).unwrap();
-        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        std::fs::write(dir.path().join("vscsi.toml"), toml).unwrap();
+        let mut p = TwoPaths {
+            dir,
+            daemon: None,
+            a,
+            b,
+        };
+        p.restart();
+        p
+    }
+
+    /// Starts the daemon (again: SIGKILL first, as a crash would).
+    fn restart(&mut self) {
+        self.daemon = None;
+        let (dir, a, b) = (self.dir.path(), &self.a, &self.b);
+        for s in [a, b] {
+            let _ = std::fs::remove_file(s);
+        }
+        let cfg = dir.join("vscsi.toml");
+        let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
         let mut child = Command::new(backend_binary())
             .arg("--config")
             .arg(&cfg)
@@ -51,22 +68,17 @@ impl TwoPaths {
             .spawn()
             .unwrap();
         let t = Instant::now();
-        while ![&a, &b].iter().all(|s| is_socket(s)) {
+        while ![a, b].iter().all(|s| is_socket(s)) {
             if let Ok(Some(st)) = child.try_wait() {
                 panic!(
                     "vscsi-backend exited ({st}): {}",
-                    std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
+                    std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
                 );
             }
             assert!(t.elapsed() < Duration::from_secs(20), "no sockets in 20 s");
             std::thread::sleep(Duration::from_millis(20));
         }
-        TwoPaths {
-            dir,
-            _daemon: KillOnDrop(child),
-            a,
-            b,
-        }
+        self.daemon = Some(KillOnDrop(child));
     }
 }
 
@@ -118,7 +130,7 @@ fn designators(page: &[u8]) -> Vec<(u8, u8, Vec<u8>)> {
 
 #[test]
 fn two_controllers_show_one_logical_unit_through_two_target_ports() {
-    let p = TwoPaths::start(true);
+    let p = TwoPaths::start(false);
     let page = |s: &Path| data(&json_ok("inquiry", s, &["--page", "83"]), "data_hex");
     let (a, b) = (page(&p.a), page(&p.b));
     let (da, db) = (designators(&a), designators(&b));
@@ -168,4 +180,165 @@ fn pr_verb_refuses_bad_flag_combinations_before_connecting() {
     let (code, _, err) = vscsi("pr", nowhere, &["--reserve", "--type", "we"]);
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("does not exist"), "{err}");
+}
+
+/// `vscsi pr ARGS --json` that must exit 0.
+fn pr(socket: &Path, args: &[&str]) -> Value {
+    json_ok("pr", socket, args)
+}
+
+/// `vscsi VERB` that must fail with RESERVATION CONFLICT (exit 1).
+fn conflict(verb: &str, socket: &Path, args: &[&str]) {
+    let (code, out, err) = vscsi(verb, socket, args);
+    assert_eq!(code, 1, "vscsi {verb} {args:?}: {out} {err}");
+    assert!(err.contains("RESERVATION CONFLICT"), "{err}");
+}
+
+#[test]
+fn pr_verb_registers_reserves_preempts_and_clears_across_two_paths() {
+    let p = TwoPaths::start(false);
+    let block = p.dir.path().join("block.bin");
+    std::fs::write(&block, [0x5Au8; 512]).unwrap();
+    let block = block.to_str().unwrap();
+    let write = ["--lba", "8", "--in", block];
+    let read_out = p.dir.path().join("read.bin");
+    let read = [
+        "--lba",
+        "8",
+        "--blocks",
+        "1",
+        "--out",
+        read_out.to_str().unwrap(),
+    ];
+
+    let k = pr(&p.a, &["--read-keys"]);
+    assert_eq!(k["keys"], serde_json::json!([]));
+    assert_eq!(k["action"], "READ KEYS");
+    let (code, out, _) = vscsi("pr", &p.a, &["--read-keys"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("there are NO registered reservation keys"),
+        "{out}"
+    );
+
+    let r = pr(&p.a, &["--register", "0xa1"]);
+    assert_eq!(
+        (r["action"].as_str(), r["service_action_key"].as_str()),
+        (Some("REGISTER"), Some("0xa1"))
+    );
+    pr(&p.b, &["--register", "b2"]);
+    let k = pr(&p.b, &["--read-keys"]);
+    let mut keys: Vec<&str> = k["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["0xa1", "0xb2"]);
+    assert_eq!(k["generation"], 2);
+
+    // READ FULL STATUS: one registration per path, with its port and TransportID.
+    let f = pr(&p.a, &["--read-full-status"]);
+    let regs = f["registrations"].as_array().unwrap();
+    assert_eq!(regs.len(), 2, "{f}");
+    for (key, port, name) in [("0xa1", 1, "vhost-user:a"), ("0xb2", 2, "vhost-user:b")] {
+        let r = regs.iter().find(|r| r["key"] == key).unwrap();
+        assert_eq!(r["relative_target_port"], port, "{r}");
+        assert_eq!(r["transport_id"]["name"], name, "{r}");
+        assert_eq!(r["transport_id"]["protocol_name"], "iSCSI", "{r}");
+        assert_eq!(r["holder"], false);
+    }
+
+    // Write Exclusive held through A: B (registered) reads but does not write.
+    pr(&p.a, &["--reserve", "--key", "a1", "--type", "we"]);
+    let r = pr(&p.b, &["--read-reservation"]);
+    assert_eq!(r["reservation"]["key"], "0xa1");
+    assert_eq!(r["reservation"]["type"]["code"], 1);
+    assert_eq!(r["reservation"]["type"]["name"], "we");
+    conflict("write", &p.b, &write);
+    json_ok("read", &p.b, &read);
+    json_ok("write", &p.a, &write);
+    // B cannot take a reservation A holds.
+    conflict("pr", &p.b, &["--reserve", "--key", "b2", "--type", "we"]);
+
+    // PREEMPT from B: A's registration goes, B holds WE-RO.
+    pr(&p.b, &["--preempt", "a1", "--key", "b2", "--type", "we-ro"]);
+    let r = pr(&p.a, &["--read-reservation"]);
+    assert_eq!(r["reservation"]["key"], "0xb2");
+    assert_eq!(r["reservation"]["type"]["name"], "we-ro");
+    assert_eq!(
+        pr(&p.a, &["--read-keys"])["keys"],
+        serde_json::json!(["0xb2"])
+    );
+    conflict("write", &p.a, &write);
+    // Registered again, A may write under registrants-only.
+    pr(&p.a, &["--register-ignore", "a1"]);
+    json_ok("write", &p.a, &write);
+    let f = pr(&p.a, &["--read-full-status"]);
+    let holder = f["registrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["holder"] == true)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            holder["key"].as_str(),
+            holder["relative_target_port"].as_u64()
+        ),
+        (Some("0xb2"), Some(2))
+    );
+
+    // RELEASE must name the type held: 5/26/04 otherwise.
+    let (code, _, err) = vscsi("pr", &p.b, &["--release", "--key", "b2", "--type", "we"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("5/26/04") || err.to_uppercase().contains("INVALID RELEASE"),
+        "{err}"
+    );
+    pr(&p.b, &["--release", "--key", "b2", "--type", "5"]);
+    assert_eq!(
+        pr(&p.a, &["--read-reservation"])["reservation"],
+        Value::Null
+    );
+
+    let c = pr(&p.a, &["--report-capabilities"]);
+    assert_eq!(c["tmv"], true, "{c}");
+    assert_eq!(
+        c["types"],
+        serde_json::json!(["we", "ea", "we-ro", "ea-ro", "we-ar", "ea-ar"])
+    );
+    let (_, out, _) = vscsi("pr", &p.a, &["--report-capabilities"]);
+    assert!(out.contains("Type Mask Valid(TMV): 1"), "{out}");
+
+    // CLEAR through A: nothing left, and the generation moved on.
+    let before = pr(&p.b, &["--read-keys"])["generation"].as_u64().unwrap();
+    pr(&p.a, &["--clear", "--key", "a1"]);
+    let k = pr(&p.b, &["--read-keys"]);
+    assert_eq!(k["keys"], serde_json::json!([]));
+    assert!(k["generation"].as_u64().unwrap() > before, "{k}");
+    json_ok("write", &p.b, &write);
+}
+
+#[test]
+fn pr_verb_aptpl_registration_survives_a_daemon_crash() {
+    let mut p = TwoPaths::start(false);
+    pr(&p.a, &["--register", "0xa1", "--aptpl"]);
+    pr(&p.a, &["--reserve", "--key", "a1", "--type", "ea-ro"]);
+    assert_eq!(pr(&p.a, &["--report-capabilities"])["ptpl_a"], true);
+    p.restart();
+    assert_eq!(
+        pr(&p.b, &["--read-keys"])["keys"],
+        serde_json::json!(["0xa1"])
+    );
+    let r = pr(&p.b, &["--read-reservation"]);
+    assert_eq!(r["reservation"]["type"]["name"], "ea-ro", "{r}");
+    // Exclusive access, registrants only: unregistered B may not even read.
+    conflict(
+        "read",
+        &p.b,
+        &["--lba", "0", "--blocks", "1", "--out", "/dev/null"],
+    );
 }
