@@ -154,7 +154,7 @@ step pr-register-a --out --register --param-sark="$KEY_A" "/dev/$sga"
 step pr-register-b --out --register --param-sark="$KEY_B" "/dev/$sgb"
 out=$(has_keys "$sga")
 if echo "$out" | grep -qi "0x$KEY_A" && echo "$out" | grep -qi "0x$KEY_B"; then
-    pass pr-keys-both "$(echo "$out" | grep -c 0x) keys"
+    pass pr-keys-both "$(echo "$out" | grep -c "^ *0x") keys"
 else
     fail pr-keys-both "$out"
 fi
