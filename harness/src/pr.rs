@@ -215,20 +215,20 @@ pub async fn run(args: Args) -> Result<()> {
             Ok(())
         }
         Action::In(action) => {
-            let data = pr_in(&dev, action).await?;
-            let (r, data) = data;
+            let r = pr_in(&dev, action).await?;
+            let data = &r.data;
             let text = match action {
-                InAction::ReadKeys => keys(ReadKeys::decode(&data)?),
-                InAction::ReadReservation => reservation(ReadReservation::decode(&data)?),
-                InAction::ReportCapabilities => capabilities(Capabilities::decode(&data)?),
-                InAction::ReadFullStatus => full_status(ReadFullStatus::decode(&data)?),
+                InAction::ReadKeys => keys(ReadKeys::decode(data)?),
+                InAction::ReadReservation => reservation(ReadReservation::decode(data)?),
+                InAction::ReportCapabilities => capabilities(Capabilities::decode(data)?),
+                InAction::ReadFullStatus => full_status(ReadFullStatus::decode(data)?),
             };
             if json {
                 let mut m = base_json(&dev, &r, action.name());
                 if let Value::Object(fields) = text.json {
                     m.extend(fields);
                 }
-                m.insert("data_hex".into(), json!(hex::encode(&data)));
+                m.insert("data_hex".into(), json!(hex::encode(data)));
                 output::print_json(&Value::Object(m));
             } else {
                 print!("{}", text.human);
@@ -239,7 +239,7 @@ pub async fn run(args: Args) -> Result<()> {
 }
 
 /// Sends PR IN, again with a larger allocation length if the data says it was cut.
-async fn pr_in(dev: &Device, action: InAction) -> Result<(Response, Vec<u8>)> {
+async fn pr_in(dev: &Device, action: InAction) -> Result<Response> {
     let what = format!("PERSISTENT RESERVE IN ({})", action.name());
     let mut len = IN_LEN;
     loop {
@@ -260,8 +260,7 @@ async fn pr_in(dev: &Device, action: InAction) -> Result<(Response, Vec<u8>)> {
             len = full.min(usize::from(u16::MAX)) as u16;
             continue;
         }
-        let data = r.data.clone();
-        return Ok((r, data));
+        return Ok(r);
     }
 }
 
