@@ -320,6 +320,31 @@ fn pr_verb_registers_reserves_preempts_and_clears_across_two_paths() {
     assert_eq!(k["keys"], serde_json::json!([]));
     assert!(k["generation"].as_u64().unwrap() > before, "{k}");
     json_ok("write", &p.b, &write);
+
+    // PREEMPT AND ABORT: B takes A's Exclusive Access reservation over.
+    pr(&p.a, &["--register", "a1"]);
+    pr(&p.b, &["--register", "b2"]);
+    pr(&p.a, &["--reserve", "--key", "a1", "--type", "ea"]);
+    conflict("read", &p.b, &read);
+    let r = pr(
+        &p.b,
+        &["--preempt-abort", "a1", "--key", "b2", "--type", "ea"],
+    );
+    assert_eq!(r["action"], "PREEMPT AND ABORT");
+    let (code, out, _) = vscsi("pr", &p.a, &["--read-full-status"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("    Key=0xb2\n      All target ports bit clear\n      Relative port address: 0x2\n      << Reservation holder >>\n      scope: LU_SCOPE,  type: Exclusive Access\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("        iSCSI (format 0): vhost-user:b\n"),
+        "{out}"
+    );
+    assert!(!out.contains("0xa1"), "{out}");
+    conflict("read", &p.a, &read);
+    json_ok("read", &p.b, &read);
+    pr(&p.b, &["--clear", "--key", "b2"]);
 }
 
 #[test]
