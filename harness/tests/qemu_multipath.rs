@@ -12,7 +12,8 @@
 //! on each path, READ FULL STATUS with both relative ports, reservations of
 //! type Write Exclusive, Write Exclusive – Registrants Only and Exclusive
 //! Access taken on path A with path B's WRITE (or READ) ending in
-//! RESERVATION CONFLICT, registered and not, release and clear; finally
+//! RESERVATION CONFLICT, registered and not, Write Exclusive – All
+//! Registrants, a PREEMPT from B, release and clear; finally
 //! data written through one path is read back through the other. After
 //! poweroff the host checks the image holds what the guest wrote.
 //!
@@ -300,6 +301,19 @@ fn linux_guest_uses_one_disk_through_two_controllers() {
         "pr-ea-read-b",
         "pr-ea-read-a",
         "pr-ea-release-a",
+        "pr-wear-reserve-a",
+        "pr-wear-seen-on-b",
+        "pr-wear-write-b-registered",
+        "pr-wear-unregister-b",
+        "pr-wear-write-b-unregistered",
+        "pr-wear-register-b",
+        "pr-wear-release-a",
+        "pr-preempt-reserve-a",
+        "pr-preempt-b",
+        "pr-preempt-holder-b",
+        "pr-preempt-a-unregistered",
+        "pr-preempt-write-a",
+        "pr-preempt-write-b",
         "pr-clear",
         "pr-cleared",
         "mp-io-a-to-b",

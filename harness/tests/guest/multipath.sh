@@ -203,9 +203,42 @@ expect_conflict pr-ea-read-b "$sgb" r
 expect_good pr-ea-read-a "$sga" r
 step pr-ea-release-a --out --release --param-rk="$KEY_A" --prout-type=3 "/dev/$sga"
 
-# CLEAR from A: no keys, no reservation left.
-step pr-clear --out --clear --param-rk="$KEY_A" "/dev/$sga"
-out=$(has_keys "$sgb")
+# Write Exclusive, all registrants (7): every registrant holds it.
+step pr-wear-reserve-a --out --reserve --param-rk="$KEY_A" --prout-type=7 "/dev/$sga"
+out=$(reservation "$sgb")
+if echo "$out" | grep -qi "type: Write Exclusive, all registrants"; then
+    pass pr-wear-seen-on-b
+else
+    fail pr-wear-seen-on-b "$out"
+fi
+expect_good pr-wear-write-b-registered "$sgb" w
+step pr-wear-unregister-b --out --register --param-rk="$KEY_B" --param-sark=0 "/dev/$sgb"
+expect_conflict pr-wear-write-b-unregistered "$sgb" w
+step pr-wear-register-b --out --register --param-sark="$KEY_B" "/dev/$sgb"
+step pr-wear-release-a --out --release --param-rk="$KEY_A" --prout-type=7 "/dev/$sga"
+
+# PREEMPT from B: A's registration and its Write Exclusive reservation go to
+# B; A, no longer registered, is refused writes (after its unit attention).
+step pr-preempt-reserve-a --out --reserve --param-rk="$KEY_A" --prout-type=1 "/dev/$sga"
+step pr-preempt-b --out --preempt --param-rk="$KEY_B" --param-sark="$KEY_A" --prout-type=1 "/dev/$sgb"
+out=$(reservation "$sga")
+if echo "$out" | grep -qi "Key=0x$KEY_B"; then
+    pass pr-preempt-holder-b
+else
+    fail pr-preempt-holder-b "$out"
+fi
+out=$(has_keys "$sga")
+if echo "$out" | grep -qi "0x$KEY_B" && ! echo "$out" | grep -qi "0x$KEY_A"; then
+    pass pr-preempt-a-unregistered
+else
+    fail pr-preempt-a-unregistered "$out"
+fi
+expect_conflict pr-preempt-write-a "$sga" w
+expect_good pr-preempt-write-b "$sgb" w
+
+# CLEAR from B: no keys, no reservation left.
+step pr-clear --out --clear --param-rk="$KEY_B" "/dev/$sgb"
+out=$(has_keys "$sga")
 if echo "$out" | grep -q "NO registered reservation keys"; then
     pass pr-cleared
 else
