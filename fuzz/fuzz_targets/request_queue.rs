@@ -154,6 +154,7 @@ fuzz_target!(|input: &[u8]| {
             bus: &bus,
             queues: std::slice::from_ref(&shared),
             faults: &faults,
+            nexus: vscsi_backend::scsi::Nexus::local(),
         };
         let _ = ControlQueue::default().process(&vring, &atomic, &scope);
     } else {

@@ -18,7 +18,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use backend_bin::KillOnDrop;
-use vscsi_driver::{Driver, DriverOptions, QueueConfig, Response, RetryPolicy, ScsiCommand};
+use vscsi_driver::{
+    Driver, DriverOptions, QueueConfig, Response, RetryPolicy, ScsiCommand, Tmf, TmfResponse,
+};
 
 const RESERVATION_CONFLICT: u8 = 0x18;
 const PATHS: [&str; 3] = ["pa", "pb", "pc"];
@@ -305,6 +307,44 @@ fn an_spc2_reservation_ends_with_its_connection() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(write(&b).await.is_good());
+    });
+}
+
+#[test]
+fn resets_keep_persistent_reservations_and_drop_spc2_ones() {
+    let s = Setup::new();
+    let _daemon = s.start();
+    runtime().block_on(async {
+        let (a, b) = (s.connect("pa").await, s.connect("pb").await);
+        // RESERVE(6) by a; b's LOGICAL UNIT RESET releases it.
+        assert!(raw(&a, &[0x16, 0, 0, 0, 0, 0], &[], 0).await.is_good());
+        assert_eq!(read(&b).await.status, RESERVATION_CONFLICT);
+        let tmf = b
+            .task_management(0, 0, Tmf::LogicalUnitReset)
+            .await
+            .unwrap();
+        assert_eq!(tmf, TmfResponse::FunctionComplete);
+        assert_eq!(triple(&read(&b).await), (6, 0x29, 0x00));
+        assert!(read(&b).await.is_good());
+        // A persistent reservation stays through LOGICAL UNIT RESET and
+        // I_T NEXUS RESET, from either path.
+        assert!(pr_out(&a, 0, 0, 0, 0xA, 0).await.is_good());
+        assert!(pr_out(&a, 1, 1, 0xA, 0, 0).await.is_good());
+        for (who, t) in [
+            (&b, Tmf::LogicalUnitReset),
+            (&a, Tmf::TargetReset),
+            (&b, Tmf::TargetReset),
+        ] {
+            assert_eq!(
+                who.task_management(0, 0, t).await.unwrap(),
+                TmfResponse::FunctionComplete
+            );
+        }
+        let _ = read(&b).await;
+        let _ = read(&a).await;
+        assert_eq!(pr_in(&b, 1).await[21], 1);
+        assert_eq!(write(&b).await.status, RESERVATION_CONFLICT);
+        assert!(write(&a).await.is_good());
     });
 }
 

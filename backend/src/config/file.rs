@@ -482,4 +482,61 @@ mod tests {
             .to_toml()
             .contains("features = [\"event_idx\", \"hotplug\"]"));
     }
+
+    #[test]
+    fn a_writable_shared_image_is_one_lu_per_controller_with_the_same_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("d.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let file = dir.path().join("vscsi.toml");
+        // Each (controller, lun, extra keys) is one LUN on image d.img.
+        let text = |luns: &[(usize, u16, &str)]| {
+            let mut t = String::new();
+            for c in 0..2 {
+                t.push_str(&format!(
+                    "[[controller]]\nname = \"c{c}\"\nsocket = \"{}\"\n",
+                    dir.path().join(format!("s{c}.sock")).display()
+                ));
+                for (_, lun, extra) in luns.iter().filter(|l| l.0 == c) {
+                    t.push_str(&format!(
+                        "[[controller.lun]]\ntarget = 0\nlun = {lun}\nimage = \"{}\"\n{extra}\n",
+                        img.display()
+                    ));
+                }
+            }
+            parse_file(&file, &t).map_err(|e| e.to_string())
+        };
+        // Two controllers, writable, shared: one LU, two paths.
+        let ok = text(&[(0, 0, "shared = true"), (1, 0, "shared = true")]).unwrap();
+        assert!(ok.controllers.iter().all(|c| c.luns[0].shared));
+        // Read-only ones may share freely, within one controller too.
+        text(&[
+            (0, 0, "shared = true\nread_only = true"),
+            (0, 1, "shared = true\nread_only = true\nserial = \"X\""),
+        ])
+        .unwrap();
+        for (luns, want) in [
+            (
+                vec![(0, 0, ""), (1, 0, "shared = true")],
+                "set shared = true on both",
+            ),
+            (
+                vec![(0, 0, "shared = true"), (0, 1, "shared = true")],
+                "once per controller",
+            ),
+            (
+                vec![
+                    (0, 0, "shared = true"),
+                    (1, 0, "shared = true\nserial = \"Y\""),
+                ],
+                "the same options on every controller",
+            ),
+        ] {
+            let err = text(&luns).unwrap_err();
+            assert!(err.contains(want), "{err}");
+        }
+    }
 }

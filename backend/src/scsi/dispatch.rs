@@ -260,6 +260,69 @@ const fn nexus_cmd(
     }
 }
 
+/// PERSISTENT RESERVE IN's CDB usage data, per service action 0-3
+/// (ALLOCATION LENGTH evaluated).
+const PR_IN_USAGE: [[u8; 10]; 4] = {
+    let mut u = [[0x5E, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x04]; 4];
+    let mut i = 0;
+    while i < 4 {
+        u[i][1] = i as u8;
+        i += 1;
+    }
+    u
+};
+
+/// PERSISTENT RESERVE OUT's CDB usage data, per service action 0-7
+/// (SCOPE and TYPE for RESERVE, RELEASE, PREEMPT (AND ABORT); PARAMETER
+/// LIST LENGTH).
+const PR_OUT_USAGE: [[u8; 10]; 8] = {
+    let mut u = [[0x5F, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x04]; 8];
+    let mut i = 0;
+    while i < 8 {
+        u[i][1] = i as u8;
+        if matches!(
+            i as u8,
+            pr_out::RESERVE | pr_out::RELEASE | pr_out::PREEMPT | pr_out::PREEMPT_AND_ABORT
+        ) {
+            u[i][2] = 0xFF;
+        }
+        i += 1;
+    }
+    u
+};
+
+/// A PERSISTENT RESERVE IN service action: allowed under every persistent
+/// reservation.
+const fn pr_in_sa(name: &'static str, service_action: u8, usage: &'static [u8]) -> Command {
+    let mut c = nexus_cmd(
+        op::PERSISTENT_RESERVE_IN,
+        name,
+        usage,
+        false,
+        pr_in::persistent_reserve_in,
+    );
+    c.service_action = Some(service_action);
+    access(c, Access::Allowed)
+}
+
+/// A PERSISTENT RESERVE OUT service action: it applies its own rules.
+const fn pr_out_sa(name: &'static str, service_action: u8, usage: &'static [u8]) -> Command {
+    let mut c = nexus_cmd(
+        op::PERSISTENT_RESERVE_OUT,
+        name,
+        usage,
+        true,
+        pr_out::persistent_reserve_out,
+    );
+    c.service_action = Some(service_action);
+    own_rules(c)
+}
+
+/// RESERVE / RELEASE / PERSISTENT RESERVE OUT: the command's own rules.
+const fn own_rules(c: Command) -> Command {
+    access(c, Access::OwnRules)
+}
+
 /// The entry's reservation access rule (SPC-5 / SBC-4 tables).
 const fn access(mut c: Command, a: Access) -> Command {
     c.access_rule = Some(a);
@@ -721,202 +784,94 @@ const TABLE: &[Command] = &[
         Access::ReadShared,
     ),
     // Reservations (SPC-5 §6.16, §6.17; SPC-2 §7.21-§7.24).
-    access(
-        sa(
-            nexus_cmd(
-                op::PERSISTENT_RESERVE_IN,
-                "PERSISTENT RESERVE IN (READ KEYS)",
-                &[0x5E, 0x00, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x04],
-                false,
-                pr_in::persistent_reserve_in,
-            ),
-            pr_in::READ_KEYS,
-        ),
-        Access::Allowed,
+    pr_in_sa(
+        "PERSISTENT RESERVE IN (READ KEYS)",
+        pr_in::READ_KEYS,
+        &PR_IN_USAGE[0],
     ),
-    access(
-        sa(
-            nexus_cmd(
-                op::PERSISTENT_RESERVE_IN,
-                "PERSISTENT RESERVE IN (READ RESERVATION)",
-                &[0x5E, 0x01, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x04],
-                false,
-                pr_in::persistent_reserve_in,
-            ),
-            pr_in::READ_RESERVATION,
-        ),
-        Access::Allowed,
+    pr_in_sa(
+        "PERSISTENT RESERVE IN (READ RESERVATION)",
+        pr_in::READ_RESERVATION,
+        &PR_IN_USAGE[1],
     ),
-    access(
-        sa(
-            nexus_cmd(
-                op::PERSISTENT_RESERVE_IN,
-                "PERSISTENT RESERVE IN (REPORT CAPABILITIES)",
-                &[0x5E, 0x02, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x04],
-                false,
-                pr_in::persistent_reserve_in,
-            ),
-            pr_in::REPORT_CAPABILITIES,
-        ),
-        Access::Allowed,
+    pr_in_sa(
+        "PERSISTENT RESERVE IN (REPORT CAPABILITIES)",
+        pr_in::REPORT_CAPABILITIES,
+        &PR_IN_USAGE[2],
     ),
-    access(
-        sa(
-            nexus_cmd(
-                op::PERSISTENT_RESERVE_IN,
-                "PERSISTENT RESERVE IN (READ FULL STATUS)",
-                &[0x5E, 0x03, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x04],
-                false,
-                pr_in::persistent_reserve_in,
-            ),
-            pr_in::READ_FULL_STATUS,
-        ),
-        Access::Allowed,
+    pr_in_sa(
+        "PERSISTENT RESERVE IN (READ FULL STATUS)",
+        pr_in::READ_FULL_STATUS,
+        &PR_IN_USAGE[3],
     ),
-    access(
-        sa(
-            nexus_cmd(
-                op::PERSISTENT_RESERVE_OUT,
-                "PERSISTENT RESERVE OUT (REGISTER)",
-                &[0x5F, 0x00, 0x00, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
-                true,
-                pr_out::persistent_reserve_out,
-            ),
-            pr_out::REGISTER,
-        ),
-        Access::OwnRules,
+    pr_out_sa(
+        "PERSISTENT RESERVE OUT (REGISTER)",
+        pr_out::REGISTER,
+        &PR_OUT_USAGE[0],
     ),
-    access(
-        sa(
-            nexus_cmd(
-                op::PERSISTENT_RESERVE_OUT,
-                "PERSISTENT RESERVE OUT (RESERVE)",
-                &[0x5F, 0x01, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
-                true,
-                pr_out::persistent_reserve_out,
-            ),
-            pr_out::RESERVE,
-        ),
-        Access::OwnRules,
+    pr_out_sa(
+        "PERSISTENT RESERVE OUT (RESERVE)",
+        pr_out::RESERVE,
+        &PR_OUT_USAGE[1],
     ),
-    access(
-        sa(
-            nexus_cmd(
-                op::PERSISTENT_RESERVE_OUT,
-                "PERSISTENT RESERVE OUT (RELEASE)",
-                &[0x5F, 0x02, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
-                true,
-                pr_out::persistent_reserve_out,
-            ),
-            pr_out::RELEASE,
-        ),
-        Access::OwnRules,
+    pr_out_sa(
+        "PERSISTENT RESERVE OUT (RELEASE)",
+        pr_out::RELEASE,
+        &PR_OUT_USAGE[2],
     ),
-    access(
-        sa(
-            nexus_cmd(
-                op::PERSISTENT_RESERVE_OUT,
-                "PERSISTENT RESERVE OUT (CLEAR)",
-                &[0x5F, 0x03, 0x00, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
-                true,
-                pr_out::persistent_reserve_out,
-            ),
-            pr_out::CLEAR,
-        ),
-        Access::OwnRules,
+    pr_out_sa(
+        "PERSISTENT RESERVE OUT (CLEAR)",
+        pr_out::CLEAR,
+        &PR_OUT_USAGE[3],
     ),
-    access(
-        sa(
-            nexus_cmd(
-                op::PERSISTENT_RESERVE_OUT,
-                "PERSISTENT RESERVE OUT (PREEMPT)",
-                &[0x5F, 0x04, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
-                true,
-                pr_out::persistent_reserve_out,
-            ),
-            pr_out::PREEMPT,
-        ),
-        Access::OwnRules,
+    pr_out_sa(
+        "PERSISTENT RESERVE OUT (PREEMPT)",
+        pr_out::PREEMPT,
+        &PR_OUT_USAGE[4],
     ),
-    access(
-        sa(
-            nexus_cmd(
-                op::PERSISTENT_RESERVE_OUT,
-                "PERSISTENT RESERVE OUT (PREEMPT AND ABORT)",
-                &[0x5F, 0x05, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
-                true,
-                pr_out::persistent_reserve_out,
-            ),
-            pr_out::PREEMPT_AND_ABORT,
-        ),
-        Access::OwnRules,
+    pr_out_sa(
+        "PERSISTENT RESERVE OUT (PREEMPT AND ABORT)",
+        pr_out::PREEMPT_AND_ABORT,
+        &PR_OUT_USAGE[5],
     ),
-    access(
-        sa(
-            nexus_cmd(
-                op::PERSISTENT_RESERVE_OUT,
-                "PERSISTENT RESERVE OUT (REGISTER AND IGNORE EXISTING KEY)",
-                &[0x5F, 0x06, 0x00, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
-                true,
-                pr_out::persistent_reserve_out,
-            ),
-            pr_out::REGISTER_AND_IGNORE,
-        ),
-        Access::OwnRules,
+    pr_out_sa(
+        "PERSISTENT RESERVE OUT (REGISTER AND IGNORE EXISTING KEY)",
+        pr_out::REGISTER_AND_IGNORE,
+        &PR_OUT_USAGE[6],
     ),
-    access(
-        sa(
-            nexus_cmd(
-                op::PERSISTENT_RESERVE_OUT,
-                "PERSISTENT RESERVE OUT (REGISTER AND MOVE)",
-                &[0x5F, 0x07, 0x00, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
-                true,
-                pr_out::persistent_reserve_out,
-            ),
-            pr_out::REGISTER_AND_MOVE,
-        ),
-        Access::OwnRules,
+    pr_out_sa(
+        "PERSISTENT RESERVE OUT (REGISTER AND MOVE)",
+        pr_out::REGISTER_AND_MOVE,
+        &PR_OUT_USAGE[7],
     ),
-    access(
-        nexus_cmd(
-            op::RESERVE_6,
-            "RESERVE(6)",
-            &[0x16, 0x01, 0, 0, 0, 0x04],
-            false,
-            spc2::reserve,
-        ),
-        Access::OwnRules,
-    ),
-    access(
-        nexus_cmd(
-            op::RELEASE_6,
-            "RELEASE(6)",
-            &[0x17, 0x01, 0, 0, 0, 0x04],
-            false,
-            spc2::release,
-        ),
-        Access::OwnRules,
-    ),
-    access(
-        nexus_cmd(
-            op::RESERVE_10,
-            "RESERVE(10)",
-            &[0x56, 0x13, 0, 0, 0, 0, 0, 0, 0, 0x04],
-            false,
-            spc2::reserve,
-        ),
-        Access::OwnRules,
-    ),
-    access(
-        nexus_cmd(
-            op::RELEASE_10,
-            "RELEASE(10)",
-            &[0x57, 0x13, 0, 0, 0, 0, 0, 0, 0, 0x04],
-            false,
-            spc2::release,
-        ),
-        Access::OwnRules,
-    ),
+    own_rules(nexus_cmd(
+        op::RESERVE_6,
+        "RESERVE(6)",
+        &[0x16, 0x01, 0, 0, 0, 0x04],
+        false,
+        spc2::reserve,
+    )),
+    own_rules(nexus_cmd(
+        op::RELEASE_6,
+        "RELEASE(6)",
+        &[0x17, 0x01, 0, 0, 0, 0x04],
+        false,
+        spc2::release,
+    )),
+    own_rules(nexus_cmd(
+        op::RESERVE_10,
+        "RESERVE(10)",
+        &[0x56, 0x13, 0, 0, 0, 0, 0, 0, 0, 0x04],
+        false,
+        spc2::reserve,
+    )),
+    own_rules(nexus_cmd(
+        op::RELEASE_10,
+        "RELEASE(10)",
+        &[0x57, 0x13, 0, 0, 0, 0, 0, 0, 0, 0x04],
+        false,
+        spc2::release,
+    )),
     // MMC-6 commands of a CD-ROM.
     access(
         cdrom(present(cmd(

@@ -557,9 +557,9 @@ impl LogicalUnit {
     /// allowed, and POWER ON, RESET, OR BUS DEVICE RESET OCCURRED pending
     /// (it supersedes the other unit attentions).
     ///
-    /// Persistent reservations survive it; an SPC-2 reservation does not.
+    /// Reservations are not touched: a LOGICAL UNIT RESET also releases the
+    /// SPC-2 one ([`LogicalUnit::lun_reset`]); persistent ones survive.
     pub fn reset(&self) {
-        self.pr.reset();
         self.set_mode(self.opts.write_cache, false);
         self.set_prevent(false);
         let mut cur = self.attention.load(Ordering::SeqCst);
@@ -573,6 +573,13 @@ impl LogicalUnit {
                 Err(now) => cur = now,
             }
         }
+    }
+
+    /// LOGICAL UNIT RESET (SAM-5 §7.6): [`LogicalUnit::reset`], and the
+    /// SPC-2 reservation is released (persistent reservations stay).
+    pub fn lun_reset(&self) {
+        self.reset();
+        self.pr.reset();
     }
 
     /// The reservations of the LU (persistent and SPC-2).

@@ -273,9 +273,21 @@ impl Target {
 
     /// A reset of every logical unit of the target (hard reset, I_T nexus
     /// loss: each gets POWER ON, RESET, OR BUS DEVICE RESET OCCURRED).
+    /// Reservations are not touched (see [`Target::nexus_reset`]).
     pub fn reset(&self) {
         for (_, lu) in self.luns() {
             lu.reset();
+        }
+    }
+
+    /// I_T NEXUS RESET from `nexus` (SAM-5 §7.7): [`Target::reset`], and
+    /// what the nexus held that does not outlive it (its SPC-2
+    /// reservation) goes, as on I_T nexus loss; persistent reservations
+    /// and other nexuses' SPC-2 reservations stay.
+    pub fn nexus_reset(&self, nexus: &Nexus) {
+        for (_, lu) in self.luns() {
+            lu.reset();
+            lu.nexus_lost(nexus);
         }
     }
 

@@ -431,7 +431,7 @@ impl VhostUserBackend for ScsiDevice {
         let released = self.release_held();
         let bus = self.bus.load();
         for t in bus.targets() {
-            t.reset();
+            t.nexus_reset(&self.opts.nexus);
         }
         info!(released, "device reset");
     }
@@ -569,6 +569,7 @@ impl VhostUserBackend for ScsiDevice {
                     bus: &bus,
                     queues: &self.shared,
                     faults: &self.opts.faults,
+                    nexus: &self.opts.nexus,
                 };
                 lock(&self.control).process(vring, mem, &tasks)
             }

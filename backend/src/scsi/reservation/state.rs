@@ -190,15 +190,9 @@ impl PrState {
             return false;
         };
         let gone = if all_registrants(p.rtype) {
-            if self.registrations.is_empty() {
-                true
-            } else {
-                if p.holder >= i && p.holder > 0 {
-                    p.holder -= 1;
-                }
-                p.holder = p.holder.min(self.registrations.len() - 1);
-                false
-            }
+            // Every registrant holds it: any index will do.
+            p.holder = 0;
+            self.registrations.is_empty()
         } else if p.holder == i {
             true
         } else {
@@ -338,7 +332,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -355,8 +355,11 @@ fn spc2_reservations_and_their_interaction_with_persistent_ones() {
     assert!(exec(t, &b, &release6, &[]).0.is_good());
     assert!(is_conflict(&write(t, &b)));
     assert!(write(t, &a).is_good());
-    // A LUN reset drops it.
-    bus.target(0).unwrap().reset();
+    // An I_T NEXUS RESET from b leaves a's reservation; a LUN reset drops it.
+    t.nexus_reset(&b);
+    assert_eq!(triple(&read(t, &b)), (6, 0x29, 0));
+    assert!(is_conflict(&read(t, &b)));
+    t.lun(0).unwrap().lun_reset();
     assert_eq!(triple(&read(t, &b)), (6, 0x29, 0));
     assert!(read(t, &b).is_good());
     // RESERVE(10), then the loss of a's nexus drops it.
@@ -380,7 +383,8 @@ fn spc2_reservations_and_their_interaction_with_persistent_ones() {
     assert!(is_conflict(&exec(t, &b, &release6, &[]).0));
     assert_eq!(pr_in(t, &b, 1)[21], 1);
     // Persistent reservations survive resets and nexus loss.
-    bus.target(0).unwrap().reset();
+    t.lun(0).unwrap().lun_reset();
+    t.nexus_reset(&a);
     bus.nexus_lost(&a);
     let _ = read(t, &b);
     assert_eq!(pr_in(t, &b, 1)[21], 1);
