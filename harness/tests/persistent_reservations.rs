@@ -7,11 +7,14 @@
 //! one logical unit. The checks follow SPC-5 §5.14: registration and
 //! reservation seen from every path, RESERVATION CONFLICT for the other
 //! nexuses per type, PREEMPT with REGISTRATIONS PREEMPTED, RELEASE, CLEAR,
-//! an SPC-2 reservation released by the end of its connection, and APTPL
-//! state that survives SIGKILL and a restart.
+//! an SPC-2 reservation released by the end of its connection, resets,
+//! APTPL state that survives SIGKILL and a restart, and (in-process, to
+//! set a fault at run time) PREEMPT AND ABORT completing the commands held
+//! for the preempted path.
 
 #[path = "common/backend_bin.rs"]
 mod backend_bin;
+mod common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -385,5 +388,75 @@ fn aptpl_state_survives_sigkill_and_a_restart() {
         // APTPL=0 on the next REGISTER: the state file goes.
         assert!(pr_out(&b, 0, 0, 0xB, 0xB, 0).await.is_good());
         assert!(!state.exists());
+    });
+}
+
+#[test]
+fn preempt_and_abort_aborts_the_commands_held_for_the_preempted_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("shared.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let mut toml = String::new();
+    for name in ["pa", "pb"] {
+        toml.push_str(&format!(
+            "[[controller]]\nname = \"{name}\"\nsocket = \"{}\"\nqueues = 1\n\n\
+             [[controller.lun]]\ntarget = 0\nlun = 0\nimage = \"{}\"\nshared = true\npower_on_ua = false\n\n",
+            dir.path().join(format!("{name}.sock")).display(),
+            image.display()
+        ));
+    }
+    let svc = common::RunningService::start(dir.path(), &toml);
+    runtime().block_on(async {
+        let opts = || DriverOptions {
+            timeout: Duration::from_secs(10),
+            retry: RetryPolicy::NONE,
+            ..Default::default()
+        };
+        let connect = |n: &str| {
+            let p = dir.path().join(format!("{n}.sock"));
+            async move {
+                Driver::connect_with(&p, QueueConfig::default(), opts())
+                    .await
+                    .unwrap()
+            }
+        };
+        let a = std::sync::Arc::new(connect("pa").await);
+        let b = connect("pb").await;
+        assert!(pr_out(&a, 0, 0, 0, 0xA, 0).await.is_good());
+        assert!(pr_out(&b, 0, 0, 0, 0xB, 0).await.is_good());
+        assert!(pr_out(&a, 1, 3, 0xA, 0, 0).await.is_good());
+        // pa's commands now wait in its task set.
+        svc.call(
+            "set_fault",
+            serde_json::json!({"controller": "pa", "target": 0, "lun": 0, "fault": "stall"}),
+        )
+        .await;
+        let held = tokio::spawn({
+            let a = a.clone();
+            async move { write(&a).await }
+        });
+        let start = Instant::now();
+        while svc.service.controllers()[0].opts.faults.held_now() == 0 {
+            assert!(start.elapsed() < Duration::from_secs(5), "never held");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // b preempts pa and aborts its task set: the held WRITE completes.
+        assert!(pr_out(&b, 5, 1, 0xB, 0xA, 0).await.is_good());
+        let r = tokio::time::timeout(Duration::from_secs(5), held)
+            .await
+            .expect("the held WRITE completes")
+            .unwrap();
+        assert_eq!(r.response, 2, "VIRTIO_SCSI_S_ABORTED");
+        svc.call(
+            "clear_fault",
+            serde_json::json!({"controller": "pa", "target": 0, "lun": 0}),
+        )
+        .await;
+        assert_eq!(triple(&write(&a).await), (6, 0x2A, 0x05));
+        assert_eq!(write(&a).await.status, RESERVATION_CONFLICT);
+        assert!(write(&b).await.is_good());
     });
 }

@@ -8,6 +8,7 @@
 //! - [`access`]: the access matrix of SPC-5 / SBC-4 as one table;
 //! - [`pr_in`], [`pr_out`]: the two commands;
 //! - [`spc2`]: RESERVE and RELEASE with their interaction rules;
+//! - [`abort`]: PREEMPT AND ABORT's reach into other nexuses' task sets;
 //! - [`aptpl`]: the state file that makes APTPL=1 survive a restart.
 //!
 //! One lock per logical unit guards the state; the I/O path takes it only
@@ -21,6 +22,7 @@
 //! everything (unless APTPL kept it in the state file, which the next open
 //! of the image reads).
 
+pub mod abort;
 pub mod access;
 pub mod aptpl;
 pub mod pr_in;
