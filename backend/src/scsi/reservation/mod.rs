@@ -11,7 +11,8 @@
 //! - [`abort`]: PREEMPT AND ABORT's reach into other nexuses' task sets;
 //! - [`aptpl`]: the state file that makes APTPL=1 survive a restart.
 //!
-//! One lock per logical unit guards the state; the I/O path takes it only
+//! One read-write lock per logical unit guards the state; the I/O path
+//! takes it (for reading) only
 //! while a reservation exists ([`Reservations::engaged`], one relaxed load
 //! otherwise) or a unit attention is pending for some I_T nexus.
 //!
@@ -32,7 +33,7 @@ pub mod state;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use vscsi_protocol::sense::{Sense, SenseKey};
 use vscsi_protocol::status;
@@ -62,7 +63,7 @@ pub fn conflict() -> CommandResult {
 /// The reservations of one logical unit.
 #[derive(Debug)]
 pub struct Reservations {
-    state: Mutex<PrState>,
+    state: RwLock<PrState>,
     /// A reservation (persistent or SPC-2) exists: commands are checked.
     engaged: AtomicBool,
     /// Some I_T nexus has a pending reservation unit attention.
@@ -90,13 +91,17 @@ impl Reservations {
         Self {
             engaged: AtomicBool::new(state.engaged()),
             attentions: AtomicBool::new(false),
-            state: Mutex::new(state),
+            state: RwLock::new(state),
             file,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, PrState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> RwLockWriteGuard<'_, PrState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, PrState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether PTPL_C: the state can persist through power loss.
@@ -122,7 +127,7 @@ impl Reservations {
 
     /// A snapshot of the state (PERSISTENT RESERVE IN, tests).
     pub fn snapshot(&self) -> PrState {
-        self.lock().clone()
+        self.read().clone()
     }
 
     /// Runs `f` on the state; when it returns `Ok`, the new state is
@@ -159,7 +164,7 @@ impl Reservations {
         if !self.engaged() || access == Access::OwnRules {
             return None;
         }
-        let s = self.lock();
+        let s = self.read();
         (!access::permits(&s, &Port::of(nexus), access, cdb)).then(conflict)
     }
 
