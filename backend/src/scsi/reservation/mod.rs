@@ -125,6 +125,16 @@ impl Reservations {
             .store(!s.attentions.is_empty(), Ordering::SeqCst);
     }
 
+    /// Takes over the state of `old`: the same logical unit re-opened (a
+    /// write-protection switch, a new medium) keeps its registrations,
+    /// reservations and pending unit attentions.
+    pub fn adopt(&self, old: &Reservations) {
+        let state = old.snapshot();
+        let mut s = self.lock();
+        *s = state;
+        self.publish(&s);
+    }
+
     /// A snapshot of the state (PERSISTENT RESERVE IN, tests).
     pub fn snapshot(&self) -> PrState {
         self.read().clone()

@@ -429,3 +429,22 @@ fn aptpl_state_survives_reopening_the_image() {
     assert!(pr_out(t, &a, 0, 0, &list(0xA, 0xA, 0)).is_good());
     assert!(!dir.path().join("disk.img.pr").exists());
 }
+
+#[test]
+fn a_reopened_logical_unit_keeps_its_reservations() {
+    let (bus, _f) = quiet_bus();
+    let t = bus.target(0).unwrap();
+    let (a, b) = (nexus("a", 1), nexus("b", 2));
+    register(t, &a, 0xA);
+    pr_out(t, &a, 1, 3, &list(0xA, 0, 0));
+    let fresh = super::Reservations::open(std::path::Path::new("/nonexistent/x.img"), false);
+    assert!(!fresh.engaged());
+    fresh.adopt(t.lun(0).unwrap().reservations());
+    assert!(fresh.engaged());
+    assert_eq!(
+        fresh.snapshot(),
+        t.lun(0).unwrap().reservations().snapshot()
+    );
+    assert!(fresh.check(&b, super::Access::ReadShared, &[]).is_some());
+    assert!(fresh.check(&a, super::Access::Modify, &[]).is_none());
+}
