@@ -460,3 +460,90 @@ fn preempt_and_abort_aborts_the_commands_held_for_the_preempted_path() {
         assert!(write(&b).await.is_good());
     });
 }
+
+#[test]
+fn add_lun_makes_a_second_path_to_the_same_logical_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("shared.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let other = dir.path().join("other.img");
+    std::fs::File::create(&other)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    // pb starts with a LUN of its own (a controller needs one).
+    let toml = format!(
+        "[[controller]]\nname = \"pa\"\nsocket = \"{}\"\nqueues = 1\n\n\
+         [[controller.lun]]\ntarget = 0\nlun = 0\nimage = \"{}\"\nshared = true\npower_on_ua = false\n\n\
+         [[controller]]\nname = \"pb\"\nsocket = \"{}\"\nqueues = 1\n\n\
+         [[controller.lun]]\ntarget = 1\nlun = 0\nimage = \"{}\"\npower_on_ua = false\n",
+        dir.path().join("pa.sock").display(),
+        image.display(),
+        dir.path().join("pb.sock").display(),
+        other.display()
+    );
+    let svc = common::RunningService::start(dir.path(), &toml);
+    let add = |params: serde_json::Value| svc.service.call("add_lun", &params);
+    // Other options than pa's: refused (one logical unit, one identity).
+    let e = add(
+        serde_json::json!({"controller": "pb", "target": 0, "lun": 0,
+        "image": image, "shared": true, "power_on_ua": false, "serial": "OTHER"}),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("same options"), "{e}");
+    // Not marked shared: refused.
+    assert!(add(
+        serde_json::json!({"controller": "pb", "target": 0, "lun": 0,
+        "image": image, "power_on_ua": false})
+    )
+    .is_err());
+    add(
+        serde_json::json!({"controller": "pb", "target": 0, "lun": 0,
+        "image": image, "shared": true, "power_on_ua": false}),
+    )
+    .unwrap();
+    runtime().block_on(async {
+        let opts = || DriverOptions {
+            timeout: Duration::from_secs(5),
+            retry: RetryPolicy::NONE,
+            ..Default::default()
+        };
+        let a = Driver::connect_with(&dir.path().join("pa.sock"), QueueConfig::default(), opts())
+            .await
+            .unwrap();
+        let b = Driver::connect_with(&dir.path().join("pb.sock"), QueueConfig::default(), opts())
+            .await
+            .unwrap();
+        assert!(pr_out(&a, 0, 0, 0, 0xA, 0).await.is_good());
+        assert!(pr_out(&a, 1, 1, 0xA, 0, 0).await.is_good());
+        // The same reservation through the new path.
+        assert_eq!(keys(&pr_in(&b, 0).await), [0xA]);
+        assert_eq!(write(&b).await.status, RESERVATION_CONFLICT);
+        assert!(write(&a).await.is_good());
+        assert_eq!(read(&b).await.data, vec![0x5A; 512]);
+    });
+    // Removing it from pb leaves pa serving it, reservation and all.
+    svc.service
+        .call(
+            "remove_lun",
+            &serde_json::json!({"controller": "pb", "target": 0, "lun": 0}),
+        )
+        .unwrap();
+    runtime().block_on(async {
+        let a = Driver::connect_with(
+            &dir.path().join("pa.sock"),
+            QueueConfig::default(),
+            DriverOptions {
+                retry: RetryPolicy::NONE,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(pr_in(&a, 1).await[21], 1);
+        assert!(write(&a).await.is_good());
+    });
+}
