@@ -12,9 +12,10 @@
 //! nexus, registered or not, gets the "from any I_T nexus" column.
 //!
 //! Where SPC-5 allows a command only through WRITE EXCLUSIVE reservations
-//! (MODE SENSE, READ BUFFER, REPORT SUPPORTED OPERATION CODES and TASK
-//! MANAGEMENT FUNCTIONS: the ALLOW COMMANDS field, value 010b) the rule is
-//! [`Access::ReadShared`], as for READ and VERIFY.
+//! (MODE SENSE, REPORT SUPPORTED OPERATION CODES and TASK MANAGEMENT
+//! FUNCTIONS, READ DEFECT DATA, READ BUFFER: what ALLOW COMMANDS 011b in
+//! REPORT CAPABILITIES says) the rule is [`Access::ReadShared`], as for READ
+//! and VERIFY.
 //!
 //! An SPC-2 reservation (RESERVE(6)/(10)) held by another I_T nexus lets
 //! through only [`Access::Always`] commands (SPC-2 §5.5.1: INQUIRY, REPORT
