@@ -7,11 +7,14 @@
 //! one logical unit. The checks follow SPC-5 §5.14: registration and
 //! reservation seen from every path, RESERVATION CONFLICT for the other
 //! nexuses per type, PREEMPT with REGISTRATIONS PREEMPTED, RELEASE, CLEAR,
-//! an SPC-2 reservation released by the end of its connection, and APTPL
-//! state that survives SIGKILL and a restart.
+//! an SPC-2 reservation released by the end of its connection, resets,
+//! APTPL state that survives SIGKILL and a restart, and (in-process, to
+//! set a fault at run time) PREEMPT AND ABORT completing the commands held
+//! for the preempted path.
 
 #[path = "common/backend_bin.rs"]
 mod backend_bin;
+mod common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -385,5 +388,162 @@ fn aptpl_state_survives_sigkill_and_a_restart() {
         // APTPL=0 on the next REGISTER: the state file goes.
         assert!(pr_out(&b, 0, 0, 0xB, 0xB, 0).await.is_good());
         assert!(!state.exists());
+    });
+}
+
+#[test]
+fn preempt_and_abort_aborts_the_commands_held_for_the_preempted_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("shared.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let mut toml = String::new();
+    for name in ["pa", "pb"] {
+        toml.push_str(&format!(
+            "[[controller]]\nname = \"{name}\"\nsocket = \"{}\"\nqueues = 1\n\n\
+             [[controller.lun]]\ntarget = 0\nlun = 0\nimage = \"{}\"\nshared = true\npower_on_ua = false\n\n",
+            dir.path().join(format!("{name}.sock")).display(),
+            image.display()
+        ));
+    }
+    let svc = common::RunningService::start(dir.path(), &toml);
+    runtime().block_on(async {
+        let opts = || DriverOptions {
+            timeout: Duration::from_secs(10),
+            retry: RetryPolicy::NONE,
+            ..Default::default()
+        };
+        let connect = |n: &str| {
+            let p = dir.path().join(format!("{n}.sock"));
+            async move {
+                Driver::connect_with(&p, QueueConfig::default(), opts())
+                    .await
+                    .unwrap()
+            }
+        };
+        let a = std::sync::Arc::new(connect("pa").await);
+        let b = connect("pb").await;
+        assert!(pr_out(&a, 0, 0, 0, 0xA, 0).await.is_good());
+        assert!(pr_out(&b, 0, 0, 0, 0xB, 0).await.is_good());
+        assert!(pr_out(&a, 1, 3, 0xA, 0, 0).await.is_good());
+        // pa's commands now wait in its task set.
+        svc.call(
+            "set_fault",
+            serde_json::json!({"controller": "pa", "target": 0, "lun": 0, "fault": "stall"}),
+        )
+        .await;
+        let held = tokio::spawn({
+            let a = a.clone();
+            async move { write(&a).await }
+        });
+        let start = Instant::now();
+        while svc.service.controllers()[0].opts.faults.held_now() == 0 {
+            assert!(start.elapsed() < Duration::from_secs(5), "never held");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // b preempts pa and aborts its task set: the held WRITE completes.
+        assert!(pr_out(&b, 5, 1, 0xB, 0xA, 0).await.is_good());
+        let r = tokio::time::timeout(Duration::from_secs(5), held)
+            .await
+            .expect("the held WRITE completes")
+            .unwrap();
+        assert_eq!(r.response, 2, "VIRTIO_SCSI_S_ABORTED");
+        svc.call(
+            "clear_fault",
+            serde_json::json!({"controller": "pa", "target": 0, "lun": 0}),
+        )
+        .await;
+        assert_eq!(triple(&write(&a).await), (6, 0x2A, 0x05));
+        assert_eq!(write(&a).await.status, RESERVATION_CONFLICT);
+        assert!(write(&b).await.is_good());
+    });
+}
+
+#[test]
+fn add_lun_makes_a_second_path_to_the_same_logical_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("shared.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let other = dir.path().join("other.img");
+    std::fs::File::create(&other)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    // pb starts with a LUN of its own (a controller needs one).
+    let toml = format!(
+        "[[controller]]\nname = \"pa\"\nsocket = \"{}\"\nqueues = 1\n\n\
+         [[controller.lun]]\ntarget = 0\nlun = 0\nimage = \"{}\"\nshared = true\npower_on_ua = false\n\n\
+         [[controller]]\nname = \"pb\"\nsocket = \"{}\"\nqueues = 1\n\n\
+         [[controller.lun]]\ntarget = 1\nlun = 0\nimage = \"{}\"\npower_on_ua = false\n",
+        dir.path().join("pa.sock").display(),
+        image.display(),
+        dir.path().join("pb.sock").display(),
+        other.display()
+    );
+    let svc = common::RunningService::start(dir.path(), &toml);
+    let add = |params: serde_json::Value| svc.service.call("add_lun", &params);
+    // Other options than pa's: refused (one logical unit, one identity).
+    let e = add(
+        serde_json::json!({"controller": "pb", "target": 0, "lun": 0,
+        "image": image, "shared": true, "power_on_ua": false, "serial": "OTHER"}),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("same options"), "{e}");
+    // Not marked shared: refused.
+    assert!(add(
+        serde_json::json!({"controller": "pb", "target": 0, "lun": 0,
+        "image": image, "power_on_ua": false})
+    )
+    .is_err());
+    add(
+        serde_json::json!({"controller": "pb", "target": 0, "lun": 0,
+        "image": image, "shared": true, "power_on_ua": false}),
+    )
+    .unwrap();
+    runtime().block_on(async {
+        let opts = || DriverOptions {
+            timeout: Duration::from_secs(5),
+            retry: RetryPolicy::NONE,
+            ..Default::default()
+        };
+        let a = Driver::connect_with(&dir.path().join("pa.sock"), QueueConfig::default(), opts())
+            .await
+            .unwrap();
+        let b = Driver::connect_with(&dir.path().join("pb.sock"), QueueConfig::default(), opts())
+            .await
+            .unwrap();
+        assert!(pr_out(&a, 0, 0, 0, 0xA, 0).await.is_good());
+        assert!(pr_out(&a, 1, 1, 0xA, 0, 0).await.is_good());
+        // The same reservation through the new path.
+        assert_eq!(keys(&pr_in(&b, 0).await), [0xA]);
+        assert_eq!(write(&b).await.status, RESERVATION_CONFLICT);
+        assert!(write(&a).await.is_good());
+        assert_eq!(read(&b).await.data, vec![0x5A; 512]);
+    });
+    // Removing it from pb leaves pa serving it, reservation and all.
+    svc.service
+        .call(
+            "remove_lun",
+            &serde_json::json!({"controller": "pb", "target": 0, "lun": 0}),
+        )
+        .unwrap();
+    runtime().block_on(async {
+        let a = Driver::connect_with(
+            &dir.path().join("pa.sock"),
+            QueueConfig::default(),
+            DriverOptions {
+                retry: RetryPolicy::NONE,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(pr_in(&a, 1).await[21], 1);
+        assert!(write(&a).await.is_good());
     });
 }

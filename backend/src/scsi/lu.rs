@@ -333,7 +333,10 @@ impl LogicalUnit {
             0
         };
         let wce = opts.write_cache;
-        let pr = Reservations::open(path, image.file().is_some());
+        // The APTPL state file sits beside an image file; an NBD export or
+        // a block device has no directory of its own for it (PTPL_C=0).
+        let persist = image.file().is_some() && std::fs::metadata(path).is_ok_and(|m| m.is_file());
+        let pr = Reservations::open(path, persist);
         Ok(LogicalUnit {
             pr,
             image,

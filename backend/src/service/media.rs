@@ -209,6 +209,8 @@ impl Service {
                 return Err(err(code::IMAGE, format!("{e}; nothing was changed")));
             }
         };
+        // The same logical unit: its reservations carry over.
+        new.reservations().adopt(old.reservations());
         if medium_changed {
             // NOT READY TO READY CHANGE, MEDIUM MAY HAVE CHANGED and a new-media event.
             let _ = new.eject();

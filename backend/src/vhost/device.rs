@@ -36,14 +36,17 @@ use zerocopy::IntoBytes;
 
 use super::control_queue::{ControlQueue, TmfScope};
 use super::event_queue::{Delivery, EventHub, EventQueue, ResetReason};
+use super::held::Covers;
 use super::queue_metrics::QueueMetrics;
 use super::request_queue::{QueueShared, RequestQueue};
 use crate::fault::FaultTable;
+use crate::scsi::reservation::abort::{self, TaskSet};
 use crate::scsi::target::BusHandle;
 use crate::scsi::Nexus;
 #[cfg(test)]
 use crate::scsi::ScsiBus;
 use crate::vhost::dirty::{GuestMem, Vring};
+use vscsi_protocol::virtio_scsi::Response;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES` (vhost-user.rst): bit 30 of the virtio features.
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
@@ -164,6 +167,47 @@ pub struct ScsiDevice {
     handed_out: Mutex<Vec<(std::os::fd::RawFd, usize)>>,
     /// Per request queue: the io_uring engine's completion eventfd.
     completions: Vec<EventFd>,
+    /// What PREEMPT AND ABORT from another nexus reaches of this one: the
+    /// registry holds it weakly, so it is registered while the device lives.
+    _task_set: Arc<NexusTasks>,
+}
+
+/// The task sets of a connection's I_T nexus: the commands its request
+/// queues hold or delay (fault injection) and their transfers in flight.
+struct NexusTasks {
+    bus: BusHandle,
+    queues: Vec<Arc<QueueShared>>,
+    faults: Arc<FaultTable>,
+}
+
+impl TaskSet for NexusTasks {
+    /// ABORT TASK SET on every address of the bus that serves `lu` (a
+    /// shared LU may sit at another target/LUN on this controller), as the
+    /// control queue's TMF does: completed with `VIRTIO_SCSI_S_ABORTED`,
+    /// unless the fault says the LUN ignores aborts.
+    fn abort_task_set(&self, lu: &crate::scsi::LogicalUnit) -> usize {
+        let bus = self.bus.load();
+        let mut n = 0;
+        for (t, l, x) in bus.units() {
+            if !std::ptr::eq(x.as_ref(), lu) {
+                continue;
+            }
+            let covers = Covers {
+                target: t,
+                lun: Some(l),
+                tag: None,
+            };
+            for q in &self.queues {
+                n += q.complete(
+                    &covers,
+                    |t, l| self.faults.survives(t, l, 0),
+                    Response::Aborted,
+                    &self.faults,
+                );
+            }
+        }
+        n
+    }
 }
 
 impl ScsiDevice {
@@ -186,7 +230,15 @@ impl ScsiDevice {
         let completions = (0..opts.request_queues)
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<io::Result<Vec<_>>>()?;
+        let task_set = Arc::new(NexusTasks {
+            bus: bus.clone(),
+            queues: shared.clone(),
+            faults: opts.faults.clone(),
+        });
+        let weak: std::sync::Weak<NexusTasks> = Arc::downgrade(&task_set);
+        abort::register(&opts.nexus, weak);
         Ok(Self {
+            _task_set: task_set,
             bus,
             requests: shared
                 .iter()

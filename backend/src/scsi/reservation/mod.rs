@@ -8,9 +8,11 @@
 //! - [`access`]: the access matrix of SPC-5 / SBC-4 as one table;
 //! - [`pr_in`], [`pr_out`]: the two commands;
 //! - [`spc2`]: RESERVE and RELEASE with their interaction rules;
+//! - [`abort`]: PREEMPT AND ABORT's reach into other nexuses' task sets;
 //! - [`aptpl`]: the state file that makes APTPL=1 survive a restart.
 //!
-//! One lock per logical unit guards the state; the I/O path takes it only
+//! One read-write lock per logical unit guards the state; the I/O path
+//! takes it (for reading) only
 //! while a reservation exists ([`Reservations::engaged`], one relaxed load
 //! otherwise) or a unit attention is pending for some I_T nexus.
 //!
@@ -21,6 +23,7 @@
 //! everything (unless APTPL kept it in the state file, which the next open
 //! of the image reads).
 
+pub mod abort;
 pub mod access;
 pub mod aptpl;
 pub mod pr_in;
@@ -30,7 +33,7 @@ pub mod state;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use vscsi_protocol::sense::{Sense, SenseKey};
 use vscsi_protocol::status;
@@ -60,7 +63,7 @@ pub fn conflict() -> CommandResult {
 /// The reservations of one logical unit.
 #[derive(Debug)]
 pub struct Reservations {
-    state: Mutex<PrState>,
+    state: RwLock<PrState>,
     /// A reservation (persistent or SPC-2) exists: commands are checked.
     engaged: AtomicBool,
     /// Some I_T nexus has a pending reservation unit attention.
@@ -88,13 +91,17 @@ impl Reservations {
         Self {
             engaged: AtomicBool::new(state.engaged()),
             attentions: AtomicBool::new(false),
-            state: Mutex::new(state),
+            state: RwLock::new(state),
             file,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, PrState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> RwLockWriteGuard<'_, PrState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, PrState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether PTPL_C: the state can persist through power loss.
@@ -118,9 +125,19 @@ impl Reservations {
             .store(!s.attentions.is_empty(), Ordering::SeqCst);
     }
 
+    /// Takes over the state of `old`: the same logical unit re-opened (a
+    /// write-protection switch, a new medium) keeps its registrations,
+    /// reservations and pending unit attentions.
+    pub fn adopt(&self, old: &Reservations) {
+        let state = old.snapshot();
+        let mut s = self.lock();
+        *s = state;
+        self.publish(&s);
+    }
+
     /// A snapshot of the state (PERSISTENT RESERVE IN, tests).
     pub fn snapshot(&self) -> PrState {
-        self.lock().clone()
+        self.read().clone()
     }
 
     /// Runs `f` on the state; when it returns `Ok`, the new state is
@@ -157,7 +174,7 @@ impl Reservations {
         if !self.engaged() || access == Access::OwnRules {
             return None;
         }
-        let s = self.lock();
+        let s = self.read();
         (!access::permits(&s, &Port::of(nexus), access, cdb)).then(conflict)
     }
 

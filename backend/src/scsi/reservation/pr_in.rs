@@ -81,15 +81,17 @@ pub fn read_reservation(s: &PrState) -> Vec<u8> {
 /// REPORT CAPABILITIES parameter data (SPC-5 §6.16.4): CRH (RESERVE and
 /// RELEASE follow SPC-5 §5.14.3's exceptions), no SIP_C (no SPEC_I_PT), no
 /// ATP_C (no ALL_TG_PT), PTPL_C when the state can be saved; TMV with
-/// every type, ALLOW COMMANDS 010b (TEST UNIT READY through every
-/// reservation, MODE SENSE, READ BUFFER, REPORT SUPPORTED OPERATION CODES
-/// and TASK MANAGEMENT FUNCTIONS through WRITE EXCLUSIVE ones), PTPL_A.
+/// every type, ALLOW COMMANDS 011b (TEST UNIT READY through every
+/// persistent reservation; MODE SENSE, REPORT SUPPORTED OPERATION CODES and
+/// REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS, the commands of that list
+/// this device has, through WRITE EXCLUSIVE ones; no RECEIVE COPY
+/// RESULTS), PTPL_A.
 pub fn report_capabilities(ptpl_c: bool, ptpl_a: bool) -> [u8; 8] {
     [
         0x00,
         0x08,
         0x10 | u8::from(ptpl_c),
-        0x80 | 0x20 | u8::from(ptpl_a),
+        0x80 | 0x30 | u8::from(ptpl_a),
         TYPE_MASK[0],
         TYPE_MASK[1],
         0,

@@ -9,13 +9,13 @@
 //! setting them is INVALID FIELD IN PARAMETER LIST. REGISTER AND MOVE has
 //! its own list (24 bytes + a TransportID).
 //!
-//! PREEMPT AND ABORT does what PREEMPT does: this target runs each command
-//! to completion when it arrives, so a preempted I_T nexus has no command
-//! waiting in a task set to abort; the commands it has in flight on its
-//! own queues complete (SPC-5 allows commands already being processed to
-//! complete), and its next ones see REGISTRATIONS PREEMPTED, then
-//! RESERVATION CONFLICT. Commands held by fault injection stay until that
-//! frontend's own task management releases them.
+//! PREEMPT AND ABORT does what PREEMPT does, then aborts the task sets of
+//! the preempted I_T nexuses for the logical unit ([`super::abort`]): the
+//! commands the transport holds for them (fault injection) complete as
+//! aborted, delayed ones are cut short, transfers in flight are waited
+//! for. This target runs every other command to completion as it arrives,
+//! so nothing else is waiting; the preempted nexus's next commands see
+//! REGISTRATIONS PREEMPTED, then RESERVATION CONFLICT.
 
 use vscsi_protocol::cdb::{be32, be64};
 use vscsi_protocol::sense::Sense;
@@ -98,7 +98,8 @@ pub fn persistent_reserve_out(
                 return Err(conflict());
             }
             register_and_move(s, &port, key, sa_key, &moved, list[17] & 0x02 != 0, aptpl)
-        }));
+        }))
+        .0;
     }
     let flags = list[20];
     if flags & 0x08 != 0 {
@@ -111,23 +112,35 @@ pub fn persistent_reserve_out(
     if aptpl && !pr.can_persist() {
         return invalid_param(20, Some(0));
     }
-    done(pr.change(|s| match sa {
+    let (r, preempted) = done(pr.change(|s| match sa {
         // An SPC-2 reservation of another I_T nexus conflicts with every
         // PERSISTENT RESERVE OUT (SPC-5 §5.14.3).
         _ if s.spc2.as_ref().is_some_and(|h| *h != port) => Err(conflict()),
-        REGISTER => register(s, &port, key, sa_key, aptpl, false),
-        REGISTER_AND_IGNORE => register(s, &port, key, sa_key, aptpl, true),
-        RESERVE => reserve(s, &port, key, rtype),
-        RELEASE => release(s, &port, key, rtype),
-        CLEAR => clear(s, &port, key),
+        REGISTER => register(s, &port, key, sa_key, aptpl, false).map(|()| Vec::new()),
+        REGISTER_AND_IGNORE => register(s, &port, key, sa_key, aptpl, true).map(|()| Vec::new()),
+        RESERVE => reserve(s, &port, key, rtype).map(|()| Vec::new()),
+        RELEASE => release(s, &port, key, rtype).map(|()| Vec::new()),
+        CLEAR => clear(s, &port, key).map(|()| Vec::new()),
         _ => preempt(s, &port, key, sa_key, rtype),
-    }))
+    }));
+    if sa == PREEMPT_AND_ABORT {
+        for p in &preempted {
+            let n = super::abort::abort(p, lu);
+            tracing::debug!(
+                initiator = p.initiator.name(),
+                aborted = n,
+                "PREEMPT AND ABORT"
+            );
+        }
+    }
+    r
 }
 
-fn done(r: Result<(), CommandResult>) -> CommandResult {
+/// The command's answer, and the I_T nexuses it preempted.
+fn done<T: Default>(r: Result<T, CommandResult>) -> (CommandResult, T) {
     match r {
-        Ok(()) => CommandResult::good(0),
-        Err(e) => e,
+        Ok(t) => (CommandResult::good(0), t),
+        Err(e) => (e, T::default()),
     }
 }
 
@@ -272,17 +285,18 @@ fn clear(s: &mut PrState, port: &Port, key: u64) -> Result<(), CommandResult> {
     Ok(())
 }
 
-/// PREEMPT / PREEMPT AND ABORT (SPC-5 §5.14.11).
+/// PREEMPT / PREEMPT AND ABORT (SPC-5 §5.14.11); returns the I_T
+/// nexuses whose registrations it removed.
 fn preempt(
     s: &mut PrState,
     port: &Port,
     key: u64,
     sa_key: u64,
     rtype: u8,
-) -> Result<(), CommandResult> {
+) -> Result<Vec<Port>, CommandResult> {
     registered(s, port, key)?;
     let reservation = s.reservation;
-    match reservation {
+    let removed = match reservation {
         // All registrants, SERVICE ACTION RESERVATION KEY 0: every other
         // registration goes, and the preempting I_T nexus holds a new
         // reservation of the type asked for.
@@ -298,6 +312,7 @@ fn preempt(
                 s.attention(o, ua::REGISTRATIONS_PREEMPTED);
             }
             s.reservation = Some(Persistent { rtype, holder: 0 });
+            others
         }
         // The holder's key: its registrations go, the preempting I_T
         // nexus takes the reservation (type and scope from the CDB).
@@ -311,6 +326,7 @@ fn preempt(
             if p.rtype != rtype {
                 s.attention_to_registrants(port, ua::RESERVATIONS_RELEASED);
             }
+            removed
         }
         // No reservation, or another key: only registrations go.
         _ => {
@@ -324,10 +340,11 @@ fn preempt(
             for o in &removed {
                 s.attention(o, ua::REGISTRATIONS_PREEMPTED);
             }
+            removed
         }
-    }
+    };
     s.bump();
-    Ok(())
+    Ok(removed)
 }
 
 /// REGISTER AND MOVE (SPC-5 §5.14.8): the holder registers the I_T nexus

@@ -46,6 +46,9 @@ pub const fn registrants_type(t: u8) -> bool {
 /// REGISTRATION RESOURCES.
 pub const MAX_REGISTRATIONS: usize = 256;
 
+/// The most I_T nexuses with a pending reservation unit attention.
+pub const MAX_ATTENTIONS: usize = 2 * MAX_REGISTRATIONS;
+
 /// The ports of an I_T nexus.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Port {
@@ -146,11 +149,18 @@ impl PrState {
         }
     }
 
-    /// Establishes unit attention `bits` for `port`.
+    /// Establishes unit attention `bits` for `port`. At most
+    /// [`MAX_ATTENTIONS`] I_T nexuses keep one pending (a nexus that never
+    /// comes back must not make the list grow for ever): the oldest goes.
     pub fn attention(&mut self, port: &Port, bits: u8) {
         match self.attentions.iter_mut().find(|(p, _)| p == port) {
             Some((_, b)) => *b |= bits,
-            None => self.attentions.push((port.clone(), bits)),
+            None => {
+                if self.attentions.len() >= MAX_ATTENTIONS {
+                    self.attentions.remove(0);
+                }
+                self.attentions.push((port.clone(), bits));
+            }
         }
     }
 
@@ -396,6 +406,13 @@ mod tests {
         assert_eq!(s.take_attention(&a), Some(ua::RESERVATIONS_RELEASED));
         assert_eq!(s.take_attention(&a), None);
         assert!(s.attentions.is_empty());
+        // Nexuses that never come back: the list stays bounded, oldest out.
+        for i in 0..=MAX_ATTENTIONS {
+            s.attention(&port(&format!("n{i}"), 1), ua::REGISTRATIONS_PREEMPTED);
+        }
+        assert_eq!(s.attentions.len(), MAX_ATTENTIONS);
+        assert_eq!(s.take_attention(&port("n0", 1)), None);
+        assert!(s.take_attention(&port("n1", 1)).is_some());
     }
 
     #[test]

@@ -250,8 +250,8 @@ fn report_capabilities_and_read_full_status_byte_exact() {
     let (bus, _f) = quiet_bus();
     let t = bus.target(0).unwrap();
     let (a, b) = (nexus("a", 1), nexus("b", 2));
-    // CRH, PTPL_C; TMV, ALLOW COMMANDS 010b; every type.
-    assert_eq!(pr_in(t, &a, 2), [0, 8, 0x11, 0xA0, 0xEA, 0x01, 0, 0]);
+    // CRH, PTPL_C; TMV, ALLOW COMMANDS 011b; every type.
+    assert_eq!(pr_in(t, &a, 2), [0, 8, 0x11, 0xB0, 0xEA, 0x01, 0, 0]);
     register(t, &a, 0x1122_3344_5566_7788);
     register(t, &b, 0xB);
     pr_out(t, &a, 1, 1, &list(0x1122_3344_5566_7788, 0, 0));
@@ -428,4 +428,23 @@ fn aptpl_state_survives_reopening_the_image() {
     // APTPL=0 removes the file.
     assert!(pr_out(t, &a, 0, 0, &list(0xA, 0xA, 0)).is_good());
     assert!(!dir.path().join("disk.img.pr").exists());
+}
+
+#[test]
+fn a_reopened_logical_unit_keeps_its_reservations() {
+    let (bus, _f) = quiet_bus();
+    let t = bus.target(0).unwrap();
+    let (a, b) = (nexus("a", 1), nexus("b", 2));
+    register(t, &a, 0xA);
+    pr_out(t, &a, 1, 3, &list(0xA, 0, 0));
+    let fresh = super::Reservations::open(std::path::Path::new("/nonexistent/x.img"), false);
+    assert!(!fresh.engaged());
+    fresh.adopt(t.lun(0).unwrap().reservations());
+    assert!(fresh.engaged());
+    assert_eq!(
+        fresh.snapshot(),
+        t.lun(0).unwrap().reservations().snapshot()
+    );
+    assert!(fresh.check(&b, super::Access::ReadShared, &[]).is_some());
+    assert!(fresh.check(&a, super::Access::Modify, &[]).is_none());
 }
