@@ -54,7 +54,7 @@ command -v cpio >/dev/null || need_pkg cpio cpio
 command -v gzip >/dev/null || need_pkg gzip gzip
 
 # The tools the guest test script uses, beyond busybox.
-sg_tools="sg_inq sg_vpd sg_readcap sg_luns sg_turs sg_modes sg_requests sg_sync sg_opcodes sg_reset sg_raw sg_map sg_write_same sg_unmap sg_get_lba_status sg_start"
+sg_tools="sg_inq sg_vpd sg_readcap sg_luns sg_turs sg_modes sg_requests sg_sync sg_opcodes sg_reset sg_raw sg_map sg_write_same sg_unmap sg_get_lba_status sg_start sg_persist"
 bins=()
 for t in $sg_tools; do
     p=$(command -v "$t" 2>/dev/null) || need_pkg "$t" sg3-utils

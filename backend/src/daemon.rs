@@ -366,9 +366,17 @@ pub fn serve_controller(
     let mut listener = Listener::from(listener);
     let mut connection = 0u64;
     while !shutdown.requested() {
+        // Each connection is its own I_T nexus (see scsi::nexus).
+        let nexus = Arc::new(opts.nexus.for_connection(connection + 1));
         let device = Arc::new(
-            ScsiDevice::new(bus.clone(), opts.clone())
-                .map_err(|e| DaemonError::VhostUser(e.to_string()))?,
+            ScsiDevice::new(
+                bus.clone(),
+                DeviceOptions {
+                    nexus: nexus.clone(),
+                    ..opts.clone()
+                },
+            )
+            .map_err(|e| DaemonError::VhostUser(e.to_string()))?,
         );
         let mut daemon = VhostUserDaemon::new(
             "vscsi-vhost-user".to_string(),
@@ -432,6 +440,8 @@ pub fn serve_controller(
         stats.connected.fetch_sub(1, Ordering::Relaxed);
         *shutdown.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
         device.stop_workers();
+        // I_T nexus loss (SAM-5 §6.3.4): what the connection held goes.
+        bus.load().nexus_lost(&nexus);
         if let Err(e) = bus.load().flush_all() {
             error!(error = %e, "flushing images after a disconnect failed");
         }

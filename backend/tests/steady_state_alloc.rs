@@ -46,6 +46,7 @@ fn read_and_write_allocate_nothing_in_steady_state() {
                 cdb: cdb.as_bytes(),
                 tag: 1,
                 task_attr: 0,
+                nexus: vscsi_backend::scsi::nexus::Nexus::local(),
             };
             let r = if *write {
                 target.execute(0, &req, data_in, &SliceDataOut(&payload))
@@ -131,6 +132,7 @@ fn io_uring_path_allocates_nothing_in_steady_state() {
                     cdb: cdb.as_bytes(),
                     tag: 1,
                     task_attr: 0,
+                    nexus: vscsi_backend::scsi::nexus::Nexus::local(),
                 };
                 let mut din = GuestDataIn {
                     iov: writable,
@@ -263,6 +265,7 @@ fn nbd_path_allocates_nothing_in_steady_state() {
                 cdb: cdb.as_bytes(),
                 tag: 1,
                 task_attr: 0,
+                nexus: vscsi_backend::scsi::nexus::Nexus::local(),
             };
             let r = if *write {
                 target.execute(0, &req, data_in, &SliceDataOut(&payload))

@@ -178,6 +178,7 @@ fuzz_target!(|input: &[u8]| {
             bus: &bus,
             queues: std::slice::from_ref(&shared),
             faults: &faults,
+            nexus: vscsi_backend::scsi::Nexus::local(),
         };
         let _ = ControlQueue::with_ring(Arc::new(QueueMetrics::new(1)), shared.ring.clone())
             .process(&vring, &atomic, &scope);

@@ -116,6 +116,7 @@ fuzz_target!(|input: &[u8]| {
             cdb,
             tag: 1,
             task_attr: 0,
+            nexus: vscsi_backend::scsi::nexus::Nexus::local(),
         };
         let mut din_a = VecDataIn::new(cap);
         let mut din_b = VecDataIn::new(cap);
@@ -152,6 +153,13 @@ fuzz_target!(|input: &[u8]| {
         );
     }
     drop((bus_a, bus_b));
+    // A PERSISTENT RESERVE OUT with APTPL=1 leaves a state file beside
+    // each image (`<image>.pr`): removed with the images.
+    for img in [img_a.path(), img_b.path()] {
+        let mut pr = img.as_os_str().to_owned();
+        pr.push(".pr");
+        let _ = std::fs::remove_file(&pr);
+    }
 
     let after_a = std::fs::read(img_a.path()).expect("read image");
     let after_b = std::fs::read(img_b.path()).expect("read image");

@@ -2,7 +2,7 @@
 //! `vscsi-backend`) through the userspace driver.
 //!
 //! One file per verb: `inquiry.rs`, `readcap.rs`, `tur.rs`, `luns.rs`,
-//! `read.rs`, `write.rs`, `raw.rs`, `scan.rs`, `demo.rs`. Shared pieces:
+//! `read.rs`, `write.rs`, `raw.rs`, `scan.rs`, `demo.rs`, `pr.rs`. Shared pieces:
 //! `device.rs` (common flags, connecting), `attention.rs` (clearing the
 //! unit attentions owed to a new frontend), `blockio.rs` (capacity, split
 //! and pipelined transfers), `output.rs` (formatting, JSON, failures, exit
@@ -24,6 +24,7 @@ mod luns;
 mod output;
 mod parse;
 mod pattern;
+mod pr;
 mod progress;
 mod raw;
 mod read;
@@ -102,6 +103,8 @@ enum Command {
     Stats(stats::Args),
     /// Manage a running vscsi-backend through its control socket (JSON-RPC).
     Ctl(ctl::Args),
+    /// Persistent reservations, like sg_persist: register, reserve, release, read keys...
+    Pr(pr::Args),
 }
 
 impl Command {
@@ -124,6 +127,7 @@ impl Command {
             Command::Verify(a) => a.device.conn.json,
             Command::Stats(a) => a.device.conn.json,
             Command::Ctl(a) => a.json,
+            Command::Pr(a) => a.device.conn.json,
         }
     }
 
@@ -145,6 +149,7 @@ impl Command {
             Command::Verify(a) => verify::run(a).await,
             Command::Stats(a) => stats::run(a).await,
             Command::Ctl(a) => ctl::run(a).await,
+            Command::Pr(a) => pr::run(a).await,
         }
     }
 }
@@ -294,5 +299,37 @@ mod tests {
             "f"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn pr_flags_parse() {
+        let pr = |extra: &[&str]| {
+            let mut v = vec!["vscsi", "pr", "--socket", "/s"];
+            v.extend_from_slice(extra);
+            Cli::try_parse_from(v)
+        };
+        let Command::Pr(a) = pr(&["--register", "0xab", "--key", "12", "--aptpl"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!((a.register, a.key, a.aptpl), (Some(0xAB), 0x12, true));
+        let Command::Pr(a) = pr(&["--reserve", "--type", "we-ro", "--key", "ab"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert!(a.reserve);
+        assert_eq!(a.rtype.map(|t| t.code()), Some(5));
+        assert!(pr(&["--read-keys"]).is_ok());
+        assert!(pr(&["-s", "--json"]).is_ok());
+        // Exactly one action.
+        assert!(pr(&[]).is_err());
+        assert!(pr(&["--read-keys", "--read-reservation"]).is_err());
+        assert!(pr(&["--register", "1", "--clear"]).is_err());
+        assert!(pr(&["--reserve", "--type", "2"]).is_err());
+        assert!(pr(&["--register", "0xg"]).is_err());
     }
 }

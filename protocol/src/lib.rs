@@ -11,12 +11,15 @@
 //! - [`sense`]: sense keys, ASC/ASCQ, fixed and descriptor format codecs.
 //! - [`cdb`]: CDB builders (driver side) and field decoders (device side).
 //! - [`data`]: INQUIRY, READ CAPACITY and REPORT LUNS response-data codecs.
+//! - [`persistent_reservation`]: PERSISTENT RESERVE IN/OUT CDBs, the PR OUT
+//!   parameter list and the PR IN parameter data (SPC-5 §6.15, §6.16).
 #![deny(missing_docs)]
 
 pub mod cdb;
 pub mod data;
 pub mod lun;
 pub mod opcode;
+pub mod persistent_reservation;
 pub mod sense;
 pub mod status;
 pub mod virtio_scsi;

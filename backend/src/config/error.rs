@@ -28,7 +28,7 @@ pub enum ConfigError {
         second: String,
     },
     /// One image file at two addresses (each LUN locks its image).
-    #[error("image {path} is given twice (target {first_target} LUN {first_lun} and target {target} LUN {lun}): serve each image once, or use --config with shared = true and read_only = true")]
+    #[error("image {path} is given twice (target {first_target} LUN {first_lun} and target {target} LUN {lun}): serve each image once, or use --config with shared = true on each (read-only LUNs, or one writable LUN per controller)")]
     ImageTwice {
         /// The image, as the second mention spelled it.
         path: String,

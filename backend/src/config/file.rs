@@ -270,12 +270,12 @@ impl Reader<'_> {
     }
 
     /// The LUNs of controller `i`; `images` holds every image seen so far
-    /// in the file (canonical path, line, shared).
+    /// in the file.
     fn luns(
         &self,
         i: usize,
         c: &FileController,
-        images: &mut Vec<(PathBuf, usize, bool)>,
+        images: &mut Vec<SeenImage>,
     ) -> Result<Vec<LunConfig>, ConfigError> {
         let mut luns: Vec<(LunConfig, usize)> = Vec::new();
         for l in &c.lun {
@@ -309,22 +309,61 @@ impl Reader<'_> {
             }
             let canon =
                 std::fs::canonicalize(&lc.spec.path).unwrap_or_else(|_| lc.spec.path.clone());
-            if let Some((_, first, first_shared)) = images.iter().find(|(p, _, _)| *p == canon) {
-                if !(lc.shared && *first_shared) {
+            for seen in images.iter().filter(|s| s.path == canon) {
+                if let Err(msg) = seen.may_share_with(i, &lc) {
                     return Err(self.at(
                         span,
                         &format!("controller[{i}].lun (target {t} lun {n}).image"),
                         format!(
-                            "image {} is also served at line {first}: set shared = true (and read_only = true) on both, or use another image",
-                            lc.spec.path.display()
+                            "image {} is also served at line {}: {msg}",
+                            lc.spec.path.display(),
+                            seen.line
                         ),
                     ));
                 }
             }
-            images.push((canon, line, lc.shared));
+            images.push(SeenImage {
+                path: canon,
+                line,
+                controller: i,
+                lun: lc.clone(),
+            });
             luns.push((lc, line));
         }
         Ok(luns.into_iter().map(|(l, _)| l).collect())
+    }
+}
+
+/// An image already served by a LUN of the file.
+struct SeenImage {
+    path: PathBuf,
+    line: usize,
+    controller: usize,
+    lun: LunConfig,
+}
+
+impl SeenImage {
+    /// Whether `other`, a LUN of controller `controller` on the same image,
+    /// may serve it too. Both must say `shared = true`. Read-only LUNs may
+    /// share an image freely (each is its own logical unit). A writable
+    /// shared image is one logical unit reached through several
+    /// controllers (multipath: one I_T nexus each): at most one LUN per
+    /// controller, with the same options everywhere.
+    fn may_share_with(&self, controller: usize, other: &LunConfig) -> Result<(), String> {
+        if !(self.lun.shared && other.shared) {
+            return Err("set shared = true on both (one logical unit on several controllers), or use another image".into());
+        }
+        let o = &other.spec.options;
+        if self.lun.spec.options.read_only && o.read_only {
+            return Ok(());
+        }
+        if controller == self.controller {
+            return Err("a writable shared image is one logical unit: serve it once per controller (another controller may serve it too)".into());
+        }
+        if self.lun.spec.options != *o {
+            return Err("a writable shared image is one logical unit: give it the same options on every controller".into());
+        }
+        Ok(())
     }
 }
 
@@ -359,7 +398,7 @@ pub fn parse_file(file: &Path, src: &str) -> Result<DaemonConfig, ConfigError> {
         poll_us: 0,
         controllers: Vec::new(),
     };
-    let mut images: Vec<(PathBuf, usize, bool)> = Vec::new();
+    let mut images: Vec<SeenImage> = Vec::new();
     for (i, c) in raw.controller.iter().enumerate() {
         let cspan = c.span();
         let c = c.get_ref();
@@ -442,5 +481,62 @@ mod tests {
         assert!(some
             .to_toml()
             .contains("features = [\"event_idx\", \"hotplug\"]"));
+    }
+
+    #[test]
+    fn a_writable_shared_image_is_one_lu_per_controller_with_the_same_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("d.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let file = dir.path().join("vscsi.toml");
+        // Each (controller, lun, extra keys) is one LUN on image d.img.
+        let text = |luns: &[(usize, u16, &str)]| {
+            let mut t = String::new();
+            for c in 0..2 {
+                t.push_str(&format!(
+                    "[[controller]]\nname = \"c{c}\"\nsocket = \"{}\"\n",
+                    dir.path().join(format!("s{c}.sock")).display()
+                ));
+                for (_, lun, extra) in luns.iter().filter(|l| l.0 == c) {
+                    t.push_str(&format!(
+                        "[[controller.lun]]\ntarget = 0\nlun = {lun}\nimage = \"{}\"\n{extra}\n",
+                        img.display()
+                    ));
+                }
+            }
+            parse_file(&file, &t).map_err(|e| e.to_string())
+        };
+        // Two controllers, writable, shared: one LU, two paths.
+        let ok = text(&[(0, 0, "shared = true"), (1, 0, "shared = true")]).unwrap();
+        assert!(ok.controllers.iter().all(|c| c.luns[0].shared));
+        // Read-only ones may share freely, within one controller too.
+        text(&[
+            (0, 0, "shared = true\nread_only = true"),
+            (0, 1, "shared = true\nread_only = true\nserial = \"X\""),
+        ])
+        .unwrap();
+        for (luns, want) in [
+            (
+                vec![(0, 0, ""), (1, 0, "shared = true")],
+                "set shared = true on both",
+            ),
+            (
+                vec![(0, 0, "shared = true"), (0, 1, "shared = true")],
+                "once per controller",
+            ),
+            (
+                vec![
+                    (0, 0, "shared = true"),
+                    (1, 0, "shared = true\nserial = \"Y\""),
+                ],
+                "the same options on every controller",
+            ),
+        ] {
+            let err = text(&luns).unwrap_err();
+            assert!(err.contains(want), "{err}");
+        }
     }
 }

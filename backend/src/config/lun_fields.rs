@@ -13,7 +13,7 @@ use vscsi_protocol::lun::MAX_LUN;
 use super::access::NumOrText;
 use super::lun_spec::LunSpec;
 use super::model::LunConfig;
-use crate::lun_options::{parse_wwn, DeviceType, LunOption, LunOptionError, LunRequest, Spelling};
+use crate::lun_options::{parse_wwn, LunOption, LunOptionError, LunRequest, Spelling};
 
 /// The fields of one LUN, as written in a `[[controller.lun]]` table of the
 /// configuration file or in the `add_lun` control method. Unset fields take
@@ -81,7 +81,8 @@ pub struct LunFields {
     /// POWER ON unit attention at each connection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub power_on_ua: Option<bool>,
-    /// The image is served by more than one LUN (all read-only).
+    /// The image is served by more than one LUN: read-only LUNs each, or
+    /// one writable logical unit on several controllers (multipath).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared: bool,
     /// Fault injection, e.g. `"latency=5ms,error=100+8"`.
@@ -187,12 +188,6 @@ impl LunFields {
         if let Some(f) = &self.fault {
             f.parse::<crate::fault::FaultSpec>()
                 .map_err(|e| ("fault", e.to_string()))?;
-        }
-        if self.shared && !o.read_only && o.device_type == DeviceType::Disk {
-            return Err((
-                "shared",
-                "a shared image must be served read-only: add read_only = true".into(),
-            ));
         }
         let nbd = self
             .image

@@ -9,6 +9,7 @@ use vscsi_protocol::status;
 
 use super::io::{DataIn, DataOut, MediumTransfer};
 use super::lu::LogicalUnit;
+use super::nexus::Nexus;
 
 /// One SCSI command as the transport received it (SAM-5 "Execute Command" procedure).
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +24,10 @@ pub struct Request<'a> {
     /// so every attribute is honoured as SIMPLE; ordering across queues is
     /// the transport's business.
     pub task_attr: u8,
+    /// The I_T nexus the command arrived on (persistent reservations,
+    /// per-nexus unit attentions); [`Nexus::local`] where the transport has
+    /// only one initiator.
+    pub nexus: &'a Nexus,
 }
 
 /// The outcome of one command: status, sense data and data lengths.
@@ -281,6 +286,7 @@ mod tests {
             cdb: cdb.as_bytes(),
             tag: 1,
             task_attr: 0,
+            nexus: crate::scsi::nexus::Nexus::local(),
         };
         let r = t.execute(0, &req, &mut din, &crate::scsi::NO_DATA_OUT);
         assert!(r.is_overrun(), "{r:?}");

@@ -22,9 +22,11 @@ use vscsi_protocol::sense::Sense;
 use super::command::CommandResult;
 use super::io::{DataIn, DataOut};
 use super::lu::{DeviceType, LogicalUnit};
+use super::nexus::Nexus;
+use super::reservation::{pr_in, pr_out, spc2, Access};
 use super::{
-    atomic, buffer, capacity, cdrom, defect, format, inquiry, log_sense, maintenance, mode,
-    prefetch, provisioning, rw, sense_cmd, sync, unit, verify,
+    atomic, buffer, capacity, cdrom, defect, format, log_sense, maintenance, mode, prefetch,
+    provisioning, rw, sense_cmd, sync, unit, verify,
 };
 
 /// A handler for a command addressed to an existing logical unit; `cdb`
@@ -36,13 +38,28 @@ pub(crate) type LuHandler = fn(
     data_out: &dyn DataOut,
 ) -> CommandResult;
 
+/// A handler for a command whose effect depends on the I_T nexus it came
+/// from (reservations).
+pub(crate) type NexusHandler = fn(
+    lu: &LogicalUnit,
+    nexus: &Nexus,
+    cdb: &[u8],
+    data_in: &mut dyn DataIn,
+    data_out: &dyn DataOut,
+) -> CommandResult;
+
 /// Who executes a command.
 #[derive(Clone, Copy)]
 pub(crate) enum Handler {
     /// The logical unit.
     Lu(LuHandler),
+    /// The logical unit, told the I_T nexus.
+    Nexus(NexusHandler),
     /// The target (REPORT LUNS, SPC-5: answered for any LUN, present or not).
     ReportLuns,
+    /// INQUIRY: the logical unit, with the target port the command came
+    /// through (VPD 83h reports it, see [`super::target_port`]).
+    Inquiry,
     /// REPORT SUPPORTED OPERATION CODES: the logical unit, through
     /// [`super::supported_opcodes`], which reads this table.
     SupportedOperationCodes,
@@ -99,6 +116,9 @@ pub struct Command {
     pub any_lun: bool,
     /// Offered by the REPORT LUNS well-known logical unit.
     pub well_known_lu: bool,
+    /// How the command fares under a reservation held by another I_T
+    /// nexus; `None`: from its class ([`Command::access`]).
+    pub access_rule: Option<Access>,
     pub(crate) handler: Handler,
 }
 
@@ -177,6 +197,20 @@ impl std::fmt::Debug for Command {
 }
 
 impl Command {
+    /// The reservation access rule ([`super::reservation::access`]): the
+    /// entry's own, else READ and VERIFY read ([`Access::ReadShared`]) and
+    /// everything else modifies ([`Access::Modify`]: what SPC-5 says of
+    /// every command it does not list as allowed); INQUIRY, REPORT LUNS and
+    /// REQUEST SENSE (any LUN) always go ([`Access::Always`]).
+    pub fn access(&self) -> Access {
+        match (self.access_rule, self.class) {
+            (Some(a), _) => a,
+            (None, _) if self.any_lun => Access::Always,
+            (None, Class::Read | Class::Verify) => Access::ReadShared,
+            (None, _) => Access::Modify,
+        }
+    }
+
     /// Whether logical unit `lu` offers this command.
     pub fn available(&self, lu: &LogicalUnit) -> bool {
         let disk = lu.device_type() == DeviceType::Disk;
@@ -213,8 +247,92 @@ const fn cmd(
         may_defer: false,
         any_lun: false,
         well_known_lu: false,
+        access_rule: None,
         handler: Handler::Lu(f),
     }
+}
+
+/// A command told the I_T nexus ([`Handler::Nexus`]).
+const fn nexus_cmd(
+    opcode: u8,
+    name: &'static str,
+    usage: &'static [u8],
+    data_out: bool,
+    f: NexusHandler,
+) -> Command {
+    Command {
+        handler: Handler::Nexus(f),
+        ..cmd(opcode, name, usage, data_out, false, unit::test_unit_ready)
+    }
+}
+
+/// PERSISTENT RESERVE IN's CDB usage data, per service action 0-3
+/// (ALLOCATION LENGTH evaluated).
+const PR_IN_USAGE: [[u8; 10]; 4] = {
+    let mut u = [[0x5E, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x04]; 4];
+    let mut i = 0;
+    while i < 4 {
+        u[i][1] = i as u8;
+        i += 1;
+    }
+    u
+};
+
+/// PERSISTENT RESERVE OUT's CDB usage data, per service action 0-7
+/// (SCOPE and TYPE for RESERVE, RELEASE, PREEMPT (AND ABORT); PARAMETER
+/// LIST LENGTH).
+const PR_OUT_USAGE: [[u8; 10]; 8] = {
+    let mut u = [[0x5F, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x04]; 8];
+    let mut i = 0;
+    while i < 8 {
+        u[i][1] = i as u8;
+        if matches!(
+            i as u8,
+            pr_out::RESERVE | pr_out::RELEASE | pr_out::PREEMPT | pr_out::PREEMPT_AND_ABORT
+        ) {
+            u[i][2] = 0xFF;
+        }
+        i += 1;
+    }
+    u
+};
+
+/// A PERSISTENT RESERVE IN service action: allowed under every persistent
+/// reservation.
+const fn pr_in_sa(name: &'static str, service_action: u8, usage: &'static [u8]) -> Command {
+    let mut c = nexus_cmd(
+        op::PERSISTENT_RESERVE_IN,
+        name,
+        usage,
+        false,
+        pr_in::persistent_reserve_in,
+    );
+    c.service_action = Some(service_action);
+    access(c, Access::Allowed)
+}
+
+/// A PERSISTENT RESERVE OUT service action: it applies its own rules.
+const fn pr_out_sa(name: &'static str, service_action: u8, usage: &'static [u8]) -> Command {
+    let mut c = nexus_cmd(
+        op::PERSISTENT_RESERVE_OUT,
+        name,
+        usage,
+        true,
+        pr_out::persistent_reserve_out,
+    );
+    c.service_action = Some(service_action);
+    own_rules(c)
+}
+
+/// RESERVE / RELEASE / PERSISTENT RESERVE OUT: the command's own rules.
+const fn own_rules(c: Command) -> Command {
+    access(c, Access::OwnRules)
+}
+
+/// The entry's reservation access rule (SPC-5 / SBC-4 tables).
+const fn access(mut c: Command, a: Access) -> Command {
+    c.access_rule = Some(a);
+    c
 }
 
 /// A READ: counted as a read; its transfer may be deferred.
@@ -372,14 +490,17 @@ const TABLE: &[Command] = &[
         true,
         rw::write,
     )),
-    well_known_lu(cmd(
-        op::TEST_UNIT_READY,
-        "TEST UNIT READY",
-        &[0x00, 0, 0, 0, 0, 0x04],
-        false,
-        true,
-        unit::test_unit_ready,
-    )),
+    access(
+        well_known_lu(cmd(
+            op::TEST_UNIT_READY,
+            "TEST UNIT READY",
+            &[0x00, 0, 0, 0, 0, 0x04],
+            false,
+            true,
+            unit::test_unit_ready,
+        )),
+        Access::Allowed,
+    ),
     well_known_lu(any_lun(cmd(
         op::REQUEST_SENSE,
         "REQUEST SENSE",
@@ -388,14 +509,17 @@ const TABLE: &[Command] = &[
         false,
         sense_cmd::request_sense,
     ))),
-    well_known_lu(any_lun(cmd(
-        op::INQUIRY,
-        "INQUIRY",
-        &[0x12, 0x03, 0xFF, 0xFF, 0xFF, 0x04],
-        false,
-        false,
-        inquiry::inquiry,
-    ))),
+    Command {
+        handler: Handler::Inquiry,
+        ..well_known_lu(any_lun(cmd(
+            op::INQUIRY,
+            "INQUIRY",
+            &[0x12, 0x03, 0xFF, 0xFF, 0xFF, 0x04],
+            false,
+            false,
+            unit::test_unit_ready,
+        )))
+    },
     cmd(
         op::MODE_SELECT_6,
         "MODE SELECT(6)",
@@ -404,65 +528,83 @@ const TABLE: &[Command] = &[
         false,
         mode::mode_select,
     ),
-    cmd(
-        op::MODE_SENSE_6,
-        "MODE SENSE(6)",
-        &[0x1A, 0x08, 0xFF, 0xFF, 0xFF, 0x04],
-        false,
-        false,
-        mode::mode_sense,
-    ),
-    cmd(
-        op::START_STOP_UNIT,
-        "START STOP UNIT",
-        &[0x1B, 0x01, 0, 0x0F, 0xF7, 0x04],
-        false,
-        false,
-        unit::start_stop_unit,
-    ),
-    cmd(
-        op::PREVENT_ALLOW_MEDIUM_REMOVAL,
-        "PREVENT ALLOW MEDIUM REMOVAL",
-        &[0x1E, 0, 0, 0, 0x03, 0x04],
-        false,
-        false,
-        unit::prevent_allow_medium_removal,
-    ),
-    present(cmd(
-        op::READ_CAPACITY_10,
-        "READ CAPACITY(10)",
-        &[0x25, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x01, 0x04],
-        false,
-        false,
-        capacity::read_capacity_10,
-    )),
-    present(sa(
+    access(
         cmd(
-            op::SERVICE_ACTION_IN_16,
-            "READ CAPACITY(16)",
-            &[
-                0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04,
-            ],
+            op::MODE_SENSE_6,
+            "MODE SENSE(6)",
+            &[0x1A, 0x08, 0xFF, 0xFF, 0xFF, 0x04],
             false,
             false,
-            capacity::read_capacity_16,
+            mode::mode_sense,
         ),
-        op::SAI_READ_CAPACITY_16,
-    )),
-    disk(sa(
+        Access::ReadShared,
+    ),
+    access(
         cmd(
-            op::SERVICE_ACTION_IN_16,
-            "GET LBA STATUS(16)",
-            &[
-                0x9E, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
-                0, 0x04,
-            ],
+            op::START_STOP_UNIT,
+            "START STOP UNIT",
+            &[0x1B, 0x01, 0, 0x0F, 0xF7, 0x04],
             false,
-            true,
-            provisioning::get_lba_status,
+            false,
+            unit::start_stop_unit,
         ),
-        op::SAI_GET_LBA_STATUS,
-    )),
+        Access::StartStop,
+    ),
+    access(
+        cmd(
+            op::PREVENT_ALLOW_MEDIUM_REMOVAL,
+            "PREVENT ALLOW MEDIUM REMOVAL",
+            &[0x1E, 0, 0, 0, 0x03, 0x04],
+            false,
+            false,
+            unit::prevent_allow_medium_removal,
+        ),
+        Access::PreventAllow,
+    ),
+    access(
+        present(cmd(
+            op::READ_CAPACITY_10,
+            "READ CAPACITY(10)",
+            &[0x25, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x01, 0x04],
+            false,
+            false,
+            capacity::read_capacity_10,
+        )),
+        Access::Allowed,
+    ),
+    access(
+        present(sa(
+            cmd(
+                op::SERVICE_ACTION_IN_16,
+                "READ CAPACITY(16)",
+                &[
+                    0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04,
+                ],
+                false,
+                false,
+                capacity::read_capacity_16,
+            ),
+            op::SAI_READ_CAPACITY_16,
+        )),
+        Access::Allowed,
+    ),
+    access(
+        disk(sa(
+            cmd(
+                op::SERVICE_ACTION_IN_16,
+                "GET LBA STATUS(16)",
+                &[
+                    0x9E, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                    0xFF, 0, 0x04,
+                ],
+                false,
+                true,
+                provisioning::get_lba_status,
+            ),
+            op::SAI_GET_LBA_STATUS,
+        )),
+        Access::ReadShared,
+    ),
     slow(
         cmd(
             op::SYNCHRONIZE_CACHE_10,
@@ -694,13 +836,16 @@ const TABLE: &[Command] = &[
         false,
         mode::mode_select,
     ),
-    cmd(
-        op::MODE_SENSE_10,
-        "MODE SENSE(10)",
-        &[0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0x04],
-        false,
-        false,
-        mode::mode_sense,
+    access(
+        cmd(
+            op::MODE_SENSE_10,
+            "MODE SENSE(10)",
+            &[0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0x04],
+            false,
+            false,
+            mode::mode_sense,
+        ),
+        Access::ReadShared,
     ),
     cmd(
         op::WRITE_BUFFER,
@@ -729,74 +874,184 @@ const TABLE: &[Command] = &[
             unit::test_unit_ready,
         )))
     },
-    Command {
-        handler: Handler::SupportedOperationCodes,
-        ..sa(
+    access(
+        Command {
+            handler: Handler::SupportedOperationCodes,
+            ..sa(
+                cmd(
+                    op::MAINTENANCE_IN,
+                    "REPORT SUPPORTED OPERATION CODES",
+                    &[
+                        0xA3, 0x0C, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04,
+                    ],
+                    false,
+                    false,
+                    unit::test_unit_ready,
+                ),
+                op::MI_REPORT_SUPPORTED_OPERATION_CODES,
+            )
+        },
+        Access::ReadShared,
+    ),
+    access(
+        sa(
             cmd(
                 op::MAINTENANCE_IN,
-                "REPORT SUPPORTED OPERATION CODES",
-                &[
-                    0xA3, 0x0C, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04,
-                ],
+                "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS",
+                &[0xA3, 0x0D, 0x80, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04],
                 false,
                 false,
-                unit::test_unit_ready,
+                maintenance::report_supported_tmfs,
             ),
-            op::MI_REPORT_SUPPORTED_OPERATION_CODES,
-        )
-    },
-    sa(
-        cmd(
-            op::MAINTENANCE_IN,
-            "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS",
-            &[0xA3, 0x0D, 0x80, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04],
-            false,
-            false,
-            maintenance::report_supported_tmfs,
+            op::MI_REPORT_SUPPORTED_TMFS,
         ),
-        op::MI_REPORT_SUPPORTED_TMFS,
+        Access::ReadShared,
     ),
+    // Reservations (SPC-5 §6.16, §6.17; SPC-2 §7.21-§7.24).
+    pr_in_sa(
+        "PERSISTENT RESERVE IN (READ KEYS)",
+        pr_in::READ_KEYS,
+        &PR_IN_USAGE[0],
+    ),
+    pr_in_sa(
+        "PERSISTENT RESERVE IN (READ RESERVATION)",
+        pr_in::READ_RESERVATION,
+        &PR_IN_USAGE[1],
+    ),
+    pr_in_sa(
+        "PERSISTENT RESERVE IN (REPORT CAPABILITIES)",
+        pr_in::REPORT_CAPABILITIES,
+        &PR_IN_USAGE[2],
+    ),
+    pr_in_sa(
+        "PERSISTENT RESERVE IN (READ FULL STATUS)",
+        pr_in::READ_FULL_STATUS,
+        &PR_IN_USAGE[3],
+    ),
+    pr_out_sa(
+        "PERSISTENT RESERVE OUT (REGISTER)",
+        pr_out::REGISTER,
+        &PR_OUT_USAGE[0],
+    ),
+    pr_out_sa(
+        "PERSISTENT RESERVE OUT (RESERVE)",
+        pr_out::RESERVE,
+        &PR_OUT_USAGE[1],
+    ),
+    pr_out_sa(
+        "PERSISTENT RESERVE OUT (RELEASE)",
+        pr_out::RELEASE,
+        &PR_OUT_USAGE[2],
+    ),
+    pr_out_sa(
+        "PERSISTENT RESERVE OUT (CLEAR)",
+        pr_out::CLEAR,
+        &PR_OUT_USAGE[3],
+    ),
+    pr_out_sa(
+        "PERSISTENT RESERVE OUT (PREEMPT)",
+        pr_out::PREEMPT,
+        &PR_OUT_USAGE[4],
+    ),
+    pr_out_sa(
+        "PERSISTENT RESERVE OUT (PREEMPT AND ABORT)",
+        pr_out::PREEMPT_AND_ABORT,
+        &PR_OUT_USAGE[5],
+    ),
+    pr_out_sa(
+        "PERSISTENT RESERVE OUT (REGISTER AND IGNORE EXISTING KEY)",
+        pr_out::REGISTER_AND_IGNORE,
+        &PR_OUT_USAGE[6],
+    ),
+    pr_out_sa(
+        "PERSISTENT RESERVE OUT (REGISTER AND MOVE)",
+        pr_out::REGISTER_AND_MOVE,
+        &PR_OUT_USAGE[7],
+    ),
+    own_rules(nexus_cmd(
+        op::RESERVE_6,
+        "RESERVE(6)",
+        &[0x16, 0x01, 0, 0, 0, 0x04],
+        false,
+        spc2::reserve,
+    )),
+    own_rules(nexus_cmd(
+        op::RELEASE_6,
+        "RELEASE(6)",
+        &[0x17, 0x01, 0, 0, 0, 0x04],
+        false,
+        spc2::release,
+    )),
+    own_rules(nexus_cmd(
+        op::RESERVE_10,
+        "RESERVE(10)",
+        &[0x56, 0x13, 0, 0, 0, 0, 0, 0, 0, 0x04],
+        false,
+        spc2::reserve,
+    )),
+    own_rules(nexus_cmd(
+        op::RELEASE_10,
+        "RELEASE(10)",
+        &[0x57, 0x13, 0, 0, 0, 0, 0, 0, 0, 0x04],
+        false,
+        spc2::release,
+    )),
     // MMC-6 commands of a CD-ROM.
-    cdrom(present(cmd(
-        op::READ_TOC,
-        "READ TOC/PMA/ATIP",
-        &[0x43, 0x02, 0x0F, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xC4],
-        false,
-        false,
-        cdrom::read_toc,
-    ))),
-    cdrom(cmd(
-        op::GET_CONFIGURATION,
-        "GET CONFIGURATION",
-        &[0x46, 0x03, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0x04],
-        false,
-        false,
-        cdrom::get_configuration,
-    )),
-    cdrom(cmd(
-        op::GET_EVENT_STATUS_NOTIFICATION,
-        "GET EVENT STATUS NOTIFICATION",
-        &[0x4A, 0x01, 0, 0, 0xFF, 0, 0, 0xFF, 0xFF, 0x04],
-        false,
-        false,
-        cdrom::get_event_status_notification,
-    )),
-    cdrom(present(cmd(
-        op::READ_DISC_INFORMATION,
-        "READ DISC INFORMATION",
-        &[0x51, 0x07, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x04],
-        false,
-        false,
-        cdrom::read_disc_information,
-    ))),
-    cdrom(cmd(
-        op::MECHANISM_STATUS,
-        "MECHANISM STATUS",
-        &[0xBD, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0, 0x04],
-        false,
-        false,
-        cdrom::mechanism_status,
-    )),
+    access(
+        cdrom(present(cmd(
+            op::READ_TOC,
+            "READ TOC/PMA/ATIP",
+            &[0x43, 0x02, 0x0F, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xC4],
+            false,
+            false,
+            cdrom::read_toc,
+        ))),
+        Access::ReadShared,
+    ),
+    access(
+        cdrom(cmd(
+            op::GET_CONFIGURATION,
+            "GET CONFIGURATION",
+            &[0x46, 0x03, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0x04],
+            false,
+            false,
+            cdrom::get_configuration,
+        )),
+        Access::ReadShared,
+    ),
+    access(
+        cdrom(cmd(
+            op::GET_EVENT_STATUS_NOTIFICATION,
+            "GET EVENT STATUS NOTIFICATION",
+            &[0x4A, 0x01, 0, 0, 0xFF, 0, 0, 0xFF, 0xFF, 0x04],
+            false,
+            false,
+            cdrom::get_event_status_notification,
+        )),
+        Access::ReadShared,
+    ),
+    access(
+        cdrom(present(cmd(
+            op::READ_DISC_INFORMATION,
+            "READ DISC INFORMATION",
+            &[0x51, 0x07, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x04],
+            false,
+            false,
+            cdrom::read_disc_information,
+        ))),
+        Access::ReadShared,
+    ),
+    access(
+        cdrom(cmd(
+            op::MECHANISM_STATUS,
+            "MECHANISM STATUS",
+            &[0xBD, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0, 0x04],
+            false,
+            false,
+            cdrom::mechanism_status,
+        )),
+        Access::ReadShared,
+    ),
 ];
 
 /// Finds the command for `cdb` among those `offered` accepts and checks the

@@ -2,7 +2,10 @@
 //! SAM-5, SPC-5 and SBC-4) and the VPD pages 00h (supported pages), 80h
 //! (unit serial number: configured, or derived from the image path), 83h
 //! (device identification: an NAA designator and a T10 vendor ID
-//! designator, both stable across restarts), B0h (block limits), B1h
+//! designator for the logical unit, both stable across restarts and the
+//! same through every controller serving the image; then the relative
+//! target port and the NAA target port name of the controller the command
+//! came through, see [`super::target_port`]), B0h (block limits), B1h
 //! (block device characteristics) and B2h (logical block provisioning).
 //!
 //! CDB: byte 1 bit 0 EVPD, bit 1 the obsolete CmdDt (must be 0), byte 2
@@ -21,9 +24,10 @@ use vscsi_protocol::data::{
 };
 
 use super::command::{invalid_field, respond, CommandResult};
-use super::io::{DataIn, DataOut};
+use super::io::DataIn;
 use super::lu::{DeviceType, LogicalUnit};
 use super::provisioning::{max_unmap_blocks, MAX_UNMAP_DESCRIPTORS};
+use super::target_port::{TargetPort, DESIGNATORS_LEN};
 use super::verify::MAX_COMPARE_AND_WRITE_BLOCKS;
 
 /// VPD page: supported VPD pages.
@@ -81,12 +85,12 @@ fn vpd_header(buf: &mut [u8], pq_type: u8, page: u8, body_len: usize) -> usize {
     4 + body_len
 }
 
-/// INQUIRY to an existing logical unit.
+/// INQUIRY to an existing logical unit, received through `port`.
 pub(crate) fn inquiry(
     lu: &LogicalUnit,
+    port: &TargetPort,
     cdb: &[u8],
     data_in: &mut dyn DataIn,
-    _: &dyn DataOut,
 ) -> CommandResult {
     let p = match parse(cdb) {
         Ok(p) => p,
@@ -130,12 +134,15 @@ pub(crate) fn inquiry(
             // Then CODE SET 2 (ASCII), ASSOCIATION 00b, DESIGNATOR TYPE 1
             // (T10 vendor ID based: 8-byte vendor + vendor specific identifier).
             let id = lu.designator().as_bytes();
-            let id = &id[..id.len().min(buf.len() - 20)];
+            let id = &id[..id.len().min(buf.len() - 20 - DESIGNATORS_LEN)];
             buf[16] = 0x02;
             buf[17] = 0x01;
             buf[19] = id.len() as u8;
             buf[20..20 + id.len()].copy_from_slice(id);
-            vpd_header(&mut buf, pq_type, p.page, 16 + id.len())
+            // Then the target port (ASSOCIATION 01b): relative target port
+            // and target port name.
+            let n = port.write_designators(&mut buf[20 + id.len()..]);
+            vpd_header(&mut buf, pq_type, p.page, 16 + id.len() + n)
         }
         VPD_BLOCK_LIMITS => {
             block_limits(lu, &mut buf[4..64]);
@@ -314,10 +321,17 @@ mod tests {
         // LU, type 3), then the T10 vendor ID designator (ASCII, LU, type 1).
         let naa = t.lun(0).unwrap().naa();
         assert_eq!(naa >> 60, 3);
-        let mut expect = vec![0, 0x83, 0, 29, 0x01, 0x03, 0, 8];
+        // Then the target port's: relative target port 1 (binary, target
+        // port association, type 4h) and its NAA name (binary, target port, 3h).
+        let port = t.port().name();
+        assert_eq!(port >> 60, 3);
+        let mut expect = vec![0, 0x83, 0, 49, 0x01, 0x03, 0, 8];
         expect.extend_from_slice(&naa.to_be_bytes());
         expect.extend_from_slice(&[0x02, 0x01, 0, 13]);
         expect.extend_from_slice(b"VSCSI   SN123");
+        expect.extend_from_slice(&[0x01, 0x14, 0, 4, 0, 0, 0, 1]);
+        expect.extend_from_slice(&[0x01, 0x13, 0, 8]);
+        expect.extend_from_slice(&port.to_be_bytes());
         assert_eq!(data, expect);
         let (r, _) = run_cdb(t, 0, Cdb::inquiry(true, 0xB3, 255), 256);
         assert_eq!(
@@ -335,15 +349,70 @@ mod tests {
         assert_eq!(serial.len(), 4 + 16);
         let (_, data) = run_cdb(t, 0, Cdb::inquiry(true, 0x83, 255), 256);
         let naa = data[8..16].to_vec();
-        let id = std::str::from_utf8(&data[20..]).unwrap().to_string();
+        let id_len = usize::from(data[19]);
+        let id = std::str::from_utf8(&data[20..20 + id_len])
+            .unwrap()
+            .to_string();
         assert!(id.starts_with("VSCSI   VIRTUAL-DISK-"), "{id}");
-        assert_eq!(usize::from(data[19]), id.len());
+        assert_eq!(data.len(), 20 + id_len + 20);
         // Stable for the same image.
         drop(bus);
         let lu = crate::scsi::LogicalUnit::open(f.path(), LunOptions::default()).unwrap();
         assert_eq!(lu.designator(), id);
         assert_eq!(lu.naa().to_be_bytes().to_vec(), naa);
         assert_eq!(lu.serial().as_bytes(), &serial[4..]);
+    }
+
+    /// One image behind two controllers (two buses, two target ports): the
+    /// logical unit designators and serial agree, the target port ones differ.
+    #[test]
+    fn two_ports_to_one_logical_unit() {
+        use crate::scsi::{LogicalUnit, ScsiBus, TargetPort};
+        use std::path::Path;
+        use std::sync::Arc;
+        let (_, f) = bus_with(8, LunOptions::default());
+        let lu = Arc::new(LogicalUnit::open(f.path(), LunOptions::default()).unwrap());
+        let page = |index: usize| {
+            let mut bus = ScsiBus::new();
+            bus.add_lun(0, 0, lu.clone()).unwrap();
+            bus.set_port(TargetPort::for_controller(
+                index,
+                Path::new(&format!("/run/c{index}.sock")),
+            ));
+            let (r, di) = run_cdb(
+                bus.target(0).unwrap(),
+                0,
+                Cdb::inquiry(true, 0x83, 255),
+                256,
+            );
+            assert!(r.is_good());
+            let (_, sn) = run_cdb(
+                bus.target(0).unwrap(),
+                0,
+                Cdb::inquiry(true, 0x80, 255),
+                256,
+            );
+            (di, sn, *bus.port())
+        };
+        let (a, sn_a, port_a) = page(0);
+        let (b, sn_b, port_b) = page(1);
+        assert_eq!(sn_a, sn_b);
+        let lu_part = 4 + 12 + 4 + usize::from(a[19]);
+        assert_eq!(a[..lu_part], b[..lu_part]);
+        assert_eq!(a.len(), lu_part + 20);
+        assert_eq!(a[lu_part..lu_part + 8], [0x01, 0x14, 0, 4, 0, 0, 0, 1]);
+        assert_eq!(b[lu_part..lu_part + 8], [0x01, 0x14, 0, 4, 0, 0, 0, 2]);
+        assert_eq!(a[lu_part + 12..], port_a.name().to_be_bytes());
+        assert_eq!(b[lu_part + 12..], port_b.name().to_be_bytes());
+        assert_ne!(port_a.name(), port_b.name());
+        // A target added after set_port gets the bus's port too.
+        let mut bus = ScsiBus::new();
+        bus.set_port(TargetPort::new(7, 0x1234));
+        let bus = bus.with_lun(3, 0, lu.clone()).unwrap();
+        assert_eq!(bus.target(3).unwrap().port().relative_id(), 7);
+        // Standard INQUIRY: TPGS 00b (byte 5 bits 5-4), no ALUA.
+        let (_, std) = run_cdb(bus.target(3).unwrap(), 0, Cdb::inquiry(false, 0, 96), 256);
+        assert_eq!(std[5] & 0x30, 0);
     }
 
     #[test]

@@ -22,6 +22,8 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use vscsi_protocol::data::{StandardInquiry, TYPE_CDROM, TYPE_DISK};
 use vscsi_protocol::sense::Sense;
 
+use super::nexus::Nexus;
+use super::reservation::Reservations;
 pub use crate::lun_options::{DeviceType, LunOptions, MAX_SERIAL_LEN};
 use crate::storage::{AioMode, Image, OpenError};
 
@@ -195,6 +197,9 @@ pub const VERSION_DESCRIPTORS: [u16; 3] = [0x00A0, 0x05C0, 0x0600];
 pub struct LogicalUnit {
     image: Image,
     opts: LunOptions,
+    /// The options as given to [`LogicalUnit::open`] (before the medium
+    /// settled some): how a controller finds a shared LU to reuse.
+    asked: LunOptions,
     blocks: AtomicU64,
     block_shift: u32,
     inquiry: [u8; INQUIRY_LEN],
@@ -219,6 +224,8 @@ pub struct LogicalUnit {
     atomic: super::atomic::AtomicWindow,
     /// WRITE BUFFER / READ BUFFER's buffer.
     data_buffer: super::buffer::DataBuffer,
+    /// Persistent and SPC-2 reservations.
+    pr: Reservations,
 }
 
 /// 64-bit FNV-1a, to derive a stable identifier from the image path.
@@ -235,6 +242,7 @@ impl LogicalUnit {
     /// rounded down, with a warning naming it; one smaller than a block is
     /// refused.
     pub fn open(path: &Path, mut opts: LunOptions) -> Result<LogicalUnit, OpenError> {
+        let asked = opts.clone();
         opts.settle_device_type();
         opts.check().map_err(|e| OpenError::InvalidOption {
             path: path.to_path_buf(),
@@ -330,7 +338,12 @@ impl LogicalUnit {
             0
         };
         let wce = opts.write_cache;
+        // The APTPL state file sits beside an image file; an NBD export or
+        // a block device has no directory of its own for it (PTPL_C=0).
+        let persist = image.file().is_some() && std::fs::metadata(path).is_ok_and(|m| m.is_file());
+        let pr = Reservations::open(path, persist);
         Ok(LogicalUnit {
+            pr,
             image,
             blocks: AtomicU64::new(blocks),
             block_shift,
@@ -349,6 +362,7 @@ impl LogicalUnit {
             atomic: Default::default(),
             data_buffer: Default::default(),
             opts,
+            asked,
         })
     }
 
@@ -375,6 +389,12 @@ impl LogicalUnit {
     /// The options the LU was opened with.
     pub fn options(&self) -> &LunOptions {
         &self.opts
+    }
+
+    /// The options given to [`LogicalUnit::open`], before the medium
+    /// settled any (a read-only export, no volatile cache).
+    pub fn opened_with(&self) -> &LunOptions {
+        &self.asked
     }
 
     /// `fdatasync` of the image.
@@ -566,6 +586,9 @@ impl LogicalUnit {
     /// reset does): mode parameters back to their defaults, medium removal
     /// allowed, and POWER ON, RESET, OR BUS DEVICE RESET OCCURRED pending
     /// (it supersedes the other unit attentions).
+    ///
+    /// Reservations are not touched: a LOGICAL UNIT RESET also releases the
+    /// SPC-2 one ([`LogicalUnit::lun_reset`]); persistent ones survive.
     pub fn reset(&self) {
         self.set_mode(self.opts.write_cache, false);
         self.set_prevent(false);
@@ -580,6 +603,24 @@ impl LogicalUnit {
                 Err(now) => cur = now,
             }
         }
+    }
+
+    /// LOGICAL UNIT RESET (SAM-5 §7.6): [`LogicalUnit::reset`], and the
+    /// SPC-2 reservation is released (persistent reservations stay).
+    pub fn lun_reset(&self) {
+        self.reset();
+        self.pr.reset();
+    }
+
+    /// The reservations of the LU (persistent and SPC-2).
+    pub fn reservations(&self) -> &Reservations {
+        &self.pr
+    }
+
+    /// The I_T nexus `nexus` is gone: its SPC-2 reservation goes with it
+    /// (registrations and persistent reservations stay).
+    pub fn nexus_lost(&self, nexus: &Nexus) {
+        self.pr.nexus_lost(nexus);
     }
 
     /// Re-reads the image size; when the capacity changed, serves the new

@@ -20,7 +20,8 @@
 //! PREVENT ALLOW MEDIUM REMOVAL), [`sense_cmd`] (REQUEST SENSE),
 //! [`report_luns`], [`supported_opcodes`], [`maintenance`] (REPORT SUPPORTED
 //! TASK MANAGEMENT FUNCTIONS), [`cdrom`] (MMC-6); the opcode table in
-//! [`dispatch`] routes CDBs to them.
+//! [`dispatch`] routes CDBs to them. [`target_port`]: the identity of the
+//! port (controller) a bus is reached through, for VPD 83h.
 
 pub mod atomic;
 pub mod buffer;
@@ -36,14 +37,17 @@ pub mod log_sense;
 pub mod lu;
 pub mod maintenance;
 pub mod mode;
+pub mod nexus;
 pub mod prefetch;
 pub mod provisioning;
 pub mod report_luns;
+pub mod reservation;
 pub mod rw;
 pub mod sense_cmd;
 pub mod supported_opcodes;
 pub mod sync;
 pub mod target;
+pub mod target_port;
 pub mod unit;
 pub mod verify;
 
@@ -51,7 +55,9 @@ pub use crate::storage::OpenError;
 pub use command::{CommandResult, Request};
 pub use io::{DataIn, DataOut, MediumTransfer, SliceDataOut, VecDataIn, NO_DATA_OUT};
 pub use lu::{DeviceType, LogicalUnit, LunOptions};
+pub use nexus::{InitiatorPort, Nexus};
 pub use target::{ConfigError, ScsiBus, Target};
+pub use target_port::TargetPort;
 
 #[cfg(test)]
 pub(crate) mod testutil;

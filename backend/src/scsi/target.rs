@@ -19,6 +19,8 @@ use super::command::{CommandResult, Request};
 use super::dispatch::{self, Handler};
 use super::io::{DataIn, DataOut};
 use super::lu::{LogicalUnit, STATE_NO_MEDIUM, STATE_STOPPED, UA_REPORTED_LUNS_CHANGED};
+use super::nexus::Nexus;
+use super::target_port::TargetPort;
 use super::{inquiry, report_luns, sense_cmd, supported_opcodes};
 
 /// Why a LUN could not be added to the bus.
@@ -49,12 +51,18 @@ pub enum ConfigError {
 pub struct Target {
     id: u8,
     luns: BTreeMap<u16, Arc<LunEntry>>,
+    port: TargetPort,
 }
 
 impl Target {
     /// The target id.
     pub fn id(&self) -> u8 {
         self.id
+    }
+
+    /// The target port commands reach this target through (the bus's).
+    pub fn port(&self) -> &TargetPort {
+        &self.port
     }
 
     /// The logical unit at `lun`, if any (a removed one is not).
@@ -164,8 +172,8 @@ impl Target {
         if let Some(lu) = lu {
             // One relaxed load on the fast path: unit attentions and the
             // stopped state share one word.
-            if lu.attention() != 0 {
-                if let Some(r) = Self::attention_check(lu, cdb) {
+            if lu.attention() != 0 || lu.reservations().attention_pending() {
+                if let Some(r) = Self::attention_check(lu, req.nexus, cdb) {
                     return self.finish(req, lun, Some(lu), r);
                 }
             }
@@ -197,15 +205,29 @@ impl Target {
             }
         }
         let cdb = &cdb[..usize::from(cmd.cdb_len)];
+        if let Some(lu) = lu {
+            // SPC-5 §5.14: a reservation held by another I_T nexus.
+            if let Some(r) = lu.reservations().check(req.nexus, cmd.access(), cdb) {
+                return self.finish(req, lun, Some(lu), r);
+            }
+        }
         let r = match (cmd.handler, lu) {
             (Handler::ReportLuns, _) => {
                 report_luns::report_luns(self.lun_count(), self.lun_numbers(), cdb, data_in)
             }
             (Handler::Lu(f), Some(lu)) => f(lu, cdb, data_in, data_out),
+            (Handler::Nexus(f), Some(lu)) => f(lu, req.nexus, cdb, data_in, data_out),
+            (Handler::Inquiry, Some(lu)) => inquiry::inquiry(lu, &self.port, cdb, data_in),
             (Handler::SupportedOperationCodes, Some(lu)) => {
                 supported_opcodes::report_supported_operation_codes(lu, cdb, data_in)
             }
-            (Handler::Lu(_) | Handler::SupportedOperationCodes, None) => match opcode {
+            (
+                Handler::Lu(_)
+                | Handler::Nexus(_)
+                | Handler::Inquiry
+                | Handler::SupportedOperationCodes,
+                None,
+            ) => match opcode {
                 Some(op::INQUIRY) => inquiry::missing_lun(cdb, data_in),
                 Some(op::REQUEST_SENSE) => {
                     sense_cmd::respond_with(cdb, data_in, Sense::LOGICAL_UNIT_NOT_SUPPORTED)
@@ -218,15 +240,20 @@ impl Target {
 
     /// A pending unit attention is reported (and cleared) for every command
     /// but INQUIRY, REPORT LUNS and REQUEST SENSE (SAM-5 unit attention
-    /// condition; SPC-5), before the CDB is even decoded.
-    fn attention_check(lu: &LogicalUnit, cdb: &[u8]) -> Option<CommandResult> {
+    /// condition; SPC-5), before the CDB is even decoded: the logical
+    /// unit's, then those reservation events established for `nexus` alone.
+    fn attention_check(lu: &LogicalUnit, nexus: &Nexus, cdb: &[u8]) -> Option<CommandResult> {
         if cdb
             .first()
             .is_some_and(|&op| dispatch::opcode_info(op).any_lun)
         {
             return None;
         }
-        lu.take_unit_attention().map(CommandResult::check_condition)
+        // The logical unit's own first (POWER ON, RESET outranks the
+        // reservation events of one I_T nexus, SAM-5).
+        lu.take_unit_attention()
+            .or_else(|| lu.reservations().take_attention(nexus))
+            .map(CommandResult::check_condition)
     }
 
     /// Sense in descriptor format for a LU with D_SENSE=1, then the log.
@@ -246,9 +273,21 @@ impl Target {
 
     /// A reset of every logical unit of the target (hard reset, I_T nexus
     /// loss: each gets POWER ON, RESET, OR BUS DEVICE RESET OCCURRED).
+    /// Reservations are not touched (see [`Target::nexus_reset`]).
     pub fn reset(&self) {
         for (_, lu) in self.luns() {
             lu.reset();
+        }
+    }
+
+    /// I_T NEXUS RESET from `nexus` (SAM-5 §7.7): [`Target::reset`], and
+    /// what the nexus held that does not outlive it (its SPC-2
+    /// reservation) goes, as on I_T nexus loss; persistent reservations
+    /// and other nexuses' SPC-2 reservations stay.
+    pub fn nexus_reset(&self, nexus: &Nexus) {
+        for (_, lu) in self.luns() {
+            lu.reset();
+            lu.nexus_lost(nexus);
         }
     }
 
@@ -318,12 +357,28 @@ impl Target {
 #[derive(Debug, Default, Clone)]
 pub struct ScsiBus {
     targets: BTreeMap<u8, Target>,
+    port: TargetPort,
 }
 
 impl ScsiBus {
     /// An empty bus.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The target port this bus is reached through (see [`TargetPort`]).
+    pub fn port(&self) -> &TargetPort {
+        &self.port
+    }
+
+    /// Sets the target port of this bus and of every target on it (a
+    /// controller's, see [`TargetPort::for_controller`]); targets added
+    /// later get it too.
+    pub fn set_port(&mut self, port: TargetPort) {
+        self.port = port;
+        for t in self.targets.values_mut() {
+            t.port = port;
+        }
     }
 
     /// Adds `lu` at (`target`, `lun`), creating the target if needed.
@@ -336,9 +391,11 @@ impl ScsiBus {
         if lun > MAX_LUN {
             return Err(ConfigError::LunOutOfRange { lun });
         }
+        let port = self.port;
         let t = self.targets.entry(target).or_insert_with(|| Target {
             id: target,
             luns: BTreeMap::new(),
+            port,
         });
         if t.luns.get(&lun).is_some_and(|e| e.resolve().is_some()) {
             return Err(ConfigError::DuplicateLun { target, lun });
@@ -363,11 +420,13 @@ impl ScsiBus {
     /// (`target`, `lun`) (a re-opened logical unit).
     pub fn with_entry(&self, target: u8, lun: u16, entry: Arc<LunEntry>) -> ScsiBus {
         let mut next = self.clone();
+        let port = next.port;
         next.targets
             .entry(target)
             .or_insert_with(|| Target {
                 id: target,
                 luns: BTreeMap::new(),
+                port,
             })
             .luns
             .insert(lun, entry);
@@ -430,6 +489,15 @@ impl ScsiBus {
     /// True when no LUN is configured.
     pub fn is_empty(&self) -> bool {
         self.units().next().is_none()
+    }
+
+    /// The I_T nexus `nexus` is gone (its connection ended, SAM-5 I_T
+    /// nexus loss): every logical unit of the bus drops what the nexus
+    /// held that does not outlive it.
+    pub fn nexus_lost(&self, nexus: &Nexus) {
+        for (_, _, lu) in self.units() {
+            lu.nexus_lost(nexus);
+        }
     }
 
     /// `fdatasync` of every image (at shutdown). Tries them all and
@@ -760,12 +828,7 @@ mod tests {
             &[0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x20, 0x00, 0, 0, 0, 0]
         );
         // Unsupported but real commands too.
-        for opcode in [
-            op::LOG_SELECT,
-            op::PERSISTENT_RESERVE_IN,
-            op::ORWRITE_16,
-            op::SANITIZE,
-        ] {
+        for opcode in [op::LOG_SELECT, op::ORWRITE_16, op::SANITIZE] {
             let (r, _) = run(
                 t,
                 0,
@@ -816,6 +879,7 @@ mod tests {
                         cdb: &cdb[..len],
                         tag: 0,
                         task_attr: 0,
+                        nexus: crate::scsi::nexus::Nexus::local(),
                     };
                     for lun in [0u16, 1] {
                         let r =
@@ -841,6 +905,7 @@ mod tests {
                     cdb: cdb.as_bytes(),
                     tag: 0,
                     task_attr: 0,
+                    nexus: crate::scsi::nexus::Nexus::local(),
                 },
                 din,
                 &NO_DATA_OUT,
@@ -1063,6 +1128,7 @@ mod tests {
                 cdb: &cdb[..len],
                 tag: u64::from(i),
                 task_attr: 0,
+                nexus: crate::scsi::nexus::Nexus::local(),
             };
             let out = crate::scsi::SliceDataOut(&payload);
             for lun in [0u16, 1, 2, 3] {

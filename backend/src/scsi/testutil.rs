@@ -32,6 +32,7 @@ pub fn run(t: &Target, lun: u16, cdb: &[u8], cap: usize, out: &[u8]) -> (Command
         cdb,
         tag: 1,
         task_attr: 0,
+        nexus: crate::scsi::nexus::Nexus::local(),
     };
     let r = t.execute(lun, &req, &mut din, &SliceDataOut(out));
     let data = din.as_slice()[..r.data_in_len].to_vec();

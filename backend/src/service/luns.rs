@@ -124,7 +124,7 @@ impl Service {
                         return Err(err(
                             code::IMAGE,
                             format!(
-                                "image {} is already served by controller {} target {t} LUN {l}: remove it there first, or serve it read-only with shared = true on both",
+                                "image {} is already served by controller {} target {t} LUN {l}: remove it there first, or set shared = true on both",
                                 path.display(),
                                 c.name
                             ),
@@ -134,6 +134,54 @@ impl Service {
             }
         }
         Ok(())
+    }
+
+    /// The logical unit another controller already serves for the shared
+    /// LUN `lc` (the same image with the same options `opts`: multipath),
+    /// if any. A writable shared image served with other options, or by
+    /// `ctrl` itself, is refused (one logical unit, one LUN per controller).
+    fn shared_unit(
+        &self,
+        lc: &crate::config::LunConfig,
+        opts: &LunOptions,
+        ctrl: &Controller,
+    ) -> Result<Option<Arc<LogicalUnit>>, RpcError> {
+        if !lc.shared {
+            return Ok(None);
+        }
+        let canon = std::fs::canonicalize(&lc.spec.path).unwrap_or_else(|_| lc.spec.path.clone());
+        for c in &self.controllers {
+            for (t, l, lu) in c.bus.load().units() {
+                let other =
+                    std::fs::canonicalize(lu.path()).unwrap_or_else(|_| lu.path().to_path_buf());
+                if other != canon {
+                    continue;
+                }
+                let same_ctrl = std::ptr::eq(c.as_ref(), ctrl);
+                if lu.opened_with() == opts && !same_ctrl {
+                    return Ok(Some(lu.clone()));
+                }
+                if !(opts.read_only && lu.read_only()) {
+                    return Err(err(
+                        code::IMAGE,
+                        format!(
+                            "image {} is served writable by controller {} target {t} LUN {l}: a writable shared image is one logical unit, served once per controller with the same options",
+                            lc.spec.path.display(),
+                            c.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether a controller other than `ctrl` serves `lu` (a shared LU).
+    fn served_elsewhere(&self, ctrl: &Controller, lu: &Arc<LogicalUnit>) -> bool {
+        self.controllers.iter().any(|c| {
+            !std::ptr::eq(c.as_ref(), ctrl)
+                && c.bus.load().units().any(|(_, _, x)| Arc::ptr_eq(x, lu))
+        })
     }
 
     pub(super) fn add_lun(&self, p: &Value) -> Result<Value, RpcError> {
@@ -161,9 +209,13 @@ impl Service {
             max_sectors: cfg.max_sectors,
             ..lc.spec.options.clone()
         };
-        let lu =
-            LogicalUnit::open(&lc.spec.path, opts).map_err(|e| err(code::IMAGE, e.to_string()))?;
-        let lu = Arc::new(lu);
+        let lu = match self.shared_unit(&lc, &opts, ctrl)? {
+            Some(lu) => lu,
+            None => Arc::new(
+                LogicalUnit::open(&lc.spec.path, opts)
+                    .map_err(|e| err(code::IMAGE, e.to_string()))?,
+            ),
+        };
         let next = current
             .with_lun(t, l, lu.clone())
             .map_err(|e| err(code::INVALID_PARAMS, e.to_string()))?;
@@ -209,7 +261,11 @@ impl Service {
             target.report_luns_changed();
         }
         let flushed = entry.lu().flush();
-        release_lock(entry.lu());
+        // A logical unit shared with another controller stays served
+        // there, with its lock and its reservations.
+        if !self.served_elsewhere(ctrl, entry.lu()) {
+            release_lock(entry.lu());
+        }
         ctrl.opts.faults.clear(t, l);
         cfg.luns.retain(|x| (x.spec.target, x.spec.lun) != (t, l));
         drop(cfg);

@@ -209,6 +209,8 @@ impl Service {
                 return Err(err(code::IMAGE, format!("{e}; nothing was changed")));
             }
         };
+        // The same logical unit: its reservations carry over.
+        new.reservations().adopt(old.reservations());
         if medium_changed {
             // NOT READY TO READY CHANGE, MEDIUM MAY HAVE CHANGED and a new-media event.
             let _ = new.eject();
@@ -246,10 +248,10 @@ impl Service {
             .luns
             .iter()
             .any(|x| (x.spec.target, x.spec.lun) == (p.target, p.lun) && x.shared);
-        if shared && !p.read_only {
+        if shared {
             return Err(err(
                 code::NOT_SUPPORTED,
-                "the image is shared with other LUNs and must stay read-only",
+                "the image is shared (shared = true): its write protection cannot change while it is served",
             ));
         }
         let opts = LunOptions {

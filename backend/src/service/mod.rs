@@ -29,10 +29,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::config::{self, ConfigError, ControllerConfig, DaemonConfig};
+use crate::config::{ConfigError, ControllerConfig, DaemonConfig};
 use crate::daemon::{ConnectionStats, Shutdown};
 use crate::fault::FaultSpec;
 use crate::scsi::target::BusHandle;
+use crate::scsi::{LogicalUnit, LunOptions, Nexus, ScsiBus, TargetPort};
 use crate::vhost::{DeviceOptions, QueueMetrics, ResetReason};
 
 use error::err;
@@ -126,10 +127,17 @@ impl Service {
     /// listening yet.
     pub fn build(cfg: &DaemonConfig) -> Result<Service, ConfigError> {
         let mut controllers = Vec::new();
-        for c in &cfg.controllers {
-            let specs: Vec<_> = c.luns.iter().map(|l| l.spec.clone()).collect();
-            let bus = config::build_bus(&specs, c.max_sectors)?;
+        let mut shared = SharedUnits::default();
+        for (index, c) in cfg.controllers.iter().enumerate() {
+            let mut bus = shared.build_bus(c)?;
+            // Controller n (from 0) is target port n + 1 (VPD 83h shows its
+            // relative identifier and a name from its socket path); its
+            // frontend is one initiator port (see scsi::nexus).
+            let target_port = TargetPort::for_controller(index, &c.socket);
+            bus.set_port(target_port);
+            let port = target_port.relative_id();
             let opts = DeviceOptions {
+                nexus: Arc::new(Nexus::controller(&c.name, port)),
                 request_queues: c.queues,
                 max_queue_size: c.queue_size,
                 max_sectors: c.max_sectors,
@@ -236,5 +244,51 @@ impl Service {
                 ),
             )),
         }
+    }
+}
+
+/// The logical units that several controllers serve (`shared = true` on a
+/// writable image, or on read-only LUNs with the same options): one
+/// [`LogicalUnit`] (one image, one identity, one persistent reservation
+/// state) reached through each controller's target port.
+#[derive(Default)]
+struct SharedUnits {
+    units: Vec<(PathBuf, Arc<LogicalUnit>)>,
+}
+
+impl SharedUnits {
+    /// The bus of controller `c`: its LUNs opened, a shared one taken from
+    /// an earlier controller when the options agree (the configuration
+    /// checks refused a writable shared image whose options differ).
+    fn build_bus(&mut self, c: &ControllerConfig) -> Result<ScsiBus, ConfigError> {
+        let mut bus = ScsiBus::new();
+        for l in &c.luns {
+            let opts = LunOptions {
+                max_sectors: c.max_sectors,
+                ..l.spec.options.clone()
+            };
+            let canon = std::fs::canonicalize(&l.spec.path).unwrap_or_else(|_| l.spec.path.clone());
+            let found = l.shared.then(|| self.find(&canon, &opts)).flatten();
+            let lu = match found {
+                Some(lu) => lu,
+                None => {
+                    let lu = Arc::new(LogicalUnit::open(&l.spec.path, opts)?);
+                    if l.shared {
+                        self.units.push((canon, lu.clone()));
+                    }
+                    lu
+                }
+            };
+            bus.add_lun(l.spec.target, l.spec.lun, lu)
+                .map_err(|e| ConfigError::Bus(e.to_string()))?;
+        }
+        Ok(bus)
+    }
+
+    fn find(&self, canon: &std::path::Path, opts: &LunOptions) -> Option<Arc<LogicalUnit>> {
+        self.units
+            .iter()
+            .find(|(p, lu)| p == canon && lu.opened_with() == opts)
+            .map(|(_, lu)| lu.clone())
     }
 }

@@ -40,7 +40,7 @@ use super::ring_guard::malformed;
 use super::ring_guard::RingGuard;
 use crate::fault::FaultTable;
 use crate::limited;
-use crate::scsi::ScsiBus;
+use crate::scsi::{Nexus, ScsiBus};
 use crate::vhost::dirty::{GuestMem, Vring};
 
 /// Control queue worker state.
@@ -65,6 +65,8 @@ pub struct TmfScope<'a> {
     pub queues: &'a [Arc<QueueShared>],
     /// The fault table (which LUNs ignore aborts or resets).
     pub faults: &'a FaultTable,
+    /// The I_T nexus of the connection (I_T NEXUS RESET).
+    pub nexus: &'a Nexus,
 }
 
 impl ControlQueue {
@@ -297,7 +299,7 @@ pub fn run_tmf(tasks: &TmfScope<'_>, subtype: u32, target: u8, lun: u16, tag: u6
         tmf::LOGICAL_UNIT_RESET => {
             let n = complete(lun_covers(None), Response::Reset, 1);
             if let Some(lu) = t.lun(lun) {
-                lu.reset();
+                lu.lun_reset();
             }
             debug!(target, lun, reset = n, "LOGICAL UNIT RESET");
             Response::Ok
@@ -309,7 +311,7 @@ pub fn run_tmf(tasks: &TmfScope<'_>, subtype: u32, target: u8, lun: u16, tag: u6
                 tag: None,
             };
             let n = complete(covers, Response::Reset, 2);
-            t.reset();
+            t.nexus_reset(tasks.nexus);
             debug!(target, reset = n, "I_T NEXUS RESET");
             Response::Ok
         }

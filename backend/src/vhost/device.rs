@@ -37,13 +37,17 @@ use zerocopy::IntoBytes;
 use super::control_queue::{ControlQueue, TmfScope};
 use super::device_ring::DeviceRing;
 use super::event_queue::{Delivery, EventHub, EventQueue, ResetReason};
+use super::held::Covers;
 use super::queue_metrics::QueueMetrics;
 use super::request_queue::{QueueShared, RequestQueue};
 use crate::fault::FaultTable;
+use crate::scsi::reservation::abort::{self, TaskSet};
 use crate::scsi::target::BusHandle;
+use crate::scsi::Nexus;
 #[cfg(test)]
 use crate::scsi::ScsiBus;
 use crate::vhost::dirty::{GuestMem, Vring};
+use vscsi_protocol::virtio_scsi::Response;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES` (vhost-user.rst): bit 30 of the virtio features.
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
@@ -109,6 +113,10 @@ pub struct DeviceOptions {
     /// dry, before sleeping on the kick eventfd (0: never poll). Trades a
     /// core for latency: no kick (eventfd wake-up) while it polls.
     pub poll: std::time::Duration,
+    /// The I_T nexus of the connection (its initiator port and the
+    /// controller's target port); the serving loop gives each connection
+    /// its own number ([`Nexus::for_connection`]).
+    pub nexus: Arc<Nexus>,
 }
 
 impl Default for DeviceOptions {
@@ -124,6 +132,7 @@ impl Default for DeviceOptions {
             poll: std::time::Duration::ZERO,
             features: OPTIONAL_FEATURES,
             queue_metrics: Arc::default(),
+            nexus: Arc::new(Nexus::default()),
         }
     }
 }
@@ -174,6 +183,47 @@ pub struct ScsiDevice {
     /// Per vring (control, event, request queues): its ring, whose format
     /// the negotiated features choose.
     rings: Vec<Arc<DeviceRing>>,
+    /// What PREEMPT AND ABORT from another nexus reaches of this one: the
+    /// registry holds it weakly, so it is registered while the device lives.
+    _task_set: Arc<NexusTasks>,
+}
+
+/// The task sets of a connection's I_T nexus: the commands its request
+/// queues hold or delay (fault injection) and their transfers in flight.
+struct NexusTasks {
+    bus: BusHandle,
+    queues: Vec<Arc<QueueShared>>,
+    faults: Arc<FaultTable>,
+}
+
+impl TaskSet for NexusTasks {
+    /// ABORT TASK SET on every address of the bus that serves `lu` (a
+    /// shared LU may sit at another target/LUN on this controller), as the
+    /// control queue's TMF does: completed with `VIRTIO_SCSI_S_ABORTED`,
+    /// unless the fault says the LUN ignores aborts.
+    fn abort_task_set(&self, lu: &crate::scsi::LogicalUnit) -> usize {
+        let bus = self.bus.load();
+        let mut n = 0;
+        for (t, l, x) in bus.units() {
+            if !std::ptr::eq(x.as_ref(), lu) {
+                continue;
+            }
+            let covers = Covers {
+                target: t,
+                lun: Some(l),
+                tag: None,
+            };
+            for q in &self.queues {
+                n += q.complete(
+                    &covers,
+                    |t, l| self.faults.survives(t, l, 0),
+                    Response::Aborted,
+                    &self.faults,
+                );
+            }
+        }
+        n
+    }
 }
 
 impl ScsiDevice {
@@ -201,17 +251,28 @@ impl ScsiDevice {
         let completions = (0..opts.request_queues)
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<io::Result<Vec<_>>>()?;
+        let task_set = Arc::new(NexusTasks {
+            bus: bus.clone(),
+            queues: shared.clone(),
+            faults: opts.faults.clone(),
+        });
+        let weak: std::sync::Weak<NexusTasks> = Arc::downgrade(&task_set);
+        abort::register(&opts.nexus, weak);
         Ok(Self {
+            _task_set: task_set,
             bus,
             requests: shared
                 .iter()
                 .map(|s| {
-                    Mutex::new(RequestQueue::new(
-                        s.clone(),
-                        opts.faults.clone(),
-                        opts.poll,
-                        opts.queue_metrics.clone(),
-                    ))
+                    Mutex::new(
+                        RequestQueue::new(
+                            s.clone(),
+                            opts.faults.clone(),
+                            opts.poll,
+                            opts.queue_metrics.clone(),
+                        )
+                        .with_nexus(opts.nexus.clone()),
+                    )
                 })
                 .collect(),
             shared,
@@ -458,7 +519,7 @@ impl VhostUserBackend for ScsiDevice {
         let released = self.release_held();
         let bus = self.bus.load();
         for t in bus.targets() {
-            t.reset();
+            t.nexus_reset(&self.opts.nexus);
         }
         for r in &self.rings {
             r.restart();
@@ -604,6 +665,7 @@ impl VhostUserBackend for ScsiDevice {
                     bus: &bus,
                     queues: &self.shared,
                     faults: &self.opts.faults,
+                    nexus: &self.opts.nexus,
                 };
                 lock(&self.control).process(vring, mem, &tasks)
             }

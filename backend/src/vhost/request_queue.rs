@@ -71,7 +71,7 @@ use crate::fault::FaultTable;
 use crate::scsi::dispatch::may_defer;
 use crate::scsi::rw::complete_transfer;
 use crate::scsi::target::LunEntry;
-use crate::scsi::{Request, ScsiBus};
+use crate::scsi::{Nexus, Request, ScsiBus};
 use crate::vhost::dirty::{GuestMem, Vring, VringState};
 
 /// Offset of the CDB in `virtio_scsi_cmd_req` (lun 8, tag 8, task_attr,
@@ -129,6 +129,8 @@ pub struct RequestQueue {
     metrics: Arc<QueueMetrics>,
     /// The ring contract, the broken state and the log limits of this queue.
     guard: RingGuard,
+    /// The I_T nexus of the connection this queue belongs to.
+    nexus: Arc<Nexus>,
 }
 
 impl RequestQueue {
@@ -153,7 +155,15 @@ impl RequestQueue {
             guard: RingGuard::with_ring(2 + shared.index, metrics.clone(), shared.ring.clone()),
             metrics,
             shared,
+            nexus: Arc::new(Nexus::default()),
         }
+    }
+
+    /// The same queue, serving the commands of `nexus` (the connection's
+    /// I_T nexus; [`Nexus::local`] otherwise).
+    pub fn with_nexus(mut self, nexus: Arc<Nexus>) -> Self {
+        self.nexus = nexus;
+        self
     }
 
     /// The eventfd the device registered in this queue worker's epoll: the
@@ -398,7 +408,8 @@ impl RequestQueue {
                     self.readable.copy_out(0, &mut hdr);
                     if !may_defer(&hdr[CDB_OFFSET..]) && Self::addresses_offloaded(bus, &hdr) {
                         if let Some(o) = &mut self.offload {
-                            completed |= o.drain(&mut |c| complete_used(&ring, &mut state, &guard, c)) > 0;
+                            completed |=
+                                o.drain(&mut |c| complete_used(&ring, &mut state, &guard, c)) > 0;
                         }
                     }
                 }
@@ -623,10 +634,12 @@ impl RequestQueue {
                 short = d.short_transfer;
             }
         }
+        let nexus = self.nexus.clone();
         let request = Request {
             cdb: &req.cdb,
             tag,
             task_attr: req.task_attr,
+            nexus: &nexus,
         };
         // An aio=io_uring LU: the transfer may go to the engine (created
         // now if this is the first one).

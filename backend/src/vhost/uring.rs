@@ -539,6 +539,7 @@ mod tests {
             cdb,
             tag: 7,
             task_attr: 0,
+            nexus: crate::scsi::nexus::Nexus::local(),
         };
         let mut din = GuestDataIn {
             iov: writable,
@@ -634,6 +635,7 @@ mod tests {
                 cdb: cdb.as_bytes(),
                 tag: i as u64,
                 task_attr: 0,
+                nexus: crate::scsi::nexus::Nexus::local(),
             };
             let mut din = GuestDataIn {
                 iov: &wr,
