@@ -494,11 +494,10 @@ const TABLE: &[Command] = &[
         )),
         Access::Allowed,
     ),
-    well_known_lu(any_lun(cmd(
+    well_known_lu(any_lun(nexus_cmd(
         op::REQUEST_SENSE,
         "REQUEST SENSE",
         &[0x03, 0x01, 0, 0, 0xFF, 0x04],
-        false,
         false,
         sense_cmd::request_sense,
     ))),
