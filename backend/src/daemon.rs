@@ -25,7 +25,6 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::GuestMemoryAtomic;
 
-use crate::scsi::lu::UA_POWER_ON_RESET;
 use crate::scsi::ScsiBus;
 use crate::vhost::dirty::GuestMem;
 use crate::vhost::{DeviceOptions, ScsiDevice};
@@ -409,9 +408,10 @@ pub fn serve_controller(
         info!(target: "vscsi::audit", controller = name, socket = %socket, connection, action = "connect", result = "ok", "frontend connected");
         // A new frontend is a new I_T nexus: LUs that model a real disk's
         // power-on report it (SPC-5 §5.14, POWER ON, RESET, OR BUS DEVICE RESET).
+        // For this nexus alone: the other paths of a shared LU are not told.
         for (_, _, lu) in bus.load().units() {
             if lu.options().power_on_ua {
-                lu.set_unit_attention(UA_POWER_ON_RESET);
+                lu.nexus_power_on(&nexus);
             }
         }
         *shutdown.current.lock().unwrap_or_else(|p| p.into_inner()) = daemon.shutdown_handle();

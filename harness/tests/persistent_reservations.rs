@@ -547,3 +547,30 @@ fn add_lun_makes_a_second_path_to_the_same_logical_unit() {
         assert!(write(&a).await.is_good());
     });
 }
+
+#[test]
+fn a_reconnecting_path_gets_power_on_and_the_others_do_not() {
+    let s = Setup::new();
+    let toml = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        toml.replace("power_on_ua = false", "power_on_ua = true"),
+    )
+    .unwrap();
+    let _daemon = s.start();
+    runtime().block_on(async {
+        let a = s.connect("pa").await;
+        // The LU-wide POWER ON of a freshly opened LU, to whoever asks first.
+        assert_eq!(triple(&read(&a).await), (6, 0x29, 0x00));
+        assert!(read(&a).await.is_good());
+        for _ in 0..2 {
+            let b = s.connect("pb").await;
+            assert_eq!(triple(&read(&b).await), (6, 0x29, 0x00), "pb's new nexus");
+            assert!(read(&b).await.is_good());
+            assert!(
+                read(&a).await.is_good(),
+                "pa is not told of pb's connection"
+            );
+        }
+    });
+}

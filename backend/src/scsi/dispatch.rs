@@ -501,11 +501,10 @@ const TABLE: &[Command] = &[
         )),
         Access::Allowed,
     ),
-    well_known_lu(any_lun(cmd(
+    well_known_lu(any_lun(nexus_cmd(
         op::REQUEST_SENSE,
         "REQUEST SENSE",
         &[0x03, 0x01, 0, 0, 0xFF, 0x04],
-        false,
         false,
         sense_cmd::request_sense,
     ))),
@@ -720,57 +719,72 @@ const TABLE: &[Command] = &[
             atomic::write_atomic,
         ))
     },
-    slow(
-        disk(cmd(
-            op::PRE_FETCH_10,
-            "PRE-FETCH(10)",
-            &[0x34, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x04],
-            false,
-            true,
-            prefetch::pre_fetch,
-        )),
-        60,
+    access(
+        slow(
+            disk(cmd(
+                op::PRE_FETCH_10,
+                "PRE-FETCH(10)",
+                &[0x34, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x04],
+                false,
+                true,
+                prefetch::pre_fetch,
+            )),
+            60,
+        ),
+        Access::ReadShared,
     ),
-    slow(
+    access(
+        slow(
+            disk(cmd(
+                op::PRE_FETCH_16,
+                "PRE-FETCH(16)",
+                &[
+                    0x90, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                    0xFF, 0x1F, 0x04,
+                ],
+                false,
+                true,
+                prefetch::pre_fetch,
+            )),
+            60,
+        ),
+        Access::ReadShared,
+    ),
+    access(
         disk(cmd(
-            op::PRE_FETCH_16,
-            "PRE-FETCH(16)",
+            op::READ_DEFECT_DATA_10,
+            "READ DEFECT DATA(10)",
+            &[0x37, 0, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0x04],
+            false,
+            false,
+            defect::read_defect_data,
+        )),
+        Access::ReadShared,
+    ),
+    access(
+        disk(cmd(
+            op::READ_DEFECT_DATA_12,
+            "READ DEFECT DATA(12)",
             &[
-                0x90, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
-                0x1F, 0x04,
+                0xB7, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04,
             ],
             false,
-            true,
-            prefetch::pre_fetch,
+            false,
+            defect::read_defect_data,
         )),
-        60,
+        Access::ReadShared,
     ),
-    disk(cmd(
-        op::READ_DEFECT_DATA_10,
-        "READ DEFECT DATA(10)",
-        &[0x37, 0, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0x04],
-        false,
-        false,
-        defect::read_defect_data,
-    )),
-    disk(cmd(
-        op::READ_DEFECT_DATA_12,
-        "READ DEFECT DATA(12)",
-        &[
-            0xB7, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04,
-        ],
-        false,
-        false,
-        defect::read_defect_data,
-    )),
-    disk(cmd(
-        op::LOG_SENSE,
-        "LOG SENSE",
-        &[0x4D, 0x01, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
-        false,
-        false,
-        log_sense::log_sense,
-    )),
+    access(
+        disk(cmd(
+            op::LOG_SENSE,
+            "LOG SENSE",
+            &[0x4D, 0x01, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
+            false,
+            false,
+            log_sense::log_sense,
+        )),
+        Access::Allowed,
+    ),
     slow(
         disk(cmd(
             op::FORMAT_UNIT,
@@ -855,13 +869,16 @@ const TABLE: &[Command] = &[
         false,
         buffer::write_buffer,
     ),
-    cmd(
-        op::READ_BUFFER_10,
-        "READ BUFFER(10)",
-        &[0x3C, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
-        false,
-        false,
-        buffer::read_buffer,
+    access(
+        cmd(
+            op::READ_BUFFER_10,
+            "READ BUFFER(10)",
+            &[0x3C, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
+            false,
+            false,
+            buffer::read_buffer,
+        ),
+        Access::ReadShared,
     ),
     Command {
         handler: Handler::ReportLuns,

@@ -617,6 +617,16 @@ impl LogicalUnit {
         &self.pr
     }
 
+    /// A new connection of `nexus` (SAM-5: a new I_T nexus is owed POWER
+    /// ON, RESET, OR BUS DEVICE RESET OCCURRED): established for that nexus
+    /// alone, so the other paths of a shared LU see nothing, unless the
+    /// LU-wide one is still pending (the first connection after open).
+    pub fn nexus_power_on(&self, nexus: &Nexus) {
+        if self.pending_unit_attentions() & UA_POWER_ON_RESET == 0 {
+            self.pr.power_on(nexus);
+        }
+    }
+
     /// The I_T nexus `nexus` is gone: its SPC-2 reservation goes with it
     /// (registrations and persistent reservations stay).
     pub fn nexus_lost(&self, nexus: &Nexus) {

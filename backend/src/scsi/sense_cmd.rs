@@ -13,6 +13,7 @@ use vscsi_protocol::sense::Sense;
 use super::command::{respond, CommandResult};
 use super::io::{DataIn, DataOut};
 use super::lu::{LogicalUnit, STATE_NO_MEDIUM, STATE_STOPPED};
+use super::nexus::Nexus;
 
 /// Returns `sense` as REQUEST SENSE parameter data, GOOD status.
 pub(crate) fn respond_with(cdb: &[u8], data_in: &mut dyn DataIn, sense: Sense) -> CommandResult {
@@ -25,14 +26,20 @@ pub(crate) fn respond_with(cdb: &[u8], data_in: &mut dyn DataIn, sense: Sense) -
     }
 }
 
-/// REQUEST SENSE to an existing logical unit.
+/// REQUEST SENSE to an existing logical unit: a pending unit attention
+/// (the logical unit's, then one established for `nexus` alone) is
+/// reported and cleared.
 pub(crate) fn request_sense(
     lu: &LogicalUnit,
+    nexus: &Nexus,
     cdb: &[u8],
     data_in: &mut dyn DataIn,
     _: &dyn DataOut,
 ) -> CommandResult {
-    let sense = match lu.take_unit_attention() {
+    let pending = lu
+        .take_unit_attention()
+        .or_else(|| lu.reservations().take_attention(nexus));
+    let sense = match pending {
         Some(ua) => ua,
         None if lu.attention() & STATE_NO_MEDIUM != 0 => Sense::MEDIUM_NOT_PRESENT,
         None if lu.attention() & STATE_STOPPED != 0 => {

@@ -384,6 +384,20 @@ mod table_rules {
             OwnRules,
         ),
         ("PERSISTENT RESERVE OUT (REGISTER AND MOVE)", OwnRules),
+        // SBC-4 Table "SBC commands that are allowed in the presence of
+        // various reservations" and SPC-5's table for LOG SENSE and the
+        // buffer commands.
+        ("VERIFY(12)", ReadShared),
+        ("WRITE AND VERIFY(12)", Modify),
+        ("WRITE ATOMIC(16)", Modify),
+        ("PRE-FETCH(10)", ReadShared),
+        ("PRE-FETCH(16)", ReadShared),
+        ("READ DEFECT DATA(10)", ReadShared),
+        ("READ DEFECT DATA(12)", ReadShared),
+        ("LOG SENSE", Allowed),
+        ("FORMAT UNIT", Modify),
+        ("WRITE BUFFER", Modify),
+        ("READ BUFFER(10)", ReadShared),
     ];
 
     #[test]

@@ -178,8 +178,16 @@ impl Reservations {
         (!access::permits(&s, &Port::of(nexus), access, cdb)).then(conflict)
     }
 
-    /// Reports and clears the reservation unit attention of highest
-    /// precedence pending for `nexus`.
+    /// Establishes POWER ON, RESET, OR BUS DEVICE RESET OCCURRED for
+    /// `nexus` alone (a new connection of it).
+    pub fn power_on(&self, nexus: &Nexus) {
+        let mut s = self.lock();
+        s.attention(&Port::of(nexus), ua::POWER_ON);
+        self.publish(&s);
+    }
+
+    /// Reports and clears the unit attention of highest precedence pending
+    /// for `nexus` alone.
     pub fn take_attention(&self, nexus: &Nexus) -> Option<Sense> {
         if !self.attention_pending() {
             return None;
@@ -188,6 +196,7 @@ impl Reservations {
         let bit = s.take_attention(&Port::of(nexus));
         self.publish(&s);
         match bit? {
+            ua::POWER_ON => Some(Sense::POWER_ON_RESET),
             ua::REGISTRATIONS_PREEMPTED => Some(REGISTRATIONS_PREEMPTED),
             ua::RESERVATIONS_PREEMPTED => Some(RESERVATIONS_PREEMPTED),
             _ => Some(RESERVATIONS_RELEASED),

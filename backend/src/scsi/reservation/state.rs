@@ -87,14 +87,18 @@ pub struct Persistent {
     pub holder: usize,
 }
 
-/// Unit attentions established for one I_T nexus by reservation events.
+/// Unit attentions established for one I_T nexus (lowest bit first: the
+/// order of precedence).
 pub mod ua {
+    /// POWER ON, RESET, OR BUS DEVICE RESET OCCURRED (29/00): a new
+    /// connection of a nexus.
+    pub const POWER_ON: u8 = 1 << 0;
     /// REGISTRATIONS PREEMPTED (2A/05).
-    pub const REGISTRATIONS_PREEMPTED: u8 = 1 << 0;
+    pub const REGISTRATIONS_PREEMPTED: u8 = 1 << 1;
     /// RESERVATIONS PREEMPTED (2A/03).
-    pub const RESERVATIONS_PREEMPTED: u8 = 1 << 1;
+    pub const RESERVATIONS_PREEMPTED: u8 = 1 << 2;
     /// RESERVATIONS RELEASED (2A/04).
-    pub const RESERVATIONS_RELEASED: u8 = 1 << 2;
+    pub const RESERVATIONS_RELEASED: u8 = 1 << 3;
 }
 
 /// The whole state (behind the logical unit's reservation lock).

@@ -448,3 +448,32 @@ fn a_reopened_logical_unit_keeps_its_reservations() {
     assert!(fresh.check(&b, super::Access::ReadShared, &[]).is_some());
     assert!(fresh.check(&a, super::Access::Modify, &[]).is_none());
 }
+
+#[test]
+fn a_new_connection_tells_its_own_nexus_only_and_request_sense_reports_it() {
+    let (bus, _f) = quiet_bus();
+    let t = bus.target(0).unwrap();
+    let lu = t.lun(0).unwrap();
+    let (a, b) = (nexus("a", 1), nexus("b", 2));
+    lu.nexus_power_on(&b);
+    assert!(read(t, &a).is_good());
+    // REQUEST SENSE from b: POWER ON, RESET (GOOD, parameter data).
+    let (r, d) = exec(t, &b, Cdb::request_sense(false, 18).as_bytes(), &[]);
+    assert!(r.is_good());
+    assert_eq!((d[2], d[12], d[13]), (6, 0x29, 0x00));
+    assert!(read(t, &b).is_good());
+    // A reservation event for b, seen through REQUEST SENSE too.
+    register(t, &a, 0xA);
+    register(t, &b, 0xB);
+    assert!(pr_out(t, &a, 3, 0, &list(0xA, 0, 0)).is_good());
+    let (_, d) = exec(t, &b, Cdb::request_sense(false, 18).as_bytes(), &[]);
+    assert_eq!((d[2], d[12], d[13]), (6, 0x2A, 0x03));
+    assert!(read(t, &b).is_good());
+    // While the LU-wide POWER ON of a fresh LU is pending, it covers the
+    // first connection: no second one for that nexus.
+    let (bus, _g) = bus_with(16, LunOptions::default());
+    let t = bus.target(0).unwrap();
+    t.lun(0).unwrap().nexus_power_on(&a);
+    assert_eq!(triple(&read(t, &a)), (6, 0x29, 0x00));
+    assert!(read(t, &a).is_good());
+}
