@@ -32,6 +32,7 @@ use zerocopy::little_endian::U32;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::chain::split_chain;
+use super::device_ring::DeviceRing;
 use super::guest_io::IoVecs;
 use super::queue_metrics::QueueMetrics;
 use super::request_queue::{Covers, QueueShared};
@@ -69,10 +70,15 @@ pub struct TmfScope<'a> {
 impl ControlQueue {
     /// The control queue of a device of a controller counting in `metrics`.
     pub fn new(metrics: Arc<QueueMetrics>) -> Self {
+        Self::with_ring(metrics, Arc::default())
+    }
+
+    /// The control queue whose ring is `ring` (the device sets its format).
+    pub fn with_ring(metrics: Arc<QueueMetrics>, ring: Arc<DeviceRing>) -> Self {
         Self {
             readable: IoVecs::default(),
             writable: IoVecs::default(),
-            guard: RingGuard::new(0, metrics),
+            guard: RingGuard::with_ring(0, metrics, ring),
         }
     }
 
@@ -84,6 +90,7 @@ impl ControlQueue {
         tasks: &TmfScope<'_>,
     ) -> std::io::Result<()> {
         let guard = mem.memory();
+        let ring = self.guard.ring().clone();
         loop {
             // The ring lock is not held while a TMF waits for request
             // queues to complete the commands it covers.
@@ -92,7 +99,7 @@ impl ControlQueue {
                 if !self.guard.serving(&state) {
                     return Ok(());
                 }
-                if let Err(e) = state.disable_notification() {
+                if let Err(e) = ring.disable_notification(&mut state, &guard) {
                     let s = limited!(self.guard.logs.ring_ops, warn, error = %e, "control queue: cannot disable notifications");
                     self.guard.note_suppressed(s);
                 }
@@ -108,7 +115,7 @@ impl ControlQueue {
             let Some(head) = next else {
                 // Re-enabling writes avail_event (EVENT_IDX), so the driver
                 // kicks for its next request; re-check what came meanwhile.
-                match vring.get_mut().enable_notification() {
+                match ring.enable_notification(&mut vring.get_mut(), &guard) {
                     Ok(true) => continue,
                     Ok(false) => break,
                     Err(e) => {
@@ -138,11 +145,11 @@ impl ControlQueue {
             self.readable.clear();
             self.writable.clear();
             let mut state = vring.get_mut();
-            if let Err(e) = state.add_used(head, used) {
+            if let Err(e) = ring.add_used(&mut state, &guard, head, used) {
                 let s = limited!(self.guard.logs.ring_ops, warn, head, error = %e, "control queue: add_used failed");
                 self.guard.note_suppressed(s);
             }
-            if super::notify::wants_call(&mut state, &guard) {
+            if ring.wants_call(&mut state, &guard) {
                 state.signal_used_queue()?;
             }
         }

@@ -21,7 +21,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use tracing::{debug, info, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_config::{VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::epoll::EventSet;
@@ -35,6 +35,7 @@ use zerocopy::little_endian::{U16, U32};
 use zerocopy::IntoBytes;
 
 use super::control_queue::{ControlQueue, TmfScope};
+use super::device_ring::DeviceRing;
 use super::event_queue::{Delivery, EventHub, EventQueue, ResetReason};
 use super::queue_metrics::QueueMetrics;
 use super::request_queue::{QueueShared, RequestQueue};
@@ -122,9 +123,10 @@ impl Default for DeviceOptions {
 
 /// Features a controller may choose not to offer, by configuration name
 /// (VIRTIO 1.2 §6 and §5.6.3).
-pub const FEATURE_NAMES: [(&str, u64); 4] = [
+pub const FEATURE_NAMES: [(&str, u64); 5] = [
     ("indirect_desc", 1 << VIRTIO_RING_F_INDIRECT_DESC),
     ("event_idx", 1 << VIRTIO_RING_F_EVENT_IDX),
+    ("ring_packed", 1 << VIRTIO_F_RING_PACKED),
     ("hotplug", 1 << feature::HOTPLUG),
     ("change", 1 << feature::CHANGE),
 ];
@@ -132,11 +134,15 @@ pub const FEATURE_NAMES: [(&str, u64); 4] = [
 /// Every optional feature of [`FEATURE_NAMES`].
 pub const OPTIONAL_FEATURES: u64 = 1 << VIRTIO_RING_F_INDIRECT_DESC
     | 1 << VIRTIO_RING_F_EVENT_IDX
+    | 1 << VIRTIO_F_RING_PACKED
     | 1 << feature::HOTPLUG
     | 1 << feature::CHANGE;
 
 /// The virtio features this device offers by default (VIRTIO 1.2 §5.6.3,
-/// §6): what QEMU's `vhost-user-scsi-pci` asks for with its default properties.
+/// §6): what QEMU's `vhost-user-scsi-pci` asks for with its default
+/// properties, and VIRTIO_F_RING_PACKED (§2.8), which QEMU's
+/// vhost-user-scsi does not take (its feature list lacks it), so QEMU
+/// guests get split rings.
 pub fn offered_features() -> u64 {
     1 << VIRTIO_F_VERSION_1 | OPTIONAL_FEATURES | VHOST_USER_F_PROTOCOL_FEATURES
 }
@@ -158,6 +164,9 @@ pub struct ScsiDevice {
     handed_out: Mutex<Vec<(std::os::fd::RawFd, usize)>>,
     /// Per request queue: the io_uring engine's completion eventfd.
     completions: Vec<EventFd>,
+    /// Per vring (control, event, request queues): its ring, whose format
+    /// the negotiated features choose.
+    rings: Vec<Arc<DeviceRing>>,
 }
 
 impl ScsiDevice {
@@ -174,8 +183,13 @@ impl ScsiDevice {
         let shared: Vec<Arc<QueueShared>> = (0..opts.request_queues)
             .map(|n| Arc::new(QueueShared::new(n)))
             .collect();
-        let events = Arc::new(EventQueue::new(opts.queue_metrics.clone()));
-        let control = ControlQueue::new(opts.queue_metrics.clone());
+        let mut rings: Vec<Arc<DeviceRing>> = vec![Arc::default(), Arc::default()];
+        rings.extend(shared.iter().map(|s| s.ring.clone()));
+        let events = Arc::new(EventQueue::with_ring(
+            opts.queue_metrics.clone(),
+            rings[1].clone(),
+        ));
+        let control = ControlQueue::with_ring(opts.queue_metrics.clone(), rings[0].clone());
         opts.events.register(&events);
         let completions = (0..opts.request_queues)
             .map(|_| EventFd::new(EFD_NONBLOCK))
@@ -201,6 +215,7 @@ impl ScsiDevice {
             exit,
             handed_out: Mutex::new(Vec::new()),
             completions,
+            rings,
         })
     }
 
@@ -397,6 +412,10 @@ impl VhostUserBackend for ScsiDevice {
 
     fn acked_features(&self, features: u64) {
         self.events.set_features(features);
+        let packed = features & (1 << VIRTIO_F_RING_PACKED) != 0;
+        for r in &self.rings {
+            r.set_packed(packed);
+        }
         info!(
             features = format_args!("{features:#x}"),
             "driver acknowledged features"
@@ -423,6 +442,9 @@ impl VhostUserBackend for ScsiDevice {
         let bus = self.bus.load();
         for t in bus.targets() {
             t.reset();
+        }
+        for r in &self.rings {
+            r.restart();
         }
         info!(released, "device reset");
     }
@@ -504,6 +526,11 @@ impl VhostUserBackend for ScsiDevice {
                     n, "ring stopped: held commands completed with RESET"
                 );
             }
+        }
+        // Nothing of this ring is in flight any more: a packed ring starts
+        // again from SET_VRING_BASE when it is next served.
+        if let Some(r) = self.rings.get(queue_index as usize) {
+            r.restart();
         }
         Ok(())
     }

@@ -32,6 +32,7 @@ use zerocopy::little_endian::U32;
 use zerocopy::IntoBytes;
 
 use super::chain::split_chain;
+use super::device_ring::DeviceRing;
 use super::guest_io::IoVecs;
 use super::queue_metrics::QueueMetrics;
 use super::ring_guard::RingGuard;
@@ -92,6 +93,11 @@ impl Default for EventQueue {
 impl EventQueue {
     /// The event queue of a device of a controller counting in `metrics`.
     pub fn new(metrics: Arc<QueueMetrics>) -> Self {
+        Self::with_ring(metrics, Arc::default())
+    }
+
+    /// The event queue whose ring is `ring` (the device sets its format).
+    pub fn with_ring(metrics: Arc<QueueMetrics>, ring: Arc<DeviceRing>) -> Self {
         Self {
             mem: OnceLock::new(),
             vring: Mutex::new(None),
@@ -101,7 +107,7 @@ impl EventQueue {
             writable: Mutex::new((
                 IoVecs::default(),
                 IoVecs::default(),
-                RingGuard::new(1, metrics),
+                RingGuard::with_ring(1, metrics, ring),
             )),
         }
     }
@@ -228,15 +234,15 @@ impl EventQueue {
         ring.note_suppressed(bad);
         r.clear();
         w.clear();
-        if let Err(e) = state.add_used(head, used) {
+        if let Err(e) = ring.ring().add_used(&mut state, &guard, head, used) {
             crate::limited_site!(warn, error = %e, "event queue: add_used failed");
         }
         // avail_event (EVENT_IDX): have the driver kick when it re-posts,
         // so missed events get reported.
-        if let Err(e) = state.enable_notification() {
+        if let Err(e) = ring.ring().enable_notification(&mut state, &guard) {
             crate::limited_site!(warn, error = %e, "event queue: cannot enable notifications");
         }
-        if super::notify::wants_call(&mut state, &guard) {
+        if ring.ring().wants_call(&mut state, &guard) {
             if let Err(e) = state.signal_used_queue() {
                 crate::limited_site!(warn, error = %e, "event queue: signal failed");
             }

@@ -7,7 +7,7 @@
 //! used entry.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -15,8 +15,8 @@ use vhost_user_backend::VringT;
 use vm_memory::GuestMemoryLoadGuard;
 use vscsi_protocol::virtio_scsi::Response;
 
+use super::device_ring::DeviceRing;
 use super::guest_io::IoVecs;
-use super::notify::wants_call;
 use super::response::write_bare;
 use crate::fault::FaultTable;
 use crate::vhost::dirty::{GuestMem, Vring};
@@ -72,9 +72,12 @@ struct SharedState {
 }
 
 /// The part of a request queue other threads reach: held and delayed
-/// commands. Only used when fault injection is active.
+/// commands (only used when fault injection is active), and the ring,
+/// which whoever completes a chain writes its used entry through.
 pub struct QueueShared {
     pub(super) index: u16,
+    /// The queue's ring, in its negotiated format.
+    pub ring: Arc<DeviceRing>,
     state: Mutex<SharedState>,
     cv: Condvar,
     /// Transfers in flight in the queue's io_uring engine (written by the
@@ -93,6 +96,7 @@ impl QueueShared {
             index,
             state: Mutex::default(),
             cv: Condvar::new(),
+            ring: Arc::default(),
             in_flight: AtomicUsize::new(0),
         }
     }
@@ -167,7 +171,7 @@ impl QueueShared {
         let n = taken.len();
         if n > 0 {
             match vring {
-                Some(vring) => complete_held(&vring, taken, response),
+                Some(vring) => complete_held(&self.ring, &vring, taken, response),
                 None => warn!(queue = self.index, "held commands without a ring: dropped"),
             }
             faults.note_released(n);
@@ -261,18 +265,23 @@ impl QueueShared {
 }
 
 /// Writes a bare `response` into each held command and completes it.
-pub(super) fn complete_held(vring: &Vring, reqs: Vec<HeldRequest>, response: Response) {
+pub(super) fn complete_held(
+    ring: &DeviceRing,
+    vring: &Vring,
+    reqs: Vec<HeldRequest>,
+    response: Response,
+) {
     let Some(mem) = reqs.first().map(|r| r.mem.clone()) else {
         return;
     };
     let mut state = vring.get_mut();
     for r in reqs {
         let used = write_bare(&r.writable, r.readable_len, response);
-        if let Err(e) = state.add_used(r.head, used) {
+        if let Err(e) = ring.add_used(&mut state, &r.mem, r.head, used) {
             crate::limited_site!(warn, head = r.head, error = %e, "completing a held command failed");
         }
     }
-    if wants_call(&mut state, &mem) {
+    if ring.wants_call(&mut state, &mem) {
         if let Err(e) = state.signal_used_queue() {
             crate::limited_site!(warn, error = %e, "signalling held completions failed");
         }

@@ -9,8 +9,11 @@
 //! - [`event_queue`]: hot-plug and parameter change events, and the
 //!   [`EventHub`](event_queue::EventHub) hook that sends them.
 //! - [`chain`]: descriptor chain → iovecs, with every address checked.
-//! - [`ring_guard`]: the split-ring contract checked on every pop; a queue
-//!   whose frontend breaks it stops until the frontend resets it.
+//! - [`device_ring`]: the one interface over both ring formats (pop, add
+//!   used, notifications) the queues use; [`packed`]: the packed format.
+//! - [`ring_guard`]: the ring contract checked on every pop (the split
+//!   walk here, the packed one in [`packed::ring`]); a queue whose frontend
+//!   breaks it stops until the frontend resets it.
 //! - [`guest_io`]: iovecs in guest memory as the SCSI layer's data buffers.
 //! - [`notify`]: whether the driver wants a used buffer notification.
 //! - [`uring`]: the io_uring engine of a request queue (`aio=io_uring`).
@@ -18,11 +21,13 @@
 pub mod chain;
 pub mod control_queue;
 pub mod device;
+pub mod device_ring;
 pub mod dirty;
 pub mod event_queue;
 pub mod guest_io;
 pub mod held;
 pub mod notify;
+pub mod packed;
 pub mod queue_metrics;
 pub mod request_queue;
 pub mod response;

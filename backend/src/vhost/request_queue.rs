@@ -45,7 +45,7 @@ use tracing::{debug, info, warn};
 use vhost_user_backend::VringT;
 
 use crate::limited;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard};
 use vscsi_protocol::lun::{LunAddress, LunError};
 use vscsi_protocol::sense::Sense;
@@ -53,9 +53,9 @@ use vscsi_protocol::virtio_scsi::{CmdReq, Response};
 use zerocopy::FromBytes;
 
 use super::chain::split_chain;
+use super::device_ring::DeviceRing;
 use super::guest_io::{GuestDataIn, GuestDataOut, IoVecs};
 pub use super::held::{Covers, HeldRequest, QueueShared};
-use super::notify::wants_call;
 use super::queue_metrics::{QueueCounters, QueueMetrics};
 use super::response::{write_bare, write_check_condition, write_response, REQ_SIZE, RESP_SIZE};
 use super::ring_guard::malformed;
@@ -79,9 +79,9 @@ enum Outcome {
 }
 
 /// Adds the used entry of a request the engine finished.
-fn complete_used(state: &mut VringState, c: Completed<'_>) {
+fn complete_used(ring: &DeviceRing, state: &mut VringState, mem: &GuestMem, c: Completed<'_>) {
     let used = write_response(c.writable, c.readable_len, &c.result, c.short);
-    if let Err(e) = state.add_used(c.head, used) {
+    if let Err(e) = ring.add_used(state, mem, c.head, used) {
         crate::limited_site!(warn, head = c.head, error = %e, "request queue: add_used failed");
     }
 }
@@ -137,7 +137,7 @@ impl RequestQueue {
             mem: None,
             faults,
             poll,
-            guard: RingGuard::new(2 + shared.index, metrics.clone()),
+            guard: RingGuard::with_ring(2 + shared.index, metrics.clone(), shared.ring.clone()),
             metrics,
             shared,
         }
@@ -197,8 +197,14 @@ impl RequestQueue {
         let Engine::Ready(u) = &mut self.engine else {
             return Ok(());
         };
+        let Some(mem) = self.mem.as_ref().map(|m| m.memory()) else {
+            // Not reachable: the engine starts from a batch, which
+            // recorded the memory.
+            return Ok(());
+        };
+        let ring = self.shared.ring.clone();
         let mut state = vring.get_mut();
-        let n = u.reap(&mut |c| complete_used(&mut state, c));
+        let n = u.reap(&mut |c| complete_used(&ring, &mut state, &mem, c));
         if let Err(e) = u.submit() {
             crate::limited_site!(warn, error = %e, "io_uring submit failed");
         }
@@ -233,8 +239,16 @@ impl RequestQueue {
             self.publish_in_flight();
             return n;
         };
+        let (Some(mem), ring) = (
+            self.mem.as_ref().map(|m| m.memory()),
+            self.shared.ring.clone(),
+        ) else {
+            let n = u.drain(&mut |c| warn!(head = c.head, "in-flight request without memory"));
+            self.publish_in_flight();
+            return n;
+        };
         let mut state = vring.get_mut();
-        let n = u.drain(&mut |c| complete_used(&mut state, c));
+        let n = u.drain(&mut |c| complete_used(&ring, &mut state, &mem, c));
         if n > 0 && self.wants_call(&mut state) {
             if let Err(e) = state.signal_used_queue() {
                 crate::limited_site!(warn, error = %e, "signalling drained completions failed");
@@ -245,11 +259,11 @@ impl RequestQueue {
         n
     }
 
-    /// [`wants_call`] with the memory recorded at the first batch.
+    /// [`DeviceRing::wants_call`] with the memory recorded at the first batch.
     fn wants_call(&self, state: &mut VringState) -> bool {
         match &self.mem {
-            Some(m) => wants_call(state, &m.memory()),
-            None => state.needs_notification().unwrap_or(true),
+            Some(m) => self.shared.ring.wants_call(state, &m.memory()),
+            None => true,
         }
     }
 
@@ -271,6 +285,7 @@ impl RequestQueue {
             self.mem = Some(mem.clone());
         }
         let guard = mem.memory();
+        let ring = self.shared.ring.clone();
         let mut state = vring.get_mut();
         if !self.guard.serving(&state) {
             // Broken (or stopped): kicks are ignored until the frontend
@@ -280,7 +295,7 @@ impl RequestQueue {
         let mut completed = false;
         let (mut requests, mut notifications) = (0u64, 0u64);
         loop {
-            if let Err(e) = state.disable_notification() {
+            if let Err(e) = ring.disable_notification(&mut state, &guard) {
                 let s = limited!(self.guard.logs.ring_ops, warn, error = %e, "request queue: cannot disable notifications");
                 self.guard.note_suppressed(s);
             }
@@ -311,9 +326,9 @@ impl RequestQueue {
                             if let Err(e) = u.wait() {
                                 crate::limited_site!(warn, error = %e, "io_uring wait failed");
                             }
-                            u.reap(&mut |c| complete_used(&mut state, c))
+                            u.reap(&mut |c| complete_used(&ring, &mut state, &guard, c))
                         } else {
-                            u.drain(&mut |c| complete_used(&mut state, c))
+                            u.drain(&mut |c| complete_used(&ring, &mut state, &guard, c))
                         };
                         completed |= n > 0;
                     }
@@ -334,7 +349,7 @@ impl RequestQueue {
                 self.readable.clear();
                 self.writable.clear();
                 if let Outcome::Used(used) = outcome {
-                    if let Err(e) = state.add_used(head, used) {
+                    if let Err(e) = ring.add_used(&mut state, &guard, head, used) {
                         let s = limited!(self.guard.logs.ring_ops, warn, head, error = %e, "request queue: add_used failed");
                         self.guard.note_suppressed(s);
                     }
@@ -347,7 +362,7 @@ impl RequestQueue {
                 if let Err(e) = u.submit() {
                     crate::limited_site!(warn, error = %e, "io_uring submit failed");
                 }
-                completed |= u.reap(&mut |c| complete_used(&mut state, c)) > 0;
+                completed |= u.reap(&mut |c| complete_used(&ring, &mut state, &guard, c)) > 0;
             }
             if self.guard.is_broken() {
                 // Nothing more is taken off this ring: no polling, and
@@ -358,7 +373,7 @@ impl RequestQueue {
                 // Hand back what is done before spinning, then watch the
                 // avail ring with driver notifications still disabled: the
                 // driver does not kick while the device is polling.
-                if completed && wants_call(&mut state, &guard) {
+                if completed && ring.wants_call(&mut state, &guard) {
                     state.signal_used_queue()?;
                     notifications += 1;
                 }
@@ -370,11 +385,11 @@ impl RequestQueue {
                     Engine::Ready(u) => u.has_completions(),
                     _ => false,
                 };
-                if Self::poll_avail(state.get_queue(), &guard, self.poll, &mut reapable) {
+                if Self::poll_avail(&ring, state.get_queue(), &guard, self.poll, &mut reapable) {
                     continue;
                 }
             }
-            match state.enable_notification() {
+            match ring.enable_notification(&mut state, &guard) {
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(e) => {
@@ -384,7 +399,7 @@ impl RequestQueue {
                 }
             }
         }
-        if completed && wants_call(&mut state, &guard) {
+        if completed && ring.wants_call(&mut state, &guard) {
             state.signal_used_queue()?;
             notifications += 1;
         }
@@ -402,6 +417,7 @@ impl RequestQueue {
     /// Spins up to `limit` for the driver to publish a new request (or for
     /// `other_work` to say there is something else to do).
     fn poll_avail(
+        ring: &DeviceRing,
         queue: &Queue,
         mem: &GuestMem,
         limit: Duration,
@@ -412,10 +428,8 @@ impl RequestQueue {
             if other_work() {
                 return true;
             }
-            match queue.avail_idx(mem, Ordering::Acquire) {
-                Ok(idx) if idx.0 != queue.next_avail() => return true,
-                Ok(_) => {}
-                Err(_) => return false,
+            if ring.has_avail(queue, mem) {
+                return true;
             }
             if Instant::now() >= deadline {
                 return false;

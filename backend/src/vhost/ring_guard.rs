@@ -1,7 +1,9 @@
-//! The split-ring contract (VIRTIO 1.2 §2.7), checked before the device
-//! trusts anything the driver published, and what happens when it is broken.
+//! The ring contract, checked before the device trusts anything the driver
+//! published, and what happens when it is broken. This file has the split
+//! ring's (VIRTIO 1.2 §2.7); the packed ring's (§2.8) is
+//! [`super::packed::ring`], and both break a ring the same way, here.
 //!
-//! [`RingGuard::pop`] takes the next chain off the avail ring itself
+//! [`split_pop`] takes the next chain off the avail ring itself
 //! (instead of virtio-queue's iterator, which logs and retries an invalid
 //! avail index forever) and walks its descriptors into a scratch list,
 //! each read once (the driver cannot change them behind the walk). It
@@ -41,6 +43,7 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 
+use super::device_ring::DeviceRing;
 use super::queue_metrics::{QueueMetrics, TrustCounters};
 use crate::ratelimit::LogLimit;
 use crate::vhost::dirty::{GuestMem, VringState};
@@ -110,6 +113,52 @@ pub enum RingViolation {
     IndirectBadLength {
         /// The descriptor's length.
         len: u32,
+    },
+    /// Packed: a first descriptor whose AVAIL and USED bits both equal the
+    /// device's wrap counter (§2.8.1: no driver writes that).
+    #[error(
+        "descriptor {index} has flags {flags:#06x}: AVAIL and USED both equal the wrap counter"
+    )]
+    WrapCounterLie {
+        /// Ring index.
+        index: u16,
+        /// Its flags.
+        flags: u16,
+    },
+    /// Packed: a descriptor after the first of a chain is not available
+    /// (§2.8.6: the driver makes the first available after the others).
+    #[error("descriptor {index} of a chain is not available (flags {flags:#06x})")]
+    NotAvailable {
+        /// Ring index.
+        index: u16,
+        /// Its flags.
+        flags: u16,
+    },
+    /// Packed: a buffer id at or above the queue size.
+    #[error("buffer id {id} out of range (queue size {size})")]
+    IdOutOfRange {
+        /// The id of the chain's last descriptor.
+        id: u16,
+        /// Queue size.
+        size: u16,
+    },
+    /// Packed: a buffer id whose chain the device has not completed yet.
+    #[error("buffer id {id} is already in flight")]
+    IdInUse {
+        /// The id.
+        id: u16,
+    },
+    /// Packed: more descriptors made available than the driver got back.
+    #[error(
+        "a chain of {chain} with {in_flight} descriptors in flight overruns the ring of {size}"
+    )]
+    RingOverrun {
+        /// Ring descriptors the device has taken and not used yet.
+        in_flight: u32,
+        /// Descriptors of the new chain.
+        chain: u16,
+        /// Queue size.
+        size: u16,
     },
     /// A descriptor (of the queue's or an indirect table) that cannot be read.
     #[error("descriptor table at {addr:#x} (length {len}) is not in guest memory")]
@@ -203,6 +252,42 @@ pub fn walk_chain(
     }
 }
 
+/// Takes the next chain off `queue`'s split avail ring: its head, with its
+/// descriptors in `out`; `None` when the ring is empty. On a violation
+/// nothing is taken.
+pub fn split_pop(
+    queue: &mut Queue,
+    mem: &GuestMem,
+    out: &mut Vec<Descriptor>,
+) -> Result<Option<u16>, RingViolation> {
+    let size = queue.size();
+    let next = Wrapping(queue.next_avail());
+    let avail_addr = GuestAddress(queue.avail_ring());
+    let avail = queue
+        .avail_idx(mem, Ordering::Acquire)
+        .map_err(|_| RingViolation::AvailUnreadable { addr: avail_addr.0 })?;
+    if size == 0 || avail == next {
+        return Ok(None);
+    }
+    if (avail - next).0 > size {
+        return Err(RingViolation::AvailIndexJump {
+            next_avail: next.0,
+            avail_idx: avail.0,
+            size,
+        });
+    }
+    let entry = avail_addr
+        .checked_add(AVAIL_HEADER + 2 * u64::from(next.0 % size))
+        .ok_or(RingViolation::AvailUnreadable { addr: avail_addr.0 })?;
+    let head = mem
+        .read_obj::<u16>(entry)
+        .map(u16::from_le)
+        .map_err(|_| RingViolation::AvailUnreadable { addr: entry.0 })?;
+    walk_chain(mem, GuestAddress(queue.desc_table()), size, head, out)?;
+    queue.set_next_avail(next.0.wrapping_add(1));
+    Ok(Some(head))
+}
+
 /// Rate limits of the log lines a frontend can trigger on one queue of
 /// one connection, one per kind.
 #[derive(Debug, Default)]
@@ -238,6 +323,7 @@ pub struct RingGuard {
     vring: u16,
     broken: Option<RingViolation>,
     descs: Vec<Descriptor>,
+    ring: Arc<DeviceRing>,
     metrics: Arc<QueueMetrics>,
     /// This queue's log limiters.
     pub logs: QueueLogs,
@@ -246,10 +332,17 @@ pub struct RingGuard {
 impl RingGuard {
     /// The guard of vhost-user ring `vring`, counting in `metrics`.
     pub fn new(vring: u16, metrics: Arc<QueueMetrics>) -> Self {
+        Self::with_ring(vring, metrics, Arc::default())
+    }
+
+    /// The guard of vhost-user ring `vring` whose ring is `ring` (shared
+    /// with whoever else completes its chains).
+    pub fn with_ring(vring: u16, metrics: Arc<QueueMetrics>, ring: Arc<DeviceRing>) -> Self {
         Self {
             vring,
             broken: None,
             descs: Vec::new(),
+            ring,
             metrics,
             logs: QueueLogs::default(),
         }
@@ -301,42 +394,17 @@ impl RingGuard {
         self.metrics.trust.connection.load(Ordering::Relaxed)
     }
 
-    /// Takes the next chain off `queue`'s avail ring: its head, with its
-    /// descriptors in [`RingGuard::descriptors`]; `None` when the ring is
-    /// empty. On a violation nothing is taken.
+    /// Takes the next chain off `queue`'s ring (split or packed, through
+    /// its [`DeviceRing`]): its id, with its descriptors in
+    /// [`RingGuard::descriptors`]; `None` when the ring is empty. On a
+    /// violation nothing is taken.
     pub fn pop(&mut self, queue: &mut Queue, mem: &GuestMem) -> Result<Option<u16>, RingViolation> {
-        let size = queue.size();
-        let next = Wrapping(queue.next_avail());
-        let avail_addr = GuestAddress(queue.avail_ring());
-        let avail = queue
-            .avail_idx(mem, Ordering::Acquire)
-            .map_err(|_| RingViolation::AvailUnreadable { addr: avail_addr.0 })?;
-        if size == 0 || avail == next {
-            return Ok(None);
-        }
-        if (avail - next).0 > size {
-            return Err(RingViolation::AvailIndexJump {
-                next_avail: next.0,
-                avail_idx: avail.0,
-                size,
-            });
-        }
-        let entry = avail_addr
-            .checked_add(AVAIL_HEADER + 2 * u64::from(next.0 % size))
-            .ok_or(RingViolation::AvailUnreadable { addr: avail_addr.0 })?;
-        let head = mem
-            .read_obj::<u16>(entry)
-            .map(u16::from_le)
-            .map_err(|_| RingViolation::AvailUnreadable { addr: entry.0 })?;
-        walk_chain(
-            mem,
-            GuestAddress(queue.desc_table()),
-            size,
-            head,
-            &mut self.descs,
-        )?;
-        queue.set_next_avail(next.0.wrapping_add(1));
-        Ok(Some(head))
+        self.ring.pop(queue, mem, &mut self.descs)
+    }
+
+    /// The ring of this queue, in its negotiated format.
+    pub fn ring(&self) -> &Arc<DeviceRing> {
+        &self.ring
     }
 
     /// The descriptors of the chain [`RingGuard::pop`] returned last.

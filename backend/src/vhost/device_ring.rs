@@ -1,0 +1,407 @@
+//! One interface over both ring formats: what every queue (request,
+//! control, event) does with its ring, split (VIRTIO 1.2 §2.7) or packed
+//! (§2.8), without knowing which.
+//!
+//! A [`DeviceRing`] belongs to one vring of one connection and is shared by
+//! everyone who completes chains of that ring (its worker, the io_uring
+//! engine's reaping, held commands completed by a TMF or a ring stop). Its
+//! operations:
+//!
+//! - [`DeviceRing::pop`]: the next chain, checked, its descriptors walked
+//!   into a scratch list; the chain's id (split: head index; packed:
+//!   buffer id);
+//! - [`DeviceRing::add_used`]: a chain's used entry (id, bytes written),
+//!   in any order;
+//! - [`DeviceRing::disable_notification`] / [`DeviceRing::enable_notification`]:
+//!   the device's wish for available buffer notifications;
+//! - [`DeviceRing::wants_call`]: whether the driver asked for a used buffer
+//!   notification now;
+//! - [`DeviceRing::has_avail`]: whether a chain is waiting (busy polling).
+//!
+//! The split format is virtio-queue's `Queue` with our own checked pop
+//! ([`crate::vhost::ring_guard::split_pop`]). The packed format is
+//! [`super::packed`]; vhost-user-backend still keeps a `Queue` per vring,
+//! which holds what the frontend set: SET_VRING_NUM's size, SET_VRING_ADDR's
+//! three addresses (for packed: descriptor ring, driver event area, device
+//! event area, which virtio-queue's alignment checks of 16, 2 and 4 bytes
+//! accept) and SET_VRING_BASE's value in `next_avail` (for packed: the avail
+//! index with the wrap counter in bit 15, vhost-user "Ring states"). The
+//! packed state keeps that value current after every pop, so GET_VRING_BASE
+//! (which vhost-user-backend answers with `next_avail` after
+//! `stop_vring`) returns the device's next avail position and wrap counter.
+//!
+//! The packed state starts (again) from the `Queue` when the ring is served
+//! after it was stopped (GET_VRING_BASE), the device was reset or features
+//! were set, or when the frontend changed the base, size or descriptor
+//! address behind it. It then has nothing in flight (a ring stop completes
+//! everything first), so its used position and wrap counter are the avail
+//! ones: vhost-user-backend passes only 16 bits of SET_VRING_BASE, and a
+//! stopped packed ring needs no more.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestAddress;
+
+use super::dirty::{GuestMem, VringState};
+use super::notify::wants_call as split_wants_call;
+use super::packed::event;
+use super::packed::ring::{PackedRing, UsedError};
+use super::packed::Position;
+use super::ring_guard::{split_pop, RingViolation};
+
+/// What a ring operation of the device itself could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum RingOpError {
+    /// virtio-queue's split ring operation failed.
+    #[error(transparent)]
+    Split(#[from] virtio_queue::Error),
+    /// A packed used descriptor could not be written.
+    #[error(transparent)]
+    Used(#[from] UsedError),
+    /// The packed device event suppression structure could not be written.
+    #[error("device event suppression area at {addr:#x} is not in guest memory")]
+    EventArea {
+        /// Guest address.
+        addr: u64,
+    },
+}
+
+/// The packed side: the ring state once it started, and what it was
+/// started from.
+#[derive(Debug, Default)]
+struct PackedSide {
+    ring: Option<PackedRing>,
+    /// Start again from the `Queue` at the next operation.
+    restart: bool,
+    /// The `Queue`'s (next_avail, size, descriptor address) the state
+    /// matches: a difference means the frontend set the ring anew.
+    synced: (u16, u16, u64),
+    /// The used position at the last notification check.
+    last_call: Option<Position>,
+    /// Where the ring (re)started.
+    start: Position,
+}
+
+impl PackedSide {
+    /// The ring state, (re)started from `queue` when needed.
+    fn ring(&mut self, queue: &Queue) -> &mut PackedRing {
+        let now = (queue.next_avail(), queue.size(), queue.desc_table());
+        if self.restart || self.synced != now || self.ring.is_none() {
+            let avail = Position::decode(now.0);
+            let desc = GuestAddress(now.2);
+            match &mut self.ring {
+                Some(r) => r.restart(desc, now.1, avail),
+                None => self.ring = Some(PackedRing::new(desc, now.1, avail)),
+            }
+            (self.restart, self.synced) = (false, now);
+            (self.last_call, self.start) = (None, avail);
+        }
+        self.ring.get_or_insert_with(|| {
+            PackedRing::new(GuestAddress(now.2), now.1, Position::decode(now.0))
+        })
+    }
+}
+
+/// The ring of one vring, in the format the driver negotiated.
+#[derive(Debug, Default)]
+pub struct DeviceRing {
+    packed: AtomicBool,
+    side: Mutex<PackedSide>,
+}
+
+impl DeviceRing {
+    /// A split ring until [`DeviceRing::set_packed`] says otherwise.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn side(&self) -> MutexGuard<'_, PackedSide> {
+        self.side.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The format the driver negotiated (VIRTIO_F_RING_PACKED, at
+    /// SET_FEATURES); the packed state starts anew.
+    pub fn set_packed(&self, packed: bool) {
+        self.packed.store(packed, Ordering::Release);
+        self.restart();
+    }
+
+    /// Whether the ring is packed.
+    pub fn is_packed(&self) -> bool {
+        self.packed.load(Ordering::Acquire)
+    }
+
+    /// The ring stopped (GET_VRING_BASE) or the device was reset: the packed
+    /// state starts again from the `Queue` when the ring is next served.
+    pub fn restart(&self) {
+        self.side().restart = true;
+    }
+
+    /// Takes the next chain off the ring: its id, with its descriptors in
+    /// `out`; `None` when the ring is empty. On a violation nothing is taken.
+    pub fn pop(
+        &self,
+        queue: &mut Queue,
+        mem: &GuestMem,
+        out: &mut Vec<Descriptor>,
+    ) -> Result<Option<u16>, RingViolation> {
+        if !self.is_packed() {
+            return split_pop(queue, mem, out);
+        }
+        let mut side = self.side();
+        let ring = side.ring(queue);
+        let id = ring.pop(mem, out)?;
+        if id.is_some() {
+            let base = ring.avail.encode();
+            queue.set_next_avail(base);
+            side.synced.0 = base;
+        }
+        Ok(id)
+    }
+
+    /// Completes the chain `id` with `len` bytes written into it.
+    pub fn add_used(
+        &self,
+        state: &mut VringState,
+        mem: &GuestMem,
+        id: u16,
+        len: u32,
+    ) -> Result<(), RingOpError> {
+        if !self.is_packed() {
+            return Ok(state.add_used(id, len)?);
+        }
+        let mut side = self.side();
+        Ok(side.ring(state.get_queue()).add_used(mem, id, len)?)
+    }
+
+    /// Asks the driver not to notify the device of new chains.
+    pub fn disable_notification(
+        &self,
+        state: &mut VringState,
+        mem: &GuestMem,
+    ) -> Result<(), RingOpError> {
+        if !self.is_packed() {
+            return Ok(state.disable_notification()?);
+        }
+        let area = GuestAddress(state.get_queue().used_ring());
+        event::disable(mem, area).map_err(|_| RingOpError::EventArea { addr: area.0 })
+    }
+
+    /// Asks the driver to notify the device of new chains again; whether a
+    /// chain is already waiting (then the device goes on instead of
+    /// sleeping).
+    pub fn enable_notification(
+        &self,
+        state: &mut VringState,
+        mem: &GuestMem,
+    ) -> Result<bool, RingOpError> {
+        if !self.is_packed() {
+            return Ok(state.enable_notification()?);
+        }
+        let q = state.get_queue();
+        let (area, event_idx) = (GuestAddress(q.used_ring()), q.event_idx_enabled());
+        let mut side = self.side();
+        let ring = side.ring(q);
+        event::enable(mem, area, event_idx, ring.avail)
+            .map_err(|_| RingOpError::EventArea { addr: area.0 })?;
+        // The flags are visible before the ring is looked at again: a chain
+        // made available after this either is seen now or is notified.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        Ok(ring.has_avail(mem))
+    }
+
+    /// Whether the driver wants a used buffer notification now.
+    pub fn wants_call(&self, state: &mut VringState, mem: &GuestMem) -> bool {
+        if !self.is_packed() {
+            return split_wants_call(state, mem);
+        }
+        let q = state.get_queue();
+        let (area, event_idx) = (GuestAddress(q.avail_ring()), q.event_idx_enabled());
+        let mut side = self.side();
+        let side = &mut *side;
+        let ring = side.ring(q);
+        let (size, used) = (ring.size, ring.used);
+        event::driver_wants_call(
+            mem,
+            area,
+            size,
+            event_idx,
+            used,
+            &mut side.last_call,
+            side.start,
+        )
+    }
+
+    /// A packed ring's device state: the next avail and used positions
+    /// (vhost-user ring state form, wrap counter in bit 15) and the ring
+    /// descriptors taken and not yet used; `None` for a split ring or one
+    /// not served yet. For checks from outside (tests, fuzzing).
+    pub fn packed_state(&self) -> Option<(u16, u16, u32)> {
+        if !self.is_packed() {
+            return None;
+        }
+        let side = self.side();
+        side.ring
+            .as_ref()
+            .map(|r| (r.avail.encode(), r.used.encode(), r.in_flight))
+    }
+
+    /// Whether a chain is waiting on the ring.
+    pub fn has_avail(&self, queue: &Queue, mem: &GuestMem) -> bool {
+        if !self.is_packed() {
+            return queue
+                .avail_idx(mem, Ordering::Acquire)
+                .is_ok_and(|idx| idx.0 != queue.next_avail());
+        }
+        self.side().ring(queue).has_avail(mem)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use vhost_user_backend::VringT;
+    use virtio_queue::QueueT;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic};
+
+    use crate::fault::FaultTable;
+    use crate::scsi::{LogicalUnit, LunOptions, ScsiBus};
+    use crate::vhost::dirty::{GuestMem, Vring};
+    use crate::vhost::packed::event::{FLAGS_DISABLE, FLAGS_ENABLE};
+    use crate::vhost::packed::{F_AVAIL, F_NEXT, F_USED, F_WRITE};
+    use crate::vhost::queue_metrics::QueueMetrics;
+    use crate::vhost::request_queue::{QueueShared, RequestQueue};
+    use crate::vhost::response::RESP_SIZE;
+
+    const RING: u64 = 0x1000;
+    const DRIVER: u64 = 0x2000;
+    const DEVICE: u64 = 0x3000;
+
+    fn put(m: &GuestMem, index: u64, addr: u64, len: u32, id: u16, flags: u16) {
+        let at = RING + 16 * index;
+        m.write_obj(addr.to_le(), GuestAddress(at)).unwrap();
+        m.write_obj(len.to_le(), GuestAddress(at + 8)).unwrap();
+        m.write_obj(id.to_le(), GuestAddress(at + 12)).unwrap();
+        m.write_obj(flags.to_le(), GuestAddress(at + 14)).unwrap();
+    }
+
+    /// A READ(10) of one block at LBA `lba` as a three-descriptor chain at
+    /// ring index `at` with buffer id `id` (wrap counter 1).
+    fn offer_read(m: &GuestMem, at: u64, id: u16, lba: u8) {
+        let req_at = 0x10000 + 0x1000 * at;
+        let mut req = [0u8; 51];
+        req[..4].copy_from_slice(&[1, 0, 0x40, 0]);
+        req[19..29].copy_from_slice(&[0x28, 0, 0, 0, 0, lba, 0, 0, 1, 0]);
+        m.write_slice(&req, GuestAddress(req_at)).unwrap();
+        put(
+            m,
+            at + 1,
+            req_at + 0x100,
+            RESP_SIZE as u32,
+            0,
+            F_AVAIL | F_WRITE | F_NEXT,
+        );
+        put(m, at + 2, req_at + 0x200, 512, id, F_AVAIL | F_WRITE);
+        put(m, at, req_at, 51, 0, F_AVAIL | F_NEXT);
+    }
+
+    fn used(m: &GuestMem, index: u64) -> (u32, u16, u16) {
+        let at = RING + 16 * index;
+        (
+            m.read_obj::<u32>(GuestAddress(at + 8)).unwrap(),
+            m.read_obj::<u16>(GuestAddress(at + 12)).unwrap(),
+            m.read_obj::<u16>(GuestAddress(at + 14)).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_request_queue_serves_a_packed_ring_and_syncs_the_vring_base() {
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 0x40000)]).unwrap();
+        let mut img = tempfile::NamedTempFile::new().unwrap();
+        let image: Vec<u8> = (0..64 * 1024u32).map(|i| (i / 512) as u8).collect();
+        img.write_all(&image).unwrap();
+        let mut bus = ScsiBus::new();
+        let lu = LogicalUnit::open(img.path(), LunOptions::default()).unwrap();
+        bus.add_lun(0, 0, Arc::new(lu)).unwrap();
+
+        let atomic = GuestMemoryAtomic::new(mem.clone());
+        let vring = Vring::new(atomic.clone(), 16).unwrap();
+        vring.set_queue_size(16);
+        vring.set_queue_info(RING, DRIVER, DEVICE).unwrap();
+        // SET_VRING_BASE: index 0, wrap counter 1.
+        vring.set_queue_next_avail(0x8000);
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+        let shared = Arc::new(QueueShared::new(0));
+        shared.ring.set_packed(true);
+        let mut q = RequestQueue::new(
+            shared.clone(),
+            Arc::new(FaultTable::default()),
+            Duration::ZERO,
+            Arc::new(QueueMetrics::default()),
+        );
+
+        offer_read(&mem, 0, 9, 3);
+        q.process(&vring, &atomic, &bus).unwrap();
+        // One used descriptor at index 0: id 9, header + 512 bytes, flags
+        // AVAIL|USED|WRITE (wrap counter 1).
+        assert_eq!(
+            used(&mem, 0),
+            (RESP_SIZE as u32 + 512, 9, F_AVAIL | F_USED | F_WRITE)
+        );
+        let mut block = [0u8; 512];
+        mem.read_slice(&mut block, GuestAddress(0x10200)).unwrap();
+        assert!(block.iter().all(|&b| b == 3), "LBA 3's bytes");
+        // The device asked for kicks again when it went to sleep.
+        assert_eq!(
+            mem.read_obj::<u16>(GuestAddress(DEVICE + 2)).unwrap(),
+            FLAGS_ENABLE
+        );
+        // What GET_VRING_BASE answers: index 3, wrap counter 1.
+        assert_eq!(vring.get_ref().get_queue().next_avail(), 0x8003);
+
+        // A ring stop and restart at that base within the connection.
+        shared.ring.restart();
+        vring.set_queue_ready(false);
+        vring.set_queue_next_avail(0x8003);
+        vring.set_queue_ready(true);
+        offer_read(&mem, 3, 4, 5);
+        q.process(&vring, &atomic, &bus).unwrap();
+        assert_eq!(
+            used(&mem, 3),
+            (RESP_SIZE as u32 + 512, 4, F_AVAIL | F_USED | F_WRITE)
+        );
+        assert_eq!(vring.get_ref().get_queue().next_avail(), 0x8006);
+
+        // A frontend that re-creates the ring (queue reset) at base 0x8000
+        // with a zeroed ring is served from index 0 again.
+        mem.write_slice(&[0u8; 16 * 16], GuestAddress(RING))
+            .unwrap();
+        vring.set_queue_ready(false);
+        vring.set_queue_next_avail(0x8000);
+        vring.set_queue_ready(true);
+        offer_read(&mem, 0, 1, 7);
+        q.process(&vring, &atomic, &bus).unwrap();
+        assert_eq!(used(&mem, 0).1, 1);
+        assert_eq!(vring.get_ref().get_queue().next_avail(), 0x8003);
+
+        // A driver that asks for no notifications: the device still
+        // completes, and disabling kicks while working is visible.
+        mem.write_obj(FLAGS_DISABLE, GuestAddress(DRIVER + 2))
+            .unwrap();
+        let ring = &shared.ring;
+        let mut state = vring.get_mut();
+        assert!(!ring.wants_call(&mut state, &mem));
+        ring.disable_notification(&mut state, &mem).unwrap();
+        assert_eq!(
+            mem.read_obj::<u16>(GuestAddress(DEVICE + 2)).unwrap(),
+            FLAGS_DISABLE
+        );
+    }
+}
