@@ -441,3 +441,107 @@ fn a_packed_queue_wraps_around_more_than_a_hundred_times_and_restarts_mid_lap() 
     );
     assert_eq!(fe.t.stop_vring(2).unwrap(), 2, "index 2, wrap counter 0");
 }
+
+/// With chains held in flight (a stall fault): a chain reusing a buffer id
+/// still in flight, and descriptors made available over the ones the device
+/// has not used yet (the driver's avail flags flipped a lap early), break
+/// the ring; GET_VRING_BASE then completes every held chain (RESET), each
+/// with its own id at the used position the driver expects, in the order
+/// completed, and the re-created ring is served.
+#[test]
+fn reused_ids_and_overruns_over_held_chains_break_the_ring_and_every_held_chain_comes_back() {
+    use vscsi_backend::fault::{FaultSpec, FaultTable};
+    let metrics = Arc::new(QueueMetrics::new(2));
+    let faults = Arc::new(FaultTable::default());
+    let d = TestDaemon::start_with(
+        &[(0, 0, 1 << 20, false)],
+        DeviceOptions {
+            request_queues: 2,
+            queue_metrics: metrics.clone(),
+            faults: faults.clone(),
+            ..DeviceOptions::default()
+        },
+    );
+    let broken = || metrics.trust.snapshot().0;
+    let wait_broken = |n: u64, what: &str| {
+        let start = Instant::now();
+        while broken() != n {
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "{what}: not detected"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let wait_held = |n: usize| {
+        let start = Instant::now();
+        while faults.held_now() != n as u64 {
+            assert!(start.elapsed() < Duration::from_secs(1), "{n} held");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    for overrun in [false, true] {
+        let mut fe = Frontend::connect(&d.socket);
+        faults.set(
+            0,
+            0,
+            FaultSpec {
+                stall: true,
+                ..FaultSpec::default()
+            },
+        );
+        fe.tur_header();
+        let segs = fe.tur_segs(2);
+        let mem = fe.mem.clone();
+        let held = if overrun { 8 } else { 1 };
+        // `held` chains of 2 taken and held: ids 0.. at 0, 2, 4, ...
+        for id in 0..held {
+            fe.q[2].ring.offer(&mem, &segs, id);
+        }
+        fe.q[2].kick.write(1).unwrap();
+        wait_held(usize::from(held));
+        let before = broken();
+        let r = &fe.q[2].ring;
+        if overrun {
+            // The ring is full of held chains; the driver makes slot 0
+            // available for the next lap (wrap 0: USED set) anyway.
+            r.put(&mem, 0, mem.gpa(REQ), 51, 9, USED);
+        } else {
+            // Id 0 again while it is held.
+            r.put(&mem, 2, mem.gpa(REQ), 51, 0, AVAIL);
+        }
+        fe.q[2].kick.write(1).unwrap();
+        wait_broken(before + 1, if overrun { "overrun" } else { "id in use" });
+        // The other queue is served meanwhile (the fault covers LUN 0/0:
+        // lift it first).
+        faults.clear(0, 0);
+        fe.tur(3, 0).unwrap();
+        // GET_VRING_BASE completes the held chains with RESET.
+        let base = fe.t.stop_vring(2).unwrap();
+        let expect = if overrun { 0 } else { 0x8002 };
+        assert_eq!(base, expect, "overrun {overrun}: vring base");
+        let mut ids = Vec::new();
+        while let Some((id, len, flags)) = fe.q[2].ring.take_used(&mem) {
+            assert_eq!(len, 108, "a RESET response header");
+            assert_ne!(flags & WRITE, 0);
+            ids.push(id);
+        }
+        ids.sort_unstable();
+        assert_eq!(
+            ids,
+            (0..held).collect::<Vec<_>>(),
+            "every held chain came back once"
+        );
+        let mut b = [0u8; 108];
+        mem.read(RESP + 0x400, &mut b).unwrap();
+        assert_eq!(
+            CmdResp::read_from_bytes(&b).unwrap().response,
+            vscsi_protocol::virtio_scsi::Response::Reset as u8
+        );
+        let off = fe.q[2].ring.off;
+        fe.q[2].ring = PRing::new(&mem, off);
+        fe.start(2);
+        fe.tur(2, 4).unwrap();
+        assert_eq!(faults.held_now(), 0);
+    }
+}

@@ -175,3 +175,89 @@ async fn more_commands_than_a_hundred_times_the_ring_with_resets_in_between() {
     drv.reset_device().await.expect("device reset");
     verified_io(&drv, 512, 12, 100, "after the device reset").await;
 }
+
+async fn next_event(
+    rx: &mut tokio::sync::broadcast::Receiver<vscsi_driver::DeviceEvent>,
+) -> vscsi_driver::DeviceEvent {
+    loop {
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+            .await
+            .expect("an event within 5 s")
+            .expect("stream open");
+        if ev != vscsi_driver::DeviceEvent::EventsMissed {
+            return ev;
+        }
+    }
+}
+
+/// The control and event queues on packed rings: TMFs answered, hot-plug
+/// and parameter change events delivered one after the other (each event
+/// buffer used, re-posted, used again around the ring), with and without
+/// EVENT_IDX.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_and_event_queues_serve_packed_rings() {
+    use std::time::Duration;
+    use vscsi_backend::vhost::{EventHub, ResetReason as BackendReason};
+    use vscsi_driver::{DeviceEvent, ResetReason, Tmf, TmfResponse};
+    use vscsi_protocol::lun::Lun;
+
+    for event_index in [false, true] {
+        let hub = Arc::new(EventHub::default());
+        let d = TestDaemon::start_with(
+            &[(0, 0, 8 * MIB, false)],
+            DeviceOptions {
+                events: hub.clone(),
+                ..Default::default()
+            },
+        );
+        let cfg = QueueConfig {
+            event_index,
+            use_packed: true,
+            ..Default::default()
+        };
+        let drv = Driver::connect(&d.socket, cfg).await.unwrap();
+        assert!(drv.features().packed && drv.features().hotplug);
+        let mut rx = drv.events();
+        for _ in 0..40 {
+            let r = drv.task_management(0, 0, Tmf::QueryTaskSet).await.unwrap();
+            assert_eq!(
+                r,
+                TmfResponse::FunctionComplete,
+                "QUERY TASK SET, nothing in flight"
+            );
+        }
+        let deliver = |send: &dyn Fn() -> usize| {
+            for _ in 0..500 {
+                if send() == 1 {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            panic!("event never delivered");
+        };
+        deliver(&|| hub.transport_reset(0, 1, BackendReason::Rescan));
+        assert_eq!(
+            next_event(&mut rx).await,
+            DeviceEvent::TransportReset {
+                lun: Lun { target: 0, lun: 1 },
+                reason: ResetReason::Rescan
+            }
+        );
+        for i in 0..40u16 {
+            deliver(&|| hub.param_change(0, i, 0x2A, 0x09));
+            assert_eq!(
+                next_event(&mut rx).await,
+                DeviceEvent::ParamChange {
+                    lun: Lun { target: 0, lun: i },
+                    asc: 0x2A,
+                    ascq: 0x09
+                }
+            );
+        }
+        assert!(drv
+            .send_command(0, 0, ScsiCommand::TestUnitReady)
+            .await
+            .unwrap()
+            .is_good());
+    }
+}

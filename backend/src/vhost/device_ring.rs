@@ -32,8 +32,8 @@
 //!
 //! The packed state starts (again) from the `Queue` when the ring is served
 //! after it was stopped (GET_VRING_BASE), the device was reset or features
-//! were set, or when the frontend changed the base, size or descriptor
-//! address behind it. It then has nothing in flight (a ring stop completes
+//! were set (once nothing is in flight), or when the frontend changed the
+//! base, size or descriptor address behind it. It then has nothing in flight (a ring stop completes
 //! everything first), so its used position and wrap counter are the avail
 //! ones: vhost-user-backend passes only 16 bits of SET_VRING_BASE, and a
 //! stopped packed ring needs no more.
@@ -89,7 +89,12 @@ impl PackedSide {
     /// The ring state, (re)started from `queue` when needed.
     fn ring(&mut self, queue: &Queue) -> &mut PackedRing {
         let now = (queue.next_avail(), queue.size(), queue.desc_table());
-        if self.restart || self.synced != now || self.ring.is_none() {
+        // A restart asked for while chains are in flight on an unchanged
+        // ring (SET_FEATURES again mid-run) waits until they are completed:
+        // their used descriptors still go where the driver looks for them.
+        let busy = self.ring.as_ref().is_some_and(|r| r.in_flight > 0);
+        let restart = self.restart && !busy;
+        if restart || self.synced != now || self.ring.is_none() {
             let avail = Position::decode(now.0);
             let desc = GuestAddress(now.2);
             match &mut self.ring {
@@ -391,6 +396,23 @@ mod tests {
         assert_eq!(used(&mem, 0).1, 1);
         assert_eq!(vring.get_ref().get_queue().next_avail(), 0x8003);
 
+        // A chain whose data buffer is outside guest memory is well formed:
+        // answered VIRTIO_SCSI_S_FAILURE (response byte 9 at offset 11 of
+        // the header), and the queue goes on.
+        offer_read(&mem, 3, 2, 1);
+        put(&mem, 5, 0xFFFF_0000, 512, 2, F_AVAIL | F_WRITE);
+        q.process(&vring, &atomic, &bus).unwrap();
+        let (len, id, _) = used(&mem, 3);
+        assert_eq!(id, 2);
+        assert_eq!(len, RESP_SIZE as u32, "the header is written");
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x13100 + 11)).unwrap(), 9);
+        offer_read(&mem, 6, 3, 2);
+        q.process(&vring, &atomic, &bus).unwrap();
+        assert_eq!(
+            used(&mem, 6),
+            (RESP_SIZE as u32 + 512, 3, F_AVAIL | F_USED | F_WRITE)
+        );
+
         // A driver that asks for no notifications: the device still
         // completes, and disabling kicks while working is visible.
         mem.write_obj(FLAGS_DISABLE, GuestAddress(DRIVER + 2))
@@ -402,6 +424,33 @@ mod tests {
         assert_eq!(
             mem.read_obj::<u16>(GuestAddress(DEVICE + 2)).unwrap(),
             FLAGS_DISABLE
+        );
+    }
+
+    #[test]
+    fn a_restart_with_chains_in_flight_waits_for_their_completion() {
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 0x40000)]).unwrap();
+        let atomic = GuestMemoryAtomic::new(mem.clone());
+        let vring = Vring::new(atomic, 16).unwrap();
+        vring.set_queue_size(16);
+        vring.set_queue_info(RING, DRIVER, DEVICE).unwrap();
+        vring.set_queue_next_avail(0x8000);
+        vring.set_queue_ready(true);
+        let ring = super::DeviceRing::new();
+        ring.set_packed(true);
+        put(&mem, 0, 0x10000, 16, 7, F_AVAIL);
+        let mut out = Vec::new();
+        let mut state = vring.get_mut();
+        assert_eq!(ring.pop(state.get_queue_mut(), &mem, &mut out), Ok(Some(7)));
+        // SET_FEATURES again while id 7 is in flight: it still completes,
+        // at index 0, and the restart happens once nothing is in flight.
+        ring.set_packed(true);
+        ring.add_used(&mut state, &mem, 7, 0).unwrap();
+        assert_eq!(used(&mem, 0), (0, 7, F_AVAIL | F_USED));
+        assert_eq!(ring.packed_state(), Some((0x8001, 0x8001, 0)));
+        assert!(
+            ring.add_used(&mut state, &mem, 7, 0).is_err(),
+            "not in flight"
         );
     }
 }

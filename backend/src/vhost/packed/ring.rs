@@ -210,20 +210,23 @@ impl PackedRing {
             }
             pos = pos.advance(1, size);
         };
-        if id >= size {
-            return Err(RingViolation::IdOutOfRange { id, size });
-        }
-        if self.counts[usize::from(id)] != 0 {
+        let in_flight = self.in_flight;
+        // The id table has exactly `size` entries.
+        let slot = match self.counts.get_mut(usize::from(id)) {
+            Some(slot) if id < size => slot,
+            _ => return Err(RingViolation::IdOutOfRange { id, size }),
+        };
+        if *slot != 0 {
             return Err(RingViolation::IdInUse { id });
         }
-        if self.in_flight + u32::from(count) > u32::from(size) {
+        if in_flight + u32::from(count) > u32::from(size) {
             return Err(RingViolation::RingOverrun {
-                in_flight: self.in_flight,
+                in_flight,
                 chain: count,
                 size,
             });
         }
-        self.counts[usize::from(id)] = count;
+        *slot = count;
         self.in_flight += u32::from(count);
         self.avail = first.advance(count, size);
         Ok(Some(id))
@@ -272,8 +275,10 @@ impl PackedRing {
             Ordering::Release,
         )
         .map_err(|_| unwritable)?;
-        self.counts[usize::from(id)] = 0;
-        self.in_flight -= u32::from(count);
+        if let Some(slot) = self.counts.get_mut(usize::from(id)) {
+            *slot = 0;
+        }
+        self.in_flight = self.in_flight.saturating_sub(u32::from(count));
         self.used = at.advance(count, self.size);
         Ok(())
     }
