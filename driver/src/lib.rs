@@ -8,7 +8,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), vscsi_driver::Error> {
 //! use vscsi_driver::{Driver, QueueConfig, ScsiCommand};
-//! let cfg = QueueConfig { queue_count: 1, queue_size: 128, use_indirect: true, event_index: true, use_packed: false };
+//! let cfg = QueueConfig { queue_count: 1, queue_size: 128, use_indirect: true, event_index: true, use_packed: true };
 //! let driver = Driver::connect("/tmp/vs.sock", cfg).await?;
 //! let r = driver.send_command(0, 0, ScsiCommand::TestUnitReady).await?;
 //! tracing::info!("status {:#x}", r.status);

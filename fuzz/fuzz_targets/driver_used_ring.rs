@@ -1,9 +1,14 @@
-//! The driver's split ring with a device side written by the fuzzer.
+//! The driver's split or packed ring with a device side written by the
+//! fuzzer.
 //!
 //! Input: one configuration byte (ring size 2^(1 + bits 0-2 % 8), bit 3
-//! EVENT_IDX, bit 4 indirect descriptors), then operations of one byte
-//! followed by its operands: add a chain, publish, write a used element
-//! (any id, any length, any slot), write `used->idx`, pop, reset.
+//! EVENT_IDX, bit 4 indirect descriptors, bit 5 the packed format, bit 6
+//! with packed: one less, a size that is not a power of two), then
+//! operations of one byte followed by its operands: add a chain, publish,
+//! write a used element (split: any id, any length, any slot of the used
+//! ring; packed: length, id and flags of any descriptor of the ring), write
+//! `used->idx` (packed: a field of the device event suppression structure),
+//! pop, reset.
 //!
 //! Checked: no panic; every error is typed and the ring stays broken
 //! (`RingError::Broken`) after one; a popped id is a published chain in
@@ -17,7 +22,9 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use vscsi_driver::memory::SharedMemory;
-use vscsi_driver::ring::{RingOptions, Segment, SplitRing};
+use vscsi_driver::ring::{
+    PackedLayout, RingFormat, RingLayout, RingOptions, Segment, Virtqueue, VirtqueueFormat,
+};
 
 const MEM_LEN: usize = 1 << 20;
 
@@ -37,7 +44,11 @@ fuzz_target!(|input: &[u8]| {
     let Some([config]) = take::<1>(&mut data) else {
         return;
     };
-    let size = 1u16 << (1 + (config & 7));
+    let packed = config & 32 != 0;
+    let mut size = 1u16 << (1 + (config & 7));
+    if packed && config & 64 != 0 {
+        size -= 1;
+    }
     let opts = RingOptions {
         event_idx: config & 8 != 0,
         indirect: config & 16 != 0,
@@ -47,8 +58,20 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let mem = Arc::new(mem);
-    let mut ring = SplitRing::new(mem.clone(), 0, size, opts).expect("ring fits");
-    let o = ring.offsets();
+    let format = if packed {
+        RingFormat::Packed
+    } else {
+        RingFormat::Split
+    };
+    let mut ring = Virtqueue::new(format, mem.clone(), 0, size, opts).expect("ring fits");
+    enum Device {
+        Split(RingLayout),
+        Packed(PackedLayout),
+    }
+    let dev = match &ring {
+        Virtqueue::Split(r) => Device::Split(r.offsets()),
+        Virtqueue::Packed(r) => Device::Packed(r.offsets()),
+    };
     let mut chains: HashMap<u16, Chain> = HashMap::new();
 
     while let Some([op]) = take::<1>(&mut data) {
@@ -100,19 +123,27 @@ fuzz_target!(|input: &[u8]| {
                 }
             }
             2 => {
-                // device: used element at a slot.
+                // device: used element at a slot / used descriptor at a position.
                 let Some(b) = take::<9>(&mut data) else {
                     break;
                 };
                 let slot = usize::from(b[0]) % usize::from(size);
-                let off = o.used + 4 + 8 * slot;
+                let off = match &dev {
+                    Device::Split(o) => o.used + 4 + 8 * slot,
+                    Device::Packed(o) => o.desc + 16 * slot + 8,
+                };
                 let _ = mem.write(off, &b[1..9]);
             }
             3 => {
                 let Some(b) = take::<2>(&mut data) else {
                     break;
                 };
-                let _ = mem.write(o.used + 2, &b);
+                let off = match &dev {
+                    Device::Split(o) => o.used + 2,
+                    // off_wrap or flags, chosen by the low bit of the first byte.
+                    Device::Packed(o) => o.device_event + 2 * usize::from(b[0] & 1),
+                };
+                let _ = mem.write(off, &b);
             }
             4 => {
                 let was_broken = ring.is_broken();
@@ -143,7 +174,12 @@ fuzz_target!(|input: &[u8]| {
             _ => {
                 if ring.reset().is_ok() {
                     chains.clear();
-                    assert_eq!(ring.num_free(), size, "reset left descriptors in use");
+                    let free = match &ring {
+                        Virtqueue::Split(r) => r.num_free(),
+                        Virtqueue::Packed(r) => r.num_free(),
+                    };
+                    assert_eq!(free, size, "reset left descriptors in use");
+                    assert_eq!(ring.in_flight(), 0, "reset left chains in flight");
                 }
             }
         }

@@ -115,9 +115,13 @@ pub struct BenchDevice {
     /// Do not negotiate event index suppression.
     #[arg(long)]
     pub no_event_idx: bool,
-    /// Use packed virtqueues (VIRTIO_F_RING_PACKED).
-    #[arg(long)]
+    /// Require packed virtqueues (VIRTIO_F_RING_PACKED); the default uses
+    /// them when the device offers them.
+    #[arg(long, conflicts_with = "no_packed")]
     pub packed: bool,
+    /// Use split virtqueues even if the device offers packed ones.
+    #[arg(long)]
+    pub no_packed: bool,
     /// Driver side: busy-poll for each completion this many microseconds.
     #[arg(long, value_name = "US", default_value_t = 0)]
     pub poll_us: u64,
@@ -256,6 +260,7 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
         no_indirect: d.no_indirect,
         no_event_idx: d.no_event_idx,
         packed: d.packed,
+        no_packed: d.no_packed,
         timeout: Duration::from_secs(30),
         // Room for one --bs per command; a --bs the LUN's blocks do not
         // divide is refused below, naming --bs.

@@ -41,9 +41,13 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 32,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub depth: u16,
-    /// Use packed virtqueues (VIRTIO_F_RING_PACKED) for every queue.
-    #[arg(long)]
+    /// Require packed virtqueues (VIRTIO_F_RING_PACKED) for every queue
+    /// (the default uses them when offered).
+    #[arg(long, conflicts_with = "no_packed")]
     pub packed: bool,
+    /// Use split virtqueues.
+    #[arg(long)]
+    pub no_packed: bool,
     /// Pattern seed [default: new each run, so stale data cannot pass].
     #[arg(long, value_name = "N", value_parser = parse::number)]
     pub seed: Option<u64>,
@@ -192,7 +196,7 @@ pub async fn run(args: Args) -> Result<()> {
 async fn exercise(socket: &Path, args: &Args) -> Result<()> {
     let cfg = QueueConfig {
         queue_count: args.queues,
-        use_packed: args.packed,
+        use_packed: !args.no_packed,
         ..QueueConfig::default()
     };
     let driver = Driver::connect(socket, cfg)

@@ -36,10 +36,14 @@ pub struct ConnectArgs {
     /// Do not negotiate event index suppression (VIRTIO_RING_F_EVENT_IDX).
     #[arg(long)]
     pub no_event_idx: bool,
-    /// Use packed virtqueues (VIRTIO_F_RING_PACKED) for every queue; fails
-    /// if the device does not offer them.
-    #[arg(long)]
+    /// Require packed virtqueues (VIRTIO_F_RING_PACKED) for every queue:
+    /// fail if the device does not offer them (without this flag the driver
+    /// uses them when offered and split rings otherwise).
+    #[arg(long, conflicts_with = "no_packed")]
     pub packed: bool,
+    /// Use split virtqueues even if the device offers packed ones.
+    #[arg(long)]
+    pub no_packed: bool,
     /// Seconds a command may take before it fails.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse::seconds)]
     pub timeout: Duration,
@@ -119,7 +123,7 @@ pub async fn connect(args: &ConnectArgs) -> Result<Driver> {
         queue_size: args.queue_size,
         use_indirect: !args.no_indirect,
         event_index: !args.no_event_idx,
-        use_packed: args.packed,
+        use_packed: !args.no_packed,
     };
     let mut opts = DriverOptions {
         timeout: args.timeout,

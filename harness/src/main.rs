@@ -268,6 +268,10 @@ mod tests {
         assert_eq!(a.device.conn.max_transfer, Some(65536));
         assert!(a.device.conn.no_indirect && a.device.conn.json && a.device.conn.packed);
         assert!(
+            Cli::try_parse_from(["vscsi", "tur", "--socket", "/s", "--packed", "--no-packed"])
+                .is_err()
+        );
+        assert!(
             Cli::try_parse_from(["vscsi", "tur", "--socket", "/s", "--queue-size", "100"]).is_err()
         );
         assert!(Cli::try_parse_from(["vscsi", "tur"]).is_err());

@@ -229,3 +229,42 @@ fn packed_flag_fails_clearly_when_the_device_lacks_packed_rings() {
     let (code, out, err) = vscsi(&d, &["tur"]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// `vscsi verify --packed` on a 16-entry ring: 2048 one-block writes and
+/// as many reads, more than 100 times the ring size, with and without
+/// indirect descriptors and the event index (`--packed` succeeds only
+/// when packed rings were negotiated).
+#[test]
+fn verify_packed_wraps_the_ring_many_times() {
+    let opts = DeviceOptions {
+        request_queues: 2,
+        ..Default::default()
+    };
+    let d = TestDaemon::start_with(&[(0, 0, 2 * MIB, false)], opts);
+    for extra in [
+        &[][..],
+        &["--no-indirect"],
+        &["--no-event-idx", "--queues", "2"],
+    ] {
+        let mut args = vec![
+            "verify",
+            "--packed",
+            "--queue-size",
+            "16",
+            "--iodepth",
+            "8",
+            "--size",
+            "1M",
+            "--blocks-per-command",
+            "1",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let (code, out, err) = vscsi(&d, &args);
+        assert_eq!(code, 0, "{extra:?}: {out}{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["ok"], true, "{extra:?}");
+        assert_eq!(v["blocks"], 2048, "{extra:?}");
+        assert!(v["mismatched_lbas"].as_array().unwrap().is_empty());
+    }
+}

@@ -36,7 +36,7 @@ async fn deliver(send: impl Fn() -> usize) {
     panic!("event never delivered");
 }
 
-async fn events_reach_the_stream(event_index: bool) {
+async fn events_reach_the_stream(event_index: bool, use_packed: bool) {
     let hub = Arc::new(EventHub::default());
     let opts = DeviceOptions {
         events: hub.clone(),
@@ -50,10 +50,12 @@ async fn events_reach_the_stream(event_index: bool) {
     let d = TestDaemon::start_with(&[(0, 0, 8 * MIB, false)], opts);
     let cfg = QueueConfig {
         event_index,
+        use_packed,
         ..Default::default()
     };
     let drv = Driver::connect(&d.socket, cfg).await.unwrap();
     assert!(drv.features().hotplug && drv.features().change);
+    assert_eq!(drv.features().packed, use_packed);
     let mut rx = drv.events();
     // A control round trip makes the device's worker see the event ring.
     drv.task_management(0, 0, Tmf::QueryTaskSet).await.unwrap();
@@ -117,12 +119,18 @@ async fn events_reach_the_stream(event_index: bool) {
 
 #[tokio::test]
 async fn hotplug_and_param_change_events_reach_the_driver_with_event_index() {
-    events_reach_the_stream(true).await;
+    events_reach_the_stream(true, false).await;
+}
+
+#[tokio::test]
+async fn events_reach_the_driver_on_packed_rings_with_and_without_event_index() {
+    events_reach_the_stream(true, true).await;
+    events_reach_the_stream(false, true).await;
 }
 
 #[tokio::test]
 async fn hotplug_and_param_change_events_reach_the_driver_without_event_index() {
-    events_reach_the_stream(false).await;
+    events_reach_the_stream(false, false).await;
 }
 
 #[tokio::test]

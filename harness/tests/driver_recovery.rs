@@ -29,6 +29,17 @@ fn daemon(queues: u16) -> (TestDaemon, Arc<FaultTable>) {
 }
 
 async fn connect(d: &TestDaemon, timeout: Duration, eh: Duration, queues: u16) -> Driver {
+    connect_rings(d, timeout, eh, queues, false).await
+}
+
+/// [`connect`] with split rings, or packed ones (asserted negotiated).
+async fn connect_rings(
+    d: &TestDaemon,
+    timeout: Duration,
+    eh: Duration,
+    queues: u16,
+    packed: bool,
+) -> Driver {
     let opts = DriverOptions {
         timeout,
         eh_timeout: eh,
@@ -36,9 +47,12 @@ async fn connect(d: &TestDaemon, timeout: Duration, eh: Duration, queues: u16) -
     };
     let cfg = QueueConfig {
         queue_count: queues,
+        use_packed: packed,
         ..Default::default()
     };
-    Driver::connect_with(&d.socket, cfg, opts).await.unwrap()
+    let drv = Driver::connect_with(&d.socket, cfg, opts).await.unwrap();
+    assert_eq!(drv.features().packed, packed);
+    drv
 }
 
 fn stall() -> FaultSpec {
@@ -170,12 +184,22 @@ async fn a_device_ignoring_aborts_gets_a_lun_reset_then_a_target_reset() {
 
 #[tokio::test]
 async fn a_command_surviving_every_tmf_is_recovered_by_a_queue_reset() {
+    recovered_by_a_queue_reset(false).await
+}
+
+#[tokio::test]
+async fn a_command_surviving_every_tmf_is_recovered_by_a_queue_reset_on_packed_rings() {
+    recovered_by_a_queue_reset(true).await
+}
+
+async fn recovered_by_a_queue_reset(packed: bool) {
     let (d, faults) = daemon(2);
-    let drv = connect(
+    let drv = connect_rings(
         &d,
         Duration::from_millis(200),
         Duration::from_millis(300),
         2,
+        packed,
     )
     .await;
     // I/O stuck below the device: no TMF releases it, only a ring stop.
@@ -249,8 +273,25 @@ async fn a_command_surviving_every_tmf_is_recovered_by_a_queue_reset() {
 
 #[tokio::test]
 async fn a_device_reset_returns_every_command_and_the_device_works_after() {
+    device_reset_returns_every_command(false).await
+}
+
+#[tokio::test]
+async fn a_device_reset_returns_every_command_on_packed_rings() {
+    device_reset_returns_every_command(true).await
+}
+
+async fn device_reset_returns_every_command(packed: bool) {
     let (d, faults) = daemon(2);
-    let drv = Arc::new(connect(&d, Duration::from_secs(30), Duration::from_secs(2), 2).await);
+    let drv = connect_rings(
+        &d,
+        Duration::from_secs(30),
+        Duration::from_secs(2),
+        2,
+        packed,
+    )
+    .await;
+    let drv = Arc::new(drv);
     faults.set(0, 0, stall());
     let no_retry = CommandOptions {
         retry: Some(RetryPolicy::NONE),

@@ -45,6 +45,15 @@ async fn four_in_flight(drv: &Driver, i: u64) {
 
 #[test]
 fn zero_copy_commands_allocate_nothing_in_steady_state() {
+    steady_state(false);
+}
+
+#[test]
+fn zero_copy_commands_allocate_nothing_in_steady_state_on_packed_rings() {
+    steady_state(true);
+}
+
+fn steady_state(use_packed: bool) {
     let d = TestDaemon::start(&[(0, 0, 4 * MIB, false)]);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -54,9 +63,11 @@ fn zero_copy_commands_allocate_nothing_in_steady_state() {
         let cfg = QueueConfig {
             queue_count: 1,
             queue_size: 64,
+            use_packed,
             ..Default::default()
         };
         let drv = Driver::connect(&d.socket, cfg).await.unwrap();
+        assert_eq!(drv.features().packed, use_packed);
         // Warm-up: metrics entries, histogram buckets, the runtime's queues.
         for i in 0..2000 {
             round(&drv, i).await;

@@ -130,7 +130,8 @@ pub enum RingError {
     },
     /// The device returned a used element whose id is not the head of a chain
     /// that is in flight (published and not yet returned) (§2.7.8: `id` "indicates
-    /// the head entry of the descriptor chain describing the buffer").
+    /// the head entry of the descriptor chain describing the buffer"); on a
+    /// packed ring the buffer id of a published buffer in flight, §2.8.14).
     #[error(
         "device returned used id {id}, which is not an in-flight chain head (queue size {size})"
     )]
@@ -142,7 +143,8 @@ pub enum RingError {
     },
     /// The device claims to have written more bytes than the chain's writable
     /// buffers hold (§2.7.8.1: the device "MUST NOT set len to a value greater
-    /// than the total size of the descriptors" it may write).
+    /// than the total size of the descriptors" it may write; the same bound
+    /// on a packed ring's used descriptor).
     #[error(
         "device returned len {len} for chain {id}, which has only {writable} device-writable bytes"
     )]

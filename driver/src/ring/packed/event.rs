@@ -1,5 +1,6 @@
-//! Event suppression of a packed virtqueue (VIRTIO 1.2 §2.8.10 "Event
-//! Suppression Structure Format", §2.8.21 "Driver Notifications").
+//! Event suppression of a packed virtqueue (VIRTIO 1.2 §2.8.10 "Driver and
+//! Device Event Suppression", §2.8.14 "Event Suppression Structure Format",
+//! §2.8.21.3 "Sending Available Buffer Notifications").
 //!
 //! Each side owns one 4-byte `struct pvirtq_event_suppress`:
 //!
@@ -15,25 +16,25 @@
 
 use crate::ring::split::vring_need_event;
 
-/// `RING_EVENT_FLAGS_ENABLE`: notify on every event (§2.8.10).
+/// `RING_EVENT_FLAGS_ENABLE`: notify on every event (§2.8.14).
 pub const RING_EVENT_FLAGS_ENABLE: u16 = 0;
-/// `RING_EVENT_FLAGS_DISABLE`: do not notify (§2.8.10).
+/// `RING_EVENT_FLAGS_DISABLE`: do not notify (§2.8.14).
 pub const RING_EVENT_FLAGS_DISABLE: u16 = 1;
 /// `RING_EVENT_FLAGS_DESC`: notify when the descriptor at `off_wrap` is
-/// made available / used; only with `VIRTIO_F_EVENT_IDX` (§2.8.10).
+/// made available / used; only with `VIRTIO_F_EVENT_IDX` (§2.8.14).
 pub const RING_EVENT_FLAGS_DESC: u16 = 2;
-/// Bit of `off_wrap` holding the wrap counter (§2.8.10).
+/// Bit of `off_wrap` holding the wrap counter (§2.8.14).
 pub const EVENT_WRAP_BIT: u16 = 1 << 15;
 
 /// An `off_wrap` value: descriptor ring `offset` (below 2^15) and `wrap`
-/// counter in bit 15 (§2.8.10).
+/// counter in bit 15 (§2.8.14).
 pub const fn off_wrap(offset: u16, wrap: bool) -> u16 {
     (offset & !EVENT_WRAP_BIT) | if wrap { EVENT_WRAP_BIT } else { 0 }
 }
 
 /// Whether the driver must notify the device after making the descriptors
-/// of ring positions `[old, new)` available (§2.8.21.1 "Driver
-/// notifications": the driver reads the device event suppression structure
+/// of ring positions `[old, new)` available (§2.8.21.3: the driver reads
+/// the device event suppression structure
 /// after making the descriptors available).
 ///
 /// `flags` and `off_wrap` are what the device wrote in its structure;

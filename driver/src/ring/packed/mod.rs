@@ -43,11 +43,11 @@
 //!   sees whole chains (§2.8.21: "the driver MUST NOT make the first
 //!   descriptor in the list available before all subsequent descriptors").
 //! * A `SeqCst` fence separates that store from the load of the device
-//!   event suppression structure that decides the kick (§2.8.21.1), and the
+//!   event suppression structure that decides the kick (§2.8.21.3), and the
 //!   driver event suppression stores from the re-check of the next used
 //!   descriptor in [`PackedRing::enable_interrupts`].
 //! * A used descriptor's flags are loaded with `Acquire` before its id and
-//!   length (§2.8.14: the device writes the flags last).
+//!   length (§2.8.22: the device writes the flags last).
 
 pub mod event;
 
@@ -426,7 +426,7 @@ impl PackedRing {
     /// head, the one the device is waiting on, is stored last (`Release`).
     /// Then, after a full fence, reads the device event suppression
     /// structure (one 32-bit load, so offset and flags are one snapshot)
-    /// and decides per §2.8.21.1 ([`event::need_kick`]). Returns `false`
+    /// and decides per §2.8.21.3 ([`event::need_kick`]). Returns `false`
     /// when there was nothing to publish or the ring is broken.
     pub fn publish(&mut self) -> bool {
         if self.broken || self.pending.is_empty() {
@@ -460,7 +460,7 @@ impl PackedRing {
         )
     }
 
-    /// Pops one used buffer (§2.8.14 "Receiving Used Buffers From The
+    /// Pops one used buffer (§2.8.22 "Receiving Used Buffers From The
     /// Device").
     ///
     /// Returns `Ok(None)` when the descriptor at the next used position is
