@@ -25,6 +25,9 @@ iops = sorted(r[0] for r in rows); p50 = sorted(r[1] for r in rows); mb = sorted
 print(f"IOPS min {iops[0]:.0f} median {s.median(iops):.0f} | MiB/s min {mb[0]:.0f} median {s.median(mb):.0f} | p50 us min {p50[0]:.1f} median {s.median(p50):.1f}")'
 }
 one() { # bench args...; prints "iops p50 mib_s"
+    # The image back in the page cache first: builds or fio elsewhere on
+    # the machine evict it, and a run from the disk measures the disk.
+    cat "$img" >/dev/null
     "$B/vscsi" bench --no-progress --json --runtime "$secs" "$@" 2>/dev/null |
         python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["iops"], d["lat_us"]["p50"], d["mib_s"])'
 }
