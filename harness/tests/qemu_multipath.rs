@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 
 use backend_bin::{backend_binary, profile_dir};
 use guest::{
-    build_guest_image, loud, missing_prerequisites, parse_results, secs, stop_daemon, tail,
-    take_turn, wait_socket, Check, Guard, PACKAGES,
+    build_guest_image, loud, parse_results, secs, skipped, stop_daemon, tail, take_turn,
+    wait_socket, Check, Guard,
 };
 
 const MIB: u64 = 1 << 20;
@@ -65,19 +65,7 @@ fn md5_hex(data: &[u8]) -> String {
 #[test]
 fn linux_guest_uses_one_disk_through_two_controllers() {
     let mut test_start = Instant::now();
-    let missing = missing_prerequisites();
-    if !missing.is_empty() {
-        let msg = format!(
-            "the QEMU multipath test cannot run: missing {}.\nInstall: apt-get install {PACKAGES}",
-            missing.join(", ")
-        );
-        if std::env::var("VSCSI_REQUIRE_GUEST_TEST").as_deref() == Ok("1") {
-            panic!("{msg}\n(VSCSI_REQUIRE_GUEST_TEST=1 requires this test to run)");
-        }
-        loud(&format!(
-            "\n{bar}\nSKIP qemu_multipath: {msg}\n(set VSCSI_REQUIRE_GUEST_TEST=1 to make this a failure)\n{bar}\n",
-            bar = "=".repeat(78)
-        ));
+    if skipped("qemu_multipath") {
         return;
     }
     let (kernel, initrd) = build_guest_image();

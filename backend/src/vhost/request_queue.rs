@@ -277,45 +277,19 @@ impl RequestQueue {
         if self.in_flight() == 0 {
             return 0;
         }
-        let Some(vring) = self.vring.clone() else {
-            // Cannot happen (a request was started from a batch on a
-            // ring), but the I/O must still be waited for.
-            let mut lost =
-                |c: Completed<'_>| warn!(head = c.head, "in-flight request without a ring");
-            let mut n = 0;
-            if let Engine::Ready(u) = &mut self.engine {
-                n += u.drain(&mut lost);
-            }
-            if let Some(o) = &mut self.offload {
-                n += o.drain(&mut lost);
-            }
+        let (Some(vring), Some(mem)) = (self.vring.clone(), self.mem.as_ref().map(|m| m.memory()))
+        else {
+            // Cannot happen (a request was started from a batch, which
+            // recorded both), but the I/O must still be waited for.
+            let n = self.drain_engines(&mut |c| {
+                warn!(head = c.head, "in-flight request without a ring or memory")
+            });
             self.publish_in_flight();
             return n;
         };
-        let (Some(mem), ring) = (
-            self.mem.as_ref().map(|m| m.memory()),
-            self.shared.ring.clone(),
-        ) else {
-            let mut lost =
-                |c: Completed<'_>| warn!(head = c.head, "in-flight request without memory");
-            let mut n = 0;
-            if let Engine::Ready(u) = &mut self.engine {
-                n += u.drain(&mut lost);
-            }
-            if let Some(o) = &mut self.offload {
-                n += o.drain(&mut lost);
-            }
-            self.publish_in_flight();
-            return n;
-        };
+        let ring = self.shared.ring.clone();
         let mut state = vring.get_mut();
-        let mut n = 0;
-        if let Engine::Ready(u) = &mut self.engine {
-            n += u.drain(&mut |c| complete_used(&ring, &mut state, &mem, c));
-        }
-        if let Some(o) = &mut self.offload {
-            n += o.drain(&mut |c| complete_used(&ring, &mut state, &mem, c));
-        }
+        let n = self.drain_engines(&mut |c| complete_used(&ring, &mut state, &mem, c));
         if n > 0 && self.wants_call(&mut state) {
             if let Err(e) = state.signal_used_queue() {
                 crate::limited_site!(warn, error = %e, "signalling drained completions failed");
@@ -323,6 +297,19 @@ impl RequestQueue {
         }
         drop(state);
         self.publish_in_flight();
+        n
+    }
+
+    /// Waits for the transfers in flight in both engines, handing each to
+    /// `done`; returns how many.
+    fn drain_engines(&mut self, done: &mut dyn FnMut(Completed<'_>)) -> usize {
+        let mut n = 0;
+        if let Engine::Ready(u) = &mut self.engine {
+            n += u.drain(done);
+        }
+        if let Some(o) = &mut self.offload {
+            n += o.drain(done);
+        }
         n
     }
 

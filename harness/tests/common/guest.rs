@@ -274,3 +274,25 @@ pub fn take_turn(target_dir: &Path) -> (fs::File, Duration) {
     }
     (lock, t.elapsed())
 }
+
+/// Whether the guest test `name` cannot run here (prerequisites missing):
+/// says so loudly and returns `true` (the test then returns), or panics
+/// when `VSCSI_REQUIRE_GUEST_TEST=1` asks for the test to run.
+pub fn skipped(name: &str) -> bool {
+    let missing = missing_prerequisites();
+    if missing.is_empty() {
+        return false;
+    }
+    let msg = format!(
+        "the QEMU test {name} cannot run: missing {}.\nInstall: apt-get install {PACKAGES}",
+        missing.join(", ")
+    );
+    if std::env::var("VSCSI_REQUIRE_GUEST_TEST").as_deref() == Ok("1") {
+        panic!("{msg}\n(VSCSI_REQUIRE_GUEST_TEST=1 requires this test to run)");
+    }
+    loud(&format!(
+        "\n{bar}\nSKIP {name}: {msg}\n(set VSCSI_REQUIRE_GUEST_TEST=1 to make this a failure)\n{bar}\n",
+        bar = "=".repeat(78)
+    ));
+    true
+}
