@@ -412,7 +412,11 @@ mod tests {
                     for _ in 0..200 {
                         let (r, d) = run(t, 0, Cdb::read_10(0, 8, false).as_bytes(), 4096, &[]);
                         assert!(r.is_good() || r.status == status::BUSY, "{r:?}");
-                        assert!(d.iter().all(|&b| b == d[0]));
+                        // A BUSY read returns no data (its buffer holds
+                        // whatever the last overlapped attempt left).
+                        if r.is_good() {
+                            assert!(d.iter().all(|&b| b == d[0]), "a torn read");
+                        }
                     }
                 });
             }
