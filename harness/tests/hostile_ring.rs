@@ -25,6 +25,10 @@ use vscsi_protocol::lun::Lun;
 use vscsi_protocol::virtio_scsi::{CmdReq, CmdResp};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
+/// How long a queue or connection may take to answer before the test
+/// calls it hung (a bound on liveness on a loaded machine, not a speed test).
+const LIVENESS: Duration = Duration::from_secs(10);
+
 const MEM: usize = 4 << 20;
 const SIZE: u16 = 16;
 const REQ: usize = 0x10000;
@@ -110,8 +114,8 @@ impl Frontend {
                 assert_eq!((r.response, r.status), (0, 0));
                 return Ok(());
             }
-            if start.elapsed() > Duration::from_secs(1) {
-                return Err(format!("queue {i}: no answer within a second"));
+            if start.elapsed() > LIVENESS {
+                return Err(format!("queue {i}: no answer within 10 s"));
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -272,7 +276,7 @@ fn every_ring_violation_stops_only_that_queue_until_the_frontend_resets_it() {
         if let Violation::AvailJump = v {
             let start = Instant::now();
             while fe.used_idx() != 1 {
-                assert!(start.elapsed() < Duration::from_secs(1), "good chain");
+                assert!(start.elapsed() < LIVENESS, "good chain");
                 std::thread::sleep(Duration::from_millis(1));
             }
             // Then an avail index size + 1 ahead of the device.
@@ -281,10 +285,7 @@ fn every_ring_violation_stops_only_that_queue_until_the_frontend_resets_it() {
         // The good chain before the violation is completed, exactly once.
         let start = Instant::now();
         while broken() == before {
-            assert!(
-                start.elapsed() < Duration::from_secs(1),
-                "{v:?}: not detected"
-            );
+            assert!(start.elapsed() < LIVENESS, "{v:?}: not detected");
             std::thread::sleep(Duration::from_millis(1));
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -309,7 +310,7 @@ fn every_ring_violation_stops_only_that_queue_until_the_frontend_resets_it() {
         // A new connection's first break and recovery are always logged.
         assert!(logged >= 2, "{v:?}: the break and the recovery are logged");
         drop(fe);
-        // The next connection is served within a second.
+        // The next connection is served (not hung).
         let rt = tokio::runtime::Runtime::new().unwrap();
         let t = Instant::now();
         rt.block_on(async {
@@ -322,11 +323,7 @@ fn every_ring_violation_stops_only_that_queue_until_the_frontend_resets_it() {
                 .unwrap()
                 .is_good());
         });
-        assert!(
-            t.elapsed() < Duration::from_secs(1),
-            "{v:?}: {:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() < LIVENESS, "{v:?}: {:?}", t.elapsed());
     }
 
     // 10,000 violations in a row on one connection (break, reset, break...):
@@ -340,7 +337,7 @@ fn every_ring_violation_stops_only_that_queue_until_the_frontend_resets_it() {
         fe.publish_raw(0, &heads[1..], idx - 1);
         let start = Instant::now();
         while broken() == before + round {
-            assert!(start.elapsed() < Duration::from_secs(1), "round {round}");
+            assert!(start.elapsed() < LIVENESS, "round {round}");
             std::hint::spin_loop();
         }
         fe.reset();
@@ -435,8 +432,8 @@ fn a_broken_control_queue_stops_alone_and_answers_after_a_reset() {
                 fe.mem.read(RESP + 0x800, &mut b).unwrap();
                 return Ok(b[0]);
             }
-            if start.elapsed() > Duration::from_secs(1) {
-                return Err("no TMF answer within a second".into());
+            if start.elapsed() > LIVENESS {
+                return Err("no TMF answer within 10 s".into());
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -450,7 +447,7 @@ fn a_broken_control_queue_stops_alone_and_answers_after_a_reset() {
     fe.q[0].kick.write(1).unwrap();
     let start = Instant::now();
     while metrics.trust.snapshot().0 == 0 {
-        assert!(start.elapsed() < Duration::from_secs(1), "not detected");
+        assert!(start.elapsed() < LIVENESS, "not detected");
         std::thread::sleep(Duration::from_millis(1));
     }
     fe.tur(2).unwrap();

@@ -879,7 +879,7 @@ async fn a_slow_server_holds_only_its_own_commands() {
         .unwrap();
     assert!(r.is_good(), "{r:?}");
     assert!(
-        t.elapsed() < Duration::from_millis(1500),
+        !stalled.is_finished(),
         "LUN 1 waited for LUN 0's server: {:?}",
         t.elapsed()
     );
