@@ -141,7 +141,10 @@ impl DeviceRing {
     /// SET_FEATURES); the packed state starts anew.
     pub fn set_packed(&self, packed: bool) {
         self.packed.store(packed, Ordering::Release);
-        self.restart();
+        // Only the packed state: SET_FEATURES may come mid-run (dirty
+        // logging on or off) with heads in flight, which the inflight
+        // tracking must not take for a previous daemon's and run again.
+        self.side().restart = true;
     }
 
     /// Whether the ring is packed.

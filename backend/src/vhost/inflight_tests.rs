@@ -309,3 +309,23 @@ fn a_device_ring_resubmits_before_new_avail_entries() {
     offer(&mem, 4, 1);
     assert_eq!(ring.pop(st.get_queue_mut(), &mem, &mut out), Ok(Some(1)));
 }
+
+/// SET_FEATURES mid-run (a migration turning dirty logging on) with heads
+/// in flight: they are still the running daemon's, not resubmitted.
+#[test]
+fn set_features_mid_run_does_not_resubmit_live_heads() {
+    let mem = GuestMem::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let (r, _, _) = fresh(1, 16);
+    let ring = DeviceRing::new();
+    ring.set_inflight(QueueRegion::new(r, 0));
+    let v = vring(&mem, 0);
+    offer(&mem, 0, 4);
+    let mut out = Vec::new();
+    let mut st = v.get_mut();
+    assert_eq!(ring.pop(st.get_queue_mut(), &mem, &mut out), Ok(Some(4)));
+    ring.set_packed(false);
+    assert_eq!(ring.pop(st.get_queue_mut(), &mem, &mut out), Ok(None));
+    ring.add_used(&mut st, &mem, 4, 0).unwrap();
+    assert_eq!(used_idx(&mem), 1);
+    assert_eq!(ring.pop(st.get_queue_mut(), &mem, &mut out), Ok(None));
+}
