@@ -98,6 +98,9 @@ pub struct VhostUserHandler<T: VhostUserBackend> {
     features_acked: bool,
     acked_features: u64,
     acked_protocol_features: u64,
+    // VSCSI PATCH (inflight I/O tracking): the backend accepted an inflight region
+    // (SET_INFLIGHT_FD): the frontend may be reconnecting to a restarted backend.
+    inflight_set: bool,
     num_queues: usize,
     max_queue_size: usize,
     queues_per_thread: Vec<u64>,
@@ -162,6 +165,7 @@ where
             features_acked: false,
             acked_features: 0,
             acked_protocol_features: 0,
+            inflight_set: false,
             num_queues,
             max_queue_size,
             queues_per_thread,
@@ -567,6 +571,16 @@ where
             self.initialize_vring(vring, index)?;
         }
 
+        // VSCSI PATCH (inflight I/O tracking): after a reconnect the frontend replaces the
+        // call eventfd while the ring may already have completed (resubmitted) requests, and a
+        // notification sent on the old eventfd is lost; signal the new one once, as
+        // libvhost-user does ("in case of I/O hang after reconnecting"). A spurious used
+        // buffer notification is harmless.
+        if self.inflight_set {
+            let _ = vring.signal_used_queue();
+        }
+        // END VSCSI PATCH
+
         Ok(())
     }
 
@@ -681,7 +695,9 @@ where
     ) -> VhostUserResult<()> {
         self.backend
             .set_inflight_fd(inflight, file)
-            .map_err(VhostUserError::ReqHandlerError)
+            .map_err(VhostUserError::ReqHandlerError)?;
+        self.inflight_set = true;
+        Ok(())
     }
     // END VSCSI PATCH
 
