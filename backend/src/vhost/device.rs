@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use tracing::{debug, info, warn};
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
 use virtio_bindings::virtio_config::{VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -38,6 +38,7 @@ use super::control_queue::{ControlQueue, TmfScope};
 use super::device_ring::DeviceRing;
 use super::event_queue::{Delivery, EventHub, EventQueue, ResetReason};
 use super::held::Covers;
+use super::inflight::{self, InflightRegion};
 use super::queue_metrics::QueueMetrics;
 use super::request_queue::{QueueShared, RequestQueue};
 use crate::fault::FaultTable;
@@ -504,6 +505,39 @@ impl VhostUserBackend for ScsiDevice {
             | VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::RESET_DEVICE
             | VhostUserProtocolFeatures::LOG_SHMFD
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+    }
+
+    /// VHOST_USER_GET_INFLIGHT_FD (vhost-user "Inflight I/O tracking"): a
+    /// fresh region the rings record their requests in flight in; the
+    /// frontend keeps it for the next daemon.
+    fn get_inflight_fd(
+        &self,
+        msg: &VhostUserInflight,
+    ) -> io::Result<(VhostUserInflight, std::fs::File)> {
+        let (region, reply, file) = InflightRegion::create(msg).map_err(io::Error::other)?;
+        inflight::attach(&self.rings, region);
+        info!(
+            queues = msg.num_queues,
+            queue_size = msg.queue_size,
+            mmap_size = reply.mmap_size,
+            "inflight region created"
+        );
+        Ok((reply, file))
+    }
+
+    /// VHOST_USER_SET_INFLIGHT_FD: the region the frontend kept (from this
+    /// connection's GET_INFLIGHT_FD or a previous daemon's); what it holds
+    /// in flight is resubmitted when each ring starts.
+    fn set_inflight_fd(&self, msg: &VhostUserInflight, file: std::fs::File) -> io::Result<()> {
+        let region = InflightRegion::map(msg, file).map_err(io::Error::other)?;
+        inflight::attach(&self.rings, region);
+        info!(
+            queues = msg.num_queues,
+            queue_size = msg.queue_size,
+            "inflight region set"
+        );
+        Ok(())
     }
 
     /// VHOST_USER_RESET_DEVICE (the frontend's device reset, VIRTIO 1.2

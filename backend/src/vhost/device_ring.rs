@@ -18,6 +18,12 @@
 //!   notification now;
 //! - [`DeviceRing::has_avail`]: whether a chain is waiting (busy polling).
 //!
+//! A split ring with an inflight region (vhost-user "Inflight I/O
+//! tracking", [`super::inflight`]) records each head in it at `pop` and
+//! clears it around `add_used`; the first `pop` after the ring (re)started
+//! recovers the region and hands out the heads still in flight, in the
+//! order they were first taken, before any new avail entry.
+//!
 //! The split format is virtio-queue's `Queue` with our own checked pop
 //! ([`crate::vhost::ring_guard::split_pop`]). The packed format is
 //! [`super::packed`]; vhost-user-backend still keeps a `Queue` per vring,
@@ -46,11 +52,12 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 
 use super::dirty::{GuestMem, VringState};
+use super::inflight::{QueueRegion, SplitTracker};
 use super::notify::wants_call as split_wants_call;
 use super::packed::event;
 use super::packed::ring::{PackedRing, UsedError};
 use super::packed::Position;
-use super::ring_guard::{split_pop, RingViolation};
+use super::ring_guard::{split_pop, walk_chain, RingViolation};
 
 /// What a ring operation of the device itself could not do.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +122,9 @@ impl PackedSide {
 pub struct DeviceRing {
     packed: AtomicBool,
     side: Mutex<PackedSide>,
+    /// The inflight region's tracking of a split ring, when the frontend
+    /// set one up.
+    inflight: Mutex<Option<SplitTracker>>,
 }
 
 impl DeviceRing {
@@ -131,7 +141,10 @@ impl DeviceRing {
     /// SET_FEATURES); the packed state starts anew.
     pub fn set_packed(&self, packed: bool) {
         self.packed.store(packed, Ordering::Release);
-        self.restart();
+        // Only the packed state: SET_FEATURES may come mid-run (dirty
+        // logging on or off) with heads in flight, which the inflight
+        // tracking must not take for a previous daemon's and run again.
+        self.side().restart = true;
     }
 
     /// Whether the ring is packed.
@@ -140,9 +153,81 @@ impl DeviceRing {
     }
 
     /// The ring stopped (GET_VRING_BASE) or the device was reset: the packed
-    /// state starts again from the `Queue` when the ring is next served.
+    /// state starts again from the `Queue` when the ring is next served,
+    /// and so does the inflight tracking.
     pub fn restart(&self) {
         self.side().restart = true;
+        if let Some(t) = self.tracker().as_mut() {
+            t.restart();
+        }
+    }
+
+    fn tracker(&self) -> MutexGuard<'_, Option<SplitTracker>> {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tracks this ring's heads in `region` (GET_INFLIGHT_FD or
+    /// SET_INFLIGHT_FD); set up (or recovered) at the next `pop`.
+    pub fn set_inflight(&self, region: Option<QueueRegion>) {
+        *self.tracker() = region.map(SplitTracker::new);
+    }
+
+    /// Whether this ring has an inflight region.
+    pub fn has_inflight(&self) -> bool {
+        self.tracker().is_some()
+    }
+
+    /// A split pop through the inflight tracking: set up at the first pop
+    /// since the ring (re)started; the heads to resubmit first; then the
+    /// avail ring, each head recorded.
+    fn tracked_pop(
+        tracker: &mut SplitTracker,
+        queue: &mut Queue,
+        mem: &GuestMem,
+        out: &mut Vec<Descriptor>,
+    ) -> Result<Option<u16>, RingViolation> {
+        if !tracker.started() {
+            let used = queue
+                .used_idx(mem, Ordering::Acquire)
+                .map_err(|_| RingViolation::UsedUnreadable {
+                    addr: queue.used_ring(),
+                })?
+                .0;
+            match tracker.start(queue.size(), used) {
+                Some(r) => {
+                    if !r.resubmit.is_empty() || r.cleared != 0 {
+                        tracing::info!(
+                            resubmitted = r.resubmit.len(),
+                            cleared = r.cleared,
+                            used,
+                            next_avail = r.next_avail,
+                            "inflight region recovered: resubmitting the requests in flight"
+                        );
+                    }
+                    queue.set_next_avail(r.next_avail);
+                    queue.set_next_used(used);
+                }
+                None => tracing::warn!(
+                    size = queue.size(),
+                    "ring larger than its inflight region: not tracked"
+                ),
+            }
+        }
+        if let Some(head) = tracker.next_resubmit() {
+            walk_chain(
+                mem,
+                GuestAddress(queue.desc_table()),
+                queue.size(),
+                head,
+                out,
+            )?;
+            return Ok(Some(head));
+        }
+        let head = split_pop(queue, mem, out)?;
+        if let Some(h) = head {
+            tracker.taken(h);
+        }
+        Ok(head)
     }
 
     /// Takes the next chain off the ring: its id, with its descriptors in
@@ -154,7 +239,10 @@ impl DeviceRing {
         out: &mut Vec<Descriptor>,
     ) -> Result<Option<u16>, RingViolation> {
         if !self.is_packed() {
-            return split_pop(queue, mem, out);
+            return match self.tracker().as_mut() {
+                Some(t) => Self::tracked_pop(t, queue, mem, out),
+                None => split_pop(queue, mem, out),
+            };
         }
         let mut side = self.side();
         let ring = side.ring(queue);
@@ -176,7 +264,14 @@ impl DeviceRing {
         len: u32,
     ) -> Result<(), RingOpError> {
         if !self.is_packed() {
-            return Ok(state.add_used(id, len)?);
+            let mut tracker = self.tracker();
+            let Some(t) = tracker.as_mut().filter(|t| t.started()) else {
+                return Ok(state.add_used(id, len)?);
+            };
+            t.before_used(id);
+            state.add_used(id, len)?;
+            t.after_used(id, state.get_queue().next_used());
+            return Ok(());
         }
         let mut side = self.side();
         Ok(side.ring(state.get_queue()).add_used(mem, id, len)?)

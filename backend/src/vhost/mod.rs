@@ -26,6 +26,7 @@ pub mod dirty;
 pub mod event_queue;
 pub mod guest_io;
 pub mod held;
+pub mod inflight;
 pub mod notify;
 pub mod offload;
 pub mod packed;

@@ -74,6 +74,12 @@ pub enum RingViolation {
         /// Guest address read.
         addr: u64,
     },
+    /// The used ring's index could not be read (inflight recovery).
+    #[error("used ring at {addr:#x} is not in guest memory")]
+    UsedUnreadable {
+        /// Guest address of the used ring.
+        addr: u64,
+    },
     /// A chain head outside the descriptor table.
     #[error("head index {head} out of range (queue size {size})")]
     HeadOutOfRange {

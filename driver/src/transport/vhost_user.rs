@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tracing::debug;
 use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures,
+    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserInflight, VhostUserProtocolFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserDirtyLogRegion, VhostUserMemoryRegionInfo, VringConfigData};
@@ -87,6 +87,34 @@ fn probe(stream: &mut UnixStream, path: &Path, timeout: Duration) -> Result<()> 
         .map_err(Error::Io)
 }
 
+/// A device's inflight region (vhost-user "Inflight I/O tracking"), as
+/// GET_INFLIGHT_FD returned it: kept by the frontend across a restart of
+/// the device and handed to the next one with SET_INFLIGHT_FD.
+#[derive(Debug)]
+pub struct InflightRegion {
+    /// The shared memory the device tracks its requests in flight in.
+    pub file: std::fs::File,
+    /// Bytes to map.
+    pub mmap_size: u64,
+    /// Where the region starts in `file`.
+    pub mmap_offset: u64,
+    /// Queues the region covers.
+    pub num_queues: u16,
+    /// Descriptors per queue it has room for.
+    pub queue_size: u16,
+}
+
+impl InflightRegion {
+    fn message(&self) -> VhostUserInflight {
+        VhostUserInflight {
+            mmap_size: self.mmap_size,
+            mmap_offset: self.mmap_offset,
+            num_queues: self.num_queues,
+            queue_size: self.queue_size,
+        }
+    }
+}
+
 /// A negotiated vhost-user connection.
 pub struct VhostUserTransport {
     fe: Frontend,
@@ -133,7 +161,8 @@ impl VhostUserTransport {
                     | VhostUserProtocolFeatures::CONFIG
                     | VhostUserProtocolFeatures::REPLY_ACK
                     | VhostUserProtocolFeatures::RESET_DEVICE
-                    | VhostUserProtocolFeatures::LOG_SHMFD);
+                    | VhostUserProtocolFeatures::LOG_SHMFD
+                    | VhostUserProtocolFeatures::INFLIGHT_SHMFD);
             fe.set_protocol_features(protocol)
                 .map_err(Error::vhost("SET_PROTOCOL_FEATURES"))?;
         }
@@ -218,6 +247,55 @@ impl VhostUserTransport {
         self.fe
             .set_features(self.features)
             .map_err(Error::vhost("SET_FEATURES"))
+    }
+
+    /// GET_INFLIGHT_FD: a new inflight region for `num_queues` queues of
+    /// up to `queue_size` descriptors. Needs
+    /// `VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD`. Send it after SET_MEM_TABLE
+    /// and before the rings start, with [`Self::set_inflight`], as QEMU does.
+    pub fn get_inflight(&mut self, num_queues: u16, queue_size: u16) -> Result<InflightRegion> {
+        if !self
+            .protocol
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+        {
+            return Err(Error::MissingFeature(
+                "VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD",
+            ));
+        }
+        let ask = VhostUserInflight {
+            mmap_size: 0,
+            mmap_offset: 0,
+            num_queues,
+            queue_size,
+        };
+        let (msg, file) = self
+            .fe
+            .get_inflight_fd(&ask)
+            .map_err(Error::vhost("GET_INFLIGHT_FD"))?;
+        Ok(InflightRegion {
+            file,
+            mmap_size: msg.mmap_size,
+            mmap_offset: msg.mmap_offset,
+            num_queues: msg.num_queues,
+            queue_size: msg.queue_size,
+        })
+    }
+
+    /// SET_INFLIGHT_FD: hands `region` (from this device or the one before
+    /// a restart) to the device, before the rings start; what it records
+    /// in flight the device runs again.
+    pub fn set_inflight(&mut self, region: &InflightRegion) -> Result<()> {
+        if !self
+            .protocol
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+        {
+            return Err(Error::MissingFeature(
+                "VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD",
+            ));
+        }
+        self.fe
+            .set_inflight_fd(&region.message(), region.file.as_raw_fd())
+            .map_err(Error::vhost("SET_INFLIGHT_FD"))
     }
 
     /// Registers `mem` as the only memory region, at guest-physical address 0.
