@@ -8,16 +8,21 @@
 //! writable image (`shared = true`): the source QEMU's device talks to
 //! controller A, the destination's (`-incoming unix:...`) to controller B.
 //! Guest RAM is a shared memfd (`memory-backend-memfd,share=on`), as
-//! vhost-user needs. The test waits until the guest script
-//! (`tests/guest/migration.sh`) has run a round of fio, then drives the
-//! source's QMP monitor: `migrate-set-parameters` (no bandwidth cap),
-//! `migrate {"uri": "unix:..."}`, `query-migrate` until `completed`. During
-//! the migration the daemon logs every guest page it writes (data-in
+//! vhost-user needs. The guest script (`tests/guest/migration.sh`) starts
+//! a background reader (whole-region O_DIRECT reads of two regions the host
+//! filled before boot, in turn, into a fresh buffer each pass) and rounds of
+//! fio (random writes, crc32c verify); when the reader begins, the test
+//! drives the source's QMP monitor: `migrate-set-parameters` (no bandwidth
+//! cap), `migrate {"uri": "unix:..."}`, `query-migrate` until `completed`.
+//! During the migration the daemon logs every guest page it writes (data-in
 //! buffers, used rings) in the dirty log QEMU shared (VHOST_F_LOG_ALL,
-//! SET_LOG_BASE); a page missing from it reaches the destination stale,
-//! which fio's crc32c verify of the data read, or the guest's O_DIRECT
-//! reads of a region the host filled before boot, or the rings themselves
-//! (a lost completion: SCSI timeouts, aborts) make visible.
+//! SET_LOG_BASE); a page missing from it reaches the destination stale.
+//! The reader's pass across the switch catches that: with marking disabled
+//! in the daemon (`DirtyBitmap::mark_dirty` returning at once) it read a
+//! wrong md5 on the destination, while fio's verify and the per-round
+//! reads still passed (QEMU itself marks the used ring when it stops the
+//! device, and pages the guest CPU wrote, zeroed buffers included, are
+//! resent anyway).
 //!
 //! The guest sees the switch in band (VPD 83h's relative target port goes
 //! from A's to B's), runs more rounds on the destination, verifies the last
@@ -51,15 +56,18 @@ use guest::{
 use serde_json::{json, Value};
 
 const MIB: u64 = 1 << 20;
-const SIZE: u64 = 64 * MIB;
+const SIZE: u64 = 128 * MIB;
 /// Where fio writes and verifies each round.
 const DATA_OFF: u64 = 4 * MIB;
 const DATA_LEN: u64 = 16 * MIB;
-/// What the host writes before boot and the guest reads back each round.
+/// What the host writes before boot, two regions of `HOST_LEN`: the guest
+/// reads each whole with O_DIRECT, in turn, again and again across the
+/// migration, and the first `DIRECT_LEN` bytes each round.
 const HOST_OFF: u64 = 32 * MIB;
-const HOST_LEN: u64 = 8 * MIB;
+const HOST_LEN: u64 = 32 * MIB;
+const DIRECT_LEN: u64 = 4 * MIB;
 /// The guest's last pattern.
-const PATTERN_OFF: u64 = 48 * MIB;
+const PATTERN_OFF: u64 = 100 * MIB;
 const SCRIPT: &str = include_str!("guest/migration.sh");
 
 /// md5 of `data` with the host's md5sum, as the guest's busybox prints it.
@@ -268,11 +276,13 @@ fn linux_guest_migrates_while_fio_verifies_on_vhost_user_scsi() {
     let image = dir.path().join("shared.img");
     let img = File::create(&image).unwrap();
     img.set_len(SIZE).unwrap();
-    let host_data: Vec<u8> = (0..HOST_LEN).map(|_| fastrand::u8(..)).collect();
+    let host_data: Vec<u8> = (0..2 * HOST_LEN).map(|_| fastrand::u8(..)).collect();
     img.write_all_at(&host_data, HOST_OFF).unwrap();
     img.sync_all().unwrap();
     drop(img);
-    let host_md5 = md5_hex(&host_data);
+    let host_md5 = md5_hex(&host_data[..HOST_LEN as usize]);
+    let host2_md5 = md5_hex(&host_data[HOST_LEN as usize..]);
+    let direct_md5 = md5_hex(&host_data[..DIRECT_LEN as usize]);
 
     let sockets = [dir.path().join("a.sock"), dir.path().join("b.sock")];
     let mut toml = String::new();
@@ -310,7 +320,8 @@ fn linux_guest_migrates_while_fio_verifies_on_vhost_user_scsi() {
 
     let script = format!(
         "#!/bin/sh\nDATA_OFF={DATA_OFF}\nDATA_LEN={DATA_LEN}\nHOST_OFF={HOST_OFF}\n\
-         HOST_LEN={HOST_LEN}\nHOST_MD5={host_md5}\nPATTERN_OFF={PATTERN_OFF}\n\
+         HOST_LEN={HOST_LEN}\nHOST_MD5={host_md5}\nHOST2_MD5={host2_md5}\nDIRECT_LEN={DIRECT_LEN}\n\
+         DIRECT_MD5={direct_md5}\nPATTERN_OFF={PATTERN_OFF}\n\
          MAX_ROUNDS=40\nAFTER_ROUNDS=3\n{SCRIPT}"
     );
     let script_path = logs.join("test.sh");
@@ -363,15 +374,15 @@ fn linux_guest_migrates_while_fio_verifies_on_vhost_user_scsi() {
     let mut migration_time = None;
     let mut downtime = None;
     let mut migrated_at = None;
-    // The guest is in its fio loop once its first round finished.
+    // The migration starts with the guest's big reader.
     let ready = wait_for(
         &src_serial,
-        "VSCSI-MIG-ROUND 1 ",
+        "VSCSI-MIG-FILL ",
         source.0.as_mut().unwrap(),
         limit,
     );
     if !ready {
-        failures.push("the guest never finished its first fio round on the source".to_string());
+        failures.push("the guest's big reader never began on the source".to_string());
     } else {
         let mut qmp = Qmp::connect(&src_qmp, source.0.as_mut().unwrap());
         let _ = Qmp::connect(&dst_qmp, destination.0.as_mut().unwrap());
@@ -494,6 +505,7 @@ fn linux_guest_migrates_while_fio_verifies_on_vhost_user_scsi() {
         "migrated",
         "fio-verify",
         "host-reads",
+        "big-reads",
         "verify-only",
         "pattern-write",
         "dmesg-clean",
@@ -543,7 +555,9 @@ fn linux_guest_migrates_while_fio_verifies_on_vhost_user_scsi() {
         count("FAIL"),
         failures.len(),
         secs(migration_time),
-        downtime.map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
+        downtime
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "-".into()),
         secs(migrated_at),
         qemu_time.as_secs_f64(),
         secs(seen_done),

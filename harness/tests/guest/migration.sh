@@ -2,8 +2,11 @@
 # initramfs built by images/build-guest.sh, after the host prepended:
 #
 #   DATA_OFF=BYTES DATA_LEN=BYTES   where fio writes and verifies, each round
-#   HOST_OFF=BYTES HOST_LEN=BYTES HOST_MD5=HEX
-#                    a region the host filled before boot: read back each round
+#   HOST_OFF=BYTES HOST_LEN=BYTES HOST_MD5=HEX HOST2_MD5=HEX
+#                    two regions the host filled before boot, HOST_LEN each
+#                    from HOST_OFF (a multiple of HOST_LEN)
+#   DIRECT_LEN=BYTES DIRECT_MD5=HEX   its first DIRECT_LEN bytes, read with
+#                    O_DIRECT each round
 #   PATTERN_OFF=BYTES   where the last pattern goes, for the host to check
 #   MAX_ROUNDS=N AFTER_ROUNDS=N
 #
@@ -17,6 +20,13 @@
 # host's region until AFTER_ROUNDS rounds ran after the switch, then verifies
 # the last round's data once more (fio --verify_only), writes a pattern and
 # reports dmesg.
+#
+# Meanwhile a background reader reads the whole host region again and
+# again, each pass one O_DIRECT read into a fresh dd buffer; the host starts
+# the migration when it begins (VSCSI-MIG-FILL). The daemon writes those
+# buffers and no guest CPU does after the kernel zeroed them: a page the
+# daemon wrote after QEMU had sent it, and did not log, reaches the
+# destination stale, and the pass across the switch gets a wrong md5.
 #
 # Prints `VSCSI-RESULT <name> PASS|FAIL <detail>` per check and
 # `VSCSI-PATTERN <name> <offset> <length> <md5>` for the host.
@@ -53,18 +63,41 @@ port0=$(port)
 if [ -n "$port0" ]; then pass port-before "relative target port $port0"; else fail port-before "no relative target port in VPD 83h"; fi
 
 # One fio job: random writes over the data region, then the crc32c verify
-# pass; $1 = round (the random seed), the rest passed through.
+# pass; $1 = round (the random seed), the rest passed through. No
+# invalidate: fio would flush the whole device's page cache (BLKFLSBUF).
 fio_round() {
     _seed=$1
     shift
     fio --name=mig --filename="/dev/$sd" --ioengine=libaio --direct=1 \
         --rw=randwrite --bs=4k --iodepth=16 --offset="$DATA_OFF" --size="$DATA_LEN" \
-        --randseed="$_seed" --verify=crc32c --verify_fatal=1 --do_verify=1 "$@" 2>&1
+        --randseed="$_seed" --invalidate=0 --verify=crc32c --verify_fatal=1 --do_verify=1 "$@" 2>&1
 }
 
 # dmesg up to here (the boot's probe, with its power-on unit attention) is
 # not the workload's.
 dmesg_before=$(dmesg | wc -l)
+mib=$((HOST_OFF / 1048576))
+# The big reader: the whole host region in one O_DIRECT read (a fresh dd, so
+# a fresh buffer each pass), over and over until the rounds end.
+rm -f /tmp/stop /tmp/big
+(
+    n=0 bad=0
+    while [ ! -e /tmp/stop ]; do
+        # Odd passes read the host's region, even ones the one after it, so
+        # a stale page holds the other region's data (or the kernel's zeros).
+        if [ $((n % 2)) = 0 ]; then at=$HOST_OFF want=$HOST_MD5; else at=$((HOST_OFF + HOST_LEN)) want=$HOST2_MD5; fi
+        got=$(dd if="/dev/$sd" bs="$HOST_LEN" skip=$((at / HOST_LEN)) count=1 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+        n=$((n + 1))
+        if [ "$got" != "$want" ]; then
+            bad=$((bad + 1))
+            echo "VSCSI-LOG big read $n: md5 $got want $want port=$(port) uptime=$(now)"
+        fi
+        echo "$n $bad" >/tmp/big
+    done
+) &
+reader=$!
+echo "VSCSI-MIG-FILL uptime=$(now)"
+
 round=0 after=0 switched="" fio_fail=0 host_fail=0
 while [ $round -lt "$MAX_ROUNDS" ] && [ $after -lt "$AFTER_ROUNDS" ]; do
     round=$((round + 1))
@@ -72,10 +105,10 @@ while [ $round -lt "$MAX_ROUNDS" ] && [ $after -lt "$AFTER_ROUNDS" ]; do
         fio_fail=$((fio_fail + 1))
         fail "fio-round-$round" "$(echo "$out" | grep -iE 'verify|error|bad' | head -n 5)"
     fi
-    got=$(dd if="/dev/$sd" bs=1M skip=$((HOST_OFF / 1048576)) count=$((HOST_LEN / 1048576)) iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
-    if [ "$got" != "$HOST_MD5" ]; then
+    got=$(dd if="/dev/$sd" bs=1M skip=$mib count=$((DIRECT_LEN / 1048576)) iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+    if [ "$got" != "$DIRECT_MD5" ]; then
         host_fail=$((host_fail + 1))
-        fail "host-read-round-$round" "md5 $got want $HOST_MD5"
+        fail "host-read-round-$round" "md5 $got want $DIRECT_MD5"
     fi
     p=$(port)
     if [ -n "$switched" ]; then
@@ -94,7 +127,17 @@ else
     fail migrated "still port $(port) after $round rounds"
 fi
 if [ $fio_fail = 0 ]; then pass fio-verify "$round rounds of randwrite + crc32c verify"; else fail fio-verify "$fio_fail of $round rounds failed"; fi
-if [ $host_fail = 0 ]; then pass host-reads "$round O_DIRECT reads of the host's $HOST_LEN bytes"; else fail host-reads "$host_fail of $round reads differ"; fi
+if [ $host_fail = 0 ]; then pass host-reads "$round O_DIRECT reads of the host's $DIRECT_LEN bytes"; else fail host-reads "$host_fail of $round reads differ"; fi
+
+# The big reader's passes, the one across the switch included.
+touch /tmp/stop
+wait $reader
+set -- $(cat /tmp/big 2>/dev/null)
+if [ "${1:-0}" -gt 0 ] && [ "${2:-1}" = 0 ]; then
+    pass big-reads "$1 O_DIRECT reads of $HOST_LEN bytes of the host's regions, md5s right"
+else
+    fail big-reads "${2:-?} of ${1:-0} reads of $HOST_LEN bytes of the host's regions differ"
+fi
 
 # The last round's data verified again, in one pass on the destination.
 if out=$(fio_round $last --verify_only); then
