@@ -2,9 +2,10 @@
 # initramfs built by images/build-guest.sh, after the host prepended:
 #
 #   DATA_OFF=BYTES DATA_LEN=BYTES   where fio writes and verifies, each round
-#   HOST_OFF=BYTES HOST_LEN=BYTES HOST_MD5=HEX HOST2_MD5=HEX
-#                    two regions the host filled before boot, HOST_LEN each
-#                    from HOST_OFF (a multiple of HOST_LEN)
+#   HOST_OFF=BYTES HOST_LEN=BYTES   two regions the host filled before boot,
+#                    HOST_LEN each from HOST_OFF (whole MiBs)
+#   READERS=N SLICE_MD5="..."   the md5 of each of the N slices of the first
+#                    region, then of the second
 #   DIRECT_LEN=BYTES DIRECT_MD5=HEX   its first DIRECT_LEN bytes, read with
 #                    O_DIRECT each round
 #   PATTERN_OFF=BYTES   where the last pattern goes, for the host to check
@@ -21,12 +22,13 @@
 # the last round's data once more (fio --verify_only), writes a pattern and
 # reports dmesg.
 #
-# Meanwhile a background reader reads the whole host region again and
-# again, each pass one O_DIRECT read into a fresh dd buffer; the host starts
-# the migration when it begins (VSCSI-MIG-FILL). The daemon writes those
-# buffers and no guest CPU does after the kernel zeroed them: a page the
-# daemon wrote after QEMU had sent it, and did not log, reaches the
-# destination stale, and the pass across the switch gets a wrong md5.
+# Meanwhile READERS background readers read the host's regions again and
+# again with O_DIRECT, each through one 1 MiB dd buffer the daemon writes
+# and no guest CPU does; the host starts the migration when they begin
+# (VSCSI-MIG-FILL). A page the daemon wrote after QEMU had sent it, and did
+# not log, reaches the destination stale: the read in flight when QEMU
+# stopped the source (the daemon completes it before answering
+# GET_VRING_BASE) is consumed on the destination and gets a wrong md5.
 #
 # Prints `VSCSI-RESULT <name> PASS|FAIL <detail>` per check and
 # `VSCSI-PATTERN <name> <offset> <length> <md5>` for the host.
@@ -77,25 +79,34 @@ fio_round() {
 # not the workload's.
 dmesg_before=$(dmesg | wc -l)
 mib=$((HOST_OFF / 1048576))
-# The big reader: the whole host region in one O_DIRECT read (a fresh dd, so
-# a fresh buffer each pass), over and over until the rounds end.
-rm -f /tmp/stop /tmp/big
-(
+# The readers: READERS background loops, reader k reading slice k of the
+# first host region, then of the second, and so on, each slice with one dd
+# (bs=1M iflag=direct: one 1 MiB buffer the daemon writes again and again
+# and the guest CPU only reads). Whatever the moment QEMU stops the source,
+# some reader's read is in flight, its buffer last sent long before.
+rm -f /tmp/stop /tmp/big.*
+slice=$((HOST_LEN / READERS / 1048576))
+reader() { # K
     n=0 bad=0
     while [ ! -e /tmp/stop ]; do
-        # Odd passes read the host's region, even ones the one after it, so
-        # a stale page holds the other region's data (or the kernel's zeros).
-        if [ $((n % 2)) = 0 ]; then at=$HOST_OFF want=$HOST_MD5; else at=$((HOST_OFF + HOST_LEN)) want=$HOST2_MD5; fi
-        got=$(dd if="/dev/$sd" bs="$HOST_LEN" skip=$((at / HOST_LEN)) count=1 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+        r=$((n % 2))
+        want=$(echo $SLICE_MD5 | cut -d' ' -f$((r * READERS + $1 + 1)))
+        got=$(dd if="/dev/$sd" bs=1M skip=$(((HOST_OFF + r * HOST_LEN) / 1048576 + $1 * slice)) count=$slice iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
         n=$((n + 1))
         if [ "$got" != "$want" ]; then
             bad=$((bad + 1))
-            echo "VSCSI-LOG big read $n: md5 $got want $want port=$(port) uptime=$(now)"
+            echo "VSCSI-LOG reader $1 pass $n: md5 $got want $want port=$(port) uptime=$(now)"
         fi
-        echo "$n $bad" >/tmp/big
+        echo "$n $bad" >/tmp/big.$1
     done
-) &
-reader=$!
+}
+readers=""
+k=0
+while [ $k -lt "$READERS" ]; do
+    reader $k &
+    readers="$readers $!"
+    k=$((k + 1))
+done
 echo "VSCSI-MIG-FILL uptime=$(now)"
 
 round=0 after=0 switched="" fio_fail=0 host_fail=0
@@ -115,6 +126,8 @@ while [ $round -lt "$MAX_ROUNDS" ] && [ $after -lt "$AFTER_ROUNDS" ]; do
         after=$((after + 1))
     elif [ -n "$p" ] && [ "$p" != "$port0" ]; then
         switched=$round
+        # The readers end the pass they are in, the one across the switch.
+        touch /tmp/stop
         log "port $port0 -> $p before round $((round + 1)) uptime=$(now)"
     fi
     echo "VSCSI-MIG-ROUND $round port=$p uptime=$(now)"
@@ -129,14 +142,19 @@ fi
 if [ $fio_fail = 0 ]; then pass fio-verify "$round rounds of randwrite + crc32c verify"; else fail fio-verify "$fio_fail of $round rounds failed"; fi
 if [ $host_fail = 0 ]; then pass host-reads "$round O_DIRECT reads of the host's $DIRECT_LEN bytes"; else fail host-reads "$host_fail of $round reads differ"; fi
 
-# The big reader's passes, the one across the switch included.
+# The readers' passes, those across the switch included.
 touch /tmp/stop
-wait $reader
-set -- $(cat /tmp/big 2>/dev/null)
-if [ "${1:-0}" -gt 0 ] && [ "${2:-1}" = 0 ]; then
-    pass big-reads "$1 O_DIRECT reads of $HOST_LEN bytes of the host's regions, md5s right"
+# shellcheck disable=SC2086
+wait $readers
+passes=0 bad=0
+for f in /tmp/big.*; do
+    set -- $(cat "$f")
+    passes=$((passes + $1)) bad=$((bad + $2))
+done
+if [ "$passes" -gt 0 ] && [ "$bad" = 0 ]; then
+    pass big-reads "$passes O_DIRECT passes of $READERS readers over the host's regions, md5s right"
 else
-    fail big-reads "${2:-?} of ${1:-0} reads of $HOST_LEN bytes of the host's regions differ"
+    fail big-reads "$bad of $passes passes of $READERS readers over the host's regions differ"
 fi
 
 # The last round's data verified again, in one pass on the destination.
