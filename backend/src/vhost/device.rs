@@ -187,6 +187,9 @@ pub struct ScsiDevice {
     /// What PREEMPT AND ABORT from another nexus reaches of this one: the
     /// registry holds it weakly, so it is registered while the device lives.
     _task_set: Arc<NexusTasks>,
+    /// Whether the frontend's last SET_FEATURES had VHOST_F_LOG_ALL (it
+    /// logs dirty pages for a live migration): its changes are audited.
+    dirty_logging: std::sync::atomic::AtomicBool,
 }
 
 /// The task sets of a connection's I_T nexus: the commands its request
@@ -261,6 +264,7 @@ impl ScsiDevice {
         abort::register(&opts.nexus, weak);
         Ok(Self {
             _task_set: task_set,
+            dirty_logging: std::sync::atomic::AtomicBool::new(false),
             bus,
             requests: shared
                 .iter()
@@ -481,7 +485,18 @@ impl VhostUserBackend for ScsiDevice {
 
     fn acked_features(&self, features: u64) {
         self.events.set_features(features);
-        if features & VHOST_F_LOG_ALL == 0 {
+        let log_all = features & VHOST_F_LOG_ALL != 0;
+        if self
+            .dirty_logging
+            .swap(log_all, std::sync::atomic::Ordering::AcqRel)
+            != log_all
+        {
+            let regions = self.mem.get().map_or(0, |m| m.memory().num_regions());
+            info!(target: "vscsi::audit", action = "dirty-log", state = if log_all { "start" } else { "stop" },
+                regions, result = "ok",
+                "{}", if log_all { "dirty page logging started (live migration)" } else { "dirty page logging stopped" });
+        }
+        if !log_all {
             // Migration ended (or never began): stop marking the log; a
             // new SET_LOG_BASE starts it again.
             if let Some(mem) = self.mem.get() {
