@@ -50,8 +50,8 @@ use std::time::{Duration, Instant};
 
 use backend_bin::{backend_binary, profile_dir};
 use guest::{
-    build_guest_image, in_path, loud, parse_results, secs, skipped, stop_daemon, tail, uptime_at,
-    wait_socket, Check, Guard,
+    build_guest_image, in_path, loud, md5_hex, parse_results, secs, skipped, stop_daemon, tail,
+    uptime_at, wait_socket, Check, Guard,
 };
 
 const MIB: u64 = 1 << 20;
@@ -75,23 +75,6 @@ impl Lun {
     fn tl(&self) -> String {
         format!("{}:{}", self.target, self.lun)
     }
-}
-
-/// md5 of `data`, with the host's `md5sum` (coreutils), as the guest's busybox prints it.
-fn md5_hex(data: &[u8]) -> String {
-    let mut child = Command::new("md5sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("md5sum (coreutils)");
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 /// A deterministic byte pattern (xorshift), for the read-only image.

@@ -51,8 +51,8 @@ use std::time::{Duration, Instant};
 
 use backend_bin::{backend_binary, profile_dir};
 use guest::{
-    build_guest_image, loud, missing_prerequisites, parse_results, secs, stop_daemon, tail,
-    take_turn, wait_socket, Check, Guard, PACKAGES,
+    build_guest_image, check_host_patterns, loud, md5_hex, missing_prerequisites, parse_results,
+    secs, stop_daemon, tail, take_turn, wait_socket, Check, Guard, PACKAGES,
 };
 use serde_json::{json, Value};
 
@@ -72,23 +72,6 @@ const DIRECT_LEN: u64 = 4 * MIB;
 /// The guest's last pattern.
 const PATTERN_OFF: u64 = 100 * MIB;
 const SCRIPT: &str = include_str!("guest/migration.sh");
-
-/// md5 of `data` with the host's md5sum, as the guest's busybox prints it.
-fn md5_hex(data: &[u8]) -> String {
-    let mut child = Command::new("md5sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("md5sum (coreutils)");
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
 
 /// A QMP connection (QEMU's JSON monitor protocol): one JSON object a line;
 /// asynchronous events (`{"event": ...}`) may come between a command and its
@@ -471,38 +454,7 @@ fn linux_guest_migrates_while_fio_verifies_on_vhost_user_scsi() {
         failures.push("no fio round ran on the destination".into());
     }
     // The image holds what the guest wrote last.
-    for line in serial
-        .lines()
-        .filter_map(|l| l.find("VSCSI-PATTERN ").map(|at| &l[at + 14..]))
-    {
-        let f: Vec<&str> = line.trim_end_matches('\r').split_whitespace().collect();
-        let [name, off, len, md5] = f[..] else {
-            continue;
-        };
-        let (Ok(off), Ok(len)) = (off.parse::<u64>(), len.parse::<usize>()) else {
-            continue;
-        };
-        let mut buf = vec![0u8; len];
-        let read = File::open(&image).and_then(|f| f.read_exact_at(&mut buf, off));
-        let got = md5_hex(&buf);
-        results.insert(
-            format!("host-{name}"),
-            match read {
-                Ok(()) if got == md5 => Check {
-                    status: "PASS".into(),
-                    detail: format!("image at {off}: md5 {got}"),
-                },
-                Ok(()) => Check {
-                    status: "FAIL".into(),
-                    detail: format!("image has md5 {got} at {off}, the guest wrote {md5}"),
-                },
-                Err(e) => Check {
-                    status: "FAIL".into(),
-                    detail: format!("reading the image at {off}: {e}"),
-                },
-            },
-        );
-    }
+    check_host_patterns(&serial, &image, &mut results);
 
     let required = [
         "disk",

@@ -29,38 +29,19 @@ mod guest;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use backend_bin::{backend_binary, profile_dir};
 use guest::{
-    build_guest_image, loud, parse_results, secs, skipped, stop_daemon, tail, take_turn,
-    wait_socket, Check, Guard,
+    build_guest_image, check_host_patterns, loud, parse_results, secs, skipped, stop_daemon, tail,
+    take_turn, wait_socket, Check, Guard,
 };
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 32 * MIB;
 const SERIAL: &str = "MPATH-0001";
 const SCRIPT: &str = include_str!("guest/multipath.sh");
-
-/// md5 of `data` with the host's md5sum, as the guest's busybox prints it.
-fn md5_hex(data: &[u8]) -> String {
-    let mut child = Command::new("md5sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("md5sum (coreutils)");
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
 
 #[test]
 fn linux_guest_uses_one_disk_through_two_controllers() {
@@ -223,38 +204,7 @@ fn linux_guest_uses_one_disk_through_two_controllers() {
     let serial = fs::read_to_string(&serial_log).unwrap_or_default();
     let mut results: BTreeMap<String, Check> = parse_results(&serial);
     // The image holds what the guest wrote through each path.
-    for line in serial
-        .lines()
-        .filter_map(|l| l.find("VSCSI-PATTERN ").map(|at| &l[at + 14..]))
-    {
-        let f: Vec<&str> = line.trim_end_matches('\r').split_whitespace().collect();
-        let [name, off, len, md5] = f[..] else {
-            continue;
-        };
-        let (Ok(off), Ok(len)) = (off.parse::<u64>(), len.parse::<usize>()) else {
-            continue;
-        };
-        let mut buf = vec![0u8; len];
-        let read = File::open(&image).and_then(|f| f.read_exact_at(&mut buf, off));
-        let got = md5_hex(&buf);
-        results.insert(
-            format!("host-{name}"),
-            match read {
-                Ok(()) if got == md5 => Check {
-                    status: "PASS".into(),
-                    detail: format!("image at {off}: md5 {got}"),
-                },
-                Ok(()) => Check {
-                    status: "FAIL".into(),
-                    detail: format!("image has md5 {got} at {off}, the guest wrote {md5}"),
-                },
-                Err(e) => Check {
-                    status: "FAIL".into(),
-                    detail: format!("reading the image at {off}: {e}"),
-                },
-            },
-        );
-    }
+    check_host_patterns(&serial, &image, &mut results);
 
     let required = [
         "hbas",

@@ -296,3 +296,59 @@ pub fn skipped(name: &str) -> bool {
     ));
     true
 }
+
+/// md5 of `data`, with the host's `md5sum` (coreutils), as the guest's busybox prints it.
+pub fn md5_hex(data: &[u8]) -> String {
+    let mut child = Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("md5sum (coreutils)");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// For each `VSCSI-PATTERN name offset length md5` line of the guest's
+/// serial output, a check `host-<name>`: the image holds at `offset` the
+/// `length` bytes whose md5 the guest wrote.
+pub fn check_host_patterns(serial: &str, image: &Path, results: &mut BTreeMap<String, Check>) {
+    use std::os::unix::fs::FileExt;
+    for line in serial
+        .lines()
+        .filter_map(|l| l.find("VSCSI-PATTERN ").map(|at| &l[at + 14..]))
+    {
+        let f: Vec<&str> = line.trim_end_matches('\r').split_whitespace().collect();
+        let [name, off, len, md5] = f[..] else {
+            continue;
+        };
+        let (Ok(off), Ok(len)) = (off.parse::<u64>(), len.parse::<usize>()) else {
+            continue;
+        };
+        let mut buf = vec![0u8; len];
+        let read = fs::File::open(image).and_then(|f| f.read_exact_at(&mut buf, off));
+        let got = md5_hex(&buf);
+        results.insert(
+            format!("host-{name}"),
+            match read {
+                Ok(()) if got == md5 => Check {
+                    status: "PASS".into(),
+                    detail: format!("image at {off}: md5 {got}"),
+                },
+                Ok(()) => Check {
+                    status: "FAIL".into(),
+                    detail: format!("image has md5 {got} at {off}, the guest wrote {md5}"),
+                },
+                Err(e) => Check {
+                    status: "FAIL".into(),
+                    detail: format!("reading the image at {off}: {e}"),
+                },
+            },
+        );
+    }
+}
