@@ -48,7 +48,8 @@ async fn a_second_frontend_is_refused_fast_and_the_first_keeps_working() {
                 d.socket.display()
             )
         );
-        assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+        // Refused by the daemon, not by the driver's 10 s timeout.
+        assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
         // The first frontend is untouched.
         assert!(first.probe(0, 0).await.unwrap().is_some());
     }
