@@ -372,6 +372,7 @@ pub fn serve_controller(
                 bus.clone(),
                 DeviceOptions {
                     nexus: nexus.clone(),
+                    controller: Arc::from(name),
                     ..opts.clone()
                 },
             )
@@ -421,17 +422,21 @@ pub fn serve_controller(
         let refuser = BusyRefuser::start(&mut listener, name, &socket);
         let ended = daemon.wait();
         drop(refuser);
+        // Taken off the rings and not completed when the connection ended
+        // (split rings with an inflight region): completed below, or left
+        // to the next daemon if this one is killed first.
+        let in_flight = device.inflight_heads();
         match ended {
             // A frontend closing its socket (QEMU powering off) is the normal end.
             Ok(())
             | Err(vhost_user_backend::Error::HandleRequest(
                 vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
             )) => {
-                info!(target: "vscsi::audit", controller = name, socket = %socket, connection, action = "disconnect", result = "ok", "frontend disconnected")
+                info!(target: "vscsi::audit", controller = name, socket = %socket, connection, action = "disconnect", in_flight, result = "ok", "frontend disconnected")
             }
             Err(e) => {
                 trust.dropped_connections.fetch_add(1, Ordering::Relaxed);
-                warn!(target: "vscsi::audit", controller = name, socket = %socket, connection, action = "disconnect", result = "error", error = ?e, "frontend connection ended with an error");
+                warn!(target: "vscsi::audit", controller = name, socket = %socket, connection, action = "disconnect", in_flight, result = "error", error = ?e, "frontend connection ended with an error");
                 if let Some(why) = device.explain_refusal(&e) {
                     warn!(controller = name, connection, "{why}");
                 }
@@ -440,6 +445,14 @@ pub fn serve_controller(
         stats.connected.fetch_sub(1, Ordering::Relaxed);
         *shutdown.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
         device.stop_workers();
+        // The workers end (joined) with the daemon: every request they
+        // took is completed, unless it is still in the region.
+        drop(daemon);
+        let left = device.inflight_heads();
+        if in_flight > 0 || left > 0 {
+            info!(target: "vscsi::audit", controller = name, connection, action = "inflight-drain", in_flight, left, result = if left == 0 { "ok" } else { "error" },
+                "requests in flight at the disconnect completed before the next connection");
+        }
         // I_T nexus loss (SAM-5 §6.3.4): what the connection held goes.
         bus.load().nexus_lost(&nexus);
         if let Err(e) = bus.load().flush_all() {

@@ -16,7 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backend_bin::{backend_binary, KillOnDrop};
+use backend_bin::{audit_events, backend_binary, control_call, metric, metrics_text, KillOnDrop};
+use serde_json::{json, Value};
 use vmm_sys_util::eventfd::EventFd;
 use vscsi_driver::memory::SharedMemory;
 use vscsi_driver::ring::{RingOptions, Segment, SplitRing};
@@ -38,8 +39,11 @@ const IMAGE: u64 = 1 << 20;
 
 fn config(dir: &Path, name: &str, fault: &str) -> std::path::PathBuf {
     let toml = format!(
-        "[[controller]]\nname = \"vm1\"\nsocket = \"{}\"\nqueues = 1\n\n\
+        "control = \"{}\"\nmetrics = \"unix:{}\"\n\
+         [[controller]]\nname = \"vm1\"\nsocket = \"{}\"\nqueues = 1\n\n\
          [[controller.lun]]\ntarget = 0\nlun = 0\nimage = \"{}\"\npower_on_ua = false\n{fault}\n",
+        dir.join("ctl.sock").display(),
+        dir.join("metrics.sock").display(),
         dir.join("vm1.sock").display(),
         dir.join("a.img").display(),
     );
@@ -58,6 +62,7 @@ fn start(bin: &Path, config: &Path, log: &Path, socket: &Path) -> Child {
     let child = Command::new(bin)
         .arg("--config")
         .arg(config)
+        .args(["--log-format", "json"])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
@@ -201,6 +206,12 @@ fn requests_in_flight_at_a_sigkill_are_resubmitted_by_the_next_daemon() {
         wait_used(&mut vqs[2], 0).is_empty() && !vqs[2].ring.has_used(),
         "the stall fault did not hold the requests"
     );
+    // The first connection asked for its own region: no reconnect yet.
+    let control = dir.path().join("ctl.sock");
+    let stats = control_call(&control, "stats", json!({}));
+    let c = &stats["controllers"][0];
+    assert_eq!(c["held"], HELD, "{stats}");
+    assert_eq!(c["reconnect"], json!({"reconnects": 0, "resubmitted": 0}), "{stats}");
 
     // SIGKILL with the five requests in flight; the frontend keeps its
     // memory, its rings and the inflight region.
@@ -237,10 +248,48 @@ fn requests_in_flight_at_a_sigkill_are_resubmitted_by_the_next_daemon() {
         assert_eq!(len, 108 + 512, "request {i}: header and data written");
         assert_eq!(data, common::pattern(i as u64, 1, 512, 0x51), "LBA {i}");
     }
+    // The operator's view: the reconnect and the resubmission in the audit
+    // log, and the controller's counters in `stats` and the metrics.
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        text.contains("resubmitted=5"),
-        "the daemon reports the 5 resubmitted requests: {text}"
+    let audit = audit_events(&text);
+    let reconnects: Vec<&Value> = audit
+        .iter()
+        .filter(|e| e["action"] == "inflight-reconnect")
+        .collect();
+    assert_eq!(reconnects.len(), 1, "one reconnect audited: {text}");
+    let r = reconnects[0];
+    assert_eq!(
+        (&r["controller"], &r["connection"], &r["in_flight"], &r["queues"]),
+        (&json!("vm1"), &json!(1), &json!(HELD), &json!(VRINGS)),
+        "{r}"
+    );
+    let resubmits: Vec<&Value> = audit
+        .iter()
+        .filter(|e| e["action"] == "inflight-resubmit")
+        .collect();
+    assert_eq!(resubmits.len(), 1, "one ring resubmitted: {text}");
+    let r = resubmits[0];
+    assert_eq!(
+        (&r["controller"], &r["vring"], &r["resubmitted"], &r["cleared"]),
+        (&json!("vm1"), &json!(2), &json!(HELD), &json!(0)),
+        "{r}"
+    );
+    let stats = control_call(&control, "stats", json!({}));
+    assert_eq!(
+        stats["controllers"][0]["reconnect"],
+        json!({"reconnects": 1, "resubmitted": HELD}),
+        "{stats}"
+    );
+    let m = metrics_text(&dir.path().join("metrics.sock"));
+    assert_eq!(
+        metric(&m, "vscsi_controller_inflight_reconnects_total{controller=\"vm1\"}"),
+        Some(1),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "vscsi_controller_resubmitted_requests_total{controller=\"vm1\"}"),
+        Some(HELD as u64),
+        "{m}"
     );
     eprintln!("in flight at the kill: {HELD}; resubmitted and completed: {HELD}");
 

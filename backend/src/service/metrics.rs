@@ -8,6 +8,9 @@
 //! Per controller, what its frontends did wrong ([`TrustCounters`]): rings
 //! broken, malformed chains, log lines rate-limited away, connections
 //! dropped on a protocol error; and the SCSI layer's suppressed log lines.
+//! Per controller, what daemon restarts under a running frontend brought
+//! back ([`ReconnectCounters`]): reconnects that handed over an inflight
+//! region, requests resubmitted from it; and the requests a fault holds.
 //! Metric names follow Prometheus conventions (`vscsi_` prefix, `_total`
 //! counters, `_bytes`, `_seconds`).
 //!
@@ -32,7 +35,7 @@ use tracing::{info, warn};
 
 use super::Service;
 use crate::scsi::target::LATENCY_BUCKETS;
-use crate::vhost::queue_metrics::TrustCounters;
+use crate::vhost::queue_metrics::{ReconnectCounters, TrustCounters};
 
 /// The `stats` result: every controller, or only `only`.
 pub fn stats_json(service: &Service, only: Option<&str>) -> Value {
@@ -90,6 +93,8 @@ pub fn stats_json(service: &Service, only: Option<&str>) -> Value {
                 "connections_total": c.connections.total.load(Ordering::Relaxed),
                 "queues": queues,
                 "trust": trust_json(&c.opts.queue_metrics.trust),
+                "reconnect": reconnect_json(&c.opts.queue_metrics.reconnect),
+                "held": c.opts.faults.held_now(),
                 "luns": luns,
             })
         })
@@ -109,6 +114,35 @@ fn trust_json(t: &TrustCounters) -> Value {
         "log_suppressed": log_suppressed,
         "dropped_connections": dropped_connections,
     })
+}
+
+fn reconnect_json(r: &ReconnectCounters) -> Value {
+    let (reconnects, resubmitted) = r.snapshot();
+    json!({ "reconnects": reconnects, "resubmitted": resubmitted })
+}
+
+/// The Prometheus families of [`ReconnectCounters`], one row per
+/// `(controller, counters)`.
+pub fn render_reconnect(out: &mut String, controllers: &[(&str, &ReconnectCounters)]) {
+    const FAMILIES: [(&str, &str); 2] = [
+        (
+            "vscsi_controller_inflight_reconnects_total",
+            "Frontend connections that handed over the inflight region of an earlier connection (a reconnect after a daemon restart or upgrade).",
+        ),
+        (
+            "vscsi_controller_resubmitted_requests_total",
+            "Requests taken from an inflight region and run again.",
+        ),
+    ];
+    for (i, (name, help)) in FAMILIES.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (c, r) in controllers {
+            let s = r.snapshot();
+            let v = [s.0, s.1][i];
+            let _ = writeln!(out, "{name}{{controller=\"{}\"}} {v}", escape(c));
+        }
+    }
 }
 
 /// The Prometheus families of [`TrustCounters`], one row per
@@ -344,6 +378,12 @@ pub fn render(service: &Service) -> String {
         &trust,
         crate::ratelimit::SCSI_SUPPRESSED.load(Ordering::Relaxed),
     );
+    let reconnect: Vec<(&str, &ReconnectCounters)> = service
+        .controllers()
+        .iter()
+        .map(|c| (c.name.as_str(), &c.opts.queue_metrics.reconnect))
+        .collect();
+    render_reconnect(&mut out, &reconnect);
     let _ = writeln!(out, "# HELP vscsi_lun_command_duration_seconds Time from the target receiving a command to its status.");
     let _ = writeln!(out, "# TYPE vscsi_lun_command_duration_seconds histogram");
     for h in hist {
@@ -432,6 +472,28 @@ pub fn serve(service: Arc<Service>, listener: MetricsListener) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reconnect_counters_render_as_prometheus_text() {
+        let a = ReconnectCounters::default();
+        let b = ReconnectCounters::default();
+        a.reconnects.fetch_add(2, Ordering::Relaxed);
+        a.resubmitted.fetch_add(7, Ordering::Relaxed);
+        b.resubmitted.fetch_add(1, Ordering::Relaxed);
+        let mut out = String::new();
+        render_reconnect(&mut out, &[("vm1", &a), ("vm2", &b)]);
+        let expected = "\
+# HELP vscsi_controller_inflight_reconnects_total Frontend connections that handed over the inflight region of an earlier connection (a reconnect after a daemon restart or upgrade).
+# TYPE vscsi_controller_inflight_reconnects_total counter
+vscsi_controller_inflight_reconnects_total{controller=\"vm1\"} 2
+vscsi_controller_inflight_reconnects_total{controller=\"vm2\"} 0
+# HELP vscsi_controller_resubmitted_requests_total Requests taken from an inflight region and run again.
+# TYPE vscsi_controller_resubmitted_requests_total counter
+vscsi_controller_resubmitted_requests_total{controller=\"vm1\"} 7
+vscsi_controller_resubmitted_requests_total{controller=\"vm2\"} 1
+";
+        assert_eq!(out, expected);
+    }
 
     #[test]
     fn the_trust_counters_render_as_prometheus_text() {

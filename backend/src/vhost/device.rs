@@ -35,11 +35,11 @@ use zerocopy::little_endian::{U16, U32};
 use zerocopy::IntoBytes;
 
 use super::control_queue::{ControlQueue, TmfScope};
-use super::device_ring::DeviceRing;
+use super::device_ring::{DeviceRing, RingReport};
 use super::event_queue::{Delivery, EventHub, EventQueue, ResetReason};
 use super::held::Covers;
 use super::inflight::{self, InflightRegion};
-use super::queue_metrics::QueueMetrics;
+use super::queue_metrics::{QueueMetrics, TrustCounters};
 use super::request_queue::{QueueShared, RequestQueue};
 use crate::fault::FaultTable;
 use crate::scsi::reservation::abort::{self, TaskSet};
@@ -118,6 +118,8 @@ pub struct DeviceOptions {
     /// controller's target port); the serving loop gives each connection
     /// its own number ([`Nexus::for_connection`]).
     pub nexus: Arc<Nexus>,
+    /// The controller's name, for the audit log.
+    pub controller: Arc<str>,
 }
 
 impl Default for DeviceOptions {
@@ -134,6 +136,7 @@ impl Default for DeviceOptions {
             features: OPTIONAL_FEATURES,
             queue_metrics: Arc::default(),
             nexus: Arc::new(Nexus::default()),
+            controller: Arc::from("ctrl0"),
         }
     }
 }
@@ -190,6 +193,13 @@ pub struct ScsiDevice {
     /// Whether the frontend's last SET_FEATURES had VHOST_F_LOG_ALL (it
     /// logs dirty pages for a live migration): its changes are audited.
     dirty_logging: std::sync::atomic::AtomicBool,
+    /// Whether this connection's frontend asked for a fresh inflight region
+    /// (GET_INFLIGHT_FD): a SET_INFLIGHT_FD without one hands over a region
+    /// kept from an earlier connection (a reconnect).
+    inflight_created: std::sync::atomic::AtomicBool,
+    /// The audit lines of SET_INFLIGHT_FD (a frontend sending it in a loop
+    /// is limited).
+    inflight_log: crate::ratelimit::LogLimit,
 }
 
 /// The task sets of a connection's I_T nexus: the commands its request
@@ -246,6 +256,15 @@ impl ScsiDevice {
             .collect();
         let mut rings: Vec<Arc<DeviceRing>> = vec![Arc::default(), Arc::default()];
         rings.extend(shared.iter().map(|s| s.ring.clone()));
+        for (i, r) in rings.iter().enumerate() {
+            r.report_to(RingReport {
+                controller: opts.controller.clone(),
+                connection: opts.nexus.connection(),
+                vring: i as u16,
+                metrics: opts.queue_metrics.clone(),
+                limit: crate::ratelimit::LogLimit::default(),
+            });
+        }
         let events = Arc::new(EventQueue::with_ring(
             opts.queue_metrics.clone(),
             rings[1].clone(),
@@ -265,6 +284,8 @@ impl ScsiDevice {
         Ok(Self {
             _task_set: task_set,
             dirty_logging: std::sync::atomic::AtomicBool::new(false),
+            inflight_created: std::sync::atomic::AtomicBool::new(false),
+            inflight_log: crate::ratelimit::LogLimit::default(),
             bus,
             requests: shared
                 .iter()
@@ -391,6 +412,13 @@ impl ScsiDevice {
             .iter()
             .map(|q| q.complete_all(&self.opts.faults))
             .sum()
+    }
+
+    /// Requests this connection took off its split rings and has not
+    /// completed, as its inflight region records them (0 without one):
+    /// after the workers stopped, what the next daemon would run again.
+    pub fn inflight_heads(&self) -> usize {
+        self.rings.iter().map(|r| r.inflight_heads()).sum()
     }
 
     /// Commands held by fault injection right now.
@@ -532,6 +560,8 @@ impl VhostUserBackend for ScsiDevice {
     ) -> io::Result<(VhostUserInflight, std::fs::File)> {
         let (region, reply, file) = InflightRegion::create(msg).map_err(io::Error::other)?;
         inflight::attach(&self.rings, region);
+        self.inflight_created
+            .store(true, std::sync::atomic::Ordering::Release);
         info!(
             queues = msg.num_queues,
             queue_size = msg.queue_size,
@@ -544,14 +574,45 @@ impl VhostUserBackend for ScsiDevice {
     /// VHOST_USER_SET_INFLIGHT_FD: the region the frontend kept (from this
     /// connection's GET_INFLIGHT_FD or a previous daemon's); what it holds
     /// in flight is resubmitted when each ring starts.
+    /// Without a GET_INFLIGHT_FD first on this connection, the frontend
+    /// kept the region from an earlier connection: a reconnect, audited
+    /// (`inflight-reconnect`, with the requests the region holds in flight)
+    /// and counted.
     fn set_inflight_fd(&self, msg: &VhostUserInflight, file: std::fs::File) -> io::Result<()> {
         let region = InflightRegion::map(msg, file).map_err(io::Error::other)?;
+        let in_flight = region.in_flight();
         inflight::attach(&self.rings, region);
-        info!(
+        let ours = self
+            .inflight_created
+            .load(std::sync::atomic::Ordering::Acquire);
+        if ours {
+            info!(
+                queues = msg.num_queues,
+                queue_size = msg.queue_size,
+                "inflight region set"
+            );
+            return Ok(());
+        }
+        let m = &self.opts.queue_metrics;
+        m.reconnect
+            .reconnects
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let suppressed = crate::limited!(
+            self.inflight_log,
+            info,
+            target: "vscsi::audit",
+            controller = &*self.opts.controller,
+            connection = self.opts.nexus.connection(),
+            action = "inflight-reconnect",
             queues = msg.num_queues,
             queue_size = msg.queue_size,
-            "inflight region set"
+            in_flight,
+            result = "ok",
+            "frontend reconnected with the inflight region of an earlier connection"
         );
+        if suppressed {
+            TrustCounters::add(&m.trust.log_suppressed);
+        }
         Ok(())
     }
 

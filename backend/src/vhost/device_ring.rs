@@ -45,7 +45,7 @@
 //! stopped packed ring needs no more.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
@@ -57,7 +57,9 @@ use super::notify::wants_call as split_wants_call;
 use super::packed::event;
 use super::packed::ring::{PackedRing, UsedError};
 use super::packed::Position;
+use super::queue_metrics::{QueueMetrics, TrustCounters};
 use super::ring_guard::{split_pop, walk_chain, RingViolation};
+use crate::ratelimit::LogLimit;
 
 /// What a ring operation of the device itself could not do.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +119,25 @@ impl PackedSide {
     }
 }
 
+/// Where a ring reports what it resubmits from an inflight region: the
+/// audit log (`vscsi::audit`, action `inflight-resubmit`) names the
+/// controller, connection and vring, and the controller's
+/// [`super::queue_metrics::ReconnectCounters`] count the requests.
+#[derive(Debug)]
+pub struct RingReport {
+    /// The controller's name.
+    pub controller: Arc<str>,
+    /// The connection (1, 2, ... per controller).
+    pub connection: u64,
+    /// The vring index (0 control, 1 event, 2 + n request queue n).
+    pub vring: u16,
+    /// The controller's counters, kept across connections.
+    pub metrics: Arc<QueueMetrics>,
+    /// The audit lines of this ring (one per recovery; a frontend that
+    /// restarts the ring in a loop is limited).
+    pub limit: LogLimit,
+}
+
 /// The ring of one vring, in the format the driver negotiated.
 #[derive(Debug, Default)]
 pub struct DeviceRing {
@@ -125,6 +146,8 @@ pub struct DeviceRing {
     /// The inflight region's tracking of a split ring, when the frontend
     /// set one up.
     inflight: Mutex<Option<SplitTracker>>,
+    /// Where resubmissions are reported, once the device set it.
+    report: OnceLock<RingReport>,
 }
 
 impl DeviceRing {
@@ -177,10 +200,66 @@ impl DeviceRing {
         self.tracker().is_some()
     }
 
+    /// Reports resubmissions to `report` from now on (set once, by the
+    /// device that owns the ring).
+    pub fn report_to(&self, report: RingReport) {
+        let _ = self.report.set(report);
+    }
+
+    /// The heads this ring has in flight in its inflight region (taken off
+    /// the avail ring, not yet on the used ring); 0 without a region.
+    pub fn inflight_heads(&self) -> usize {
+        self.tracker().as_ref().map_or(0, SplitTracker::in_flight)
+    }
+
+    /// The audit event of a recovery that found requests to run again or
+    /// a last batch to clear.
+    fn report_recovery(&self, r: &super::inflight::Recovery, used: u16) {
+        let Some(rep) = self.report.get() else {
+            tracing::info!(
+                resubmitted = r.resubmit.len(),
+                cleared = r.cleared,
+                used,
+                next_avail = r.next_avail,
+                "inflight region recovered: resubmitting the requests in flight"
+            );
+            return;
+        };
+        let s = crate::limited!(
+            rep.limit,
+            info,
+            target: "vscsi::audit",
+            controller = &*rep.controller,
+            connection = rep.connection,
+            vring = rep.vring,
+            action = "inflight-resubmit",
+            resubmitted = r.resubmit.len(),
+            cleared = r.cleared,
+            used,
+            next_avail = r.next_avail,
+            result = "ok",
+            "inflight region recovered: resubmitting the requests in flight"
+        );
+        if s {
+            TrustCounters::add(&rep.metrics.trust.log_suppressed);
+        }
+    }
+
+    /// One request of the inflight region handed out again.
+    fn count_resubmitted(&self) {
+        if let Some(rep) = self.report.get() {
+            rep.metrics
+                .reconnect
+                .resubmitted
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// A split pop through the inflight tracking: set up at the first pop
     /// since the ring (re)started; the heads to resubmit first; then the
     /// avail ring, each head recorded.
     fn tracked_pop(
+        &self,
         tracker: &mut SplitTracker,
         queue: &mut Queue,
         mem: &GuestMem,
@@ -196,13 +275,7 @@ impl DeviceRing {
             match tracker.start(queue.size(), used) {
                 Some(r) => {
                     if !r.resubmit.is_empty() || r.cleared != 0 {
-                        tracing::info!(
-                            resubmitted = r.resubmit.len(),
-                            cleared = r.cleared,
-                            used,
-                            next_avail = r.next_avail,
-                            "inflight region recovered: resubmitting the requests in flight"
-                        );
+                        self.report_recovery(&r, used);
                     }
                     queue.set_next_avail(r.next_avail);
                     queue.set_next_used(used);
@@ -221,6 +294,7 @@ impl DeviceRing {
                 head,
                 out,
             )?;
+            self.count_resubmitted();
             return Ok(Some(head));
         }
         let head = split_pop(queue, mem, out)?;
@@ -240,7 +314,7 @@ impl DeviceRing {
     ) -> Result<Option<u16>, RingViolation> {
         if !self.is_packed() {
             return match self.tracker().as_mut() {
-                Some(t) => Self::tracked_pop(t, queue, mem, out),
+                Some(t) => self.tracked_pop(t, queue, mem, out),
                 None => split_pop(queue, mem, out),
             };
         }

@@ -166,6 +166,31 @@ impl InflightRegion {
         self.num_queues
     }
 
+    /// Entries flagged in flight over every queue region a device has set
+    /// up (version [`VERSION`], a ring size it has room for): what a
+    /// frontend brings back after a restart. A last batch already on the
+    /// used ring is among them until its ring starts (then it is cleared,
+    /// not run again).
+    pub fn in_flight(&self) -> usize {
+        let m = self.slice();
+        let load16 = |at: usize| m.load::<u16>(at, Ordering::Acquire).unwrap_or(0);
+        let mut n = 0;
+        for q in 0..usize::from(self.num_queues) {
+            let base = q * queue_region_size(self.queue_size);
+            let size = load16(base + OFF_DESC_NUM);
+            if load16(base + OFF_VERSION) != VERSION || size > self.queue_size {
+                continue;
+            }
+            n += (0..usize::from(size))
+                .filter(|i| {
+                    let at = base + HEADER_SIZE + DESC_SIZE * i + OFF_INFLIGHT;
+                    m.load::<u8>(at, Ordering::Acquire).unwrap_or(0) == 1
+                })
+                .count();
+        }
+        n
+    }
+
     fn slice(&self) -> VolatileSlice<'_> {
         self.map.as_volatile_slice()
     }
@@ -405,6 +430,12 @@ impl SplitTracker {
             cleared,
             next_avail: used.wrapping_add(live.len() as u16),
         })
+    }
+
+    /// Heads flagged in flight now (taken, not yet used); 0 before the
+    /// ring started.
+    pub fn in_flight(&self) -> usize {
+        (0..self.size).filter(|&i| self.q.inflight(i)).count()
     }
 
     /// The next head to run again, if any (already marked in flight).

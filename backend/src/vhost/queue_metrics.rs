@@ -58,12 +58,38 @@ impl TrustCounters {
     }
 }
 
+/// What restarts of the daemon under a running frontend brought back, per
+/// controller (vhost-user "Inflight I/O tracking"). Written once per
+/// reconnect and once per request resubmitted, never on the good path.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct ReconnectCounters {
+    /// Connections whose frontend handed over (SET_INFLIGHT_FD) an inflight
+    /// region it kept from an earlier connection: a frontend reconnecting
+    /// to this daemon, or to an earlier one that was restarted or upgraded.
+    pub reconnects: AtomicU64,
+    /// Requests taken from an inflight region and run again.
+    pub resubmitted: AtomicU64,
+}
+
+impl ReconnectCounters {
+    /// `(reconnects, resubmitted)`.
+    pub fn snapshot(&self) -> (u64, u64) {
+        (
+            self.reconnects.load(Ordering::Relaxed),
+            self.resubmitted.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// The counters of every request queue of a controller.
 #[derive(Debug, Default)]
 pub struct QueueMetrics {
     queues: Vec<QueueCounters>,
     /// Per controller: what frontends did wrong.
     pub trust: TrustCounters,
+    /// Per controller: reconnects with an inflight region, resubmissions.
+    pub reconnect: ReconnectCounters,
 }
 
 impl QueueMetrics {
@@ -72,6 +98,7 @@ impl QueueMetrics {
         Self {
             queues: (0..n).map(|_| QueueCounters::default()).collect(),
             trust: TrustCounters::default(),
+            reconnect: ReconnectCounters::default(),
         }
     }
 

@@ -84,3 +84,58 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// One JSON-RPC 2.0 call on the daemon's control socket at `control`: its
+/// `result` (panics on an error reply).
+pub fn control_call(
+    control: &Path,
+    method: &str,
+    params: serde_json::Value,
+) -> serde_json::Value {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(control)
+        .unwrap_or_else(|e| panic!("control socket {}: {e}", control.display()));
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut line = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+        .to_string();
+    line.push('\n');
+    s.write_all(line.as_bytes()).unwrap();
+    let mut reply = String::new();
+    std::io::BufReader::new(s).read_line(&mut reply).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&reply)
+        .unwrap_or_else(|e| panic!("control reply {reply:?}: {e}"));
+    match v.get("result") {
+        Some(r) => r.clone(),
+        None => panic!("{method}: {v}"),
+    }
+}
+
+/// The Prometheus text of a daemon serving `--metrics unix:PATH` at `path`.
+pub fn metrics_text(path: &Path) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path)
+        .unwrap_or_else(|e| panic!("metrics socket {}: {e}", path.display()));
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
+}
+
+/// The value of the sample `name{labels}` in Prometheus text, if present.
+pub fn metric(text: &str, sample: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The `fields` of every audit event (`target` `vscsi::audit`) of a daemon
+/// log written with `--log-format json`, in order.
+pub fn audit_events(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "vscsi::audit")
+        .map(|v| v["fields"].clone())
+        .collect()
+}
