@@ -448,6 +448,9 @@ pub fn serve_controller(
         // The workers end (joined) with the daemon: every request they
         // took is completed, unless it is still in the region.
         drop(daemon);
+        // A worker may have started transfers after the first drain.
+        device.drain_in_flight();
+        device.release_held();
         let left = device.inflight_heads();
         if in_flight > 0 || left > 0 {
             info!(target: "vscsi::audit", controller = name, connection, action = "inflight-drain", in_flight, left, result = if left == 0 { "ok" } else { "error" },
