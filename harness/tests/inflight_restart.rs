@@ -211,7 +211,11 @@ fn requests_in_flight_at_a_sigkill_are_resubmitted_by_the_next_daemon() {
     let stats = control_call(&control, "stats", json!({}));
     let c = &stats["controllers"][0];
     assert_eq!(c["held"], HELD, "{stats}");
-    assert_eq!(c["reconnect"], json!({"reconnects": 0, "resubmitted": 0}), "{stats}");
+    assert_eq!(
+        c["reconnect"],
+        json!({"reconnects": 0, "resubmitted": 0}),
+        "{stats}"
+    );
 
     // SIGKILL with the five requests in flight; the frontend keeps its
     // memory, its rings and the inflight region.
@@ -259,7 +263,12 @@ fn requests_in_flight_at_a_sigkill_are_resubmitted_by_the_next_daemon() {
     assert_eq!(reconnects.len(), 1, "one reconnect audited: {text}");
     let r = reconnects[0];
     assert_eq!(
-        (&r["controller"], &r["connection"], &r["in_flight"], &r["queues"]),
+        (
+            &r["controller"],
+            &r["connection"],
+            &r["in_flight"],
+            &r["queues"]
+        ),
         (&json!("vm1"), &json!(1), &json!(HELD), &json!(VRINGS)),
         "{r}"
     );
@@ -270,7 +279,12 @@ fn requests_in_flight_at_a_sigkill_are_resubmitted_by_the_next_daemon() {
     assert_eq!(resubmits.len(), 1, "one ring resubmitted: {text}");
     let r = resubmits[0];
     assert_eq!(
-        (&r["controller"], &r["vring"], &r["resubmitted"], &r["cleared"]),
+        (
+            &r["controller"],
+            &r["vring"],
+            &r["resubmitted"],
+            &r["cleared"]
+        ),
         (&json!("vm1"), &json!(2), &json!(HELD), &json!(0)),
         "{r}"
     );
@@ -282,12 +296,18 @@ fn requests_in_flight_at_a_sigkill_are_resubmitted_by_the_next_daemon() {
     );
     let m = metrics_text(&dir.path().join("metrics.sock"));
     assert_eq!(
-        metric(&m, "vscsi_controller_inflight_reconnects_total{controller=\"vm1\"}"),
+        metric(
+            &m,
+            "vscsi_controller_inflight_reconnects_total{controller=\"vm1\"}"
+        ),
         Some(1),
         "{m}"
     );
     assert_eq!(
-        metric(&m, "vscsi_controller_resubmitted_requests_total{controller=\"vm1\"}"),
+        metric(
+            &m,
+            "vscsi_controller_resubmitted_requests_total{controller=\"vm1\"}"
+        ),
         Some(HELD as u64),
         "{m}"
     );

@@ -49,8 +49,8 @@ use std::time::{Duration, Instant};
 
 use backend_bin::{audit_events, backend_binary, control_call, profile_dir, workspace_root};
 use guest::{
-    build_guest_image, check_host_patterns, loud, parse_results, secs, skipped, stop_daemon,
-    tail, take_turn, wait_socket, Check, Guard,
+    build_guest_image, check_host_patterns, loud, parse_results, secs, skipped, stop_daemon, tail,
+    take_turn, wait_socket, Check, Guard,
 };
 use serde_json::{json, Value};
 
@@ -331,7 +331,11 @@ fn linux_guest_keeps_its_io_across_daemon_restarts_and_an_upgrade() {
             o.held = c["held"].as_u64().unwrap_or(0);
             o.queue_requests = c["queues"]
                 .as_array()
-                .map(|q| q.iter().map(|q| q["requests"].as_u64().unwrap_or(0)).collect())
+                .map(|q| {
+                    q.iter()
+                        .map(|q| q["requests"].as_u64().unwrap_or(0))
+                        .collect()
+                })
                 .unwrap_or_default();
             let r = &c["reconnect"];
             if k > 1 {
@@ -451,7 +455,7 @@ fn linux_guest_keeps_its_io_across_daemon_restarts_and_an_upgrade() {
                 reconnects.len()
             ));
         }
-        if o.queue_requests.len() != 2 || o.queue_requests.iter().any(|&n| n == 0) {
+        if o.queue_requests.len() != 2 || o.queue_requests.contains(&0) {
             failures.push(format!(
                 "{name}: both request queues must carry I/O, completed {:?}",
                 o.queue_requests

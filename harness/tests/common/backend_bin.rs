@@ -87,24 +87,21 @@ impl Drop for KillOnDrop {
 
 /// One JSON-RPC 2.0 call on the daemon's control socket at `control`: its
 /// `result` (panics on an error reply).
-pub fn control_call(
-    control: &Path,
-    method: &str,
-    params: serde_json::Value,
-) -> serde_json::Value {
+pub fn control_call(control: &Path, method: &str, params: serde_json::Value) -> serde_json::Value {
     use std::io::{BufRead, Write};
     let mut s = std::os::unix::net::UnixStream::connect(control)
         .unwrap_or_else(|e| panic!("control socket {}: {e}", control.display()));
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
-    let mut line = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
-        .to_string();
+    let mut line =
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+            .to_string();
     line.push('\n');
     s.write_all(line.as_bytes()).unwrap();
     let mut reply = String::new();
     std::io::BufReader::new(s).read_line(&mut reply).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&reply)
-        .unwrap_or_else(|e| panic!("control reply {reply:?}: {e}"));
+    let v: serde_json::Value =
+        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("control reply {reply:?}: {e}"));
     match v.get("result") {
         Some(r) => r.clone(),
         None => panic!("{method}: {v}"),
@@ -118,7 +115,8 @@ pub fn metrics_text(path: &Path) -> String {
         .unwrap_or_else(|e| panic!("metrics socket {}: {e}", path.display()));
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
     text
@@ -126,8 +124,13 @@ pub fn metrics_text(path: &Path) -> String {
 
 /// The value of the sample `name{labels}` in Prometheus text, if present.
 pub fn metric(text: &str, sample: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|l| {
+        l.strip_prefix(sample)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// The `fields` of every audit event (`target` `vscsi::audit`) of a daemon
