@@ -329,3 +329,35 @@ fn set_features_mid_run_does_not_resubmit_live_heads() {
     assert_eq!(used_idx(&mem), 1);
     assert_eq!(ring.pop(st.get_queue_mut(), &mem, &mut out), Ok(None));
 }
+
+#[test]
+fn in_flight_counts_the_flagged_entries_of_the_queues_set_up() {
+    let (_, reply, file) = fresh(3, 8);
+    let q = queue_region_size(8) as u64;
+    let put16 = |at: u64, v: u16| file.write_all_at(&v.to_ne_bytes(), at).unwrap();
+    let flag = |at: u64| file.write_all_at(&[1], at).unwrap();
+    // Queue 0 set up (version 1, 8 descriptors), entries 2 and 5 in flight.
+    put16(8, 1);
+    put16(10, 8);
+    flag(16 + 16 * 2);
+    flag(16 + 16 * 5);
+    // Queue 1 never set up (version 0): its flag does not count.
+    flag(q + 16);
+    // Queue 2 claims more descriptors than the region has room for.
+    put16(2 * q + 8, 1);
+    put16(2 * q + 10, 9);
+    flag(2 * q + 16);
+    let region = remap(&reply, &file);
+    assert_eq!(region.in_flight(), 2);
+    // A tracker sees the heads it took and has not completed.
+    let mut t = tracker(&region, 1);
+    t.start(8, 0).unwrap();
+    assert_eq!(t.in_flight(), 0, "a fresh queue region starts empty");
+    t.taken(3);
+    t.taken(4);
+    assert_eq!(t.in_flight(), 2);
+    t.before_used(3);
+    t.after_used(3, 1);
+    assert_eq!(t.in_flight(), 1);
+    assert_eq!(region.in_flight(), 3, "queue 1 is set up now");
+}
