@@ -144,6 +144,7 @@ impl Service {
                 poll: std::time::Duration::from_micros(cfg.poll_us.into()),
                 features: c.features,
                 queue_metrics: Arc::new(QueueMetrics::new(c.queues)),
+                cpus: c.cpus.clone(),
                 ..Default::default()
             };
             for l in &c.luns {

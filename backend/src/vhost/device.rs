@@ -39,8 +39,10 @@ use super::device_ring::DeviceRing;
 use super::event_queue::{Delivery, EventHub, EventQueue, ResetReason};
 use super::held::Covers;
 use super::inflight::{self, InflightRegion};
+use super::placement::Placement;
 use super::queue_metrics::QueueMetrics;
 use super::request_queue::{QueueShared, RequestQueue};
+use crate::cpu_list::CpuList;
 use crate::fault::FaultTable;
 use crate::scsi::reservation::abort::{self, TaskSet};
 use crate::scsi::target::BusHandle;
@@ -118,6 +120,9 @@ pub struct DeviceOptions {
     /// controller's target port); the serving loop gives each connection
     /// its own number ([`Nexus::for_connection`]).
     pub nexus: Arc<Nexus>,
+    /// CPUs the request-queue workers are pinned to, round robin (None:
+    /// unpinned); see [`super::placement`].
+    pub cpus: Option<CpuList>,
 }
 
 impl Default for DeviceOptions {
@@ -134,6 +139,7 @@ impl Default for DeviceOptions {
             features: OPTIONAL_FEATURES,
             queue_metrics: Arc::default(),
             nexus: Arc::new(Nexus::default()),
+            cpus: None,
         }
     }
 }
@@ -190,6 +196,8 @@ pub struct ScsiDevice {
     /// Whether the frontend's last SET_FEATURES had VHOST_F_LOG_ALL (it
     /// logs dirty pages for a live migration): its changes are audited.
     dirty_logging: std::sync::atomic::AtomicBool,
+    /// Which CPU each request-queue worker pins itself to.
+    placement: Placement,
 }
 
 /// The task sets of a connection's I_T nexus: the commands its request
@@ -263,6 +271,7 @@ impl ScsiDevice {
         let weak: std::sync::Weak<NexusTasks> = Arc::downgrade(&task_set);
         abort::register(&opts.nexus, weak);
         Ok(Self {
+            placement: Placement::new(opts.cpus.clone(), opts.request_queues as usize),
             _task_set: task_set,
             dirty_logging: std::sync::atomic::AtomicBool::new(false),
             bus,
@@ -681,6 +690,9 @@ impl VhostUserBackend for ScsiDevice {
     ) -> io::Result<()> {
         if evset != EventSet::IN {
             return Ok(());
+        }
+        if let Some(n) = thread_id.checked_sub(1) {
+            self.placement.place_current(n);
         }
         let Some(mem) = self.mem.get() else {
             crate::limited_site!(warn, "queue event before SET_MEM_TABLE: ignored");
