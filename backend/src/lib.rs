@@ -15,6 +15,7 @@
 
 pub mod buffers;
 pub mod config;
+pub mod cpu_list;
 pub mod daemon;
 pub mod fault;
 pub mod lun_options;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing::error;
 use vscsi_backend::config::{self, DaemonConfig, LunSpec};
+use vscsi_backend::cpu_list::CpuList;
 use vscsi_backend::{service, vhost};
 
 /// Serve disk image files as SCSI LUNs to a vhost-user frontend
@@ -60,6 +61,12 @@ struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Pin request-queue workers round robin over these CPUs (e.g. 0-1 or
+    /// 0,2): queue n's worker to the n-th CPU of the list, modulo its
+    /// length. Every controller; overrides the file's `cpus`. Default:
+    /// unpinned.
+    #[arg(long, value_name = "LIST")]
+    cpus: Option<CpuList>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -157,6 +164,13 @@ fn override_from_flags(cfg: &mut DaemonConfig, args: &Args) -> anyhow::Result<()
                 "--control {} is also a controller socket: choose another path",
                 c.display()
             );
+        }
+    }
+    if let Some(cpus) = &args.cpus {
+        cpus.check_allowed()
+            .map_err(|e| anyhow::anyhow!("--cpus {cpus}: {e}"))?;
+        for c in &mut cfg.controllers {
+            c.cpus = Some(cpus.clone());
         }
     }
     Ok(())

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use hdrhistogram::Histogram;
 use serde_json::json;
 use vscsi_driver::{Driver, ScsiCommand};
 
@@ -22,6 +21,7 @@ use crate::daemon::{self, Backend};
 use crate::device::{ConnectArgs, Device, DeviceArgs};
 use crate::output::human_size;
 use crate::parse;
+use crate::tail_latency::{self, Recorder};
 
 /// The I/O pattern, as fio names it.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +90,10 @@ pub struct Args {
     /// completion tasks (1 avoids cross-thread wake-ups).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Warn (on stderr, and in the JSON) when any completion takes longer
+    /// than this many milliseconds.
+    #[arg(long, value_name = "MS", default_value = "100", value_parser = tail_latency::parse_ms)]
+    pub warn_latency: Duration,
     #[command(flatten)]
     pub device: BenchDevice,
 }
@@ -311,9 +315,8 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
     // them, 200 KiB each at this precision) made each record a cache miss,
     // 16 % of the bench's time at QD128. The lock is uncontended with the
     // default single tokio thread.
-    // Reads in [0], writes in [1], as fio reports them apart.
-    let new_hist = || Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3);
-    let hist = Arc::new(std::sync::Mutex::new([new_hist()?, new_hist()?]));
+    // Reads and writes apart, as fio reports them, and the exact tail.
+    let hist = Arc::new(std::sync::Mutex::new(Recorder::new(args.warn_latency)?));
     for w in 0..args.iodepth {
         let (driver, stop, done_ops, cursor) = (
             driver.clone(),
@@ -387,8 +390,9 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
                     }
                     .into());
                 }
-                hist.lock().unwrap_or_else(|p| p.into_inner())[usize::from(write)]
-                    .saturating_record(ns.max(1));
+                hist.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .record(ns, write);
                 if write {
                     r.writes += 1;
                 } else {
@@ -440,13 +444,13 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
         reads += r.reads;
         writes += r.writes;
     }
-    let [read_hist, write_hist] = std::mem::replace(
+    let recorded = std::mem::replace(
         &mut *hist.lock().unwrap_or_else(|p| p.into_inner()),
-        [Histogram::new(1)?, Histogram::new(1)?],
+        Recorder::new(args.warn_latency)?,
     );
-    let mut hist = read_hist.clone();
-    hist.add(&write_hist)
-        .context("merging the read and write histograms")?;
+    let [read_hist, write_hist] = &recorded.by_direction;
+    let hist = recorded.all()?;
+    let tail = recorded.tail()?;
     let elapsed = start.elapsed().as_secs_f64();
     if let Some(pb) = progress {
         pb.finish_and_clear();
@@ -461,7 +465,7 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
     let mib_s = iops * bs as f64 / (1 << 20) as f64;
     let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let f = driver.features();
-    let sections = [("read", &read_hist), ("write", &write_hist)].map(|(name, clat)| {
+    let sections = [("read", read_hist), ("write", write_hist)].map(|(name, clat)| {
         crate::fio_report::Direction {
             name,
             clat,
@@ -470,6 +474,7 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
         }
     });
     if d.json {
+        let tail_json = tail.to_json();
         crate::output::print_json(&json!({
             "rw": format!("{:?}", args.rw).to_lowercase(),
             "bs": bs, "iodepth": args.iodepth, "queues": f.queue_count, "queue_size": f.queue_size,
@@ -478,7 +483,8 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
             "iops": iops, "mib_s": mib_s,
             "lat_us": { "min": hist.min() as f64 / 1000.0, "mean": hist.mean() / 1000.0,
                         "p50": us(0.5), "p90": us(0.9), "p99": us(0.99), "p99.9": us(0.999),
-                        "max": hist.max() as f64 / 1000.0 },
+                        "p99.99": tail_json["p99.99"], "max": tail_json["max"] },
+            "tail": tail_json,
             "cpu_s": { "bench": cpu, "daemon": dcpu },
             "kicks": driver.kicks(),
             "jobs": [{
@@ -510,8 +516,9 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
             us(0.9),
             us(0.99),
             us(0.999),
-            hist.max() as f64 / 1000.0
+            tail.max_ns as f64 / 1000.0
         );
+        println!("{}", tail.line());
         match dcpu {
             Some(dcpu) => println!(
                 "  cpu: bench {cpu:.2}s ({:.0}%), daemon {dcpu:.2}s ({:.0}%), kicks {}",
@@ -524,6 +531,10 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
                 100.0 * cpu / elapsed
             ),
         }
+    }
+    // On stderr, so the JSON on stdout stays one document.
+    if let Some(w) = tail.warning() {
+        eprintln!("{w}");
     }
     Ok(())
 }

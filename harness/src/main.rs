@@ -7,7 +7,8 @@
 //! unit attentions owed to a new frontend), `blockio.rs` (capacity, split
 //! and pipelined transfers), `output.rs` (formatting, JSON, failures, exit
 //! codes), `progress.rs` (progress bars on a terminal), `fio_report.rs`
-//! (bench results in fio's shapes), `parse.rs` (hex, sizes), `pattern.rs`
+//! (bench results in fio's shapes), `tail_latency.rs` (the bench's p50 to max
+//! and slow-completion warning), `parse.rs` (hex, sizes), `pattern.rs`
 //! and `daemon.rs` (for the demo).
 
 mod attention;
@@ -32,6 +33,7 @@ mod readcap;
 mod reset;
 mod scan;
 mod stats;
+mod tail_latency;
 mod tmf;
 mod tur;
 mod verify;

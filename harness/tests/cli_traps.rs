@@ -161,6 +161,70 @@ fn bench_randrw_reports_read_and_write_like_fio() {
     assert!(out.contains("99.00th=["), "{out}");
 }
 
+#[test]
+fn bench_reports_the_latency_tail_and_warns_on_slow_completions() {
+    // Every command of the LUN is delayed 30 ms by the device: each one is
+    // over a 10 ms threshold, none is over 60 s.
+    let faults = Arc::new(vscsi_backend::fault::FaultTable::default());
+    let opts = DeviceOptions {
+        faults: faults.clone(),
+        ..Default::default()
+    };
+    let d = TestDaemon::start_with(&[(0, 0, 4 * MIB, false)], opts);
+    faults.set(0, 0, "latency=30ms".parse().unwrap());
+    let bench = [
+        "bench",
+        "--runtime",
+        "0.5",
+        "--iodepth",
+        "2",
+        "--no-progress",
+    ];
+
+    let (code, out, err) = vscsi(
+        &d,
+        &[&bench[..], &["--warn-latency", "10", "--json"]].concat(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let done = v["reads"].as_u64().unwrap();
+    assert!(done >= 2, "{v}");
+    let t = &v["tail"];
+    assert_eq!(
+        t["over_warn_latency"], done,
+        "every completion was over: {t}"
+    );
+    assert_eq!(t["warn_latency_ms"], 10.0);
+    let f = |k: &str| t[k].as_f64().unwrap();
+    assert!(f("p50") >= 30_000.0, "{t}");
+    assert!(f("p50") <= f("p99") && f("p99") <= f("p99.99"), "{t}");
+    // The exact maximum is at least the histogram's bucket below it.
+    assert!(f("p99.99") <= f("max") * 1.001, "{t}");
+    assert_eq!(v["lat_us"]["p99.99"], t["p99.99"]);
+    assert_eq!(v["lat_us"]["max"], t["max"]);
+    assert!(
+        err.contains(&format!(
+            "warning: {done} of {done} completions took longer than 10 ms"
+        )),
+        "{err}"
+    );
+
+    let (code, out, err) = vscsi(&d, &[&bench[..], &["--warn-latency", "60000"]].concat());
+    assert_eq!(code, 0, "{out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("tail (us):"))
+        .unwrap_or_else(|| panic!("{out}"));
+    for field in ["p50=", "p99=", "p99.99=", "max=", "(0 over 60000 ms)"] {
+        assert!(line.contains(field), "{field}: {line}");
+    }
+    assert!(!err.contains("warning"), "no completion took 60 s: {err}");
+
+    let (code, _, err) = vscsi(&d, &["bench", "--warn-latency", "0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--warn-latency"), "{err}");
+}
+
 /// Runs `vscsi` with stderr on a new pseudo-terminal and returns the exit
 /// code and what it drew there.
 fn vscsi_on_a_terminal(d: &TestDaemon, args: &[&str]) -> (i32, String) {

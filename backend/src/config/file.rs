@@ -13,6 +13,7 @@ use super::error::ConfigError;
 use super::lun_fields::LunFields;
 use super::metrics_addr::check_metrics_addr;
 use super::model::{ControllerConfig, DaemonConfig, LunConfig};
+use crate::cpu_list::CpuList;
 use crate::vhost::device::{
     check_max_queue_size, DEFAULT_MAX_QUEUE_SIZE, DEFAULT_REQUEST_QUEUES, FEATURE_NAMES,
     MAX_REQUEST_QUEUES, OPTIONAL_FEATURES,
@@ -39,6 +40,7 @@ struct FileController {
     queue_size: Option<Spanned<u32>>,
     max_sectors: Option<Spanned<u32>>,
     features: Option<Spanned<Vec<String>>>,
+    cpus: Option<Spanned<String>>,
     #[serde(default)]
     lun: Vec<Spanned<LunFields>>,
 }
@@ -65,6 +67,8 @@ struct ResolvedController {
     queue_size: u16,
     max_sectors: u32,
     features: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpus: Option<String>,
     lun: Vec<LunFields>,
 }
 
@@ -89,6 +93,7 @@ impl DaemonConfig {
                     queue_size: c.queue_size,
                     max_sectors: c.max_sectors,
                     features: feature_names(c.features),
+                    cpus: c.cpus.as_ref().map(|l| l.to_string()),
                     lun: c.luns.iter().map(LunFields::from_config).collect(),
                 })
                 .collect(),
@@ -269,6 +274,18 @@ impl Reader<'_> {
         Ok((queues, queue_size, max_sectors, features))
     }
 
+    /// The CPU list of the controller's request-queue workers, checked
+    /// against the CPUs this process may run on.
+    fn cpus(&self, c: &FileController) -> Result<Option<CpuList>, ConfigError> {
+        let Some(s) = &c.cpus else { return Ok(None) };
+        let list = s
+            .get_ref()
+            .parse::<CpuList>()
+            .and_then(|l| l.check_allowed().map(|()| l))
+            .map_err(|e| self.at(s.span(), "cpus", e.to_string()))?;
+        Ok(Some(list))
+    }
+
     /// The LUNs of controller `i`; `images` holds every image seen so far
     /// in the file.
     fn luns(
@@ -423,6 +440,7 @@ pub fn parse_file(file: &Path, src: &str) -> Result<DaemonConfig, ConfigError> {
         let access = r.access(c)?;
         let (queues, queue_size, max_sectors, features) = r.limits(c)?;
         let luns = r.luns(i, c, &mut images)?;
+        let cpus = r.cpus(c)?;
         out.controllers.push(ControllerConfig {
             name,
             socket,
@@ -432,6 +450,7 @@ pub fn parse_file(file: &Path, src: &str) -> Result<DaemonConfig, ConfigError> {
             max_sectors,
             features,
             luns,
+            cpus,
         });
     }
     Ok(out)

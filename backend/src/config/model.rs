@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use super::access::SocketAccess;
 use super::lun_spec::LunSpec;
+use crate::cpu_list::CpuList;
 use crate::vhost::device::OPTIONAL_FEATURES;
 
 /// One LUN of a controller, resolved.
@@ -39,6 +40,9 @@ pub struct ControllerConfig {
     pub features: u64,
     /// The LUNs.
     pub luns: Vec<LunConfig>,
+    /// CPUs its request-queue workers are pinned to, round robin (`cpus`,
+    /// `--cpus`); None: unpinned.
+    pub cpus: Option<CpuList>,
 }
 
 /// The whole daemon configuration, from a file or the command line.
@@ -75,6 +79,7 @@ impl DaemonConfig {
                 queue_size,
                 max_sectors: 0xFFFF,
                 features: OPTIONAL_FEATURES,
+                cpus: None,
                 luns: specs
                     .into_iter()
                     .map(|spec| LunConfig {

@@ -145,6 +145,7 @@ impl Service {
                 features: c.features,
                 queue_metrics: Arc::new(QueueMetrics::new(c.queues)),
                 controller: Arc::from(c.name.as_str()),
+                cpus: c.cpus.clone(),
                 ..Default::default()
             };
             for l in &c.luns {

@@ -40,7 +40,10 @@ use super::event_queue::{Delivery, EventHub, EventQueue, ResetReason};
 use super::held::Covers;
 use super::inflight::{self, InflightRegion};
 use super::queue_metrics::{QueueMetrics, TrustCounters};
+use super::placement::Placement;
+use super::queue_metrics::QueueMetrics;
 use super::request_queue::{QueueShared, RequestQueue};
+use crate::cpu_list::CpuList;
 use crate::fault::FaultTable;
 use crate::scsi::reservation::abort::{self, TaskSet};
 use crate::scsi::target::BusHandle;
@@ -120,6 +123,9 @@ pub struct DeviceOptions {
     pub nexus: Arc<Nexus>,
     /// The controller's name, for the audit log.
     pub controller: Arc<str>,
+    /// CPUs the request-queue workers are pinned to, round robin (None:
+    /// unpinned); see [`super::placement`].
+    pub cpus: Option<CpuList>,
 }
 
 impl Default for DeviceOptions {
@@ -137,6 +143,7 @@ impl Default for DeviceOptions {
             queue_metrics: Arc::default(),
             nexus: Arc::new(Nexus::default()),
             controller: Arc::from("ctrl0"),
+            cpus: None,
         }
     }
 }
@@ -200,6 +207,8 @@ pub struct ScsiDevice {
     /// The audit lines of SET_INFLIGHT_FD (a frontend sending it in a loop
     /// is limited).
     inflight_log: crate::ratelimit::LogLimit,
+    /// Which CPU each request-queue worker pins itself to.
+    placement: Placement,
 }
 
 /// The task sets of a connection's I_T nexus: the commands its request
@@ -282,6 +291,7 @@ impl ScsiDevice {
         let weak: std::sync::Weak<NexusTasks> = Arc::downgrade(&task_set);
         abort::register(&opts.nexus, weak);
         Ok(Self {
+            placement: Placement::new(opts.cpus.clone(), opts.request_queues as usize),
             _task_set: task_set,
             dirty_logging: std::sync::atomic::AtomicBool::new(false),
             inflight_created: std::sync::atomic::AtomicBool::new(false),
@@ -742,6 +752,9 @@ impl VhostUserBackend for ScsiDevice {
     ) -> io::Result<()> {
         if evset != EventSet::IN {
             return Ok(());
+        }
+        if let Some(n) = thread_id.checked_sub(1) {
+            self.placement.place_current(n);
         }
         let Some(mem) = self.mem.get() else {
             crate::limited_site!(warn, "queue event before SET_MEM_TABLE: ignored");

@@ -17,6 +17,7 @@
 //! - [`guest_io`]: iovecs in guest memory as the SCSI layer's data buffers.
 //! - [`notify`]: whether the driver wants a used buffer notification.
 //! - [`uring`]: the io_uring engine of a request queue (`aio=io_uring`).
+//! - [`placement`]: request-queue workers pinned over a CPU list (`--cpus`).
 
 pub mod chain;
 pub mod control_queue;
@@ -30,6 +31,7 @@ pub mod inflight;
 pub mod notify;
 pub mod offload;
 pub mod packed;
+pub mod placement;
 pub mod queue_metrics;
 pub mod request_queue;
 pub mod response;
