@@ -41,7 +41,6 @@ use super::held::Covers;
 use super::inflight::{self, InflightRegion};
 use super::queue_metrics::{QueueMetrics, TrustCounters};
 use super::placement::Placement;
-use super::queue_metrics::QueueMetrics;
 use super::request_queue::{QueueShared, RequestQueue};
 use crate::cpu_list::CpuList;
 use crate::fault::FaultTable;
