@@ -322,6 +322,14 @@ impl ScsiDevice {
         })
     }
 
+    /// The inflight region layout for the ring format the driver
+    /// negotiated (SET_FEATURES comes before GET_INFLIGHT_FD and
+    /// SET_INFLIGHT_FD: QEMU sends it first so the backend can size the
+    /// region).
+    fn inflight_layout(&self) -> inflight::Layout {
+        inflight::Layout::for_ring(self.rings.first().is_some_and(|r| r.is_packed()))
+    }
+
     /// What a user can do when `error` (what ended the connection) is
     /// vhost-user-backend refusing a message as InvalidParam. It refuses a
     /// ring index past the queues offered (QEMU sends SET_VRING_CALL for
@@ -561,13 +569,16 @@ impl VhostUserBackend for ScsiDevice {
     }
 
     /// VHOST_USER_GET_INFLIGHT_FD (vhost-user "Inflight I/O tracking"): a
-    /// fresh region the rings record their requests in flight in; the
-    /// frontend keeps it for the next daemon.
+    /// fresh region the rings record their requests in flight in, laid out
+    /// for the ring format the driver negotiated; the frontend keeps it for
+    /// the next daemon.
     fn get_inflight_fd(
         &self,
         msg: &VhostUserInflight,
     ) -> io::Result<(VhostUserInflight, std::fs::File)> {
-        let (region, reply, file) = InflightRegion::create(msg).map_err(io::Error::other)?;
+        let layout = self.inflight_layout();
+        let (region, reply, file) =
+            InflightRegion::create_for(msg, layout).map_err(io::Error::other)?;
         inflight::attach(&self.rings, region);
         self.inflight_created
             .store(true, std::sync::atomic::Ordering::Release);
@@ -575,6 +586,7 @@ impl VhostUserBackend for ScsiDevice {
             queues = msg.num_queues,
             queue_size = msg.queue_size,
             mmap_size = reply.mmap_size,
+            ?layout,
             "inflight region created"
         );
         Ok((reply, file))
@@ -588,7 +600,8 @@ impl VhostUserBackend for ScsiDevice {
     /// (`inflight-reconnect`, with the requests the region holds in flight)
     /// and counted.
     fn set_inflight_fd(&self, msg: &VhostUserInflight, file: std::fs::File) -> io::Result<()> {
-        let region = InflightRegion::map(msg, file).map_err(io::Error::other)?;
+        let layout = self.inflight_layout();
+        let region = InflightRegion::map_for(msg, file, layout).map_err(io::Error::other)?;
         let in_flight = region.in_flight();
         inflight::attach(&self.rings, region);
         let ours = self
@@ -616,6 +629,7 @@ impl VhostUserBackend for ScsiDevice {
             queues = msg.num_queues,
             queue_size = msg.queue_size,
             in_flight,
+            ?layout,
             result = "ok",
             "frontend reconnected with the inflight region of an earlier connection"
         );

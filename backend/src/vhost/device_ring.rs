@@ -52,7 +52,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 
 use super::dirty::{GuestMem, VringState};
-use super::inflight::{QueueRegion, SplitTracker};
+use super::inflight::{Layout, QueueRegion, SplitTracker};
+use super::inflight_packed::PackedTracker;
 use super::notify::wants_call as split_wants_call;
 use super::packed::event;
 use super::packed::ring::{PackedRing, UsedError};
@@ -92,11 +93,15 @@ struct PackedSide {
     last_call: Option<Position>,
     /// Where the ring (re)started.
     start: Position,
+    /// The inflight region's tracking of this ring, when the frontend set
+    /// one up with the packed layout.
+    tracker: Option<PackedTracker>,
 }
 
 impl PackedSide {
-    /// The ring state, (re)started from `queue` when needed.
-    fn ring(&mut self, queue: &Queue) -> &mut PackedRing {
+    /// (Re)starts the ring state from `queue` when needed; the inflight
+    /// tracking is then set up again at the next pop.
+    fn sync(&mut self, queue: &Queue) {
         let now = (queue.next_avail(), queue.size(), queue.desc_table());
         // A restart asked for while chains are in flight on an unchanged
         // ring (SET_FEATURES again mid-run) waits until they are completed:
@@ -112,10 +117,100 @@ impl PackedSide {
             }
             (self.restart, self.synced) = (false, now);
             (self.last_call, self.start) = (None, avail);
+            if let Some(t) = self.tracker.as_mut() {
+                if busy {
+                    // The frontend set the ring anew under chains in
+                    // flight: the region no longer says where they are.
+                    t.abandon("ring set anew with chains in flight");
+                }
+                t.restart();
+            }
         }
+    }
+
+    /// Whether the inflight tracking has chains to hand out (or has yet
+    /// to look): the next pop returns one before any avail descriptor.
+    fn resubmit_pending(&self) -> bool {
+        self.tracker
+            .as_ref()
+            .is_some_and(|t| !t.started() || t.has_resubmit())
+    }
+
+    /// The ring state, (re)started from `queue` when needed, and the
+    /// inflight tracking beside it.
+    fn parts(&mut self, queue: &Queue) -> (&mut PackedRing, Option<&mut PackedTracker>) {
+        self.ring(queue);
+        let ring = self.ring.get_or_insert_with(|| {
+            PackedRing::new(
+                GuestAddress(queue.desc_table()),
+                queue.size(),
+                Position::decode(queue.next_avail()),
+            )
+        });
+        (ring, self.tracker.as_mut())
+    }
+
+    /// The ring state, (re)started from `queue` when needed.
+    fn ring(&mut self, queue: &Queue) -> &mut PackedRing {
+        self.sync(queue);
         self.ring.get_or_insert_with(|| {
-            PackedRing::new(GuestAddress(now.2), now.1, Position::decode(now.0))
+            PackedRing::new(
+                GuestAddress(queue.desc_table()),
+                queue.size(),
+                Position::decode(queue.next_avail()),
+            )
         })
+    }
+
+    /// Sets the inflight tracking up at the first pop since the ring
+    /// (re)started: the chains a previous device left in flight are
+    /// adopted (in flight again, the avail position past them) and handed
+    /// out first.
+    fn start_tracking(&mut self, queue: &mut Queue, mem: &GuestMem) {
+        let (Some(ring), Some(t)) = (self.ring.as_mut(), self.tracker.as_mut()) else {
+            return;
+        };
+        if t.started() {
+            return;
+        }
+        let desc = GuestAddress(queue.desc_table());
+        let Some(rec) = t.start(ring.size, ring.used, ring.in_flight == 0, mem, desc) else {
+            tracing::warn!(
+                size = ring.size,
+                "ring larger than its inflight region: not tracked"
+            );
+            return;
+        };
+        if rec.chains.is_empty() && rec.used == ring.used {
+            if rec.dropped != 0 {
+                tracing::warn!(
+                    dropped = rec.dropped,
+                    "inflight region recovered: nothing to resubmit"
+                );
+            }
+            return;
+        }
+        ring.restart(desc, ring.size, rec.used);
+        for &(id, count) in &rec.chains {
+            // Ids are unique and the chains fit the ring (checked by the
+            // recovery), so every adoption succeeds.
+            if !ring.adopt(id, count) {
+                t.abandon("a recovered chain does not fit the ring");
+            }
+        }
+        tracing::info!(
+            resubmitted = rec.chains.len(),
+            dropped = rec.dropped,
+            last_completion = ?rec.last,
+            used = rec.used.encode(),
+            next_avail = ring.avail.encode(),
+            base = queue.next_avail(),
+            "inflight region recovered: resubmitting the requests in flight"
+        );
+        let base = ring.avail.encode();
+        queue.set_next_avail(base);
+        self.synced.0 = base;
+        (self.last_call, self.start) = (None, rec.used);
     }
 }
 
@@ -190,14 +285,21 @@ impl DeviceRing {
     }
 
     /// Tracks this ring's heads in `region` (GET_INFLIGHT_FD or
-    /// SET_INFLIGHT_FD); set up (or recovered) at the next `pop`.
+    /// SET_INFLIGHT_FD); set up (or recovered) at the next `pop`. A region
+    /// of the split layout tracks the ring while it is split, one of the
+    /// packed layout while it is packed.
     pub fn set_inflight(&self, region: Option<QueueRegion>) {
-        *self.tracker() = region.map(SplitTracker::new);
+        let (split, packed) = match region {
+            Some(q) if q.layout() == Layout::Packed => (None, Some(PackedTracker::new(q))),
+            other => (other.map(SplitTracker::new), None),
+        };
+        *self.tracker() = split;
+        self.side().tracker = packed;
     }
 
     /// Whether this ring has an inflight region.
     pub fn has_inflight(&self) -> bool {
-        self.tracker().is_some()
+        self.tracker().is_some() || self.side().tracker.is_some()
     }
 
     /// Reports resubmissions to `report` from now on (set once, by the
@@ -319,9 +421,26 @@ impl DeviceRing {
             };
         }
         let mut side = self.side();
-        let ring = side.ring(queue);
+        let side = &mut *side;
+        side.sync(queue);
+        if let Some(t) = side.tracker.as_mut() {
+            if !t.started() {
+                side.start_tracking(queue, mem);
+            }
+        }
+        if let Some(id) = side
+            .tracker
+            .as_mut()
+            .and_then(|t| t.next_resubmit(mem, out))
+        {
+            return Ok(Some(id));
+        }
+        let (ring, tracker) = side.parts(queue);
         let id = ring.pop(mem, out)?;
-        if id.is_some() {
+        if let Some(id) = id {
+            if let Some(t) = tracker {
+                t.taken(id, ring.chain());
+            }
             let base = ring.avail.encode();
             queue.set_next_avail(base);
             side.synced.0 = base;
@@ -348,7 +467,25 @@ impl DeviceRing {
             return Ok(());
         }
         let mut side = self.side();
-        Ok(side.ring(state.get_queue()).add_used(mem, id, len)?)
+        let side = &mut *side;
+        let (ring, tracker) = side.parts(state.get_queue());
+        let Some(t) = tracker.filter(|t| t.active()) else {
+            return Ok(ring.add_used(mem, id, len)?);
+        };
+        let Some(count) = ring.count(id) else {
+            return Err(UsedError::NotInFlight { id }.into());
+        };
+        t.before_used(id, count);
+        match ring.add_used(mem, id, len) {
+            Ok(()) => {
+                t.after_used(id);
+                Ok(())
+            }
+            Err(e) => {
+                t.abandon("a used descriptor could not be written");
+                Err(e.into())
+            }
+        }
     }
 
     /// Asks the driver not to notify the device of new chains.
@@ -384,7 +521,7 @@ impl DeviceRing {
         // The flags are visible before the ring is looked at again: a chain
         // made available after this either is seen now or is notified.
         std::sync::atomic::fence(Ordering::SeqCst);
-        Ok(ring.has_avail(mem))
+        Ok(ring.has_avail(mem) || side.resubmit_pending())
     }
 
     /// Whether the driver wants a used buffer notification now.
@@ -430,7 +567,8 @@ impl DeviceRing {
                 .avail_idx(mem, Ordering::Acquire)
                 .is_ok_and(|idx| idx.0 != queue.next_avail());
         }
-        self.side().ring(queue).has_avail(mem)
+        let mut side = self.side();
+        side.ring(queue).has_avail(mem) || side.resubmit_pending()
     }
 }
 

@@ -37,6 +37,12 @@
 //!
 //! The region is memory the frontend can write: it is touched only through
 //! vm-memory's atomic accessors of a [`MmapRegion`], never as `&[u8]`.
+//!
+//! A packed ring's region has the spec's other layout, `QueueRegionPacked`
+//! ([`Layout::Packed`]): its tracking is [`super::inflight_packed`]. Which
+//! layout a region has is decided when it is created or mapped, by the
+//! ring format the driver negotiated (the frontend sends SET_FEATURES
+//! before GET_INFLIGHT_FD and SET_INFLIGHT_FD, as QEMU does).
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -45,7 +51,7 @@ use std::sync::Arc;
 
 use vhost::vhost_user::message::VhostUserInflight;
 use vm_memory::mmap::MmapRegion;
-use vm_memory::{Bytes, FileOffset, VolatileMemory, VolatileSlice};
+use vm_memory::{AtomicAccess, Bytes, FileOffset, VolatileMemory, VolatileSlice};
 
 use super::device_ring::DeviceRing;
 
@@ -67,6 +73,36 @@ const OFF_USED_IDX: usize = 14;
 const OFF_INFLIGHT: usize = 0;
 const OFF_NEXT: usize = 6;
 const OFF_COUNTER: usize = 8;
+
+/// The two queue region layouts of the spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// `QueueRegionSplit` (this module).
+    #[default]
+    Split,
+    /// `QueueRegionPacked` ([`super::inflight_packed`]).
+    Packed,
+}
+
+impl Layout {
+    /// The layout for a ring format (`packed`: VIRTIO_F_RING_PACKED).
+    pub fn for_ring(packed: bool) -> Self {
+        if packed {
+            Layout::Packed
+        } else {
+            Layout::Split
+        }
+    }
+
+    /// Bytes of one queue's region for rings of up to `queue_size`
+    /// descriptors.
+    pub fn queue_region_size(self, queue_size: u16) -> usize {
+        match self {
+            Layout::Split => queue_region_size(queue_size),
+            Layout::Packed => super::inflight_packed::queue_region_size(queue_size),
+        }
+    }
+}
 
 /// What the device could not do with an inflight region.
 #[derive(Debug, thiserror::Error)]
@@ -100,10 +136,11 @@ pub struct InflightRegion {
     map: MmapRegion,
     num_queues: u16,
     queue_size: u16,
+    layout: Layout,
 }
 
 impl InflightRegion {
-    fn check(num_queues: u16, queue_size: u16) -> Result<usize, InflightError> {
+    fn check(num_queues: u16, queue_size: u16, layout: Layout) -> Result<usize, InflightError> {
         let bad = |why| InflightError::BadGeometry {
             num_queues,
             queue_size,
@@ -112,7 +149,7 @@ impl InflightRegion {
         if num_queues == 0 || queue_size == 0 {
             return Err(bad("empty"));
         }
-        Ok(usize::from(num_queues) * queue_region_size(queue_size))
+        Ok(usize::from(num_queues) * layout.queue_region_size(queue_size))
     }
 
     /// `GET_INFLIGHT_FD`: a zeroed memfd region for `msg.num_queues` queues
@@ -121,7 +158,15 @@ impl InflightRegion {
     pub fn create(
         msg: &VhostUserInflight,
     ) -> Result<(Self, VhostUserInflight, File), InflightError> {
-        let size = Self::check(msg.num_queues, msg.queue_size)?;
+        Self::create_for(msg, Layout::Split)
+    }
+
+    /// [`InflightRegion::create`] for queue regions of `layout`.
+    pub fn create_for(
+        msg: &VhostUserInflight,
+        layout: Layout,
+    ) -> Result<(Self, VhostUserInflight, File), InflightError> {
+        let size = Self::check(msg.num_queues, msg.queue_size, layout)?;
         let file = memfd(size).map_err(InflightError::Memfd)?;
         let map = MmapRegion::from_file(
             FileOffset::new(file.try_clone().map_err(InflightError::Memfd)?, 0),
@@ -137,6 +182,7 @@ impl InflightRegion {
             map,
             num_queues: msg.num_queues,
             queue_size: msg.queue_size,
+            layout,
         };
         Ok((region, reply, file))
     }
@@ -144,7 +190,16 @@ impl InflightRegion {
     /// `SET_INFLIGHT_FD`: maps the region the frontend kept. Its size must
     /// hold `num_queues` queue regions of `queue_size` descriptors.
     pub fn map(msg: &VhostUserInflight, file: File) -> Result<Self, InflightError> {
-        let need = Self::check(msg.num_queues, msg.queue_size)?;
+        Self::map_for(msg, file, Layout::Split)
+    }
+
+    /// [`InflightRegion::map`] for queue regions of `layout`.
+    pub fn map_for(
+        msg: &VhostUserInflight,
+        file: File,
+        layout: Layout,
+    ) -> Result<Self, InflightError> {
+        let need = Self::check(msg.num_queues, msg.queue_size, layout)?;
         let size = usize::try_from(msg.mmap_size).unwrap_or(usize::MAX);
         if size < need {
             return Err(InflightError::BadGeometry {
@@ -158,7 +213,13 @@ impl InflightRegion {
             map,
             num_queues: msg.num_queues,
             queue_size: msg.queue_size,
+            layout,
         })
+    }
+
+    /// The layout of its queue regions.
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// Number of queue regions.
@@ -174,16 +235,26 @@ impl InflightRegion {
     pub fn in_flight(&self) -> usize {
         let m = self.slice();
         let load16 = |at: usize| m.load::<u16>(at, Ordering::Acquire).unwrap_or(0);
+        // Both layouts have `version` and `desc_num` at the same offsets and
+        // `inflight` first in each entry; only the header and entry sizes
+        // differ (in a packed region only a chain's first entry is marked).
+        let (header, entry) = match self.layout {
+            Layout::Split => (HEADER_SIZE, DESC_SIZE),
+            Layout::Packed => (
+                super::inflight_packed::HEADER_SIZE,
+                super::inflight_packed::DESC_SIZE,
+            ),
+        };
         let mut n = 0;
         for q in 0..usize::from(self.num_queues) {
-            let base = q * queue_region_size(self.queue_size);
+            let base = q * self.layout.queue_region_size(self.queue_size);
             let size = load16(base + OFF_DESC_NUM);
             if load16(base + OFF_VERSION) != VERSION || size > self.queue_size {
                 continue;
             }
             n += (0..usize::from(size))
                 .filter(|i| {
-                    let at = base + HEADER_SIZE + DESC_SIZE * i + OFF_INFLIGHT;
+                    let at = base + header + entry * i + OFF_INFLIGHT;
                     m.load::<u8>(at, Ordering::Acquire).unwrap_or(0) == 1
                 })
                 .count();
@@ -234,7 +305,7 @@ impl QueueRegion {
     /// The region of vring `index`; `None` past the region's queues.
     pub fn new(region: Arc<InflightRegion>, index: u16) -> Option<Self> {
         (index < region.num_queues).then(|| Self {
-            base: usize::from(index) * queue_region_size(region.queue_size),
+            base: usize::from(index) * region.layout.queue_region_size(region.queue_size),
             region,
         })
     }
@@ -242,6 +313,29 @@ impl QueueRegion {
     /// Descriptors this region has room for.
     pub fn capacity(&self) -> u16 {
         self.region.queue_size
+    }
+
+    /// The layout of the region.
+    pub fn layout(&self) -> Layout {
+        self.region.layout
+    }
+
+    /// Loads the `T` at byte `off` of this queue's region (acquire); 0 when
+    /// `off` is past the mapping (callers keep offsets inside it).
+    pub(crate) fn load_at<T: AtomicAccess + Default>(&self, off: usize) -> T {
+        self.region
+            .slice()
+            .load::<T>(self.base + off, Ordering::Acquire)
+            .unwrap_or_default()
+    }
+
+    /// Stores `v` at byte `off` of this queue's region (release: no earlier
+    /// store of the device moves after it); dropped past the mapping.
+    pub(crate) fn store_at<T: AtomicAccess>(&self, off: usize, v: T) {
+        let _ = self
+            .region
+            .slice()
+            .store(v, self.base + off, Ordering::Release);
     }
 
     // Accessors: every offset is inside the mapping (base + header + entries

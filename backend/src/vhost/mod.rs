@@ -18,6 +18,8 @@
 //! - [`notify`]: whether the driver wants a used buffer notification.
 //! - [`uring`]: the io_uring engine of a request queue (`aio=io_uring`).
 //! - [`placement`]: request-queue workers pinned over a CPU list (`--cpus`).
+//! - [`inflight`], [`inflight_packed`]: inflight I/O tracking (vhost-user
+//!   `INFLIGHT_SHMFD`) of split and packed rings.
 
 pub mod chain;
 pub mod control_queue;
@@ -28,6 +30,7 @@ pub mod event_queue;
 pub mod guest_io;
 pub mod held;
 pub mod inflight;
+pub mod inflight_packed;
 pub mod notify;
 pub mod offload;
 pub mod packed;

@@ -65,6 +65,21 @@ pub enum UsedError {
     },
 }
 
+/// One ring descriptor of a chain as the device read it (§2.8.13), for the
+/// inflight region's copy of each chain in flight
+/// ([`crate::vhost::inflight_packed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RingDesc {
+    /// Buffer address.
+    pub addr: u64,
+    /// Buffer length.
+    pub len: u32,
+    /// Buffer id (meaningful in the last descriptor of a chain).
+    pub id: u16,
+    /// Flags, as the walk went by them.
+    pub flags: u16,
+}
+
 /// The device's state of one packed ring: where it reads and writes, and
 /// which buffer ids are in flight with how many descriptors each took.
 #[derive(Debug)]
@@ -82,6 +97,9 @@ pub struct PackedRing {
     /// Per buffer id: the ring descriptors its chain took, 0 when the id is
     /// not in flight. Sized once when the ring starts.
     counts: Vec<u16>,
+    /// The ring descriptors of the chain the last `pop` took (scratch,
+    /// reused).
+    chain: Vec<RingDesc>,
 }
 
 impl PackedRing {
@@ -95,6 +113,7 @@ impl PackedRing {
             used: avail,
             in_flight: 0,
             counts: vec![0; usize::from(size)],
+            chain: Vec::new(),
         }
     }
 
@@ -108,6 +127,37 @@ impl PackedRing {
         self.in_flight = 0;
         self.counts.clear();
         self.counts.resize(usize::from(size), 0);
+    }
+
+    /// The ring descriptors of the chain the last successful `pop` took,
+    /// in ring order (an indirect chain: its one indirect descriptor).
+    pub fn chain(&self) -> &[RingDesc] {
+        &self.chain
+    }
+
+    /// The ring descriptors the chain with buffer id `id` took, when it is
+    /// in flight.
+    pub fn count(&self, id: u16) -> Option<u16> {
+        self.counts.get(usize::from(id)).copied().filter(|&c| c > 0)
+    }
+
+    /// Takes over a chain of `count` ring descriptors with buffer id `id`
+    /// that a previous device took at the avail position (the inflight
+    /// region's record of it): in flight, the avail position past it.
+    /// Refused (`false`) for an id out of range or in flight, or a chain
+    /// the ring has no room for.
+    pub fn adopt(&mut self, id: u16, count: u16) -> bool {
+        let size = self.size;
+        let fits = count > 0 && self.in_flight + u32::from(count) <= u32::from(size);
+        match self.counts.get_mut(usize::from(id)) {
+            Some(slot) if *slot == 0 && fits => {
+                *slot = count;
+                self.in_flight += u32::from(count);
+                self.avail = self.avail.advance(count, size);
+                true
+            }
+            _ => false,
+        }
     }
 
     fn slot(&self, index: u16) -> Option<GuestAddress> {
@@ -147,6 +197,7 @@ impl PackedRing {
         out: &mut Vec<Descriptor>,
     ) -> Result<Option<u16>, RingViolation> {
         out.clear();
+        self.chain.clear();
         let size = self.size;
         if size == 0 {
             return Ok(None);
@@ -183,6 +234,12 @@ impl PackedRing {
                 }
             }
             let d = self.read(mem, pos.index)?;
+            self.chain.push(RingDesc {
+                addr: d.addr,
+                len: d.len,
+                id: d.id,
+                flags,
+            });
             if flags & F_INDIRECT != 0 {
                 if count > 1 || flags & F_NEXT != 0 {
                     return Err(RingViolation::IndirectMisplaced {
@@ -330,8 +387,9 @@ fn read_raw(mem: &GuestMem, addr: GuestAddress) -> Result<Raw, RingViolation> {
 }
 
 /// Reads the indirect table at `addr` of `len` bytes into `out` (§2.8.7:
-/// entries in order, only WRITE counts).
-fn walk_indirect(
+/// entries in order, only WRITE counts), `bytes` counting the chain's
+/// bytes (at most 2^32 - 1).
+pub(crate) fn walk_indirect(
     mem: &GuestMem,
     addr: u64,
     len: u32,

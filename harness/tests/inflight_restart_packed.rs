@@ -1,0 +1,259 @@
+//! Packed rings (VIRTIO_F_RING_PACKED, the driver's own packed ring): a
+//! daemon killed with SIGKILL while requests are in flight, and started
+//! again on the same socket: the frontend kept the inflight region
+//! (vhost-user "Inflight I/O tracking", GET_INFLIGHT_FD) and its guest
+//! memory, reconnects, sends SET_MEM_TABLE, SET_INFLIGHT_FD and the rings
+//! again, and the new daemon runs exactly the requests the old one never
+//! completed, before any new one. Through the real socket, memfd shared
+//! memory and the daemon binary as a child process.
+
+#[path = "common/backend_bin.rs"]
+mod backend_bin;
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backend_bin::{backend_binary, KillOnDrop};
+use vmm_sys_util::eventfd::EventFd;
+use vscsi_driver::memory::SharedMemory;
+use virtio_bindings::virtio_config::VIRTIO_F_RING_PACKED;
+use vscsi_driver::ring::{PackedRing, RingOptions, Segment};
+use vscsi_driver::transport::vhost_user::VhostUserTransport;
+use vscsi_protocol::lun::Lun;
+use vscsi_protocol::virtio_scsi::{CmdReq, CmdResp};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+const MEM: usize = 4 << 20;
+const SIZE: u16 = 16;
+/// Vrings: control, event, request queue 0.
+const VRINGS: usize = 3;
+const RING_BASE: [usize; VRINGS] = [0, 0x4000, 0x8000];
+/// Request `i`'s header at `REQ + i * STRIDE`, its response at +0x100,
+/// its data at +0x200.
+const REQ: usize = 0x10000;
+const STRIDE: usize = 0x1000;
+const IMAGE: u64 = 1 << 20;
+
+fn config(dir: &Path, name: &str, fault: &str) -> std::path::PathBuf {
+    let toml = format!(
+        "[[controller]]\nname = \"vm1\"\nsocket = \"{}\"\nqueues = 1\n\n\
+         [[controller.lun]]\ntarget = 0\nlun = 0\nimage = \"{}\"\npower_on_ua = false\n{fault}\n",
+        dir.join("vm1.sock").display(),
+        dir.join("a.img").display(),
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+fn start(bin: &Path, config: &Path, log: &Path, socket: &Path) -> Child {
+    let _ = std::fs::remove_file(socket);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("vscsi-backend starts");
+    let t = Instant::now();
+    while !socket.exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no socket");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
+struct Vq {
+    ring: PackedRing,
+    kick: EventFd,
+    call: EventFd,
+}
+
+/// Connects a frontend and sets the device up: SET_MEM_TABLE, then the
+/// inflight region (a new one from GET_INFLIGHT_FD, or the kept one), then
+/// every ring.
+fn connect(
+    socket: &Path,
+    mem: &SharedMemory,
+    vqs: &mut [Vq],
+    kept: Option<&vscsi_driver::transport::vhost_user::InflightRegion>,
+) -> (
+    VhostUserTransport,
+    Option<vscsi_driver::transport::vhost_user::InflightRegion>,
+) {
+    let mut t = VhostUserTransport::connect(socket, 1 << VIRTIO_F_RING_PACKED).unwrap();
+    assert_ne!(t.features() & (1 << VIRTIO_F_RING_PACKED), 0, "packed negotiated");
+    t.set_memory(mem).unwrap();
+    let fresh = match kept {
+        Some(r) => {
+            t.set_inflight(r).unwrap();
+            None
+        }
+        None => {
+            let r = t.get_inflight(VRINGS as u16, SIZE).unwrap();
+            assert_eq!((r.num_queues, r.queue_size), (VRINGS as u16, SIZE));
+            // Three 64-byte aligned QueueRegionPacked of 32 + 32 * 16 bytes.
+            assert_eq!((r.mmap_size, r.mmap_offset), (3 * 576, 0));
+            t.set_inflight(&r).unwrap();
+            Some(r)
+        }
+    };
+    for (i, q) in vqs.iter_mut().enumerate() {
+        // A new connection gets new eventfds, as QEMU's do.
+        q.kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        q.call = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        t.start_vring(i, &q.ring, &q.kick, &q.call).unwrap();
+    }
+    (t, fresh)
+}
+
+/// Puts READ(10) of one block at LBA `i` as request `i` on `q`.
+fn submit_read(mem: &SharedMemory, q: &mut Vq, i: usize) -> u16 {
+    let at = REQ + i * STRIDE;
+    let mut req = CmdReq::new_zeroed();
+    req.lun = Lun::new(0, 0).unwrap().encode();
+    req.tag = (i as u64).into();
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x28;
+    cdb[2..6].copy_from_slice(&(i as u32).to_be_bytes());
+    cdb[8] = 1;
+    req.cdb[..10].copy_from_slice(&cdb);
+    mem.write(at, req.as_bytes()).unwrap();
+    mem.fill(at + 0x100, 0x1100, 0xEE).unwrap();
+    let segs = [
+        Segment::readable(mem.gpa(at), 51),
+        Segment::writable(mem.gpa(at + 0x100), 108),
+        Segment::writable(mem.gpa(at + 0x200), 512),
+    ];
+    let head = q.ring.add(&segs).unwrap();
+    q.ring.publish();
+    head
+}
+
+/// Used entries until `n` arrived (or 10 s passed).
+fn wait_used(q: &mut Vq, n: usize) -> Vec<(u16, u32)> {
+    let mut got = Vec::new();
+    let t = Instant::now();
+    while got.len() < n && t.elapsed() < Duration::from_secs(10) {
+        match q.ring.pop_used().unwrap() {
+            Some(u) => got.push(u),
+            None => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+    got
+}
+
+/// Request `i`'s response: (response, status) and its data block.
+fn result(mem: &SharedMemory, i: usize) -> (u8, u8, Vec<u8>) {
+    let at = REQ + i * STRIDE;
+    let mut b = [0u8; 108];
+    mem.read(at + 0x100, &mut b).unwrap();
+    let resp = CmdResp::read_from_bytes(&b).unwrap();
+    let mut data = vec![0u8; 512];
+    mem.read(at + 0x200, &mut data).unwrap();
+    (resp.response, resp.status, data)
+}
+
+#[test]
+fn packed_requests_in_flight_at_a_sigkill_are_resubmitted_by_the_next_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let image: Vec<u8> = (0..IMAGE / 512)
+        .flat_map(|b| common::pattern(b, 1, 512, 0x51))
+        .collect();
+    std::fs::write(dir.path().join("a.img"), &image).unwrap();
+    let socket = dir.path().join("vm1.sock");
+    let log = dir.path().join("daemon.log");
+    let bin = backend_binary();
+    let stalled = config(dir.path(), "stall.toml", "fault = \"stall\"");
+    let plain = config(dir.path(), "plain.toml", "");
+
+    let mem = Arc::new(SharedMemory::new("inflight-restart-packed", MEM).unwrap());
+    let mut vqs: Vec<Vq> = RING_BASE
+        .iter()
+        .map(|&base| Vq {
+            ring: PackedRing::new(mem.clone(), base, SIZE, RingOptions::default()).unwrap(),
+            kick: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            call: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        })
+        .collect();
+
+    // The first daemon holds every command (fault `stall`).
+    let mut daemon = KillOnDrop(start(&bin, &stalled, &log, &socket));
+    let (t, region) = connect(&socket, &mem, &mut vqs, None);
+    let region = region.unwrap();
+    const HELD: usize = 5;
+    let mut head_of = BTreeMap::new();
+    for i in 0..HELD {
+        let head = submit_read(&mem, &mut vqs[2], i);
+        head_of.insert(head, i);
+    }
+    vqs[2].kick.write(1).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        wait_used(&mut vqs[2], 0).is_empty() && !vqs[2].ring.has_used(),
+        "the stall fault did not hold the requests"
+    );
+
+    // SIGKILL with the five requests in flight; the frontend keeps its
+    // memory, its rings and the inflight region.
+    daemon.0.kill().unwrap();
+    daemon.0.wait().unwrap();
+    drop(t);
+
+    // The next daemon, without the fault, on the same socket and image.
+    let _daemon = KillOnDrop(start(&bin, &plain, &log, &socket));
+    let (_t, none) = connect(&socket, &mem, &mut vqs, Some(&region));
+    assert!(none.is_none());
+    // No kick: the daemon serves the ring once when it is enabled, so the
+    // resubmission does not wait for one (a reconnecting frontend need not
+    // kick).
+    let used = wait_used(&mut vqs[2], HELD);
+    let heads: Vec<u16> = used.iter().map(|&(h, _)| h).collect();
+    assert_eq!(
+        heads.len(),
+        HELD,
+        "resubmitted requests completed: {heads:?} (daemon log: {})",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let mut sorted = heads.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        head_of.keys().copied().collect::<Vec<_>>(),
+        "exactly the held requests, each once"
+    );
+    for (head, len) in used {
+        let i = head_of[&head];
+        let (response, status, data) = result(&mem, i);
+        assert_eq!((response, status), (0, 0), "request {i} (head {head})");
+        assert_eq!(len, 108 + 512, "request {i}: header and data written");
+        assert_eq!(data, common::pattern(i as u64, 1, 512, 0x51), "LBA {i}");
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("resubmitted=5"),
+        "the daemon reports the 5 resubmitted requests: {text}"
+    );
+    eprintln!("in flight at the kill: {HELD}; resubmitted and completed: {HELD}");
+
+    // New requests follow, and nothing comes back twice.
+    let head = submit_read(&mem, &mut vqs[2], 7);
+    vqs[2].kick.write(1).unwrap();
+    let used = wait_used(&mut vqs[2], 1);
+    assert_eq!(used.iter().map(|u| u.0).collect::<Vec<_>>(), vec![head]);
+    let (response, status, data) = result(&mem, 7);
+    assert_eq!((response, status), (0, 0));
+    assert_eq!(data, common::pattern(7, 1, 512, 0x51));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!vqs[2].ring.has_used(), "a request completed twice");
+}
