@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tracing::error;
 use vmm_sys_util::eventfd::EventFd;
-use vscsi_poll::{Poll, Poller, SpinEnd};
+use vscsi_poll::{Poll, Poller, Spin, SpinEnd};
 
 /// Longest stretch a polling completion task spins without yielding: the
 /// other tasks of its worker (submitters it just woke, other queues'
@@ -57,11 +57,8 @@ pub(crate) async fn completion_loop(
     };
     let mut poller = Poller::new(poll);
     loop {
-        if poll.spins() {
-            if !source.reap_polling() {
-                return;
-            }
-            match spin(&mut poller, source).await {
+        if let Some(s) = poller.begin(Instant::now()) {
+            match spin(&mut poller, s, source).await {
                 Some(true) => continue,
                 Some(false) => {}
                 None => return,
@@ -90,10 +87,11 @@ pub(crate) async fn completion_loop(
 /// completions came (taken, their waiters woken, and the worker yielded to
 /// them), `Some(false)` when the spin ended empty (sleep), `None` when the
 /// queue closed.
-async fn spin(poller: &mut Poller, source: &impl CompletionSource) -> Option<bool> {
-    let Some(mut spin) = poller.begin(Instant::now()) else {
-        return Some(false);
-    };
+async fn spin(poller: &mut Poller, mut spin: Spin, source: &impl CompletionSource) -> Option<bool> {
+    // Notifications off while spinning; what is there already is taken.
+    if !source.reap_polling() {
+        return None;
+    }
     let seen = source.completions();
     loop {
         let end = poller.spin_for(&mut spin, Some(SLICE), || {

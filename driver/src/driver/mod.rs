@@ -288,6 +288,7 @@ async fn watchdog(queues: Vec<Arc<SlotQueue>>) {
         let now = Instant::now();
         for q in &queues {
             q.expire(now);
+            q.rescue();
         }
     }
 }
