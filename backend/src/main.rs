@@ -8,6 +8,7 @@ use clap::Parser;
 use tracing::error;
 use vscsi_backend::config::{self, DaemonConfig, LunSpec};
 use vscsi_backend::cpu_list::CpuList;
+use vscsi_backend::vhost::{Poll, PollMode};
 use vscsi_backend::{service, vhost};
 
 /// Serve disk image files as SCSI LUNs to a vhost-user frontend
@@ -54,10 +55,16 @@ struct Args {
     #[arg(long, default_value_t = vhost::DEFAULT_MAX_QUEUE_SIZE,
           value_parser = |s: &str| s.parse::<u32>().map_err(|e| e.to_string()).and_then(vhost::check_max_queue_size))]
     max_queue_size: u16,
-    /// Busy-poll each request queue this many microseconds after it runs
-    /// dry before sleeping (lower latency for a spinning core; 0 = off).
-    #[arg(long, value_name = "US", default_value_t = 0)]
-    poll_us: u32,
+    /// How a request queue waits once it runs dry: `adaptive` (spin while
+    /// spinning finds requests soon enough, then sleep on the kick eventfd;
+    /// the default) or `off` (sleep at once). Overrides the file's `poll`.
+    #[arg(long, value_name = "MODE", value_parser = poll_mode)]
+    poll: Option<PollMode>,
+    /// Alone: spin this many microseconds every time the queue runs dry
+    /// (for dedicated cores; 0 = off); with `--poll adaptive`: the cap of
+    /// the adaptive spin [default: 50]. Overrides the file's `poll_us`.
+    #[arg(long, value_name = "US")]
+    poll_us: Option<u32>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -148,9 +155,17 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--control` and `--metrics` override the file.
+/// A `--poll` value.
+fn poll_mode(s: &str) -> Result<PollMode, String> {
+    s.parse().map_err(|e: vscsi_poll::PollError| e.to_string())
+}
+
+/// `--poll`/`--poll-us`, `--control` and `--metrics` override the file.
 fn override_from_flags(cfg: &mut DaemonConfig, args: &Args) -> anyhow::Result<()> {
-    cfg.poll_us = args.poll_us;
+    if args.poll.is_some() || args.poll_us.is_some() {
+        cfg.poll = Poll::resolve(args.poll, args.poll_us.map(u64::from), cfg.poll)
+            .map_err(|e| anyhow::anyhow!("--poll/--poll-us: {e}"))?;
+    }
     if let Some(c) = &args.control {
         cfg.control = Some(c.clone());
     }

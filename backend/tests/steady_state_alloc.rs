@@ -295,7 +295,24 @@ fn nbd_path_allocates_nothing_in_steady_state() {
 /// descriptors (lap after lap, the ring's id table reused) allocate nothing.
 #[test]
 fn packed_ring_request_path_allocates_nothing_in_steady_state() {
+    packed_ring_request_path(vscsi_backend::vhost::Poll::Off);
+}
+
+/// The same with the worker polling the ring once it runs dry: a fixed
+/// spin, and the adaptive policy (its spins, its switch to sleeping, its
+/// wake-ups and probes) allocate nothing either.
+#[test]
+fn polling_request_paths_allocate_nothing_in_steady_state() {
     use std::time::Duration;
+    use vscsi_backend::vhost::Poll;
+    packed_ring_request_path(Poll::Fixed(Duration::from_micros(20)));
+    packed_ring_request_path(Poll::ADAPTIVE);
+    packed_ring_request_path(Poll::Adaptive {
+        cap: Duration::from_micros(10),
+    });
+}
+
+fn packed_ring_request_path(poll: vscsi_backend::vhost::Poll) {
     use vhost_user_backend::VringT;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic};
     use vscsi_backend::fault::FaultTable;
@@ -329,7 +346,7 @@ fn packed_ring_request_path_allocates_nothing_in_steady_state() {
     let mut q = RequestQueue::new(
         shared,
         Arc::new(FaultTable::default()),
-        Duration::ZERO,
+        poll,
         Arc::new(QueueMetrics::default()),
     );
     let mut req = [0u8; 51];
@@ -381,6 +398,6 @@ fn packed_ring_request_path_allocates_nothing_in_steady_state() {
     let allocations = allocations() - before;
     assert_eq!(
         allocations, 0,
-        "1000 packed-ring requests allocated {allocations} times"
+        "1000 packed-ring requests allocated {allocations} times ({poll})"
     );
 }

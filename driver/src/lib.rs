@@ -40,7 +40,8 @@ pub mod transport;
 
 pub use command::ScsiCommand;
 pub use driver::{
-    CommandError, CommandOptions, Driver, DriverOptions, Features, LunInfo, QueueConfig, Response,
+    CommandError, CommandOptions, Driver, DriverOptions, Features, LunInfo, Poll, PollError,
+    PollMode, QueueConfig, Response,
 };
 pub use error::{Error, RecoveryStep, Result};
 pub use events::{DeviceEvent, ResetReason};

@@ -30,7 +30,6 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use vhost_user_backend::VringT;
@@ -186,7 +185,7 @@ fuzz_target!(|input: &[u8]| {
         let mut q = RequestQueue::new(
             shared.clone(),
             Arc::new(FaultTable::default()),
-            Duration::ZERO,
+            vscsi_backend::vhost::Poll::Off,
             Arc::new(QueueMetrics::new(1)),
         );
         let _ = q.process(&vring, &atomic, &bus);

@@ -1,8 +1,8 @@
 //! A whole request through the daemon, in-process: the driver's ring and
 //! memfd, the real unix socket, the daemon's request queue worker, the SCSI
 //! target and `preadv` from the page cache, and back. One 4 KiB READ at a
-//! time (QD1), with both sides sleeping on their eventfds and with both
-//! polling.
+//! time (QD1), with both sides sleeping on their eventfds, with both
+//! spinning a fixed time and with both polling adaptively.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::TestDaemon;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vscsi_backend::vhost::DeviceOptions;
-use vscsi_driver::{Driver, DriverOptions, QueueConfig};
+use vscsi_driver::{Driver, DriverOptions, Poll, QueueConfig};
 
 const MIB: u64 = 1 << 20;
 
@@ -20,8 +20,9 @@ fn round_trip(c: &mut Criterion) {
     let mut g = c.benchmark_group("round_trip");
     g.throughput(Throughput::Bytes(4096));
     for (name, poll) in [
-        ("read_4k_qd1_interrupts", Duration::ZERO),
-        ("read_4k_qd1_polling", Duration::from_micros(50)),
+        ("read_4k_qd1_interrupts", Poll::Off),
+        ("read_4k_qd1_polling", Poll::Fixed(Duration::from_micros(50))),
+        ("read_4k_qd1_adaptive", Poll::ADAPTIVE),
     ] {
         let opts = DeviceOptions {
             poll,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use vscsi_driver::{Driver, ScsiCommand};
+use vscsi_driver::{Driver, PollMode, ScsiCommand};
 
 use crate::blockio;
 use crate::daemon::{self, Backend};
@@ -126,12 +126,20 @@ pub struct BenchDevice {
     /// Use split virtqueues even if the device offers packed ones.
     #[arg(long)]
     pub no_packed: bool,
-    /// Driver side: busy-poll for each completion this many microseconds.
-    #[arg(long, value_name = "US", default_value_t = 0)]
-    pub poll_us: u64,
+    /// Driver side: how completion tasks wait (`adaptive` or `off`; as
+    /// the other verbs' --poll).
+    #[arg(long, value_name = "MODE", value_parser = parse::poll_mode)]
+    pub poll: Option<PollMode>,
+    /// Driver side: a fixed spin of this many µs, or with `--poll
+    /// adaptive` its cap (as the other verbs' --poll-us).
+    #[arg(long, value_name = "US")]
+    pub poll_us: Option<u64>,
+    /// Daemon side (for a daemon the bench starts): its --poll.
+    #[arg(long, value_name = "MODE", value_parser = parse::poll_mode)]
+    pub daemon_poll: Option<PollMode>,
     /// Daemon side (for a daemon the bench starts): its --poll-us.
-    #[arg(long, value_name = "US", default_value_t = 0)]
-    pub daemon_poll_us: u64,
+    #[arg(long, value_name = "US")]
+    pub daemon_poll_us: Option<u64>,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -211,10 +219,13 @@ pub async fn run(args: Args) -> Result<()> {
             let binary = daemon::locate(args.backend.as_deref(), true)?;
             let socket = dir.path().join("vscsi.sock");
             let log = dir.path().join("backend.log");
-            let extra = match args.device.daemon_poll_us {
-                0 => vec![],
-                us => vec!["--poll-us".to_string(), us.to_string()],
-            };
+            let mut extra = vec![];
+            if let Some(mode) = args.device.daemon_poll {
+                extra.extend(["--poll".to_string(), mode.to_string()]);
+            }
+            if let Some(us) = args.device.daemon_poll_us {
+                extra.extend(["--poll-us".to_string(), us.to_string()]);
+            }
             let mut backend =
                 Backend::spawn(&binary, &socket, &image, args.device.queues, &extra, &log)?;
             backend.wait_for_socket(Duration::from_secs(10)).await?;
@@ -269,6 +280,7 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
         // Room for one --bs per command; a --bs the LUN's blocks do not
         // divide is refused below, naming --bs.
         max_transfer: Some(args.bs.max(512).next_multiple_of(512)),
+        poll: d.poll,
         poll_us: d.poll_us,
         json: d.json,
         verbose: false,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use vscsi_driver::{
-    Driver, DriverOptions, Error as DriverError, QueueConfig, Response, ScsiCommand,
+    Driver, DriverOptions, Error as DriverError, Poll, PollMode, QueueConfig, Response, ScsiCommand,
 };
 use vscsi_protocol::lun::MAX_LUN;
 
@@ -51,10 +51,17 @@ pub struct ConnectArgs {
     /// writes are split into several commands.
     #[arg(long, value_name = "SIZE", value_parser = parse::size)]
     pub max_transfer: Option<u64>,
-    /// Busy-poll for each completion this many microseconds before sleeping
-    /// on the device's eventfd (lower latency, one spinning core).
-    #[arg(long, value_name = "US", default_value_t = 0)]
-    pub poll_us: u64,
+    /// How each request queue's completion task waits once its used ring
+    /// runs dry: `adaptive` (spin while spinning finds completions soon
+    /// enough, then sleep on the call eventfd; the default) or `off`
+    /// (sleep at once).
+    #[arg(long, value_name = "MODE", value_parser = parse::poll_mode)]
+    pub poll: Option<PollMode>,
+    /// Alone: spin this many microseconds every time the used ring runs
+    /// dry (for a dedicated core; 0 = off); with `--poll adaptive`: the
+    /// cap of the adaptive spin [default: 50].
+    #[arg(long, value_name = "US")]
+    pub poll_us: Option<u64>,
     /// Print the answer as a JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -125,9 +132,11 @@ pub async fn connect(args: &ConnectArgs) -> Result<Driver> {
         event_index: !args.no_event_idx,
         use_packed: !args.no_packed,
     };
+    let poll = Poll::resolve(args.poll, args.poll_us, DriverOptions::default().poll)
+        .map_err(|e| anyhow!("--poll/--poll-us: {e}"))?;
     let mut opts = DriverOptions {
         timeout: args.timeout,
-        poll: Duration::from_micros(args.poll_us),
+        poll,
         ..DriverOptions::default()
     };
     if let Some(max) = args.max_transfer {

@@ -118,6 +118,11 @@ pub fn seconds(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v))
 }
 
+/// A `--poll` mode name (`adaptive`, `off`).
+pub fn poll_mode(s: &str) -> Result<vscsi_driver::PollMode, String> {
+    s.parse().map_err(|e: vscsi_driver::PollError| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

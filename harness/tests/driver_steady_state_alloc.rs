@@ -11,7 +11,10 @@
 mod common;
 
 use common::TestDaemon;
-use vscsi_driver::{Driver, QueueConfig};
+use std::time::Duration;
+
+use vscsi_backend::vhost::DeviceOptions;
+use vscsi_driver::{Driver, DriverOptions, Poll, QueueConfig};
 
 #[path = "../../backend/tests/counting_alloc/mod.rs"]
 mod counting_alloc;
@@ -45,16 +48,30 @@ async fn four_in_flight(drv: &Driver, i: u64) {
 
 #[test]
 fn zero_copy_commands_allocate_nothing_in_steady_state() {
-    steady_state(false);
+    steady_state(false, Poll::Off);
 }
 
 #[test]
 fn zero_copy_commands_allocate_nothing_in_steady_state_on_packed_rings() {
-    steady_state(true);
+    steady_state(true, Poll::Off);
 }
 
-fn steady_state(use_packed: bool) {
-    let d = TestDaemon::start(&[(0, 0, 4 * MIB, false)]);
+/// Both sides polling: the completion task's spins (its slices, yields,
+/// the adaptive policy's bookkeeping) allocate nothing per command.
+#[test]
+fn zero_copy_commands_allocate_nothing_in_steady_state_when_polling() {
+    steady_state(true, Poll::ADAPTIVE);
+    steady_state(false, Poll::Fixed(Duration::from_micros(50)));
+}
+
+fn steady_state(use_packed: bool, poll: Poll) {
+    let d = TestDaemon::start_with(
+        &[(0, 0, 4 * MIB, false)],
+        DeviceOptions {
+            poll,
+            ..Default::default()
+        },
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -66,7 +83,11 @@ fn steady_state(use_packed: bool) {
             use_packed,
             ..Default::default()
         };
-        let drv = Driver::connect(&d.socket, cfg).await.unwrap();
+        let opts = DriverOptions {
+            poll,
+            ..Default::default()
+        };
+        let drv = Driver::connect_with(&d.socket, cfg, opts).await.unwrap();
         assert_eq!(drv.features().packed, use_packed);
         // Warm-up: metrics entries, histogram buckets, the runtime's queues.
         for i in 0..2000 {
@@ -83,7 +104,7 @@ fn steady_state(use_packed: bool) {
         assert_eq!(
             allocs,
             0,
-            "{allocs} allocations over {} commands in steady state",
+            "{allocs} allocations over {} commands in steady state ({poll})",
             n * 6
         );
     });

@@ -423,7 +423,7 @@ fn io_uring_with_busy_polling() {
         &[spec],
         DeviceOptions {
             request_queues: 2,
-            poll: Duration::from_micros(200),
+            poll: vscsi_backend::vhost::Poll::Fixed(Duration::from_micros(200)),
             ..Default::default()
         },
     );

@@ -14,6 +14,7 @@ use super::lun_fields::LunFields;
 use super::metrics_addr::check_metrics_addr;
 use super::model::{ControllerConfig, DaemonConfig, LunConfig};
 use crate::cpu_list::CpuList;
+use crate::vhost::device::{Poll, PollMode, DEFAULT_POLL};
 use crate::vhost::device::{
     check_max_queue_size, DEFAULT_MAX_QUEUE_SIZE, DEFAULT_REQUEST_QUEUES, FEATURE_NAMES,
     MAX_REQUEST_QUEUES, OPTIONAL_FEATURES,
@@ -24,6 +25,10 @@ use crate::vhost::device::{
 struct FileConfig {
     control: Option<Spanned<PathBuf>>,
     metrics: Option<Spanned<String>>,
+    /// How request queues wait once they run dry: "adaptive" or "off".
+    poll: Option<Spanned<String>>,
+    /// Alone: a fixed spin of this many µs; with `poll = "adaptive"`: its cap.
+    poll_us: Option<Spanned<u64>>,
     #[serde(default)]
     controller: Vec<Spanned<FileController>>,
 }
@@ -51,6 +56,9 @@ struct ResolvedFile {
     control: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    poll: Option<&'static str>,
+    poll_us: u64,
     controller: Vec<ResolvedController>,
 }
 
@@ -77,9 +85,12 @@ impl DaemonConfig {
     /// every default filled in, paths absolute where the file gave them
     /// relative.
     pub fn to_toml(&self) -> String {
+        let (poll, poll_us) = self.poll.parts();
         let file = ResolvedFile {
             control: self.control.clone(),
             metrics: self.metrics.clone(),
+            poll: poll.map(PollMode::name),
+            poll_us,
             controller: self
                 .controllers
                 .iter()
@@ -409,10 +420,28 @@ pub fn parse_file(file: &Path, src: &str) -> Result<DaemonConfig, ConfigError> {
     if let Some(m) = &raw.metrics {
         check_metrics_addr(m.get_ref()).map_err(|msg| r.at(m.span(), "metrics", msg))?;
     }
+    let mode = match &raw.poll {
+        Some(m) => Some(
+            m.get_ref()
+                .parse::<PollMode>()
+                .map_err(|e| r.at(m.span(), "poll", e.to_string()))?,
+        ),
+        None => None,
+    };
+    let poll = Poll::resolve(mode, raw.poll_us.as_ref().map(|u| *u.get_ref()), DEFAULT_POLL)
+        .map_err(|e| {
+            let span = raw
+                .poll_us
+                .as_ref()
+                .map(Spanned::span)
+                .or(raw.poll.as_ref().map(Spanned::span))
+                .unwrap_or(0..0);
+            r.at(span, "poll_us", e.to_string())
+        })?;
     let mut out = DaemonConfig {
         control: control.clone(),
         metrics: raw.metrics.as_ref().map(|m| m.get_ref().clone()),
-        poll_us: 0,
+        poll,
         controllers: Vec::new(),
     };
     let mut images: Vec<SeenImage> = Vec::new();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::access::SocketAccess;
 use super::lun_spec::LunSpec;
 use crate::cpu_list::CpuList;
-use crate::vhost::device::OPTIONAL_FEATURES;
+use crate::vhost::device::{Poll, DEFAULT_POLL, OPTIONAL_FEATURES};
 
 /// One LUN of a controller, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub struct ControllerConfig {
 }
 
 /// The whole daemon configuration, from a file or the command line.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaemonConfig {
     /// Control socket (JSON-RPC), if any.
     pub control: Option<PathBuf>,
@@ -54,9 +54,20 @@ pub struct DaemonConfig {
     pub metrics: Option<String>,
     /// The controllers.
     pub controllers: Vec<ControllerConfig>,
-    /// Busy-poll each request queue this many microseconds after it runs
-    /// dry (`--poll-us`; 0: sleep on the kick eventfd at once).
-    pub poll_us: u32,
+    /// How each request queue waits once it runs dry (`--poll`,
+    /// `--poll-us`, the file's `poll` and `poll_us`).
+    pub poll: Poll,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            control: None,
+            metrics: None,
+            controllers: Vec::new(),
+            poll: DEFAULT_POLL,
+        }
+    }
 }
 
 impl DaemonConfig {
@@ -70,7 +81,7 @@ impl DaemonConfig {
         DaemonConfig {
             control: None,
             metrics: None,
-            poll_us: 0,
+            poll: DEFAULT_POLL,
             controllers: vec![ControllerConfig {
                 name: "ctrl0".into(),
                 socket,

@@ -141,7 +141,7 @@ impl Service {
                 request_queues: c.queues,
                 max_queue_size: c.queue_size,
                 max_sectors: c.max_sectors,
-                poll: std::time::Duration::from_micros(cfg.poll_us.into()),
+                poll: cfg.poll,
                 features: c.features,
                 queue_metrics: Arc::new(QueueMetrics::new(c.queues)),
                 controller: Arc::from(c.name.as_str()),

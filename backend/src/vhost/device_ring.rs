@@ -576,7 +576,6 @@ impl DeviceRing {
 mod tests {
     use std::io::Write;
     use std::sync::Arc;
-    use std::time::Duration;
 
     use vhost_user_backend::VringT;
     use virtio_queue::QueueT;
@@ -655,7 +654,7 @@ mod tests {
         let mut q = RequestQueue::new(
             shared.clone(),
             Arc::new(FaultTable::default()),
-            Duration::ZERO,
+            vscsi_poll::Poll::Off,
             Arc::new(QueueMetrics::default()),
         );
 

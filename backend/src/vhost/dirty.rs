@@ -174,7 +174,6 @@ mod tests {
     /// queue whose memory is logged; returns the memory and the image.
     fn read_through_queue(aio: crate::storage::AioMode) -> (GuestMem, Vec<u8>) {
         use std::io::Write;
-        use std::time::Duration;
         use vhost_user_backend::VringT;
         use vm_memory::GuestMemoryAtomic;
 
@@ -233,7 +232,7 @@ mod tests {
         let mut q = RequestQueue::new(
             Arc::new(QueueShared::new(0)),
             Arc::new(FaultTable::default()),
-            Duration::ZERO,
+            vscsi_poll::Poll::Off,
             Arc::new(QueueMetrics::new(1)),
         );
         if aio == crate::storage::AioMode::IoUring {

@@ -42,8 +42,8 @@ pub mod ring_guard;
 pub mod uring;
 
 pub use device::{
-    check_max_queue_size, DeviceOptions, ScsiDevice, DEFAULT_MAX_QUEUE_SIZE,
-    DEFAULT_REQUEST_QUEUES, MAX_REQUEST_QUEUES,
+    check_max_queue_size, DeviceOptions, Poll, PollMode, ScsiDevice, DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_POLL, DEFAULT_REQUEST_QUEUES, MAX_REQUEST_QUEUES,
 };
 pub use dirty::{DirtyBitmap, GuestMem, Vring, VringState};
 pub use event_queue::{Delivery, EventHub, ResetReason};

@@ -43,14 +43,15 @@
 use std::os::fd::RawFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use vscsi_poll::{Poll, Poller};
 
 use std::sync::atomic::Ordering;
 use tracing::{debug, info, warn};
 use vhost_user_backend::VringT;
 
 use crate::limited;
-use virtio_queue::Queue;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard};
 use vscsi_protocol::lun::{LunAddress, LunError};
 use vscsi_protocol::sense::Sense;
@@ -125,7 +126,10 @@ pub struct RequestQueue {
     mem: Option<GuestMemoryAtomic<GuestMem>>,
     shared: Arc<QueueShared>,
     faults: Arc<FaultTable>,
-    poll: Duration,
+    /// How the worker waits once the ring runs dry (spin, then sleep).
+    poller: Poller,
+    /// When the worker last went to sleep on the kick eventfd.
+    asleep_since: Option<Instant>,
     metrics: Arc<QueueMetrics>,
     /// The ring contract, the broken state and the log limits of this queue.
     guard: RingGuard,
@@ -135,11 +139,11 @@ pub struct RequestQueue {
 
 impl RequestQueue {
     /// Worker state of the queue whose shared part is `shared`; `poll` is
-    /// how long to busy-poll the ring once it runs dry (0: never).
+    /// how it waits for new requests once the ring runs dry.
     pub fn new(
         shared: Arc<QueueShared>,
         faults: Arc<FaultTable>,
-        poll: Duration,
+        poll: Poll,
         metrics: Arc<QueueMetrics>,
     ) -> Self {
         Self {
@@ -151,7 +155,8 @@ impl RequestQueue {
             vring: None,
             mem: None,
             faults,
-            poll,
+            poller: Poller::new(poll),
+            asleep_since: None,
             guard: RingGuard::with_ring(2 + shared.index, metrics.clone(), shared.ring.clone()),
             metrics,
             shared,
@@ -346,6 +351,9 @@ impl RequestQueue {
             // re-initializes the ring.
             return Ok(());
         }
+        if let Some(t) = self.asleep_since.take() {
+            self.poller.woke(t.elapsed());
+        }
         let mut completed = false;
         let (mut requests, mut notifications) = (0u64, 0u64);
         loop {
@@ -439,7 +447,7 @@ impl RequestQueue {
                 // notifications stay as they are.
                 break;
             }
-            if !self.poll.is_zero() {
+            if self.poller.mode().spins() {
                 // Hand back what is done before spinning, then watch the
                 // avail ring with driver notifications still disabled: the
                 // driver does not kick while the device is polling.
@@ -459,13 +467,20 @@ impl RequestQueue {
                             _ => false,
                         }
                 };
-                if Self::poll_avail(&ring, state.get_queue(), &guard, self.poll, &mut reapable) {
+                let queue = state.get_queue();
+                if self
+                    .poller
+                    .spin(|| reapable() || ring.has_avail(queue, &guard))
+                {
                     continue;
                 }
             }
             match ring.enable_notification(&mut state, &guard) {
                 Ok(true) => continue,
-                Ok(false) => break,
+                Ok(false) => {
+                    self.asleep_since = Some(Instant::now());
+                    break;
+                }
                 Err(e) => {
                     let s = limited!(self.guard.logs.ring_ops, warn, error = %e, "request queue: cannot enable notifications");
                     self.guard.note_suppressed(s);
@@ -486,30 +501,6 @@ impl RequestQueue {
             QueueCounters::add(&c.notifications, notifications);
         }
         Ok(())
-    }
-
-    /// Spins up to `limit` for the driver to publish a new request (or for
-    /// `other_work` to say there is something else to do).
-    fn poll_avail(
-        ring: &DeviceRing,
-        queue: &Queue,
-        mem: &GuestMem,
-        limit: Duration,
-        other_work: &mut dyn FnMut() -> bool,
-    ) -> bool {
-        let deadline = Instant::now() + limit;
-        loop {
-            if other_work() {
-                return true;
-            }
-            if ring.has_avail(queue, mem) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::hint::spin_loop();
-        }
     }
 
     /// Whether the request header `hdr` (LUN field first) addresses a
@@ -742,6 +733,7 @@ impl RequestQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn a_tmf_waits_for_io_uring_transfers_in_flight() {

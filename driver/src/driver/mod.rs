@@ -31,7 +31,7 @@ use crate::stats::{LunTable, StatsSnapshot};
 use crate::topology::{Prober, Topology};
 use crate::transport::vhost_user::VhostUserTransport;
 use layout::EVENT_BUFFERS;
-pub use options::{CommandOptions, DriverOptions, Features, QueueConfig};
+pub use options::{CommandOptions, DriverOptions, Features, Poll, PollError, PollMode, QueueConfig};
 
 /// A userspace virtio-scsi driver connected to one vhost-user device.
 ///
@@ -109,12 +109,15 @@ impl Driver {
         let mut tasks: Vec<JoinHandle<()>> = queues
             .iter()
             .zip(calls)
-            .map(|(q, call)| tokio::spawn(q.clone().run_completions(call)))
+            .map(|(q, call)| tokio::spawn(q.clone().run_completions(call, opts.poll)))
             .collect();
         tasks.push(tokio::spawn(watchdog(queues.clone())));
-        tasks.push(tokio::spawn(control.clone().run_completions(control_call)));
+        // The control and event queues are quiet: they sleep at once.
         tasks.push(tokio::spawn(
-            event_queue.clone().run_completions(event_call),
+            control.clone().run_completions(control_call, Poll::Off),
+        ));
+        tasks.push(tokio::spawn(
+            event_queue.clone().run_completions(event_call, Poll::Off),
         ));
         let (events_tx, _) = broadcast::channel(256);
         let events_seen = Arc::new(AtomicU64::new(0));
@@ -285,6 +288,7 @@ async fn watchdog(queues: Vec<Arc<SlotQueue>>) {
         let now = Instant::now();
         for q in &queues {
             q.expire(now);
+            q.rescue();
         }
     }
 }

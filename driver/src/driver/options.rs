@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::retry::RetryPolicy;
+pub use vscsi_poll::{Poll, PollError, PollMode};
 
 /// Virtqueue settings the driver asks for (count, size, indirect
 /// descriptors, event index, ring format).
@@ -60,11 +61,16 @@ pub struct DriverOptions {
     /// Which completions are retried ([`RetryPolicy`]); not applied to
     /// [`ScsiCommand::Raw`] (pass-through) unless [`CommandOptions::retry`] asks.
     pub retry: RetryPolicy,
-    /// Busy-poll the used ring this long after submitting a command before
-    /// sleeping until the device's call eventfd fires (0: never). Saves an
-    /// eventfd wake-up per command at QD1 at the price of a spinning core;
-    /// the spin runs on the submitting task's tokio worker.
-    pub poll: Duration,
+    /// How each request queue's completion task waits once its used ring
+    /// runs dry: [`Poll::Adaptive`] (the default) spins while spinning
+    /// finds completions soon enough, with used-buffer notifications
+    /// disabled (the device does not signal the call eventfd meanwhile),
+    /// then re-enables them and sleeps on the eventfd; [`Poll::Fixed`]
+    /// spins its whole time every time (for a dedicated core);
+    /// [`Poll::Off`] sleeps at once. The spin yields to the other tasks of
+    /// its tokio worker every few microseconds, so submitters and other
+    /// queues go on running beside it.
+    pub poll: Poll,
     /// What to do when the device lacks what [`QueueConfig`] asks for
     /// (indirect descriptors, event index, packed rings, as many request queues):
     /// `false` (the default) falls back (without the feature, with the
@@ -81,7 +87,7 @@ impl Default for DriverOptions {
             timeout: Duration::from_secs(30),
             eh_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
-            poll: Duration::ZERO,
+            poll: Poll::ADAPTIVE,
             strict_features: false,
         }
     }

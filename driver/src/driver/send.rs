@@ -246,7 +246,7 @@ impl Driver {
                 timeout,
             )
             .await?;
-        let done = match self.wait_done(queue, &mut pending).await? {
+        let done = match self.wait_done(&mut pending).await? {
             Outcome::Done(done) => done,
             Outcome::Expired => {
                 self.timed_out(queue, (target, lun), &pending, timeout);
@@ -303,27 +303,10 @@ impl Driver {
         }
     }
 
-    /// Waits for a submitted command: busy-polls the used ring for
-    /// [`DriverOptions::poll`] first when set, then sleeps until the
-    /// completion task wakes it or the watchdog says its deadline passed.
-    pub(super) async fn wait_done(
-        &self,
-        queue: &SlotQueue,
-        pending: &mut Pending,
-    ) -> Result<Outcome> {
-        if !self.opts.poll.is_zero() {
-            let until = Instant::now() + self.opts.poll;
-            loop {
-                queue.reap_now();
-                if let Some(r) = pending.try_now() {
-                    return r.map(Outcome::Done);
-                }
-                if Instant::now() >= until {
-                    break;
-                }
-                std::hint::spin_loop();
-            }
-        }
+    /// Waits for a submitted command until the completion task wakes it
+    /// (that task polls the used ring per [`DriverOptions::poll`]) or the
+    /// watchdog says its deadline passed.
+    pub(super) async fn wait_done(&self, pending: &mut Pending) -> Result<Outcome> {
         pending.wait(true).await
     }
 
@@ -375,7 +358,7 @@ impl Driver {
         timeout: Duration,
         data_in_len: usize,
     ) -> Result<std::result::Result<Completed, Response>> {
-        match self.wait_done(queue, &mut pending).await? {
+        match self.wait_done(&mut pending).await? {
             Outcome::Done(done) => Ok(Ok(done)),
             Outcome::Expired => {
                 self.timed_out(queue, (target, lun), &pending, timeout);

@@ -32,6 +32,8 @@ use zerocopy::little_endian::U64;
 use zerocopy::{FromZeros, IntoBytes};
 
 use crate::error::{Error, Result};
+use crate::interrupt::CompletionSource;
+use vscsi_poll::Poll;
 use crate::memory::{SharedMemory, SharedSlice};
 use crate::ring::{RingError, Segment, Virtqueue, VirtqueueFormat};
 use crate::stats::{LunStats, LunTable, QueueStats};
@@ -121,6 +123,8 @@ pub(crate) struct SlotQueue {
     kicks: AtomicU64,
     calls: AtomicU64,
     completions: AtomicU64,
+    /// Completions the watchdog took ([`SlotQueue::rescue`]).
+    rescued: AtomicU64,
     in_flight: AtomicU32,
     broken: AtomicBool,
     closed: AtomicBool,
@@ -159,6 +163,7 @@ impl SlotQueue {
             kicks: Default::default(),
             calls: Default::default(),
             completions: Default::default(),
+            rescued: Default::default(),
             in_flight: AtomicU32::new(0),
             broken: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -555,9 +560,29 @@ impl SlotQueue {
         })
     }
 
-    /// Reaps whatever the device has completed, now (the polling path).
-    pub(crate) fn reap_now(&self) {
-        self.reap();
+    /// Completions taken off this queue's used ring so far (by the
+    /// completion task or by submitters): a polling completion task sees
+    /// the work a submitter reaped before it.
+    pub(crate) fn completions(&self) -> u64 {
+        self.completions.load(Ordering::Relaxed)
+    }
+
+    /// Whether the device published completions not yet taken (a broken
+    /// ring has none to take: it is not polled).
+    pub(crate) fn has_used(&self) -> bool {
+        let inner = self.lock();
+        inner.broken.is_none() && inner.ring.has_used()
+    }
+
+    /// Takes every completion the device has published with used-buffer
+    /// notifications disabled (the polling completion task: the device
+    /// need not signal while it spins). Returns false once the queue is
+    /// closed.
+    pub(crate) fn reap_polling(&self) -> bool {
+        let mut inner = self.lock();
+        inner.ring.disable_interrupts();
+        self.pop_completed(&mut inner);
+        !self.closed.load(Ordering::Relaxed)
     }
 
     /// Takes every completion the device has published and wakes its
@@ -652,14 +677,40 @@ impl SlotQueue {
         Ok(failed)
     }
 
-    /// The completion task: waits on the call eventfd and reaps.
-    pub(crate) async fn run_completions(self: Arc<Self>, call: EventFd) {
+    /// The completion task: reaps, polls the used ring per `poll`, then
+    /// sleeps on the call eventfd.
+    pub(crate) async fn run_completions(self: Arc<Self>, call: EventFd, poll: Poll) {
         let queue = if self.name == "request" {
             format!("request {}", self.index)
         } else {
             self.name.to_owned()
         };
-        crate::interrupt::completion_loop(queue, call, &self.calls, || self.reap()).await
+        crate::interrupt::completion_loop(queue, call, &self.calls, poll, &*self).await
+    }
+
+    /// The watchdog's safety net: completions the device published that
+    /// nobody took by the tick (a used-buffer notification that never came
+    /// while the completion task sleeps) are taken now, so such a miss
+    /// costs one tick (10 ms), never a command timeout. Returns how many.
+    pub(crate) fn rescue(&self) -> usize {
+        if self.in_flight.load(Ordering::Relaxed) == 0 || !self.has_used() {
+            return 0;
+        }
+        let before = self.completions();
+        let mut inner = self.lock();
+        self.pop_completed(&mut inner);
+        drop(inner);
+        let n = (self.completions() - before) as usize;
+        if n > 0 {
+            self.rescued.fetch_add(n as u64, Ordering::Relaxed);
+            debug!(queue = self.index, n, "watchdog took completions nobody was notified of");
+        }
+        n
+    }
+
+    /// Whether the driver closed this queue.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
     }
 
     /// Fails every waiter (driver shutdown).
@@ -671,5 +722,23 @@ impl SlotQueue {
             self.finish(h.slot, FAILED, 0, FAIL_CLOSED);
         }
         debug!(queue = self.index, "closed");
+    }
+}
+
+impl CompletionSource for SlotQueue {
+    fn reap_and_arm(&self) -> bool {
+        self.reap()
+    }
+    fn reap_polling(&self) -> bool {
+        SlotQueue::reap_polling(self)
+    }
+    fn has_used(&self) -> bool {
+        SlotQueue::has_used(self)
+    }
+    fn completions(&self) -> u64 {
+        SlotQueue::completions(self)
+    }
+    fn is_closed(&self) -> bool {
+        SlotQueue::is_closed(self)
     }
 }
