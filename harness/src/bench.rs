@@ -94,6 +94,10 @@ pub struct Args {
     /// than this many milliseconds.
     #[arg(long, value_name = "MS", default_value = "100", value_parser = tail_latency::parse_ms)]
     pub warn_latency: Duration,
+    /// For a daemon the bench starts: pin its request-queue workers over
+    /// these CPUs (its --cpus).
+    #[arg(long, value_name = "LIST")]
+    pub daemon_cpus: Option<String>,
     #[command(flatten)]
     pub device: BenchDevice,
 }
@@ -225,6 +229,9 @@ pub async fn run(args: Args) -> Result<()> {
             }
             if let Some(us) = args.device.daemon_poll_us {
                 extra.extend(["--poll-us".to_string(), us.to_string()]);
+            }
+            if let Some(cpus) = &args.daemon_cpus {
+                extra.extend(["--cpus".to_string(), cpus.clone()]);
             }
             let mut backend =
                 Backend::spawn(&binary, &socket, &image, args.device.queues, &extra, &log)?;

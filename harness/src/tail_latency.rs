@@ -63,11 +63,13 @@ impl Recorder {
     /// The tail of everything recorded.
     pub fn tail(&self) -> Result<Tail> {
         let all = self.all()?;
+        // A bucket's highest value can be past the exact maximum: no
+        // percentile is reported above it.
         let at = |q: f64| {
             if all.is_empty() {
                 0
             } else {
-                all.value_at_quantile(q)
+                all.value_at_quantile(q).min(self.max_ns)
             }
         };
         Ok(Tail {
@@ -185,6 +187,7 @@ mod tests {
         assert!(close(t.p99_ns, 9_900_000), "{t:?}");
         assert!(close(t.p9999_ns, 9_999_000), "{t:?}");
         assert_eq!(t.max_ns, 10_000_000, "exact, not a bucket's edge");
+        assert!(t.p9999_ns <= t.max_ns);
         assert_eq!(t.over, 0);
         assert_eq!(t.warning(), None);
         assert_eq!(r.by_direction[0].len(), 5_000);

@@ -198,8 +198,7 @@ fn bench_reports_the_latency_tail_and_warns_on_slow_completions() {
     let f = |k: &str| t[k].as_f64().unwrap();
     assert!(f("p50") >= 30_000.0, "{t}");
     assert!(f("p50") <= f("p99") && f("p99") <= f("p99.99"), "{t}");
-    // The exact maximum is at least the histogram's bucket below it.
-    assert!(f("p99.99") <= f("max") * 1.001, "{t}");
+    assert!(f("p99.99") <= f("max") && f("max") >= 30_000.0, "{t}");
     assert_eq!(v["lat_us"]["p99.99"], t["p99.99"]);
     assert_eq!(v["lat_us"]["max"], t["max"]);
     assert!(
