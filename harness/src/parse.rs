@@ -118,6 +118,14 @@ pub fn seconds(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v))
 }
 
+/// A number of seconds that may be 0 (`--reconnect 0`: off).
+pub fn seconds_or_zero(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v == 0.0 => Ok(Duration::ZERO),
+        _ => seconds(s),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
