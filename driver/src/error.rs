@@ -107,6 +107,31 @@ pub enum Error {
         /// Request queue index.
         queue: u16,
     },
+    /// The connection to the device was lost while the command was on
+    /// the ring, and the device that took over could not resubmit it: it
+    /// offers no inflight I/O tracking (vhost-user
+    /// `VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD`) for this ring format (packed
+    /// rings are not tracked). It may or may not have run. The copying API
+    /// retries it like a `VIRTIO_SCSI_S_RESET` answer when the retry policy
+    /// allows.
+    #[error("the connection to the device was lost while the command was on {queue_kind} queue {queue}, and the device that took over could not resubmit it (no inflight I/O tracking for these rings)")]
+    Disconnected {
+        /// "request", "control" or "event".
+        queue_kind: &'static str,
+        /// The queue's index (among the request queues).
+        queue: u16,
+    },
+    /// The device went away and no connection could be set up again
+    /// within [`DriverOptions::reconnect`](crate::DriverOptions::reconnect)
+    /// (a zero deadline: reconnecting is off). Commands in flight and every
+    /// later command fail with it; the driver is unusable (connect again).
+    #[error("the vhost-user device went away and was not back within {deadline:?}: {last_error}")]
+    ReconnectDeadline {
+        /// The reconnect deadline.
+        deadline: std::time::Duration,
+        /// Why the last attempt failed.
+        last_error: String,
+    },
     /// The driver is shut down or its completion task stopped.
     #[error("the driver is shut down")]
     Closed,
@@ -137,6 +162,9 @@ pub enum RecoveryStep {
     QueueReset,
     /// A device reset cleared it.
     DeviceReset,
+    /// The connection was lost meanwhile, and the device that took over
+    /// (the daemon restarted) returned it with a reset or abort answer.
+    Reconnect,
     /// Nothing cleared it.
     NotRecovered,
 }
@@ -150,6 +178,9 @@ impl std::fmt::Display for RecoveryStep {
             RecoveryStep::TargetReset => "recovered by I_T NEXUS RESET (target reset)",
             RecoveryStep::QueueReset => "recovered by resetting its request queue",
             RecoveryStep::DeviceReset => "recovered by a device reset",
+            RecoveryStep::Reconnect => {
+                "released by the device that took over after the connection was lost"
+            }
             RecoveryStep::NotRecovered => {
                 "not recovered by ABORT TASK, LOGICAL UNIT RESET, I_T NEXUS RESET, a queue reset or a device reset"
             }

@@ -142,7 +142,7 @@ pub(crate) async fn keep_posted(
         };
         let n = match posted.await {
             Ok(n) => n,
-            Err(Error::QueueReset { .. }) => continue,
+            Err(Error::QueueReset { .. } | Error::Disconnected { .. }) => continue,
             Err(_) => break,
         };
         for ev in DeviceEvent::decode(&raw[..n]) {

@@ -28,6 +28,7 @@ pub mod driver;
 pub mod error;
 pub mod events;
 mod interrupt;
+mod link;
 pub mod memory;
 mod queue;
 pub mod response;
@@ -40,14 +41,14 @@ pub mod transport;
 
 pub use command::ScsiCommand;
 pub use driver::{
-    CommandError, CommandOptions, Driver, DriverOptions, Features, LunInfo, Poll, PollError,
-    PollMode, QueueConfig, Response,
+    CommandError, CommandOptions, ConnectionEvent, Driver, DriverOptions, Features, LunInfo,
+    Poll, PollError, PollMode, QueueConfig, Response,
 };
 pub use error::{Error, RecoveryStep, Result};
 pub use events::{DeviceEvent, ResetReason};
 pub use memory::SharedSlice;
 pub use queue::InFlightCommand;
 pub use retry::RetryPolicy;
-pub use stats::{Histogram, LatencySummary, LunStats, QueueStats, StatsSnapshot};
+pub use stats::{Histogram, LatencySummary, LunStats, QueueStats, ReconnectStats, StatsSnapshot};
 pub use tmf::{Tmf, TmfResponse};
 pub use topology::Topology;

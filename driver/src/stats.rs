@@ -236,6 +236,37 @@ pub struct StatsSnapshot {
     pub events: u64,
     /// Per LUN, sorted.
     pub luns: Vec<(Lun, LunStats)>,
+    /// Connections lost and re-established.
+    pub reconnect: ReconnectStats,
+}
+
+/// What the driver went through when the device went away
+/// ([`crate::DriverOptions::reconnect`]). Command counts are of the
+/// request queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReconnectStats {
+    /// Connections lost.
+    pub disconnects: u64,
+    /// Connections re-established.
+    pub reconnects: u64,
+    /// Commands in flight when the connections were lost.
+    pub in_flight_at_disconnect: u64,
+    /// Commands left on the rings for the device that took over (inflight
+    /// I/O tracking), over every reconnect.
+    pub carried: u64,
+    /// Commands carried over that then completed: the ones the old device
+    /// had taken were resubmitted from the inflight region, the others
+    /// taken from the avail ring.
+    pub resubmitted: u64,
+    /// Commands that failed because the connection was lost
+    /// ([`crate::Error::Disconnected`], [`crate::Error::ReconnectDeadline`]).
+    pub failed: u64,
+    /// From the last loss to the end of its reconnect.
+    pub last_outage: Option<Duration>,
+    /// Every outage that ended in a reconnect, added up.
+    pub total_outage: Duration,
+    /// The device did not come back within the deadline.
+    pub gave_up: bool,
 }
 
 impl StatsSnapshot {

@@ -141,6 +141,10 @@ pub struct BenchDevice {
     /// Daemon side (for a daemon the bench starts): its --poll.
     #[arg(long, value_name = "MODE", value_parser = parse::poll_mode)]
     pub daemon_poll: Option<PollMode>,
+    /// Seconds to keep reconnecting after the daemon went away before
+    /// commands fail; 0: do not reconnect (see the other verbs).
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse::seconds_or_zero)]
+    pub reconnect: Duration,
     /// Daemon side (for a daemon the bench starts): its --poll-us.
     #[arg(long, value_name = "US")]
     pub daemon_poll_us: Option<u64>,
@@ -284,6 +288,7 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
         packed: d.packed,
         no_packed: d.no_packed,
         timeout: Duration::from_secs(30),
+        reconnect: d.reconnect,
         // Room for one --bs per command; a --bs the LUN's blocks do not
         // divide is refused below, naming --bs.
         max_transfer: Some(args.bs.max(512).next_multiple_of(512)),
@@ -320,6 +325,7 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
         bail!("--size {region} is smaller than one block of --bs {bs}");
     }
     let driver: Arc<Driver> = dev.driver.clone();
+    let _reporter = crate::device::report_reconnects(&driver, &conn.socket);
     let blocks = (bs / cap.block_size as u64) as u32;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -385,17 +391,28 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
                             block_size,
                         }
                     };
-                    driver.send_command(target, lun, cmd).await?.ok().map(drop)
+                    driver
+                        .send_command(target, lun, cmd)
+                        .await
+                        .map(|r| r.ok().map(drop))
                 } else if write {
                     // The buffer keeps what the last command left in it, as
                     // fio's buffers do without refill_buffers.
                     driver
                         .write_with(target, lun, lba, blocks, block_size, |_| ())
-                        .await?
+                        .await
                 } else {
                     driver
                         .read_with(target, lun, lba, blocks, block_size, |_| ())
-                        .await?
+                        .await
+                };
+                let outcome = match outcome {
+                    Ok(o) => o,
+                    // Lost with a connection the daemon that took over could
+                    // not resubmit it on: counted (the summary says how
+                    // many), and the worker goes on.
+                    Err(vscsi_driver::Error::Disconnected { .. }) => continue,
+                    Err(e) => return Err(e.into()),
                 };
                 let ns = t0.elapsed().as_nanos() as u64;
                 if let Err(e) = outcome {
@@ -506,6 +523,7 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
             "tail": tail_json,
             "cpu_s": { "bench": cpu, "daemon": dcpu },
             "kicks": driver.kicks(),
+            "reconnect": crate::device::reconnect_json(&driver.stats().reconnect),
             "jobs": [{
                 "jobname": format!("{:?}", args.rw).to_lowercase(),
                 "read": sections[0].to_json(),
@@ -549,6 +567,9 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
                 "  cpu: bench {cpu:.2}s ({:.0}%), daemon unknown (pass --daemon-pid)",
                 100.0 * cpu / elapsed
             ),
+        }
+        if let Some(line) = crate::device::reconnect_summary(&driver.stats().reconnect) {
+            println!("  {line}");
         }
     }
     // On stderr, so the JSON on stdout stays one document.

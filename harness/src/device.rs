@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use vscsi_driver::{
-    Driver, DriverOptions, Error as DriverError, Poll, PollMode, QueueConfig, Response, ScsiCommand,
+    ConnectionEvent, Driver, DriverOptions, Error as DriverError, Poll, PollMode, QueueConfig,
+    ReconnectStats, Response, ScsiCommand,
 };
 use vscsi_protocol::lun::MAX_LUN;
 
@@ -47,6 +48,12 @@ pub struct ConnectArgs {
     /// Seconds a command may take before it fails.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse::seconds)]
     pub timeout: Duration,
+    /// Seconds to keep reconnecting after the daemon went away (restarted,
+    /// upgraded or killed: the socket closed) before commands fail; 0: do
+    /// not reconnect. Commands wait meanwhile; the daemon that takes over
+    /// resubmits the ones in flight (split rings) or they are retried.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse::seconds_or_zero)]
+    pub reconnect: Duration,
     /// Largest transfer of one command (e.g. 256K); bigger reads and
     /// writes are split into several commands.
     #[arg(long, value_name = "SIZE", value_parser = parse::size)]
@@ -137,6 +144,7 @@ pub async fn connect(args: &ConnectArgs) -> Result<Driver> {
     let mut opts = DriverOptions {
         timeout: args.timeout,
         poll,
+        reconnect: (!args.reconnect.is_zero()).then_some(args.reconnect),
         ..DriverOptions::default()
     };
     if let Some(max) = args.max_transfer {
@@ -240,4 +248,66 @@ impl Device {
     pub fn window(&self) -> usize {
         16 * self.driver.features().queue_count.max(1) as usize
     }
+}
+
+/// Prints a line on stderr for each connection event of `driver` (lost,
+/// reconnected and how long it took, given up), for the verbs that run
+/// long (`bench`, `verify`, `events`). The task ends with the driver.
+pub fn report_reconnects(driver: &Driver, socket: &Path) -> tokio::task::JoinHandle<()> {
+    let mut rx = driver.connection_events();
+    let socket = socket.display().to_string();
+    let resubmits = driver.resubmits_after_reconnect();
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match rx.recv().await {
+                Ok(ConnectionEvent::Lost { in_flight }) => eprintln!(
+                    "vscsi: the daemon on {socket} went away with {in_flight} commands in flight; reconnecting{}",
+                    if resubmits { " (it resubmits them)" } else { " (they will be retried)" }
+                ),
+                Ok(ConnectionEvent::Reconnected { after, attempts, carried, failed }) => eprintln!(
+                    "vscsi: reconnected to {socket} after {:.2} s ({attempts} attempts): \
+                     {carried} commands in flight carried over and resubmitted, {failed} failed and retried",
+                    after.as_secs_f64()
+                ),
+                Ok(ConnectionEvent::GaveUp { after, failed, error }) => eprintln!(
+                    "vscsi: the daemon on {socket} did not come back ({error}); gave up after {:.2} s, {failed} commands failed",
+                    after.as_secs_f64()
+                ),
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            }
+        }
+    })
+}
+
+/// The reconnect part of a long verb's summary: `None` when the
+/// connection was never lost.
+pub fn reconnect_summary(r: &ReconnectStats) -> Option<String> {
+    (r.disconnects > 0).then(|| {
+        format!(
+            "reconnects: {} of {} lost connections (outage {:.2} s in all); commands in flight at the losses: {}, resubmitted: {}, failed: {}{}",
+            r.reconnects,
+            r.disconnects,
+            r.total_outage.as_secs_f64(),
+            r.in_flight_at_disconnect,
+            r.resubmitted,
+            r.failed,
+            if r.gave_up { "; gave up" } else { "" }
+        )
+    })
+}
+
+/// The reconnect counters as JSON (every long verb's `--json` output).
+pub fn reconnect_json(r: &ReconnectStats) -> serde_json::Value {
+    serde_json::json!({
+        "disconnects": r.disconnects,
+        "reconnects": r.reconnects,
+        "in_flight_at_disconnect": r.in_flight_at_disconnect,
+        "carried": r.carried,
+        "resubmitted": r.resubmitted,
+        "failed": r.failed,
+        "outage_s": r.total_outage.as_secs_f64(),
+        "gave_up": r.gave_up,
+    })
 }

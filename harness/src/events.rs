@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
-use vscsi_driver::DeviceEvent;
+use vscsi_driver::{ConnectionEvent, DeviceEvent};
 
 use crate::device::{connect, ConnectArgs};
 
@@ -58,12 +58,26 @@ pub async fn run(args: Args) -> Result<()> {
         d = connect(&args.conn) => d?,
     };
     let mut rx = driver.events();
+    let _reporter = crate::device::report_reconnects(&driver, &args.conn.socket);
+    let mut conn = driver.connection_events();
     if !args.conn.json {
         eprintln!("following events (Ctrl-C to stop)");
     }
+    let summary = || {
+        if let Some(line) = crate::device::reconnect_summary(&driver.stats().reconnect) {
+            eprintln!("vscsi: {line}");
+        }
+    };
     loop {
         tokio::select! {
-            _ = interrupt.recv() => return Ok(()),
+            _ = interrupt.recv() => {
+                summary();
+                return Ok(());
+            }
+            c = conn.recv() => if let Ok(ConnectionEvent::GaveUp { error, .. }) = c {
+                summary();
+                anyhow::bail!("the daemon on {} did not come back: {error}", args.conn.socket.display());
+            },
             ev = rx.recv() => match ev {
                 Ok(ev) => {
                     let (text, v) = describe(&ev);

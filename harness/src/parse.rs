@@ -123,6 +123,14 @@ pub fn poll_mode(s: &str) -> Result<vscsi_driver::PollMode, String> {
     s.parse().map_err(|e: vscsi_driver::PollError| e.to_string())
 }
 
+/// A number of seconds that may be 0 (`--reconnect 0`: off).
+pub fn seconds_or_zero(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v == 0.0 => Ok(Duration::ZERO),
+        _ => seconds(s),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

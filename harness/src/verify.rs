@@ -62,6 +62,7 @@ where
 
 pub async fn run(args: Args) -> Result<()> {
     let dev = Device::open(&args.device).await?;
+    let _reporter = crate::device::report_reconnects(&dev.driver, &args.device.conn.socket);
     let cap = read_capacity(&dev).await?;
     let bs = cap.block_size;
     anyhow::ensure!(
@@ -173,6 +174,7 @@ pub async fn run(args: Args) -> Result<()> {
             "block_size": bs, "bytes": bytes, "seed": seed, "queues": queues,
             "iodepth": args.iodepth, "seconds": elapsed.as_secs_f64(),
             "mismatched_lbas": bad, "ok": bad.is_empty(),
+            "reconnect": crate::device::reconnect_json(&dev.driver.stats().reconnect),
         }));
     } else {
         for lba in &bad {
@@ -189,6 +191,9 @@ pub async fn run(args: Args) -> Result<()> {
             args.iodepth,
             if bad.is_empty() { "OK".to_string() } else { format!("{} bad blocks", bad.len()) }
         );
+        if let Some(line) = crate::device::reconnect_summary(&dev.driver.stats().reconnect) {
+            println!("{line}");
+        }
     }
     if bad.is_empty() {
         Ok(())

@@ -10,13 +10,14 @@ use vscsi_protocol::virtio_scsi::Config;
 use super::negotiate;
 use super::options::{DriverOptions, Features, QueueConfig};
 use crate::error::Result;
+use crate::link::Link;
 use crate::memory::{Carver, SharedMemory};
 use crate::queue::{QueuePlacement, SlotQueue, HEADER_AREA};
 
 /// Header bytes per control or event slot: request at 0, response at half.
 const AUX_SLOT: usize = 128;
 use crate::ring::{RingFormat, RingOptions, Virtqueue};
-use crate::transport::vhost_user::VhostUserTransport;
+use crate::transport::vhost_user::{InflightRegion, VhostUserTransport};
 
 /// Size of the control and event queues.
 const AUX_QUEUE_SIZE: u16 = 16;
@@ -42,6 +43,10 @@ pub(super) struct Setup {
     pub control: (Arc<SlotQueue>, EventFd),
     /// The event queue (virtqueue 1) and its call eventfd.
     pub event: (Arc<SlotQueue>, EventFd),
+    /// The device's inflight region (GET_INFLIGHT_FD), kept for a
+    /// reconnect: split rings on a device with inflight tracking, when
+    /// reconnecting is on.
+    pub inflight: Option<InflightRegion>,
 }
 
 /// Offsets of a control or event queue: its ring, its slots and how many.
@@ -104,7 +109,12 @@ fn ring_format(features: &Features) -> RingFormat {
 /// Connects to `path`, negotiates, creates the shared region that holds
 /// the layout, registers it (SET_MEM_TABLE) and hands every ring to the
 /// device (SET_VRING_*). Blocking: run it off the async threads.
-pub(super) fn setup(path: &Path, cfg: QueueConfig, opts: DriverOptions) -> Result<Setup> {
+pub(super) fn setup(
+    path: &Path,
+    cfg: QueueConfig,
+    opts: DriverOptions,
+    link: &Arc<Link>,
+) -> Result<Setup> {
     let mut transport =
         VhostUserTransport::connect_timeout(path, negotiate::wanted(cfg), opts.timeout)?;
     let features = negotiate::agree(&mut transport, cfg, opts)?;
@@ -123,6 +133,17 @@ pub(super) fn setup(path: &Path, cfg: QueueConfig, opts: DriverOptions) -> Resul
     let mem = Arc::new(SharedMemory::new("vscsi-driver", len)?);
     let plan = plan(&mut Carver::new(len), &features, &opts)?;
     transport.set_memory(&mem)?;
+    // Inflight I/O tracking (vhost-user "Inflight I/O tracking"), as QEMU
+    // sets it up: after SET_MEM_TABLE, before the rings. The device only
+    // tracks split rings, so a packed-ring driver does not ask.
+    let inflight = if opts.reconnect.is_some() && !features.packed && transport.has_inflight() {
+        let vrings = 2 + features.queue_count;
+        let region = transport.get_inflight(vrings, features.queue_size.max(AUX_QUEUE_SIZE))?;
+        transport.set_inflight(&region)?;
+        Some(region)
+    } else {
+        None
+    };
 
     let eventfds = || -> Result<(EventFd, EventFd)> {
         Ok((
@@ -149,8 +170,8 @@ pub(super) fn setup(path: &Path, cfg: QueueConfig, opts: DriverOptions) -> Resul
             mem.clone(),
             place,
             ring,
-            kick,
-            call.try_clone()?,
+            (kick, call.try_clone()?),
+            link.clone(),
         );
         Ok((Arc::new(q), call))
     };
@@ -174,8 +195,8 @@ pub(super) fn setup(path: &Path, cfg: QueueConfig, opts: DriverOptions) -> Resul
             mem.clone(),
             place,
             ring,
-            kick,
-            call.try_clone()?,
+            (kick, call.try_clone()?),
+            link.clone(),
         )));
         calls.push(call);
     }
@@ -188,5 +209,6 @@ pub(super) fn setup(path: &Path, cfg: QueueConfig, opts: DriverOptions) -> Resul
         config,
         control,
         event,
+        inflight,
     })
 }

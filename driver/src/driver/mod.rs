@@ -4,6 +4,7 @@
 mod layout;
 mod negotiate;
 mod options;
+mod reconnect;
 mod recovery;
 mod scan;
 mod send;
@@ -24,6 +25,7 @@ use vscsi_protocol::virtio_scsi::Config;
 
 use crate::error::{Error, Result};
 use crate::events::DeviceEvent;
+use crate::link::Link;
 use crate::memory::SharedMemory;
 use crate::queue::{InFlightCommand, SlotQueue};
 pub use crate::response::{CommandError, LunInfo, Response};
@@ -32,6 +34,8 @@ use crate::topology::{Prober, Topology};
 use crate::transport::vhost_user::VhostUserTransport;
 use layout::EVENT_BUFFERS;
 pub use options::{CommandOptions, DriverOptions, Features, Poll, PollError, PollMode, QueueConfig};
+pub use reconnect::ConnectionEvent;
+use reconnect::Reconnector;
 
 /// A userspace virtio-scsi driver connected to one vhost-user device.
 ///
@@ -66,6 +70,10 @@ pub struct Driver {
     any_lun_timeout: AtomicBool,
     started: Instant,
     topology: Arc<watch::Sender<Topology>>,
+    /// The connection's state (up, reconnecting, gone).
+    link: Arc<Link>,
+    /// Reconnects after the device went away ([`DriverOptions::reconnect`]).
+    reconnector: Arc<Reconnector>,
 }
 
 impl Driver {
@@ -96,6 +104,9 @@ impl Driver {
             ));
         }
         let path = socket.as_ref().to_owned();
+        let link = Arc::new(Link::default());
+        let setup_link = link.clone();
+        let setup_path = path.clone();
         let layout::Setup {
             transport,
             mem,
@@ -105,13 +116,27 @@ impl Driver {
             config,
             control: (control, control_call),
             event: (event_queue, event_call),
-        } = blocking(move || layout::setup(&path, cfg, opts)).await?;
+            inflight,
+        } = blocking(move || layout::setup(&setup_path, cfg, opts, &setup_link)).await?;
+        let transport = Arc::new(Mutex::new(transport));
+        let reconnector = Arc::new(Reconnector::new(
+            path,
+            mem.clone(),
+            features,
+            opts,
+            transport.clone(),
+            inflight,
+            link.clone(),
+            (control.clone(), event_queue.clone(), queues.clone()),
+        ));
+        reconnector.watch(&transport.lock().unwrap_or_else(|p| p.into_inner()))?;
         let mut tasks: Vec<JoinHandle<()>> = queues
             .iter()
             .zip(calls)
             .map(|(q, call)| tokio::spawn(q.clone().run_completions(call, opts.poll)))
             .collect();
         tasks.push(tokio::spawn(watchdog(queues.clone())));
+        tasks.push(tokio::spawn(reconnector.clone().run()));
         // The control and event queues are quiet: they sleep at once.
         tasks.push(tokio::spawn(
             control.clone().run_completions(control_call, Poll::Off),
@@ -142,9 +167,13 @@ impl Driver {
                 events_seen.clone(),
             )));
         }
-        info!(?features, "virtio-scsi driver ready");
+        info!(
+            ?features,
+            resubmits_after_reconnect = reconnector.resubmits(),
+            "virtio-scsi driver ready"
+        );
         Ok(Self {
-            transport: Arc::new(Mutex::new(transport)),
+            transport,
             _mem: mem,
             queues,
             tasks,
@@ -160,7 +189,46 @@ impl Driver {
             any_lun_timeout: AtomicBool::new(false),
             started: Instant::now(),
             topology,
+            link,
+            reconnector,
         })
+    }
+
+    /// What happens to the connection: lost, re-established (with how many
+    /// commands carried over or failed), given up. Each call subscribes
+    /// anew.
+    ///
+    /// ```no_run
+    /// # async fn demo(driver: &vscsi_driver::Driver) {
+    /// use vscsi_driver::ConnectionEvent;
+    /// let mut conn = driver.connection_events();
+    /// while let Ok(ev) = conn.recv().await {
+    ///     if let ConnectionEvent::Reconnected { after, carried, .. } = ev {
+    ///         tracing::info!("back after {after:?}, {carried} commands resubmitted");
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn connection_events(&self) -> broadcast::Receiver<ConnectionEvent> {
+        self.reconnector.events.subscribe()
+    }
+
+    /// Whether commands in flight when the device goes away are
+    /// resubmitted by the device that takes over (inflight I/O tracking:
+    /// split rings on a device offering
+    /// `VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD`, reconnecting on); otherwise
+    /// they fail with [`Error::Disconnected`].
+    pub fn resubmits_after_reconnect(&self) -> bool {
+        self.reconnector.resubmits()
+    }
+
+    /// Waits while the driver reconnects (bounded by the reconnect
+    /// deadline); at once when the connection is up.
+    pub(super) async fn wait_link(&self) -> Result<()> {
+        if self.link.is_up() {
+            return Ok(());
+        }
+        self.link.ready().await
     }
 
     /// What was negotiated.
@@ -263,6 +331,7 @@ impl Driver {
             },
             events: self.events_seen.load(Ordering::Relaxed),
             luns,
+            reconnect: self.reconnector.stats(),
         }
     }
 
@@ -302,6 +371,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        self.reconnector.stop();
         for q in &self.queues {
             q.close();
         }

@@ -78,6 +78,23 @@ pub struct DriverOptions {
     /// `true` fails [`Driver::connect_with`] with [`Error::MissingFeature`]
     /// or [`Error::BadConfig`].
     pub strict_features: bool,
+    /// How long the driver keeps trying to connect again after the device
+    /// went away (its daemon exited, was killed or restarted: the socket
+    /// closed), with backoff from 10 ms to 500 ms between attempts; `None`:
+    /// never. While it reconnects, commands in flight wait (the error
+    /// handler sends no TMF), and new ones wait before they are submitted.
+    /// On success it replays the set-up (features, SET_MEM_TABLE,
+    /// SET_INFLIGHT_FD, every ring with its current state, kicks): with
+    /// inflight I/O tracking (split rings on a device offering
+    /// `VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD`) the commands in flight are
+    /// resubmitted by the device and complete; without it they fail with
+    /// [`Error::Disconnected`](crate::Error::Disconnected). When the
+    /// deadline passes, every command fails with
+    /// [`Error::ReconnectDeadline`](crate::Error::ReconnectDeadline).
+    /// Default 30 s, the default command timeout: long enough for a
+    /// supervisor to restart the daemon, short enough that a device gone for
+    /// good ends a run.
+    pub reconnect: Option<Duration>,
 }
 
 impl Default for DriverOptions {
@@ -89,6 +106,7 @@ impl Default for DriverOptions {
             retry: RetryPolicy::default(),
             poll: Poll::ADAPTIVE,
             strict_features: false,
+            reconnect: Some(Duration::from_secs(30)),
         }
     }
 }

@@ -52,6 +52,9 @@ impl Driver {
             (Tmf::TargetReset, RecoveryStep::TargetReset),
         ];
         for (tmf, step) in steps {
+            if let Some(r) = self.await_reconnect(tag, &mut pending).await {
+                return released(r, RecoveryStep::Reconnect);
+            }
             let answered = match self.task_management_to(lun_field, tmf).await {
                 Ok(r) if r.is_success() => true,
                 Ok(r) => {
@@ -76,6 +79,9 @@ impl Driver {
                 Ok(Ok(Outcome::Expired)) | Err(_) => continue,
             }
         }
+        if let Some(r) = self.await_reconnect(tag, &mut pending).await {
+            return released(r, RecoveryStep::Reconnect);
+        }
         warn!(
             tag,
             queue, "timed-out command survived I_T NEXUS RESET: resetting its request queue"
@@ -87,6 +93,9 @@ impl Driver {
                 }
             }
             Err(e) => warn!(queue, error = %e, "queue reset failed: resetting the device"),
+        }
+        if let Some(r) = self.await_reconnect(tag, &mut pending).await {
+            return released(r, RecoveryStep::Reconnect);
         }
         match self.reset_device().await {
             Ok(()) => {
@@ -101,6 +110,31 @@ impl Driver {
             after: timeout,
             recovered_by: RecoveryStep::NotRecovered,
         })
+    }
+
+    /// While the connection is down the error handler does not escalate (a
+    /// TMF would sit on a ring nobody serves, a reset would fail on the
+    /// closed socket): it waits for the reconnect, then gives the command
+    /// `eh_timeout` to come back from the device that took over, which
+    /// resubmits it. `None`: the link is up and the command still out, go
+    /// on with the next step.
+    async fn await_reconnect(&self, tag: u64, pending: &mut Pending) -> Option<Result<Completed>> {
+        if self.link.is_up() {
+            return None;
+        }
+        info!(
+            tag,
+            "connection lost: the error handler waits for the reconnect"
+        );
+        if let Err(e) = self.link.ready().await {
+            // Gone for good: the command fails (with this same error).
+            return Some(pending.try_now().unwrap_or(Err(e)));
+        }
+        match tokio::time::timeout(self.opts.eh_timeout, pending.wait(false)).await {
+            Ok(Ok(Outcome::Done(done))) => Some(Ok(done)),
+            Ok(Err(e)) => Some(Err(e)),
+            Ok(Ok(Outcome::Expired)) | Err(_) => None,
+        }
     }
 
     /// Resets request queue `queue` (the error handler's step after I_T

@@ -123,10 +123,17 @@ impl Driver {
                 .execute_once(queue, lun_field, target, lun, command, timeout)
                 .await
             {
-                // Taken off a ring that was reset under it: like a RESET answer.
-                Err(Error::QueueReset { queue }) if attempt < policy.max_retries => {
+                // Taken off a ring that was reset under it, or lost with a
+                // connection the device could not resubmit it on: like a
+                // RESET answer.
+                Err(Error::QueueReset { queue } | Error::Disconnected { queue, .. })
+                    if attempt < policy.max_retries =>
+                {
                     attempt += 1;
-                    debug!(target, lun, queue, attempt, "retrying after a queue reset");
+                    debug!(
+                        target,
+                        lun, queue, attempt, "retrying after a queue reset or a lost connection"
+                    );
                     continue;
                 }
                 r => r?,
@@ -233,6 +240,9 @@ impl Driver {
         timeout: Duration,
     ) -> Result<Response> {
         let (cdb, data_out, data_in_len) = command.encode();
+        // While the driver reconnects, a new command waits here, before its
+        // timeout starts.
+        self.wait_link().await?;
         let start = Instant::now();
         let mut pending = self
             .submit(

@@ -46,6 +46,7 @@ impl Driver {
         block_size: u32,
         f: impl FnOnce(SharedSlice<'_>) -> T,
     ) -> Result<std::result::Result<T, CommandError>> {
+        self.wait_link().await?;
         let queue = self.pick_queue();
         let Prepared {
             lun_field,
@@ -139,6 +140,7 @@ impl Driver {
         block_size: u32,
         f: impl FnOnce(SharedSlice<'_>) -> T,
     ) -> Result<std::result::Result<T, CommandError>> {
+        self.wait_link().await?;
         let Prepared {
             lun_field,
             len,

@@ -34,13 +34,16 @@ use zerocopy::{FromZeros, IntoBytes};
 use crate::error::{Error, Result};
 use crate::interrupt::CompletionSource;
 use vscsi_poll::Poll;
+use crate::link::Link;
 use crate::memory::{SharedMemory, SharedSlice};
 use crate::ring::{RingError, Segment, Virtqueue, VirtqueueFormat};
 use crate::stats::{LunStats, LunTable, QueueStats};
 
 mod slot;
 
-pub(crate) use slot::{Completed, Deadline, Outcome, Pending, RawResponse};
+pub(crate) use slot::{
+    Completed, Deadline, Outcome, Pending, RawResponse, FAIL_DISCONNECTED, FAIL_GONE,
+};
 use slot::{
     SlotCell, SlotGuard, ABANDONED, DONE, FAILED, FAIL_BROKEN, FAIL_CLOSED, FAIL_RESET, IDLE,
     IN_FLIGHT,
@@ -79,6 +82,9 @@ struct Head {
     tag: u64,
     lun: [u8; 8],
     started: Instant,
+    /// On the ring when the connection was lost and left there for the
+    /// device that took over (which resubmits it from the inflight region).
+    carried: bool,
 }
 
 struct Inner {
@@ -126,8 +132,14 @@ pub(crate) struct SlotQueue {
     /// Completions the watchdog took ([`SlotQueue::rescue`]).
     rescued: AtomicU64,
     in_flight: AtomicU32,
+    /// Commands carried over a reconnect that completed afterwards.
+    resubmitted: AtomicU64,
+    /// Commands failed because the connection was lost.
+    disconnect_failures: AtomicU64,
     broken: AtomicBool,
     closed: AtomicBool,
+    /// The connection's state: submissions wait while it is down.
+    link: Arc<Link>,
     epoch: Instant,
     /// Per-LUN metrics of the commands this queue carried.
     stats: Mutex<LunTable>,
@@ -140,8 +152,8 @@ impl SlotQueue {
         mem: Arc<SharedMemory>,
         place: QueuePlacement,
         ring: Virtqueue,
-        kick: EventFd,
-        call: EventFd,
+        (kick, call): (EventFd, EventFd),
+        link: Arc<Link>,
     ) -> Self {
         let size = ring.size() as usize;
         Self {
@@ -165,8 +177,11 @@ impl SlotQueue {
             completions: Default::default(),
             rescued: Default::default(),
             in_flight: AtomicU32::new(0),
+            resubmitted: Default::default(),
+            disconnect_failures: Default::default(),
             broken: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            link,
             epoch: Instant::now(),
             stats: Mutex::default(),
         }
@@ -291,6 +306,11 @@ impl SlotQueue {
     fn failure_error(&self, why: u8) -> Error {
         match why {
             FAIL_RESET => Error::QueueReset { queue: self.index },
+            FAIL_DISCONNECTED => Error::Disconnected {
+                queue_kind: self.name,
+                queue: self.index,
+            },
+            FAIL_GONE => self.link.gone_error(),
             FAIL_BROKEN => match &self.lock().broken {
                 Some(e) => Error::DeviceBroken {
                     queue: self.index,
@@ -382,8 +402,10 @@ impl SlotQueue {
         Ok(())
     }
 
-    /// Takes a free request slot, waiting for one.
+    /// Takes a free request slot, waiting for one (and, while the driver
+    /// reconnects, for the connection: see [`Link::ready`]).
     async fn take_slot(&self) -> Result<SlotGuard<'_>> {
+        self.link.ready().await?;
         self.slots_free
             .acquire()
             .await
@@ -394,6 +416,9 @@ impl SlotQueue {
 
     /// Takes a free request slot if there is one now.
     fn try_take_slot(&self) -> Result<Option<SlotGuard<'_>>> {
+        if !self.link.is_up() {
+            return Ok(None);
+        }
         match self.slots_free.try_acquire() {
             Ok(p) => p.forget(),
             Err(tokio::sync::TryAcquireError::NoPermits) => return Ok(None),
@@ -541,11 +566,13 @@ impl SlotQueue {
             tag,
             lun,
             started: deadline.started,
+            carried: false,
         });
         if inner.ring.publish() {
             self.kicks.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = self.kick.write(1) {
-                warn!(queue = self.index, error = %e, "kick failed");
+                warn!(queue = self.index, error = %e, "kick failed: the device is gone");
+                self.link.lost();
             }
         }
         // While submitters are busy, completions the device already
@@ -606,6 +633,9 @@ impl SlotQueue {
                         continue;
                     };
                     self.completions.fetch_add(1, Ordering::Relaxed);
+                    if h.carried {
+                        self.resubmitted.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.finish(h.slot, DONE, len, 0);
                 }
                 Ok(None) => return,
@@ -662,19 +692,84 @@ impl SlotQueue {
         &self,
         restart: impl FnOnce(&Virtqueue, &EventFd, &EventFd) -> Result<()>,
     ) -> Result<usize> {
+        self.reset_failing(FAIL_RESET, restart)
+    }
+
+    /// [`SlotQueue::reset`], failing the commands on the ring with `why`
+    /// (`FAIL_DISCONNECTED` after a reconnect without inflight tracking).
+    pub(crate) fn reset_failing(
+        &self,
+        why: u8,
+        restart: impl FnOnce(&Virtqueue, &EventFd, &EventFd) -> Result<()>,
+    ) -> Result<usize> {
         self.reap();
         let mut inner = self.lock();
-        let mut failed = 0;
-        for h in inner.heads.iter_mut().filter_map(Option::take) {
-            self.finish(h.slot, FAILED, 0, FAIL_RESET);
-            failed += 1;
-        }
+        let failed = self.fail_heads(&mut inner, why);
         inner.ring.reset()?;
         inner.broken = None;
         self.broken.store(false, Ordering::Relaxed);
         restart(&inner.ring, &self.kick, &self.call)?;
         debug!(queue = self.index, failed, "queue reset");
         Ok(failed)
+    }
+
+    /// Fails every command on the ring with `why`; returns how many.
+    fn fail_heads(&self, inner: &mut Inner, why: u8) -> usize {
+        let mut failed = 0;
+        for h in inner.heads.iter_mut().filter_map(Option::take) {
+            self.finish(h.slot, FAILED, 0, why);
+            failed += 1;
+        }
+        if failed > 0 && matches!(why, FAIL_DISCONNECTED | FAIL_GONE) {
+            self.disconnect_failures
+                .fetch_add(failed as u64, Ordering::Relaxed);
+        }
+        failed
+    }
+
+    /// Hands the ring, as it is, to the device that took over after the
+    /// connection was lost (`restart`: SET_VRING_NUM/ADDR/BASE with the
+    /// ring's next avail index, CALL, KICK, ENABLE), then kicks. The
+    /// commands on it stay: the device resubmits those its predecessor had
+    /// taken (from the inflight region) and takes the others from the avail
+    /// ring. Returns how many were carried over.
+    pub(crate) fn carry_over(
+        &self,
+        restart: impl FnOnce(&Virtqueue, &EventFd, &EventFd) -> Result<()>,
+    ) -> Result<usize> {
+        self.reap();
+        let mut inner = self.lock();
+        let mut carried = 0;
+        for h in inner.heads.iter_mut().flatten() {
+            h.carried = true;
+            carried += 1;
+        }
+        restart(&inner.ring, &self.kick, &self.call)?;
+        self.kicks.fetch_add(1, Ordering::Relaxed);
+        let _ = self.kick.write(1);
+        Ok(carried)
+    }
+
+    /// Fails every command on the ring with `why` and leaves the ring as
+    /// it is (the device is gone for good); returns how many.
+    pub(crate) fn fail_all(&self, why: u8) -> usize {
+        let mut inner = self.lock();
+        self.fail_heads(&mut inner, why)
+    }
+
+    /// Commands carried over a reconnect that completed afterwards.
+    pub(crate) fn resubmitted(&self) -> u64 {
+        self.resubmitted.load(Ordering::Relaxed)
+    }
+
+    /// Commands failed because the connection was lost.
+    pub(crate) fn disconnect_failures(&self) -> u64 {
+        self.disconnect_failures.load(Ordering::Relaxed)
+    }
+
+    /// Commands on the ring now.
+    pub(crate) fn in_flight_now(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// The completion task: reaps, polls the used ring per `poll`, then

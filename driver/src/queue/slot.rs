@@ -33,6 +33,10 @@ pub(super) const ABANDONED: u8 = 4;
 pub(super) const FAIL_CLOSED: u8 = 1;
 pub(super) const FAIL_BROKEN: u8 = 2;
 pub(super) const FAIL_RESET: u8 = 3;
+/// The connection was lost and the ring re-created without it.
+pub(crate) const FAIL_DISCONNECTED: u8 = 4;
+/// The device did not come back within the reconnect deadline.
+pub(crate) const FAIL_GONE: u8 = 5;
 
 /// The completion state of one request slot, shared lock-free between the
 /// submitter waiting on it and whoever completes it (the completion task,

@@ -203,6 +203,22 @@ impl VhostUserTransport {
         self.features
     }
 
+    /// Whether the device tracks requests in flight in a shared region
+    /// (`VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD`, negotiated).
+    pub fn has_inflight(&self) -> bool {
+        self.protocol
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+    }
+
+    /// A duplicate of the connection's socket descriptor, to watch for the
+    /// device closing it.
+    pub fn socket_fd(&self) -> Result<std::os::fd::OwnedFd> {
+        // SAFETY: the frontend's socket descriptor is open for as long as
+        // `self.fe` lives, which covers this call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fe.as_raw_fd()) };
+        fd.try_clone_to_owned().map_err(Error::Io)
+    }
+
     /// The device configuration read at connect time.
     pub fn config(&self) -> &Config {
         &self.config
