@@ -41,8 +41,8 @@ pub mod transport;
 
 pub use command::ScsiCommand;
 pub use driver::{
-    CommandError, CommandOptions, ConnectionEvent, Driver, DriverOptions, Features, LunInfo,
-    Poll, PollError, PollMode, QueueConfig, Response,
+    CommandError, CommandOptions, ConnectionEvent, Driver, DriverOptions, Features, LunInfo, Poll,
+    PollError, PollMode, QueueConfig, Response,
 };
 pub use error::{Error, RecoveryStep, Result};
 pub use events::{DeviceEvent, ResetReason};

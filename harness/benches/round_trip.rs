@@ -21,7 +21,10 @@ fn round_trip(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(4096));
     for (name, poll) in [
         ("read_4k_qd1_interrupts", Poll::Off),
-        ("read_4k_qd1_polling", Poll::Fixed(Duration::from_micros(50))),
+        (
+            "read_4k_qd1_polling",
+            Poll::Fixed(Duration::from_micros(50)),
+        ),
         ("read_4k_qd1_adaptive", Poll::ADAPTIVE),
     ] {
         let opts = DeviceOptions {

@@ -120,7 +120,8 @@ pub fn seconds(s: &str) -> Result<Duration, String> {
 
 /// A `--poll` mode name (`adaptive`, `off`).
 pub fn poll_mode(s: &str) -> Result<vscsi_driver::PollMode, String> {
-    s.parse().map_err(|e: vscsi_driver::PollError| e.to_string())
+    s.parse()
+        .map_err(|e: vscsi_driver::PollError| e.to_string())
 }
 
 /// A number of seconds that may be 0 (`--reconnect 0`: off).

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backend_bin::{backend_binary, KillOnDrop};
+use virtio_bindings::virtio_config::VIRTIO_F_RING_PACKED;
 use vmm_sys_util::eventfd::EventFd;
 use vscsi_driver::memory::SharedMemory;
-use virtio_bindings::virtio_config::VIRTIO_F_RING_PACKED;
 use vscsi_driver::ring::{PackedRing, RingOptions, Segment};
 use vscsi_driver::transport::vhost_user::VhostUserTransport;
 use vscsi_protocol::lun::Lun;
@@ -92,7 +92,11 @@ fn connect(
     Option<vscsi_driver::transport::vhost_user::InflightRegion>,
 ) {
     let mut t = VhostUserTransport::connect(socket, 1 << VIRTIO_F_RING_PACKED).unwrap();
-    assert_ne!(t.features() & (1 << VIRTIO_F_RING_PACKED), 0, "packed negotiated");
+    assert_ne!(
+        t.features() & (1 << VIRTIO_F_RING_PACKED),
+        0,
+        "packed negotiated"
+    );
     t.set_memory(mem).unwrap();
     let fresh = match kept {
         Some(r) => {

@@ -22,7 +22,10 @@ const MODES: [(&str, &[&str]); 3] = [
         "adaptive",
         &["--poll", "adaptive", "--daemon-poll", "adaptive"],
     ),
-    ("fixed 50 us", &["--poll-us", "50", "--daemon-poll-us", "50"]),
+    (
+        "fixed 50 us",
+        &["--poll-us", "50", "--daemon-poll-us", "50"],
+    ),
 ];
 
 /// Longest completion allowed, in microseconds.

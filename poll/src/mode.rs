@@ -49,7 +49,11 @@ impl Poll {
     /// | `adaptive` | —       | `Adaptive` with the default cap |
     /// | `adaptive` | N > 0   | `Adaptive { cap: N }`      |
     /// | `adaptive` | 0       | error                      |
-    pub fn resolve(mode: Option<PollMode>, us: Option<u64>, default: Poll) -> Result<Poll, PollError> {
+    pub fn resolve(
+        mode: Option<PollMode>,
+        us: Option<u64>,
+        default: Poll,
+    ) -> Result<Poll, PollError> {
         let us = us.map(Duration::from_micros);
         match (mode, us) {
             (None, None) => Ok(default),
@@ -136,7 +140,9 @@ impl FromStr for PollMode {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PollError {
     /// Not a mode name.
-    #[error("unknown poll mode {0:?}: use \"adaptive\" or \"off\" (a fixed spin is --poll-us N alone)")]
+    #[error(
+        "unknown poll mode {0:?}: use \"adaptive\" or \"off\" (a fixed spin is --poll-us N alone)"
+    )]
     UnknownMode(String),
     /// `off` with a spin time.
     #[error("poll mode \"off\" never spins, yet a spin of {0} µs was given: drop one of them")]
@@ -156,18 +162,26 @@ mod tests {
     fn resolve_follows_the_table() {
         let d = Poll::Off;
         assert_eq!(Poll::resolve(None, None, d), Ok(d));
-        assert_eq!(Poll::resolve(None, None, Poll::ADAPTIVE), Ok(Poll::ADAPTIVE));
+        assert_eq!(
+            Poll::resolve(None, None, Poll::ADAPTIVE),
+            Ok(Poll::ADAPTIVE)
+        );
         assert_eq!(Poll::resolve(None, Some(0), Poll::ADAPTIVE), Ok(Poll::Off));
         assert_eq!(Poll::resolve(None, Some(50), d), Ok(Poll::Fixed(US(50))));
         assert_eq!(Poll::resolve(Some(PollMode::Off), None, d), Ok(Poll::Off));
-        assert_eq!(Poll::resolve(Some(PollMode::Off), Some(0), d), Ok(Poll::Off));
+        assert_eq!(
+            Poll::resolve(Some(PollMode::Off), Some(0), d),
+            Ok(Poll::Off)
+        );
         assert_eq!(
             Poll::resolve(Some(PollMode::Off), Some(7), d),
             Err(PollError::SpinWhenOff(7))
         );
         assert_eq!(
             Poll::resolve(Some(PollMode::Adaptive), None, d),
-            Ok(Poll::Adaptive { cap: DEFAULT_ADAPTIVE_CAP })
+            Ok(Poll::Adaptive {
+                cap: DEFAULT_ADAPTIVE_CAP
+            })
         );
         assert_eq!(
             Poll::resolve(Some(PollMode::Adaptive), Some(20), d),
@@ -181,7 +195,12 @@ mod tests {
 
     #[test]
     fn parts_resolve_back_to_the_same_value() {
-        for p in [Poll::Off, Poll::ADAPTIVE, Poll::Adaptive { cap: US(9) }, Poll::Fixed(US(50))] {
+        for p in [
+            Poll::Off,
+            Poll::ADAPTIVE,
+            Poll::Adaptive { cap: US(9) },
+            Poll::Fixed(US(50)),
+        ] {
             let (mode, us) = p.parts();
             assert_eq!(Poll::resolve(mode, Some(us), Poll::Off), Ok(p), "{p}");
         }
@@ -193,6 +212,8 @@ mod tests {
             assert_eq!(n.parse::<PollMode>(), Ok(m));
             assert_eq!(m.to_string(), n);
         }
-        assert!(matches!("fixed".parse::<PollMode>(), Err(PollError::UnknownMode(s)) if s == "fixed"));
+        assert!(
+            matches!("fixed".parse::<PollMode>(), Err(PollError::UnknownMode(s)) if s == "fixed")
+        );
     }
 }

@@ -400,10 +400,14 @@ mod tests {
     fn preemption_backs_off_for_more_idle_periods_each_time() {
         let mut p = adaptive();
         p.preempted();
-        let sleeps = (0..100).take_while(|_| p.begin(Instant::now()).is_none()).count();
+        let sleeps = (0..100)
+            .take_while(|_| p.begin(Instant::now()).is_none())
+            .count();
         assert_eq!(sleeps, BACKOFF_MIN as usize);
         p.preempted();
-        let sleeps = (0..100).take_while(|_| p.begin(Instant::now()).is_none()).count();
+        let sleeps = (0..100)
+            .take_while(|_| p.begin(Instant::now()).is_none())
+            .count();
         assert_eq!(sleeps, 2 * BACKOFF_MIN as usize);
         for _ in 0..20 {
             p.preempted();

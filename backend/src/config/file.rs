@@ -14,11 +14,11 @@ use super::lun_fields::LunFields;
 use super::metrics_addr::check_metrics_addr;
 use super::model::{ControllerConfig, DaemonConfig, LunConfig};
 use crate::cpu_list::CpuList;
-use crate::vhost::device::{Poll, PollMode, DEFAULT_POLL};
 use crate::vhost::device::{
     check_max_queue_size, DEFAULT_MAX_QUEUE_SIZE, DEFAULT_REQUEST_QUEUES, FEATURE_NAMES,
     MAX_REQUEST_QUEUES, OPTIONAL_FEATURES,
 };
+use crate::vhost::device::{Poll, PollMode, DEFAULT_POLL};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -428,16 +428,20 @@ pub fn parse_file(file: &Path, src: &str) -> Result<DaemonConfig, ConfigError> {
         ),
         None => None,
     };
-    let poll = Poll::resolve(mode, raw.poll_us.as_ref().map(|u| *u.get_ref()), DEFAULT_POLL)
-        .map_err(|e| {
-            let span = raw
-                .poll_us
-                .as_ref()
-                .map(Spanned::span)
-                .or(raw.poll.as_ref().map(Spanned::span))
-                .unwrap_or(0..0);
-            r.at(span, "poll_us", e.to_string())
-        })?;
+    let poll = Poll::resolve(
+        mode,
+        raw.poll_us.as_ref().map(|u| *u.get_ref()),
+        DEFAULT_POLL,
+    )
+    .map_err(|e| {
+        let span = raw
+            .poll_us
+            .as_ref()
+            .map(Spanned::span)
+            .or(raw.poll.as_ref().map(Spanned::span))
+            .unwrap_or(0..0);
+        r.at(span, "poll_us", e.to_string())
+    })?;
     let mut out = DaemonConfig {
         control: control.clone(),
         metrics: raw.metrics.as_ref().map(|m| m.get_ref().clone()),

@@ -33,7 +33,9 @@ use crate::stats::{LunTable, StatsSnapshot};
 use crate::topology::{Prober, Topology};
 use crate::transport::vhost_user::VhostUserTransport;
 use layout::EVENT_BUFFERS;
-pub use options::{CommandOptions, DriverOptions, Features, Poll, PollError, PollMode, QueueConfig};
+pub use options::{
+    CommandOptions, DriverOptions, Features, Poll, PollError, PollMode, QueueConfig,
+};
 pub use reconnect::ConnectionEvent;
 use reconnect::Reconnector;
 

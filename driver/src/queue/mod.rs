@@ -33,11 +33,11 @@ use zerocopy::{FromZeros, IntoBytes};
 
 use crate::error::{Error, Result};
 use crate::interrupt::CompletionSource;
-use vscsi_poll::Poll;
 use crate::link::Link;
 use crate::memory::{SharedMemory, SharedSlice};
 use crate::ring::{RingError, Segment, Virtqueue, VirtqueueFormat};
 use crate::stats::{LunStats, LunTable, QueueStats};
+use vscsi_poll::Poll;
 
 mod slot;
 
@@ -798,7 +798,10 @@ impl SlotQueue {
         let n = (self.completions() - before) as usize;
         if n > 0 {
             self.rescued.fetch_add(n as u64, Ordering::Relaxed);
-            debug!(queue = self.index, n, "watchdog took completions nobody was notified of");
+            debug!(
+                queue = self.index,
+                n, "watchdog took completions nobody was notified of"
+            );
         }
         n
     }
