@@ -10,52 +10,16 @@
 mod backend_bin;
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use backend_bin::backend_binary;
+use backend_bin::{backend_binary, restart_config, start_daemon};
 
 /// Generous liveness bound for a whole verify run on a loaded machine.
 const LIVENESS: Duration = Duration::from_secs(180);
 
 /// The daemon's configuration; `fault` is a LUN fault line (or empty).
-fn config(dir: &Path, name: &str, fault: &str) -> PathBuf {
-    let toml = format!(
-        "[[controller]]\nname = \"vm1\"\nsocket = \"{}\"\nqueues = 1\n\n\
-         [[controller.lun]]\ntarget = 0\nlun = 0\nimage = \"{}\"\npower_on_ua = false\n{fault}\n",
-        dir.join("vm1.sock").display(),
-        dir.join("a.img").display(),
-    );
-    let path = dir.join(name);
-    std::fs::write(&path, toml).unwrap();
-    path
-}
-
-fn start(bin: &Path, config: &Path, log: &Path, socket: &Path) -> Child {
-    let _ = std::fs::remove_file(socket);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let child = Command::new(bin)
-        .arg("--config")
-        .arg(config)
-        .args(["--log-format", "json"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("vscsi-backend starts");
-    let t = Instant::now();
-    while !socket.exists() {
-        assert!(t.elapsed() < Duration::from_secs(10), "no socket");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child
-}
-
 fn verify(socket: &Path, reconnect: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_vscsi"))
         .arg("verify")
@@ -124,14 +88,14 @@ fn verify_carries_on_across_a_sigkill_and_a_restart() {
     let log = dir.path().join("backend.log");
     // Every command waits 20 ms in the first daemon, so a kill finds
     // commands taken off the ring and not completed.
-    let slow = config(dir.path(), "slow.toml", "fault = \"latency=20ms\"");
-    let plain = config(dir.path(), "plain.toml", "");
-    let mut first = start(&bin, &slow, &log, &socket);
+    let slow = restart_config(dir.path(), "slow.toml", "fault = \"latency=20ms\"");
+    let plain = restart_config(dir.path(), "plain.toml", "");
+    let mut first = start_daemon(&bin, &slow, &["--log-format", "json"], &log, &socket);
     let run = verify(&socket, "60");
     std::thread::sleep(Duration::from_millis(600));
     first.kill().unwrap();
     first.wait().unwrap();
-    let mut second = start(&bin, &plain, &log, &socket);
+    let mut second = start_daemon(&bin, &plain, &["--log-format", "json"], &log, &socket);
     let (status, out, err) = finish(run);
     let _ = second.kill();
     let _ = second.wait();
@@ -174,8 +138,8 @@ fn a_daemon_that_never_comes_back_fails_verify_at_the_deadline() {
     image(dir.path());
     let socket = dir.path().join("vm1.sock");
     let log = dir.path().join("backend.log");
-    let slow = config(dir.path(), "slow.toml", "fault = \"latency=20ms\"");
-    let mut only = start(&bin, &slow, &log, &socket);
+    let slow = restart_config(dir.path(), "slow.toml", "fault = \"latency=20ms\"");
+    let mut only = start_daemon(&bin, &slow, &["--log-format", "json"], &log, &socket);
     let run = verify(&socket, "2");
     std::thread::sleep(Duration::from_millis(600));
     only.kill().unwrap();

@@ -12,11 +12,13 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backend_bin::{audit_events, backend_binary, control_call, metric, metrics_text, KillOnDrop};
+use backend_bin::{
+    audit_events, backend_binary, control_call, metric, metrics_text, restart_config, start_daemon,
+    KillOnDrop,
+};
 use serde_json::{json, Value};
 use vmm_sys_util::eventfd::EventFd;
 use vscsi_driver::memory::SharedMemory;
@@ -36,45 +38,6 @@ const RING_BASE: [usize; VRINGS] = [0, 0x4000, 0x8000];
 const REQ: usize = 0x10000;
 const STRIDE: usize = 0x1000;
 const IMAGE: u64 = 1 << 20;
-
-fn config(dir: &Path, name: &str, fault: &str) -> std::path::PathBuf {
-    let toml = format!(
-        "control = \"{}\"\nmetrics = \"unix:{}\"\n\
-         [[controller]]\nname = \"vm1\"\nsocket = \"{}\"\nqueues = 1\n\n\
-         [[controller.lun]]\ntarget = 0\nlun = 0\nimage = \"{}\"\npower_on_ua = false\n{fault}\n",
-        dir.join("ctl.sock").display(),
-        dir.join("metrics.sock").display(),
-        dir.join("vm1.sock").display(),
-        dir.join("a.img").display(),
-    );
-    let path = dir.join(name);
-    std::fs::write(&path, toml).unwrap();
-    path
-}
-
-fn start(bin: &Path, config: &Path, log: &Path, socket: &Path) -> Child {
-    let _ = std::fs::remove_file(socket);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let child = Command::new(bin)
-        .arg("--config")
-        .arg(config)
-        .args(["--log-format", "json"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("vscsi-backend starts");
-    let t = Instant::now();
-    while !socket.exists() {
-        assert!(t.elapsed() < Duration::from_secs(10), "no socket");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child
-}
 
 struct Vq {
     ring: SplitRing,
@@ -176,8 +139,8 @@ fn requests_in_flight_at_a_sigkill_are_resubmitted_by_the_next_daemon() {
     let socket = dir.path().join("vm1.sock");
     let log = dir.path().join("daemon.log");
     let bin = backend_binary();
-    let stalled = config(dir.path(), "stall.toml", "fault = \"stall\"");
-    let plain = config(dir.path(), "plain.toml", "");
+    let stalled = restart_config(dir.path(), "stall.toml", "fault = \"stall\"");
+    let plain = restart_config(dir.path(), "plain.toml", "");
 
     let mem = Arc::new(SharedMemory::new("inflight-restart", MEM).unwrap());
     let mut vqs: Vec<Vq> = RING_BASE
@@ -190,7 +153,13 @@ fn requests_in_flight_at_a_sigkill_are_resubmitted_by_the_next_daemon() {
         .collect();
 
     // The first daemon holds every command (fault `stall`).
-    let mut daemon = KillOnDrop(start(&bin, &stalled, &log, &socket));
+    let mut daemon = KillOnDrop(start_daemon(
+        &bin,
+        &stalled,
+        &["--log-format", "json"],
+        &log,
+        &socket,
+    ));
     let (t, region) = connect(&socket, &mem, &mut vqs, None);
     let region = region.unwrap();
     const HELD: usize = 5;
@@ -224,7 +193,13 @@ fn requests_in_flight_at_a_sigkill_are_resubmitted_by_the_next_daemon() {
     drop(t);
 
     // The next daemon, without the fault, on the same socket and image.
-    let _daemon = KillOnDrop(start(&bin, &plain, &log, &socket));
+    let _daemon = KillOnDrop(start_daemon(
+        &bin,
+        &plain,
+        &["--log-format", "json"],
+        &log,
+        &socket,
+    ));
     let (_t, none) = connect(&socket, &mem, &mut vqs, Some(&region));
     assert!(none.is_none());
     // No kick: the daemon serves the ring once when it is enabled, so the

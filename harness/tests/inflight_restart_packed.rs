@@ -13,11 +13,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backend_bin::{backend_binary, KillOnDrop};
+use backend_bin::{backend_binary, restart_config, start_daemon, KillOnDrop};
 use virtio_bindings::virtio_config::VIRTIO_F_RING_PACKED;
 use vmm_sys_util::eventfd::EventFd;
 use vscsi_driver::memory::SharedMemory;
@@ -37,41 +36,6 @@ const RING_BASE: [usize; VRINGS] = [0, 0x4000, 0x8000];
 const REQ: usize = 0x10000;
 const STRIDE: usize = 0x1000;
 const IMAGE: u64 = 1 << 20;
-
-fn config(dir: &Path, name: &str, fault: &str) -> std::path::PathBuf {
-    let toml = format!(
-        "[[controller]]\nname = \"vm1\"\nsocket = \"{}\"\nqueues = 1\n\n\
-         [[controller.lun]]\ntarget = 0\nlun = 0\nimage = \"{}\"\npower_on_ua = false\n{fault}\n",
-        dir.join("vm1.sock").display(),
-        dir.join("a.img").display(),
-    );
-    let path = dir.join(name);
-    std::fs::write(&path, toml).unwrap();
-    path
-}
-
-fn start(bin: &Path, config: &Path, log: &Path, socket: &Path) -> Child {
-    let _ = std::fs::remove_file(socket);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let child = Command::new(bin)
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("vscsi-backend starts");
-    let t = Instant::now();
-    while !socket.exists() {
-        assert!(t.elapsed() < Duration::from_secs(10), "no socket");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child
-}
 
 struct Vq {
     ring: PackedRing,
@@ -178,8 +142,8 @@ fn packed_requests_in_flight_at_a_sigkill_are_resubmitted_by_the_next_daemon() {
     let socket = dir.path().join("vm1.sock");
     let log = dir.path().join("daemon.log");
     let bin = backend_binary();
-    let stalled = config(dir.path(), "stall.toml", "fault = \"stall\"");
-    let plain = config(dir.path(), "plain.toml", "");
+    let stalled = restart_config(dir.path(), "stall.toml", "fault = \"stall\"");
+    let plain = restart_config(dir.path(), "plain.toml", "");
 
     let mem = Arc::new(SharedMemory::new("inflight-restart-packed", MEM).unwrap());
     let mut vqs: Vec<Vq> = RING_BASE
@@ -192,7 +156,7 @@ fn packed_requests_in_flight_at_a_sigkill_are_resubmitted_by_the_next_daemon() {
         .collect();
 
     // The first daemon holds every command (fault `stall`).
-    let mut daemon = KillOnDrop(start(&bin, &stalled, &log, &socket));
+    let mut daemon = KillOnDrop(start_daemon(&bin, &stalled, &[], &log, &socket));
     let (t, region) = connect(&socket, &mem, &mut vqs, None);
     let region = region.unwrap();
     const HELD: usize = 5;
@@ -215,7 +179,7 @@ fn packed_requests_in_flight_at_a_sigkill_are_resubmitted_by_the_next_daemon() {
     drop(t);
 
     // The next daemon, without the fault, on the same socket and image.
-    let _daemon = KillOnDrop(start(&bin, &plain, &log, &socket));
+    let _daemon = KillOnDrop(start_daemon(&bin, &plain, &[], &log, &socket));
     let (_t, none) = connect(&socket, &mem, &mut vqs, Some(&region));
     assert!(none.is_none());
     // No kick: the daemon serves the ring once when it is enabled, so the

@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Instant;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// The workspace root (the parent of this crate's manifest directory).
 pub fn workspace_root() -> PathBuf {
@@ -141,4 +141,50 @@ pub fn audit_events(log: &str) -> Vec<serde_json::Value> {
         .filter(|v| v["target"] == "vscsi::audit")
         .map(|v| v["fields"].clone())
         .collect()
+}
+
+/// A daemon configuration for restart tests in `dir`: a control socket
+/// (`ctl.sock`), metrics (`metrics.sock`), one controller `vm1` on
+/// `vm1.sock` with one request queue, and LUN 0:0 on `a.img` without a
+/// POWER ON unit attention; `fault` is a LUN line (or empty). Written to
+/// `dir/name`.
+pub fn restart_config(dir: &Path, name: &str, fault: &str) -> PathBuf {
+    let toml = format!(
+        "control = \"{}\"\nmetrics = \"unix:{}\"\n\
+         [[controller]]\nname = \"vm1\"\nsocket = \"{}\"\nqueues = 1\n\n\
+         [[controller.lun]]\ntarget = 0\nlun = 0\nimage = \"{}\"\npower_on_ua = false\n{fault}\n",
+        dir.join("ctl.sock").display(),
+        dir.join("metrics.sock").display(),
+        dir.join("vm1.sock").display(),
+        dir.join("a.img").display(),
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// Starts the daemon `bin` on `config` (plus `args`), its stderr appended
+/// to `log`, and waits for `socket` (a stale file is removed first).
+pub fn start_daemon(bin: &Path, config: &Path, args: &[&str], log: &Path, socket: &Path) -> Child {
+    let _ = std::fs::remove_file(socket);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("vscsi-backend starts");
+    let t = Instant::now();
+    while !socket.exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no socket");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
 }
