@@ -42,7 +42,7 @@ pub mod transport;
 pub use command::ScsiCommand;
 pub use driver::{
     CommandError, CommandOptions, ConnectionEvent, Driver, DriverOptions, Features, LunInfo, Poll,
-    PollError, PollMode, QueueConfig, Response,
+    PollError, PollMode, QueueChoice, QueueChoiceError, QueueConfig, Response,
 };
 pub use error::{Error, RecoveryStep, Result};
 pub use events::{DeviceEvent, ResetReason};

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use vscsi_driver::{Driver, PollMode, ScsiCommand};
+use vscsi_driver::{Driver, PollMode, QueueChoice, ScsiCommand};
 
 use crate::blockio;
 use crate::daemon::{self, Backend};
@@ -138,6 +138,10 @@ pub struct BenchDevice {
     /// adaptive` its cap (as the other verbs' --poll-us).
     #[arg(long, value_name = "US")]
     pub poll_us: Option<u64>,
+    /// Which request queue each command goes to (`sticky` or
+    /// `round-robin`; as the other verbs' --queue-choice).
+    #[arg(long, value_name = "CHOICE", default_value = "sticky", value_parser = parse::queue_choice)]
+    pub queue_choice: QueueChoice,
     /// Daemon side (for a daemon the bench starts): its --poll.
     #[arg(long, value_name = "MODE", value_parser = parse::poll_mode)]
     pub daemon_poll: Option<PollMode>,
@@ -294,6 +298,7 @@ async fn bench(args: &Args, socket: PathBuf, daemon_pid: Option<u32>) -> Result<
         max_transfer: Some(args.bs.max(512).next_multiple_of(512)),
         poll: d.poll,
         poll_us: d.poll_us,
+        queue_choice: d.queue_choice,
         json: d.json,
         verbose: false,
     };

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use vscsi_driver::{
-    ConnectionEvent, Driver, DriverOptions, Error as DriverError, Poll, PollMode, QueueConfig,
-    ReconnectStats, Response, ScsiCommand,
+    ConnectionEvent, Driver, DriverOptions, Error as DriverError, Poll, PollMode, QueueChoice,
+    QueueConfig, ReconnectStats, Response, ScsiCommand,
 };
 use vscsi_protocol::lun::MAX_LUN;
 
@@ -69,6 +69,12 @@ pub struct ConnectArgs {
     /// cap of the adaptive spin [default: 50].
     #[arg(long, value_name = "US")]
     pub poll_us: Option<u64>,
+    /// Which request queue each command goes to: `sticky` (the queue of
+    /// the last command while it is idle or less loaded than the next in
+    /// turn: commands one after another stay on one queue, concurrent ones
+    /// spread) or `round-robin`.
+    #[arg(long, value_name = "CHOICE", default_value = "sticky", value_parser = parse::queue_choice)]
+    pub queue_choice: QueueChoice,
     /// Print the answer as a JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -145,6 +151,7 @@ pub async fn connect(args: &ConnectArgs) -> Result<Driver> {
         timeout: args.timeout,
         poll,
         reconnect: (!args.reconnect.is_zero()).then_some(args.reconnect),
+        queue_choice: args.queue_choice,
         ..DriverOptions::default()
     };
     if let Some(max) = args.max_transfer {

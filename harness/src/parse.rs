@@ -124,6 +124,12 @@ pub fn poll_mode(s: &str) -> Result<vscsi_driver::PollMode, String> {
         .map_err(|e: vscsi_driver::PollError| e.to_string())
 }
 
+/// `--queue-choice`: `sticky` or `round-robin`.
+pub fn queue_choice(s: &str) -> Result<vscsi_driver::QueueChoice, String> {
+    s.parse()
+        .map_err(|e: vscsi_driver::QueueChoiceError| e.to_string())
+}
+
 /// A number of seconds that may be 0 (`--reconnect 0`: off).
 pub fn seconds_or_zero(s: &str) -> Result<Duration, String> {
     match s.trim().parse::<f64>() {

@@ -15,7 +15,7 @@ use crate::output::{self, CheckFailed};
 use crate::pattern;
 
 /// Write a seeded pattern over a region of the LUN with --iodepth commands
-/// in flight (spread round robin over --queues request queues), read it
+/// in flight (spread over --queues request queues), read it
 /// back the same way and check every block. Exit 1 on any mismatch,
 /// listing each bad LBA.
 #[derive(clap::Args, Debug)]

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use backend_bin::{backend_binary, KillOnDrop};
-use vscsi_driver::{Driver, DriverOptions, QueueConfig, ScsiCommand};
+use vscsi_driver::{Driver, DriverOptions, QueueChoice, QueueConfig, ScsiCommand};
 
 /// A kernel cpulist (`0-1,3`) as CPU numbers.
 fn parse_cpulist(s: &str) -> Vec<usize> {
@@ -98,7 +98,7 @@ fn request_queue_workers_are_pinned_round_robin_over_the_list() {
             queue_count: 3,
             ..Default::default()
         };
-        let drv = Driver::connect_with(&socket, cfg, DriverOptions::default())
+        let drv = Driver::connect_with(&socket, cfg, round_robin())
             .await
             .unwrap();
         // Round robin over the three queues, twice: every worker served.
@@ -140,7 +140,7 @@ fn without_cpus_no_worker_is_pinned() {
             queue_count: 2,
             ..Default::default()
         };
-        let drv = Driver::connect_with(&socket, cfg, DriverOptions::default())
+        let drv = Driver::connect_with(&socket, cfg, round_robin())
             .await
             .unwrap();
         for _ in 0..4 {
@@ -241,4 +241,12 @@ fn a_cpu_outside_the_affinity_mask_is_refused_before_the_socket_exists() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains(&format!("cpus = \"{}\"", mine[0])), "{text}");
+}
+
+/// Commands one after another reach every request queue (and its worker).
+fn round_robin() -> DriverOptions {
+    DriverOptions {
+        queue_choice: QueueChoice::RoundRobin,
+        ..DriverOptions::default()
+    }
 }

@@ -10,8 +10,8 @@ use common::TestDaemon;
 use vscsi_backend::fault::{FaultSpec, FaultTable};
 use vscsi_backend::vhost::DeviceOptions;
 use vscsi_driver::{
-    CommandOptions, Driver, DriverOptions, Error, QueueConfig, RecoveryStep, RetryPolicy,
-    ScsiCommand, Tmf, TmfResponse,
+    CommandOptions, Driver, DriverOptions, Error, QueueChoice, QueueConfig, RecoveryStep,
+    RetryPolicy, ScsiCommand, Tmf, TmfResponse,
 };
 use vscsi_protocol::virtio_scsi::Response as VirtioResponse;
 
@@ -43,6 +43,8 @@ async fn connect_rings(
     let opts = DriverOptions {
         timeout,
         eh_timeout: eh,
+        // Commands one after another reach every queue (the reset one too).
+        queue_choice: QueueChoice::RoundRobin,
         ..Default::default()
     };
     let cfg = QueueConfig {

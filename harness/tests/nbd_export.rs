@@ -863,8 +863,9 @@ async fn a_slow_server_holds_only_its_own_commands() {
     let d = drv.clone();
     let stalled = tokio::spawn(async move { read(&d, 0, 8).await });
     tokio::task::yield_now().await;
-    // The driver sends round robin: this READ of LUN 1 goes to the other
-    // request queue, whose thread is not waiting on the slow server.
+    // The first request queue holds the stalled READ: this READ of LUN 1
+    // goes to the other one (the driver picks the queue with fewer in
+    // flight), whose thread is not waiting on the slow server.
     let r = drv
         .send_command(
             0,

@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vscsi_driver::memory::SharedMemory;
 use vscsi_driver::ring::{RingOptions, SplitRing};
 use vscsi_driver::transport::vhost_user::VhostUserTransport;
-use vscsi_driver::{Driver, DriverOptions, QueueConfig, ScsiCommand};
+use vscsi_driver::{Driver, DriverOptions, QueueChoice, QueueConfig, ScsiCommand};
 
 struct Daemon {
     child: Child,
@@ -92,6 +92,7 @@ fn by_default_the_daemon_offers_sixteen_request_queues_and_serves_the_ones_used(
             };
             let opts = DriverOptions {
                 strict_features: true,
+                queue_choice: QueueChoice::RoundRobin,
                 ..Default::default()
             };
             let drv = Driver::connect_with(&d.socket, cfg, opts)

@@ -4,6 +4,7 @@
 mod layout;
 mod negotiate;
 mod options;
+mod queue_choice;
 mod reconnect;
 mod recovery;
 mod scan;
@@ -34,7 +35,8 @@ use crate::topology::{Prober, Topology};
 use crate::transport::vhost_user::VhostUserTransport;
 use layout::EVENT_BUFFERS;
 pub use options::{
-    CommandOptions, DriverOptions, Features, Poll, PollError, PollMode, QueueConfig,
+    CommandOptions, DriverOptions, Features, Poll, PollError, PollMode, QueueChoice,
+    QueueChoiceError, QueueConfig,
 };
 pub use reconnect::ConnectionEvent;
 use reconnect::Reconnector;
@@ -60,7 +62,7 @@ pub struct Driver {
     _mem: Arc<SharedMemory>,
     queues: Vec<Arc<SlotQueue>>,
     tasks: Vec<JoinHandle<()>>,
-    next_queue: AtomicUsize,
+    queue_picker: queue_choice::QueuePicker,
     features: Features,
     config: Config,
     opts: DriverOptions,
@@ -179,7 +181,7 @@ impl Driver {
             _mem: mem,
             queues,
             tasks,
-            next_queue: AtomicUsize::new(0),
+            queue_picker: queue_choice::QueuePicker::new(opts.queue_choice),
             features,
             config,
             opts,

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub use super::queue_choice::{QueueChoice, QueueChoiceError};
 use crate::retry::RetryPolicy;
 pub use vscsi_poll::{Poll, PollError, PollMode};
 
@@ -95,6 +96,10 @@ pub struct DriverOptions {
     /// supervisor to restart the daemon, short enough that a device gone for
     /// good ends a run.
     pub reconnect: Option<Duration>,
+    /// Which request queue each command goes to: [`QueueChoice::Sticky`]
+    /// (the default: commands sent one after another stay on one queue,
+    /// concurrent ones spread) or [`QueueChoice::RoundRobin`].
+    pub queue_choice: QueueChoice,
 }
 
 impl Default for DriverOptions {
@@ -107,6 +112,7 @@ impl Default for DriverOptions {
             poll: Poll::ADAPTIVE,
             strict_features: false,
             reconnect: Some(Duration::from_secs(30)),
+            queue_choice: QueueChoice::Sticky,
         }
     }
 }

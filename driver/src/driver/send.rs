@@ -1,7 +1,6 @@
 //! Sending a command: queue choice, retries, splitting transfers bigger
 //! than a slot, submission under the deadline, waiting and its metrics.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,8 +22,8 @@ impl Driver {
     /// Sends `command` to `lun` of `target` and waits for its completion.
     ///
     /// A completed command is `Ok` whatever its SCSI status: check
-    /// [`Response::is_good`] or use [`Response::ok`]. Commands go round
-    /// robin over the request queues. Transient conditions (UNIT
+    /// [`Response::is_good`] or use [`Response::ok`]. The request queue is
+    /// chosen by [`DriverOptions::queue_choice`](crate::DriverOptions::queue_choice). Transient conditions (UNIT
     /// ATTENTION, BUSY...) are retried by [`DriverOptions::retry`] (not for
     /// [`ScsiCommand::Raw`]); a command that does not complete within the
     /// LUN's timeout goes through the error handler and ends in
@@ -117,8 +116,7 @@ impl Driver {
         });
         let mut attempt = 0;
         loop {
-            let n = self.next_queue.fetch_add(1, Ordering::Relaxed) % self.queues.len();
-            let queue = &self.queues[n];
+            let queue = self.pick_queue();
             let r = match self
                 .execute_once(queue, lun_field, target, lun, command, timeout)
                 .await
@@ -338,7 +336,9 @@ impl Driver {
     }
 
     pub(super) fn pick_queue(&self) -> &Arc<SlotQueue> {
-        let n = self.next_queue.fetch_add(1, Ordering::Relaxed) % self.queues.len();
+        let n = self
+            .queue_picker
+            .pick(self.queues.len(), |i| self.queues[i].in_flight_now());
         &self.queues[n]
     }
 
