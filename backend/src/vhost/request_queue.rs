@@ -357,6 +357,7 @@ impl RequestQueue {
         let mut completed = false;
         let (mut requests, mut notifications) = (0u64, 0u64);
         loop {
+            let mut early_call = false;
             if let Err(e) = ring.disable_notification(&mut state, &guard) {
                 let s = limited!(self.guard.logs.ring_ops, warn, error = %e, "request queue: cannot disable notifications");
                 self.guard.note_suppressed(s);
@@ -429,6 +430,20 @@ impl RequestQueue {
                         self.guard.note_suppressed(s);
                     }
                     completed = true;
+                    // A driver asleep on its call eventfd is woken by the
+                    // first completion of a batch, not the last: it recycles
+                    // slots on its CPU while the batch goes on here. Once
+                    // per batch (the end of the batch notifies again if the
+                    // driver asks), so a driver without EVENT_IDX is not
+                    // sent a call per command.
+                    if !early_call {
+                        early_call = true;
+                        if ring.wants_call(&mut state, &guard) {
+                            state.signal_used_queue()?;
+                            notifications += 1;
+                            completed = false;
+                        }
+                    }
                 }
             }
             if let Engine::Ready(u) = &mut self.engine {
