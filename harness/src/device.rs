@@ -70,8 +70,8 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "US")]
     pub poll_us: Option<u64>,
     /// Which request queue each command goes to: `sticky` (the queue of
-    /// the last command while it is idle or less loaded than the next in
-    /// turn: commands one after another stay on one queue, concurrent ones
+    /// the last command while nothing is in flight, else round robin:
+    /// commands one after another stay on one queue, overlapping ones
     /// spread) or `round-robin`.
     #[arg(long, value_name = "CHOICE", default_value = "sticky", value_parser = parse::queue_choice)]
     pub queue_choice: QueueChoice,

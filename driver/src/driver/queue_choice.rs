@@ -13,11 +13,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// How [`Driver`](crate::Driver) picks the request queue of a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QueueChoice {
-    /// The queue the last command went to while it has nothing in flight
-    /// or fewer commands in flight than the next candidate in turn, else
-    /// that candidate (two choices, two loads per command). Commands sent
-    /// one after another stay on one queue; concurrent submitters spread
-    /// over all of them as soon as commands pile up. The default.
+    /// The queue the last command went to while no queue has anything in
+    /// flight, else the next queue in turn (round robin). Commands sent
+    /// one after another stay on one queue, so one device worker keeps
+    /// finding work; as soon as commands overlap they spread over every
+    /// queue evenly (a queue whose worker is short of CPU still gets its
+    /// share, as with round robin, instead of its commands waiting behind
+    /// a busier queue). The default.
     #[default]
     Sticky,
     /// Every command to the next queue in turn, whatever is in flight
@@ -70,18 +72,18 @@ impl QueuePicker {
             QueueChoice::RoundRobin => turn % queues,
             QueueChoice::Sticky => {
                 let last = self.last.load(Ordering::Relaxed) % queues;
-                // Every queue in turn, `last` excepted.
-                let mut other = turn % queues;
-                if other == last {
-                    other = (other + 1) % queues;
+                // Nothing in flight anywhere (looked at only while `last`
+                // is idle): stay.
+                if in_flight(last) == 0 && (0..queues).all(|i| in_flight(i) == 0) {
+                    return last;
                 }
-                let (here, there) = (in_flight(last), in_flight(other));
-                if there < here || (there == here && here > 0) {
-                    self.last.store(other, Ordering::Relaxed);
-                    other
-                } else {
-                    last
+                // Commands overlap: the next queue in turn, `last` excepted.
+                let mut next = turn % queues;
+                if next == last {
+                    next = (next + 1) % queues;
                 }
+                self.last.store(next, Ordering::Relaxed);
+                next
             }
         }
     }
