@@ -67,9 +67,9 @@ impl QueuePicker {
         if queues <= 1 {
             return 0;
         }
-        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let turn = || self.turn.fetch_add(1, Ordering::Relaxed);
         match self.choice {
-            QueueChoice::RoundRobin => turn % queues,
+            QueueChoice::RoundRobin => turn() % queues,
             QueueChoice::Sticky => {
                 let last = self.last.load(Ordering::Relaxed) % queues;
                 // Nothing in flight anywhere (looked at only while `last`
@@ -78,7 +78,7 @@ impl QueuePicker {
                     return last;
                 }
                 // Commands overlap: the next queue in turn, `last` excepted.
-                let mut next = turn % queues;
+                let mut next = turn() % queues;
                 if next == last {
                     next = (next + 1) % queues;
                 }
