@@ -20,7 +20,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +30,7 @@ use vscsi_protocol::lun::Lun;
 use vscsi_protocol::virtio_scsi::Response as VirtioResponse;
 
 use crate::command::ScsiCommand;
+use crate::driver::QueuePicker;
 use crate::error::{Error, RecoveryStep, Result};
 use crate::events::{DeviceEvent, ResetReason};
 use crate::queue::{Deadline, Outcome, SlotQueue};
@@ -192,7 +192,8 @@ where
 /// queues, with the retry policy and a timeout, without the error handler.
 pub(crate) struct Prober {
     pub queues: Vec<Arc<SlotQueue>>,
-    pub next: AtomicUsize,
+    /// A [`QueueChoice::RoundRobin`](crate::QueueChoice::RoundRobin) picker.
+    pub picker: QueuePicker,
     pub retry: RetryPolicy,
     pub timeout: Duration,
     pub max_target: u8,
@@ -204,7 +205,7 @@ impl Prober {
         let (cdb, data_out, data_in_len) = command.encode();
         let mut attempt = 0;
         loop {
-            let n = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len().max(1);
+            let n = self.picker.pick(self.queues.len(), |_| 0);
             let queue = self.queues.get(n).ok_or(Error::Closed)?;
             let deadline = Deadline::after(std::time::Instant::now(), self.timeout);
             let mut pending = queue

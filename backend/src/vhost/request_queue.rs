@@ -431,10 +431,10 @@ impl RequestQueue {
                     }
                     completed = true;
                     // A driver asleep on its call eventfd is woken by the
-                    // first completion of a batch, not the last: it recycles
-                    // slots on its CPU while the batch goes on here. Once
-                    // per batch (the end of the batch notifies again if the
-                    // driver asks), so a driver without EVENT_IDX is not
+                    // first completion of a pass over the avail ring, not
+                    // the last: it recycles slots on its CPU while the pass
+                    // goes on here. Once per pass (its end notifies again if
+                    // the driver asks), so a driver without EVENT_IDX is not
                     // sent a call per command.
                     if !early_call {
                         early_call = true;

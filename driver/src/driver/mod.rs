@@ -14,7 +14,7 @@ mod zero_copy;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,7 @@ pub use options::{
     CommandOptions, DriverOptions, Features, Poll, PollError, PollMode, QueueChoice,
     QueueChoiceError, QueueConfig,
 };
+pub(crate) use queue_choice::QueuePicker;
 pub use reconnect::ConnectionEvent;
 use reconnect::Reconnector;
 
@@ -62,7 +63,7 @@ pub struct Driver {
     _mem: Arc<SharedMemory>,
     queues: Vec<Arc<SlotQueue>>,
     tasks: Vec<JoinHandle<()>>,
-    queue_picker: queue_choice::QueuePicker,
+    queue_picker: QueuePicker,
     features: Features,
     config: Config,
     opts: DriverOptions,
@@ -154,7 +155,7 @@ impl Driver {
         let topology = Arc::new(watch::Sender::new(Topology::default()));
         let prober = Prober {
             queues: queues.clone(),
-            next: AtomicUsize::new(0),
+            picker: QueuePicker::new(QueueChoice::RoundRobin),
             retry: opts.retry,
             timeout: opts.timeout,
             max_target: config.max_target.get().min(255) as u8,
@@ -181,7 +182,7 @@ impl Driver {
             _mem: mem,
             queues,
             tasks,
-            queue_picker: queue_choice::QueuePicker::new(opts.queue_choice),
+            queue_picker: QueuePicker::new(opts.queue_choice),
             features,
             config,
             opts,

@@ -23,8 +23,8 @@ impl Driver {
     ///
     /// A completed command is `Ok` whatever its SCSI status: check
     /// [`Response::is_good`] or use [`Response::ok`]. The request queue is
-    /// chosen by [`DriverOptions::queue_choice`](crate::DriverOptions::queue_choice). Transient conditions (UNIT
-    /// ATTENTION, BUSY...) are retried by [`DriverOptions::retry`] (not for
+    /// chosen by [`DriverOptions::queue_choice`](crate::DriverOptions::queue_choice).
+    /// Transient conditions (UNIT ATTENTION, BUSY...) are retried by [`DriverOptions::retry`] (not for
     /// [`ScsiCommand::Raw`]); a command that does not complete within the
     /// LUN's timeout goes through the error handler and ends in
     /// [`Error::Timeout`] naming the [`RecoveryStep`](crate::RecoveryStep) that cleared it.
